@@ -1,1 +1,102 @@
-//! stub
+//! The wxtoken Redis contract: key names, value layouts, the update event and
+//! the Lua scripts that change them.
+//!
+//! This is the one place that knows how wxtoken lays out Redis. The refresher,
+//! the client crate and the CLI all build key names and run scripts through
+//! it, so they cannot drift apart; services in other languages follow the same
+//! contract, written down in the README (schema version [`SCHEMA_VERSION`]).
+//!
+//! It must not do I/O of its own beyond handing out [`redis::Script`]s, and it
+//! must never put a secret into a key name or a value: only credential ids
+//! (chosen by the operator), appids, tokens and bookkeeping live in Redis.
+
+mod keys;
+mod scripts;
+
+pub use keys::{validate_name, CredentialKeys, InvalidName, Kind, KINDS};
+pub use scripts::{acquire_lock, release_lock, renew_lock, write_token, TokenWrite, WriteOutcome};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the key schema described in the README. Bumped on any change a
+/// reader in another language would notice.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default key namespace (the first segment of every key).
+pub const DEFAULT_NAMESPACE: &str = "wxtoken";
+
+/// Fields of the `…:info` hash kept beside every stored token or ticket.
+pub mod info {
+    /// Absolute expiry, Unix milliseconds by the Redis server's clock.
+    pub const EXPIRES_AT_MS: &str = "expires_at_ms";
+    /// When the value was written, Unix milliseconds by the Redis clock.
+    pub const REFRESHED_AT_MS: &str = "refreshed_at_ms";
+    /// The lifetime WeChat announced (`expires_in`), in seconds.
+    pub const EXPIRES_IN: &str = "expires_in";
+    /// The fence number of the lock grant that wrote the value.
+    pub const FENCE: &str = "fence";
+    /// Id of the refresher replica that fetched the value.
+    pub const REPLICA: &str = "replica";
+}
+
+/// Fields of the per-credential `…:status` hash, written by refreshers for
+/// operators (`wxtoken status`). Absent fields mean "never happened".
+pub mod status {
+    /// The WeChat appid (public, not a secret).
+    pub const APPID: &str = "appid";
+    /// `classic` or `stable`.
+    pub const MODE: &str = "mode";
+    /// Unix ms of the last successful WeChat fetch of any kind.
+    pub const LAST_OK_AT_MS: &str = "last_ok_at_ms";
+    /// Human-readable description of the last failure (never contains secrets).
+    pub const LAST_ERROR: &str = "last_error";
+    /// WeChat errcode of the last failure, when WeChat gave one.
+    pub const LAST_ERRCODE: &str = "last_errcode";
+    /// Unix ms of the last failure.
+    pub const LAST_ERROR_AT_MS: &str = "last_error_at_ms";
+    /// Unix ms until which refreshes are paused (daily quota exhausted).
+    pub const PAUSED_UNTIL_MS: &str = "paused_until_ms";
+    /// Replica that wrote this status last.
+    pub const REPLICA: &str = "replica";
+}
+
+/// How long the status hash lives after its last update, in seconds.
+pub const STATUS_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The message published on [`events_channel`] each time a token or ticket is
+/// written. JSON; `token` is included so subscribers switch without a read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateEvent {
+    /// Schema version of the message.
+    pub v: u32,
+    /// Credential id.
+    pub id: String,
+    /// What was written.
+    pub kind: Kind,
+    /// The new value.
+    pub token: String,
+    /// Absolute expiry, Unix ms by the Redis clock.
+    pub expires_at_ms: u64,
+    /// Fence number of the write.
+    pub fence: u64,
+    /// Replica that fetched it.
+    pub replica: String,
+}
+
+impl UpdateEvent {
+    /// Parses a message received on the events channel.
+    pub fn parse(payload: &[u8]) -> Result<UpdateEvent, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+/// The pub/sub channel carrying [`UpdateEvent`]s for a whole namespace.
+pub fn events_channel(namespace: &str) -> String {
+    format!("{namespace}:events")
+}
+
+/// The set of credential ids refreshers in this namespace manage (for listing
+/// in `wxtoken status`; holds ids only).
+pub fn registry_key(namespace: &str) -> String {
+    format!("{namespace}:credentials")
+}

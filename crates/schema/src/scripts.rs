@@ -1,0 +1,215 @@
+//! The Lua scripts that change wxtoken's keys, and typed calls to run them on
+//! a caller's connection. Each script touches the keys of one credential only
+//! (one hash tag, one cluster slot). This module owns no connection.
+
+use crate::events_channel;
+use crate::keys::{CredentialKeys, Kind};
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// `SET lock owner NX PX ttl`; on success `INCR fence` and return the new
+/// fence number, else 0. Atomic, so every grant gets a unique, larger fence.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+",
+    )
+});
+
+/// Compare-and-extend: `PEXPIRE lock ttl` only while `GET lock == owner`.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// Compare-and-delete: `DEL lock` only while `GET lock == owner`.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// The fenced write. Stores the value and its info hash, both expiring at the
+/// token's real expiry, and publishes the update event — only if the lock is
+/// still held by `owner` and no write with a newer fence has landed. Times
+/// come from the Redis clock so replicas' clocks do not matter.
+///
+/// KEYS: value, info, lock.
+/// ARGV: owner, fence, token, ttl_ms, expires_in, replica, channel, id, kind.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return {0, 'lock_lost'}
+end
+local fence = tonumber(ARGV[2])
+local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
+if stored > fence then
+  return {0, 'stale_fence'}
+end
+local ttl = tonumber(ARGV[4])
+if ttl <= 0 then
+  return {0, 'expired'}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = string.format('%d', now + ttl)
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2],
+  'expires_at_ms', exp,
+  'refreshed_at_ms', string.format('%d', now),
+  'expires_in', ARGV[5],
+  'fence', ARGV[2],
+  'replica', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[7], string.format(
+  '{"v":1,"id":%s,"kind":%s,"token":%s,"expires_at_ms":%s,"fence":%s,"replica":%s}',
+  cjson.encode(ARGV[8]), cjson.encode(ARGV[9]), cjson.encode(ARGV[3]),
+  exp, ARGV[2], cjson.encode(ARGV[6])))
+return {1, exp}
+"#,
+    )
+});
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Tries to take the refresh lock of `kind`. Returns the fence number of the
+/// grant, or `None` when another owner holds the lock.
+pub async fn acquire_lock<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    owner: &str,
+    ttl: Duration,
+) -> RedisResult<Option<u64>> {
+    let fence: u64 = ACQUIRE
+        .key(keys.lock(kind))
+        .key(keys.fence())
+        .arg(owner)
+        .arg(millis(ttl))
+        .invoke_async(con)
+        .await?;
+    Ok((fence > 0).then_some(fence))
+}
+
+/// Extends the lock to `ttl` from now if `owner` still holds it; `false`
+/// means the lock was lost.
+pub async fn renew_lock<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    owner: &str,
+    ttl: Duration,
+) -> RedisResult<bool> {
+    let n: i64 = RENEW
+        .key(keys.lock(kind))
+        .arg(owner)
+        .arg(millis(ttl))
+        .invoke_async(con)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Deletes the lock if `owner` still holds it; `false` means it had already
+/// expired or passed to someone else.
+pub async fn release_lock<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    owner: &str,
+) -> RedisResult<bool> {
+    let n: i64 = RELEASE
+        .key(keys.lock(kind))
+        .arg(owner)
+        .invoke_async(con)
+        .await?;
+    Ok(n == 1)
+}
+
+/// A value to store with [`write_token`].
+#[derive(Debug, Clone)]
+pub struct TokenWrite<'a> {
+    /// What is being written.
+    pub kind: Kind,
+    /// The lock owner string used to acquire the lock.
+    pub owner: &'a str,
+    /// The fence number the lock grant returned.
+    pub fence: u64,
+    /// The token or ticket.
+    pub token: &'a str,
+    /// Time left until the real expiry (WeChat's `expires_in` less the time
+    /// since the request was sent).
+    pub ttl: Duration,
+    /// WeChat's `expires_in` as announced, in seconds.
+    pub expires_in: u64,
+    /// Id of the writing replica.
+    pub replica: &'a str,
+}
+
+/// What [`write_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Stored and published; expires at this Unix ms (Redis clock).
+    Written {
+        /// Absolute expiry, Unix ms.
+        expires_at_ms: u64,
+    },
+    /// Rejected: the lock is no longer held by this owner.
+    LockLost,
+    /// Rejected: a write with a newer fence is already stored.
+    StaleFence,
+    /// Rejected: the value had no time left.
+    Expired,
+}
+
+/// Runs the fenced write (see the script's comment for the rules).
+pub async fn write_token<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    w: &TokenWrite<'_>,
+) -> RedisResult<WriteOutcome> {
+    let ttl_ms = u64::try_from(w.ttl.as_millis()).unwrap_or(u64::MAX);
+    let (ok, detail): (i64, String) = WRITE
+        .key(keys.value(w.kind))
+        .key(keys.info(w.kind))
+        .key(keys.lock(w.kind))
+        .arg(w.owner)
+        .arg(w.fence)
+        .arg(w.token)
+        .arg(ttl_ms)
+        .arg(w.expires_in)
+        .arg(w.replica)
+        .arg(events_channel(keys.namespace()))
+        .arg(keys.id())
+        .arg(w.kind.as_str())
+        .invoke_async(con)
+        .await?;
+    Ok(match (ok, detail.as_str()) {
+        (1, exp) => WriteOutcome::Written {
+            expires_at_ms: exp.parse().unwrap_or(0),
+        },
+        (_, "stale_fence") => WriteOutcome::StaleFence,
+        (_, "expired") => WriteOutcome::Expired,
+        _ => WriteOutcome::LockLost,
+    })
+}
