@@ -1,0 +1,69 @@
+//! Listens to the namespace's update events so that waiting loops re-check at
+//! once when another replica writes. Reconnects with backoff; while the
+//! subscription is down the loops fall back to their `check_interval`.
+//! Events are hints only: correctness never depends on receiving one.
+
+use crate::schedule::backoff;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use wxtoken_schema::{events_channel, Kind, UpdateEvent, KINDS};
+
+/// Wakers of the loops, by credential id and kind.
+pub type Wakers = HashMap<(String, Kind), Arc<Notify>>;
+
+/// Subscribes until `shutdown`, waking the loop each event names.
+pub async fn listen(
+    client: redis::Client,
+    namespace: String,
+    wakers: Arc<Wakers>,
+    shutdown: CancellationToken,
+) {
+    let channel = events_channel(&namespace);
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        let session = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            tracing::debug!(%channel, "subscribed to update events");
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                match UpdateEvent::parse(msg.get_payload_bytes()) {
+                    Ok(ev) => {
+                        // A new access token also wakes the credential's
+                        // ticket loops, which may be waiting for it.
+                        let kinds: &[Kind] = match ev.kind {
+                            Kind::AccessToken => &KINDS,
+                            _ => std::slice::from_ref(&ev.kind),
+                        };
+                        for kind in kinds {
+                            if let Some(n) = wakers.get(&(ev.id.clone(), *kind)) {
+                                n.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "ignoring unparsable event"),
+                }
+            }
+            Ok::<(), redis::RedisError>(())
+        };
+        tokio::select! {
+            r = session => {
+                failures += 1;
+                if let Err(e) = r {
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "update event subscription failed; retrying");
+                    }
+                }
+            }
+            _ = shutdown.cancelled() => break,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(Duration::from_millis(200), Duration::from_secs(5), failures)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}

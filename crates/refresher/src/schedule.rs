@@ -1,0 +1,280 @@
+//! When to refresh: one loop per stored value (a credential's access token or
+//! one of its tickets), driven by what Redis says is left.
+//!
+//! A replica that just started learns the schedule from Redis (the value's
+//! TTL), so it knows at once what is due. The loop sleeps until the value's
+//! remaining life drops under the margin (less a random jitter), never longer
+//! than `check_interval`, and wakes early on an update event. Failures are
+//! classified into backoff, slow retry or pause. It never calls WeChat itself
+//! (see `attempt`).
+
+use crate::attempt::{self, Attempt, AttemptError};
+use crate::config::Credential;
+use crate::store::{self, bounded};
+use crate::wechat::ErrorClass;
+use crate::Shared;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use wxtoken_schema::{CredentialKeys, Kind};
+
+/// Fallback lifetime when Redis holds no announced `expires_in` yet.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(7200);
+/// How soon to look again when another replica holds the lock.
+const BUSY_RECHECK: Duration = Duration::from_millis(250);
+
+/// Mutable state of one loop.
+struct Slot {
+    keys: CredentialKeys,
+    kind: Kind,
+    cred: Arc<Credential>,
+    /// Random part of the threshold, redrawn after each refresh.
+    jitter: Duration,
+    /// Consecutive failures, for backoff.
+    failures: u32,
+    /// Consecutive Redis failures, for backoff.
+    redis_failures: u32,
+    /// Last error logged loudly, so repeats are quiet.
+    last_loud: Option<String>,
+    /// No WeChat call before this instant (guards against values that come
+    /// back already due, e.g. a stable token with little time left).
+    not_before: Option<Instant>,
+}
+
+/// Runs the loop for `kind` of `cred` until shutdown.
+pub async fn run(sh: Arc<Shared>, cred: Arc<Credential>, kind: Kind, wake: Arc<Notify>) {
+    let keys = match CredentialKeys::new(&sh.namespace, &cred.id) {
+        Ok(k) => k,
+        Err(e) => {
+            // Unreachable: ids and namespace are validated with the config.
+            tracing::error!(error = %e, "invalid key names");
+            return;
+        }
+    };
+    let mut slot = Slot {
+        keys,
+        kind,
+        cred,
+        jitter: Duration::ZERO,
+        failures: 0,
+        redis_failures: 0,
+        last_loud: None,
+        not_before: None,
+    };
+    slot.jitter = draw_jitter(&sh, DEFAULT_LIFETIME);
+    loop {
+        if sh.shutdown.is_cancelled() {
+            break;
+        }
+        let wait = step(&sh, &mut slot).await;
+        if wait.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+            _ = sh.shutdown.cancelled() => break,
+        }
+    }
+    tracing::debug!(id = slot.keys.id(), kind = %slot.kind, "loop stopped");
+}
+
+fn draw_jitter(sh: &Shared, lifetime: Duration) -> Duration {
+    let cap = sh.refresh.jitter.min(sh.refresh.margin_for(lifetime) / 2);
+    cap.mul_f64(rand::random::<f64>())
+}
+
+fn margin(sh: &Shared, stored: &store::Stored) -> Duration {
+    let lifetime = stored
+        .expires_in
+        .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+    sh.refresh.margin_for(lifetime)
+}
+
+/// Due under the lock: missing, or less than the full margin left.
+fn due_now(sh: &Shared, stored: &store::Stored) -> bool {
+    stored.remaining.is_none_or(|left| left <= margin(sh, stored))
+}
+
+/// One look at Redis and, if due, one attempt. Returns how long to wait.
+async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
+    let t = sh.redis_timeout;
+    let stored = match async {
+        let mut con = bounded(t, sh.pool.get()).await?;
+        bounded(t, store::read(&mut con, &slot.keys, slot.kind)).await
+    }
+    .await
+    {
+        Ok(s) => {
+            if slot.redis_failures > 0 {
+                tracing::info!(id = slot.keys.id(), kind = %slot.kind, "Redis is reachable again");
+            }
+            slot.redis_failures = 0;
+            s
+        }
+        Err(e) => {
+            slot.redis_failures += 1;
+            if slot.redis_failures == 1 {
+                tracing::warn!(id = slot.keys.id(), kind = %slot.kind, error = %e, "cannot read Redis; retrying");
+            }
+            return backoff(
+                Duration::from_millis(200),
+                Duration::from_secs(5),
+                slot.redis_failures,
+            );
+        }
+    };
+
+    let threshold = margin(sh, &stored).saturating_sub(slot.jitter);
+    if let Some(left) = stored.remaining {
+        if left > threshold {
+            return (left - threshold).min(sh.refresh.check_interval);
+        }
+    }
+    if let Some(until) = stored.paused_until_ms.filter(|u| *u > stored.now_ms) {
+        return Duration::from_millis(until - stored.now_ms).min(sh.refresh.check_interval);
+    }
+    if let Some(nb) = slot.not_before {
+        let now = Instant::now();
+        if nb > now {
+            return (nb - now).min(sh.refresh.check_interval);
+        }
+    }
+
+    let result = attempt::run(sh, &slot.cred, &slot.keys, slot.kind, |s| due_now(sh, s)).await;
+    match result {
+        Ok(Attempt::Refreshed { remaining, .. }) => {
+            slot.failures = 0;
+            slot.last_loud = None;
+            slot.jitter = draw_jitter(sh, remaining);
+            let margin = sh.refresh.margin_for(remaining);
+            slot.not_before = (remaining <= margin).then(|| {
+                tracing::warn!(id = slot.keys.id(), kind = %slot.kind, ?remaining, "WeChat returned a value that is already within the refresh margin");
+                Instant::now() + remaining / 2
+            });
+            record_ok(sh, slot).await;
+            Duration::ZERO
+        }
+        Ok(Attempt::AlreadyFresh) | Ok(Attempt::Rejected(_)) => Duration::ZERO,
+        Ok(Attempt::Busy) => BUSY_RECHECK,
+        Err(e) => failed(sh, slot, e).await,
+    }
+}
+
+async fn failed(sh: &Shared, slot: &mut Slot, e: AttemptError) -> Duration {
+    if matches!(e, AttemptError::NoAccessToken) {
+        // Not a failure: the ticket waits for its access token, whose write
+        // also wakes this loop.
+        tracing::debug!(id = slot.keys.id(), kind = %slot.kind, "waiting for the access token");
+        return sh.refresh.retry_initial;
+    }
+    slot.failures += 1;
+    let (class, errcode) = match &e {
+        AttemptError::Wechat(w) => (w.class(slot.kind != Kind::AccessToken), w.errcode()),
+        _ => (ErrorClass::Retryable, None),
+    };
+    let message = e.to_string();
+    let id = slot.keys.id().to_owned();
+    let kind = slot.kind;
+    let (wait, paused_for) = match class {
+        ErrorClass::Config => {
+            if slot.last_loud.as_deref() != Some(message.as_str()) {
+                tracing::error!(%id, %kind, appid = %slot.cred.appid, error = %message,
+                    "CONFIGURATION FAULT: WeChat refuses this credential; fix the secret, appid or IP whitelist. Retrying every {}",
+                    humantime::format_duration(sh.refresh.config_error_retry));
+                slot.last_loud = Some(message.clone());
+            } else {
+                tracing::debug!(%id, %kind, error = %message, "configuration fault persists");
+            }
+            (sh.refresh.config_error_retry, None)
+        }
+        ErrorClass::Quota => {
+            tracing::error!(%id, %kind, error = %message, "daily API quota exhausted; pausing this credential for {}",
+                humantime::format_duration(sh.refresh.quota_pause));
+            (sh.refresh.quota_pause, Some(sh.refresh.quota_pause))
+        }
+        ErrorClass::Retryable | ErrorClass::TokenInvalid => {
+            let wait = backoff(sh.refresh.retry_initial, sh.refresh.retry_max, slot.failures);
+            tracing::warn!(%id, %kind, error = %message, attempt = slot.failures, retry_in = ?wait, "refresh failed; backing off");
+            (wait, None)
+        }
+    };
+    if !matches!(e, AttemptError::Redis(_)) {
+        record_error(sh, slot, &message, errcode, paused_for).await;
+    }
+    wait
+}
+
+/// Capped exponential backoff with full jitter in the upper half:
+/// `initial * 2^(n-1)`, capped at `max`, then scaled by a random 0.5–1.0.
+pub fn backoff(initial: Duration, max: Duration, n: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32 << n.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+async fn record_ok(sh: &Shared, slot: &Slot) {
+    if slot.kind != Kind::AccessToken {
+        return;
+    }
+    let r = async {
+        let mut con = bounded(sh.redis_timeout, sh.pool.get()).await?;
+        let now = crate::unix_ms();
+        bounded(
+            sh.redis_timeout,
+            store::record_ok(&mut con, &slot.keys, &sh.replica, now),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::debug!(id = slot.keys.id(), error = %e, "could not record status");
+    }
+}
+
+async fn record_error(
+    sh: &Shared,
+    slot: &Slot,
+    message: &str,
+    errcode: Option<i64>,
+    paused_for: Option<Duration>,
+) {
+    let r = async {
+        let mut con = bounded(sh.redis_timeout, sh.pool.get()).await?;
+        let now = crate::unix_ms();
+        let paused_until = paused_for.map(|d| now + d.as_millis() as u64);
+        let message = format!("{}: {message}", slot.kind);
+        bounded(
+            sh.redis_timeout,
+            store::record_error(
+                &mut con,
+                &slot.keys,
+                &sh.replica,
+                &message,
+                errcode,
+                paused_until,
+                now,
+            ),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::debug!(id = slot.keys.id(), error = %e, "could not record status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let i = Duration::from_secs(1);
+        let m = Duration::from_secs(60);
+        for n in 1..=30 {
+            let b = backoff(i, m, n);
+            let full = (i * 2u32.pow((n - 1).min(20))).min(m);
+            assert!(b >= full / 2 && b <= full, "n={n} b={b:?} full={full:?}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The refresher's Redis reads and status writes, on top of the key schema.
+//!
+//! Reads what the schedule needs to decide (time left, announced lifetime,
+//! pause) and records outcomes in the operator-facing status hash. Every
+//! operation is bounded by the configured Redis timeout. Lock and write
+//! semantics live in `wxtoken_schema`, not here.
+
+use std::future::Future;
+use std::time::Duration;
+use wxtoken_schema::{info, registry_key, status, CredentialKeys, Kind, STATUS_TTL_SECS};
+
+/// A Redis failure (connection, timeout, or command error). Its text comes
+/// from the Redis client and never holds a secret: URLs are not included.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct RedisError(pub String);
+
+impl From<redis::RedisError> for RedisError {
+    fn from(e: redis::RedisError) -> Self {
+        RedisError(e.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for RedisError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        RedisError(format!("no connection: {e}"))
+    }
+}
+
+/// Runs `fut` with the Redis timeout.
+pub async fn bounded<T, E: Into<RedisError>>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(RedisError(format!("no answer within {limit:?}"))),
+    }
+}
+
+/// What Redis says about one stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Time left; `None` when the value is missing (or has no TTL, which
+    /// wxtoken never writes and treats as missing).
+    pub remaining: Option<Duration>,
+    /// The lifetime WeChat announced for it, seconds.
+    pub expires_in: Option<u64>,
+    /// Unix ms until which the credential is paused, if it is.
+    pub paused_until_ms: Option<u64>,
+    /// The Redis server's clock, Unix ms.
+    pub now_ms: u64,
+}
+
+/// Reads time left, announced lifetime and pause of `kind` in one round trip.
+pub async fn read(
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> Result<Stored, redis::RedisError> {
+    let (pttl, expires_in, paused, time): (i64, Option<u64>, Option<u64>, (u64, u64)) =
+        redis::pipe()
+            .pttl(keys.value(kind))
+            .hget(keys.info(kind), info::EXPIRES_IN)
+            .hget(keys.status(), status::PAUSED_UNTIL_MS)
+            .cmd("TIME")
+            .query_async(con)
+            .await?;
+    Ok(Stored {
+        remaining: u64::try_from(pttl)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
+        expires_in,
+        paused_until_ms: paused,
+        now_ms: time.0 * 1000 + time.1 / 1000,
+    })
+}
+
+/// Reads the stored access token (the input of ticket fetches).
+pub async fn access_token(
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &CredentialKeys,
+) -> Result<Option<String>, redis::RedisError> {
+    redis::cmd("GET")
+        .arg(keys.value(Kind::AccessToken))
+        .query_async(con)
+        .await
+}
+
+/// Registers the credential for `wxtoken status` and records its public facts.
+pub async fn register(
+    con: &mut deadpool_redis::Connection,
+    namespace: &str,
+    keys: &CredentialKeys,
+    appid: &str,
+    mode: &str,
+) -> Result<(), redis::RedisError> {
+    redis::pipe()
+        .sadd(registry_key(namespace), keys.id())
+        .ignore()
+        .hset_multiple(keys.status(), &[(status::APPID, appid), (status::MODE, mode)])
+        .ignore()
+        .expire(keys.status(), STATUS_TTL_SECS as i64)
+        .ignore()
+        .query_async(con)
+        .await
+}
+
+/// Records a successful fetch and clears any error or pause.
+pub async fn record_ok(
+    con: &mut deadpool_redis::Connection,
+    keys: &CredentialKeys,
+    replica: &str,
+    now_ms: u64,
+) -> Result<(), redis::RedisError> {
+    redis::pipe()
+        .hset_multiple(
+            keys.status(),
+            &[
+                (status::LAST_OK_AT_MS, now_ms.to_string()),
+                (status::REPLICA, replica.to_owned()),
+            ],
+        )
+        .ignore()
+        .hdel(
+            keys.status(),
+            &[
+                status::LAST_ERROR,
+                status::LAST_ERRCODE,
+                status::LAST_ERROR_AT_MS,
+                status::PAUSED_UNTIL_MS,
+            ],
+        )
+        .ignore()
+        .expire(keys.status(), STATUS_TTL_SECS as i64)
+        .ignore()
+        .query_async(con)
+        .await
+}
+
+/// Records a failure (and, for quota exhaustion, the pause).
+pub async fn record_error(
+    con: &mut deadpool_redis::Connection,
+    keys: &CredentialKeys,
+    replica: &str,
+    message: &str,
+    errcode: Option<i64>,
+    paused_until_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<(), redis::RedisError> {
+    let mut fields = vec![
+        (status::LAST_ERROR, message.to_owned()),
+        (status::LAST_ERROR_AT_MS, now_ms.to_string()),
+        (status::REPLICA, replica.to_owned()),
+    ];
+    if let Some(code) = errcode {
+        fields.push((status::LAST_ERRCODE, code.to_string()));
+    }
+    if let Some(until) = paused_until_ms {
+        fields.push((status::PAUSED_UNTIL_MS, until.to_string()));
+    }
+    let mut pipe = redis::pipe();
+    pipe.hset_multiple(keys.status(), &fields).ignore();
+    if errcode.is_none() {
+        pipe.hdel(keys.status(), status::LAST_ERRCODE).ignore();
+    }
+    pipe.expire(keys.status(), STATUS_TTL_SECS as i64).ignore();
+    pipe.query_async(con).await
+}

@@ -1,0 +1,243 @@
+//! `wxtoken demo`: the quick start. Starts a throwaway `redis-server` (or uses
+//! `$REDIS_URL`), the WeChat simulator in-process, and several refresher
+//! replicas as child processes of this binary; then prints every token write
+//! as it happens (which replica fetched what) and, at the end, how many WeChat
+//! calls each credential cost. Nothing here is used by the refresher itself.
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wxtoken_schema::{events_channel, info, CredentialKeys, Kind, UpdateEvent};
+use wxtoken_sim::{Endpoint, SimConfig, Simulator};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Refresher replicas to start.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Credentials (simulated apps) to keep fresh.
+    #[arg(long, default_value_t = 4)]
+    credentials: usize,
+    /// Token lifetime the simulator hands out (WeChat's is 7200s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+    /// Stop after this long [default: run until Ctrl-C].
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+const NAMESPACE: &str = "wxtoken";
+
+struct Replicas(Vec<Child>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for child in &mut self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    if args.replicas == 0 || args.credentials == 0 {
+        bail!("--replicas and --credentials must be at least 1");
+    }
+    if args.lifetime < Duration::from_secs(8) {
+        bail!("--lifetime must be at least 8s");
+    }
+
+    // Redis: $REDIS_URL, else a fresh local redis-server.
+    let mut _local_redis = None;
+    let redis_url = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            let server = wxtoken_testkit::RedisServer::start()
+                .context("starting a local redis-server (or set REDIS_URL)")?;
+            let url = server.url();
+            _local_redis = Some(server);
+            url
+        }
+    };
+
+    // The simulator, with one app per credential.
+    let mut sim_cfg = SimConfig::default();
+    sim_cfg.timing.expires_in = args.lifetime;
+    sim_cfg.timing.overlap = (args.lifetime / 4).min(Duration::from_secs(300));
+    let mut secrets = Vec::new();
+    for i in 0..args.credentials {
+        let appid = format!("wxdemo{:012}", i + 1);
+        let secret = format!("{:032x}", rand::random::<u128>());
+        sim_cfg = sim_cfg.with_app(&appid, &secret);
+        secrets.push((format!("demo-{}", i + 1), appid, secret));
+    }
+    let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse()?)
+        .await
+        .context("starting the WeChat simulator")?;
+    let admin = sim.admin();
+
+    // The replicas' config file.
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let config_path = dir.path().join("wxtoken.toml");
+    let mut config = format!(
+        "[redis]\nurl = \"{redis_url}\"\nnamespace = \"{NAMESPACE}\"\n\n\
+         [wechat]\nbase_url = \"{}\"\nrequest_timeout = \"5s\"\n\n\
+         [refresh]\njitter = \"2s\"\nlock_ttl = \"10s\"\ncheck_interval = \"5s\"\n",
+        sim.base_url()
+    );
+    for (i, (id, appid, _)) in secrets.iter().enumerate() {
+        config.push_str(&format!(
+            "\n[[credential]]\nid = \"{id}\"\nappid = \"{appid}\"\nsecret_env = \"WXTOKEN_DEMO_SECRET_{i}\"\ntickets = [\"jsapi\"]\n"
+        ));
+    }
+    std::fs::write(&config_path, &config).context("writing the demo config")?;
+
+    // Subscribe before the replicas start, so no write is missed.
+    let client = redis::Client::open(redis_url.as_str()).context("Redis URL")?;
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .with_context(|| format!("connecting to Redis at {redis_url}"))?;
+    pubsub.subscribe(events_channel(NAMESPACE)).await?;
+
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut children = Replicas(Vec::new());
+    for r in 1..=args.replicas {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--replica-id")
+            .arg(format!("replica-{r}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        for (i, (_, _, secret)) in secrets.iter().enumerate() {
+            cmd.env(format!("WXTOKEN_DEMO_SECRET_{i}"), secret);
+        }
+        children
+            .0
+            .push(cmd.spawn().context("starting a refresher replica")?);
+    }
+
+    println!("wxtoken demo");
+    println!("  redis      {redis_url}");
+    println!("  simulator  {}  (admin: {}/_sim/evidence)", sim.base_url(), sim.base_url());
+    println!(
+        "  replicas   {} × `wxtoken run --config {}`",
+        args.replicas,
+        config_path.display()
+    );
+    println!(
+        "  {} credentials, token lifetime {} (WeChat's is 2h), Ctrl-C to stop\n",
+        args.credentials,
+        humantime::format_duration(args.lifetime)
+    );
+    println!("time      replica     credential  kind            fence  token      valid");
+
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut messages = pubsub.on_message();
+    let mut shown_help = false;
+    let mut seen: BTreeMap<(String, Kind), UpdateEvent> = BTreeMap::new();
+    let wanted = args.credentials * 2;
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else { bail!("lost the Redis connection") };
+                let Ok(ev) = UpdateEvent::parse(msg.get_payload_bytes()) else { continue };
+                let now_ms = wxtoken_refresher_now_ms();
+                println!(
+                    "{:>7.1}s  {:<10}  {:<10}  {:<14}  {:>5}  {}  {}s",
+                    started.elapsed().as_secs_f64(),
+                    ev.replica,
+                    ev.id,
+                    ev.kind.as_str(),
+                    ev.fence,
+                    wxtoken_refresher::token_prefix(&ev.token),
+                    ev.expires_at_ms.saturating_sub(now_ms) / 1000,
+                );
+                seen.insert((ev.id.clone(), ev.kind), ev);
+                if !shown_help && seen.len() == wanted {
+                    shown_help = true;
+                    print_help(&redis_url);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sleep => break,
+        }
+    }
+
+    // Summary: WeChat calls per credential against elapsed lifetimes, and a
+    // business call with each token as it is in Redis now.
+    let elapsed = started.elapsed();
+    let mut con = client.get_multiplexed_async_connection().await?;
+    println!(
+        "\nafter {:.0}s ({:.1} token lifetimes):",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() / args.lifetime.as_secs_f64()
+    );
+    println!("credential  WeChat token calls  fetched by   token in Redis works?");
+    for (id, appid, _) in &secrets {
+        let keys = CredentialKeys::new(NAMESPACE, id)?;
+        let token: Option<String> = redis::cmd("GET")
+            .arg(keys.value(Kind::AccessToken))
+            .query_async(&mut con)
+            .await?;
+        let replica: Option<String> = redis::cmd("HGET")
+            .arg(keys.info(Kind::AccessToken))
+            .arg(info::REPLICA)
+            .query_async(&mut con)
+            .await?;
+        let calls = admin
+            .app_evidence(appid)
+            .map_or(0, |e| e.issued_count(Endpoint::Token));
+        let works = match token.as_deref().map(|t| admin.check_token(t)) {
+            Some(Ok(())) => "yes".to_string(),
+            Some(Err(code)) => format!("NO (errcode {code})"),
+            None => "no token".to_string(),
+        };
+        println!(
+            "{id:<10}  {calls:>18}  {:<11}  {works}",
+            replica.unwrap_or_default()
+        );
+    }
+    drop(children);
+    sim.shutdown().await;
+    Ok(())
+}
+
+fn print_help(redis_url: &str) {
+    let port = redis_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("6379");
+    println!("\n  every token is in Redis; look with redis-cli:");
+    println!("    redis-cli -p {port} GET 'wxtoken:{{demo-1}}:access_token'");
+    println!("    redis-cli -p {port} PTTL 'wxtoken:{{demo-1}}:access_token'");
+    println!("    redis-cli -p {port} HGETALL 'wxtoken:{{demo-1}}:access_token:info'");
+    println!("    redis-cli -p {port} SUBSCRIBE wxtoken:events\n");
+}
+
+fn wxtoken_refresher_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
