@@ -1,0 +1,420 @@
+//! Harness for the end-to-end tests: a real redis-server, the simulator over
+//! real HTTP, and refresher replicas as real `wxtoken run` processes that can
+//! be killed, paused and cut off from Redis.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use wxtoken_schema::{info, CredentialKeys, Kind};
+use wxtoken_sim::{Admin, SimConfig, Simulator, Timing};
+use wxtoken_testkit::RedisServer;
+
+/// Timing and shape of one scenario. Durations are short so tests run in seconds.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub credentials: usize,
+    pub tickets: bool,
+    pub stable: bool,
+    pub lifetime: Duration,
+    pub overlap: Duration,
+    pub margin: Duration,
+    pub max_margin_fraction: f64,
+    pub jitter: Duration,
+    pub lock_ttl: Duration,
+    pub request_timeout: Duration,
+    pub redis_timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub config_error_retry: Duration,
+    pub quota_pause: Duration,
+    pub check_interval: Duration,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            credentials: 3,
+            tickets: false,
+            stable: false,
+            lifetime: Duration::from_secs(6),
+            overlap: Duration::from_secs(2),
+            margin: Duration::from_secs(2),
+            max_margin_fraction: 0.5,
+            jitter: Duration::from_millis(300),
+            lock_ttl: Duration::from_secs(3),
+            request_timeout: Duration::from_millis(2500),
+            redis_timeout: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+            config_error_retry: Duration::from_secs(2),
+            quota_pause: Duration::from_secs(2),
+            check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One credential of a scenario.
+#[derive(Clone, Debug)]
+pub struct Cred {
+    pub id: String,
+    pub appid: String,
+    pub secret: String,
+}
+
+/// A running scenario.
+pub struct Env {
+    pub setup: Setup,
+    pub redis: RedisServer,
+    pub sim: Simulator,
+    pub admin: Admin,
+    pub dir: tempfile::TempDir,
+    pub creds: Vec<Cred>,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+impl Env {
+    pub async fn start(setup: Setup) -> Env {
+        let redis = RedisServer::start().expect("redis-server is needed for the tests");
+        let mut sim_cfg = SimConfig::default().with_timing(Timing {
+            expires_in: setup.lifetime,
+            overlap: setup.overlap,
+            ..Timing::default()
+        });
+        let creds: Vec<Cred> = (0..setup.credentials)
+            .map(|i| Cred {
+                id: format!("app-{i}"),
+                appid: format!("wxtest{i:012}"),
+                secret: format!("{:032x}", rand::random::<u128>()),
+            })
+            .collect();
+        for c in &creds {
+            sim_cfg = sim_cfg.with_app(&c.appid, &c.secret);
+        }
+        let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let admin = sim.admin();
+        Env {
+            setup,
+            redis,
+            sim,
+            admin,
+            dir: tempfile::tempdir().unwrap(),
+            creds,
+        }
+    }
+
+    /// The config file text for a replica talking to `redis_url`.
+    pub fn config_text(&self, redis_url: &str) -> String {
+        let s = &self.setup;
+        let mut text = format!(
+            "[redis]\nurl = \"{redis_url}\"\ntimeout = \"{}\"\n\n\
+             [wechat]\nbase_url = \"{}\"\nrequest_timeout = \"{}\"\nconnect_timeout = \"1s\"\n\n\
+             [refresh]\nmargin = \"{}\"\nmax_margin_fraction = {}\njitter = \"{}\"\nlock_ttl = \"{}\"\n\
+             retry_initial = \"{}\"\nretry_max = \"{}\"\nconfig_error_retry = \"{}\"\n\
+             quota_pause = \"{}\"\ncheck_interval = \"{}\"\n",
+            ms(s.redis_timeout),
+            self.sim.base_url(),
+            ms(s.request_timeout),
+            ms(s.margin),
+            s.max_margin_fraction,
+            ms(s.jitter),
+            ms(s.lock_ttl),
+            ms(s.retry_initial),
+            ms(s.retry_max),
+            ms(s.config_error_retry),
+            ms(s.quota_pause),
+            ms(s.check_interval),
+        );
+        for (i, c) in self.creds.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[credential]]\nid = \"{}\"\nappid = \"{}\"\nsecret_env = \"WXT_SECRET_{i}\"\nmode = \"{}\"\n",
+                c.id,
+                c.appid,
+                if s.stable { "stable" } else { "classic" }
+            ));
+            if s.tickets {
+                text.push_str("tickets = [\"jsapi\"]\n");
+            }
+        }
+        text
+    }
+
+    /// Starts `wxtoken run` as replica `name` against `redis_url` (default: the test Redis).
+    pub fn spawn_replica(&self, name: &str, redis_url: Option<&str>) -> Replica {
+        self.spawn_replica_with(name, redis_url, &[])
+    }
+
+    pub fn spawn_replica_with(
+        &self,
+        name: &str,
+        redis_url: Option<&str>,
+        extra_env: &[(&str, &str)],
+    ) -> Replica {
+        let url = redis_url.map_or_else(|| self.redis.url(), str::to_owned);
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, self.config_text(&url)).unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .args(["--replica-id", name])
+            .env("RUST_LOG", "debug")
+            .env_remove("WXTOKEN_REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (i, c) in self.creds.iter().enumerate() {
+            cmd.env(format!("WXT_SECRET_{i}"), &c.secret);
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Replica {
+            name: name.to_owned(),
+            child: Some(cmd.spawn().expect("spawning wxtoken run")),
+            log,
+        }
+    }
+
+    pub async fn redis_con(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub fn keys(&self, id: &str) -> CredentialKeys {
+        CredentialKeys::new("wxtoken", id).unwrap()
+    }
+
+    /// The stored access token of credential `i`, if any.
+    pub async fn token(&self, con: &mut redis::aio::MultiplexedConnection, i: usize) -> Option<String> {
+        stored(con, &self.keys(&self.creds[i].id), Kind::AccessToken).await
+    }
+
+    /// Waits until every credential has an access token (and tickets if configured).
+    pub async fn wait_all_stored(&self, limit: Duration) {
+        let mut con = self.redis_con().await;
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut missing = Vec::new();
+            for c in &self.creds {
+                let keys = self.keys(&c.id);
+                let mut kinds = vec![Kind::AccessToken];
+                if self.setup.tickets {
+                    kinds.push(Kind::JsapiTicket);
+                }
+                for k in kinds {
+                    if stored(&mut con, &keys, k).await.is_none() {
+                        missing.push(format!("{}/{k}", c.id));
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not stored within {limit:?}: {missing:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn stored(
+    con: &mut redis::aio::MultiplexedConnection,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> Option<String> {
+    redis::cmd("GET")
+        .arg(keys.value(kind))
+        .query_async(con)
+        .await
+        .unwrap_or(None)
+}
+
+pub async fn fence_of(
+    con: &mut redis::aio::MultiplexedConnection,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> Option<u64> {
+    redis::cmd("HGET")
+        .arg(keys.info(kind))
+        .arg(info::FENCE)
+        .query_async(con)
+        .await
+        .unwrap_or(None)
+}
+
+pub async fn replica_of(
+    con: &mut redis::aio::MultiplexedConnection,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(keys.info(kind))
+        .arg(info::REPLICA)
+        .query_async(con)
+        .await
+        .unwrap_or(None)
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `wxtoken run` child process; SIGKILLed on drop.
+pub struct Replica {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Replica {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    /// SIGKILL: no chance to release locks.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not exit within {limit:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP proxy in front of Redis that can be paused: while paused it moves
+/// no bytes in either direction (a network partition that heals).
+pub struct Proxy {
+    pub port: u16,
+    paused: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (paused, rx) = watch::channel(false);
+        let rx = Arc::new(rx);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, (*rx).clone()));
+                tokio::spawn(pump(sr, cw, (*rx).clone()));
+            }
+        });
+        Proxy { port, paused }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Data read just before a pause is held until the pause ends.
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A business call with `token` through the simulator's HTTP API; `Ok` or the errcode.
+pub async fn business_call(http: &reqwest::Client, base: &str, token: &str) -> Result<(), i64> {
+    let v: serde_json::Value = http
+        .get(format!("{base}/cgi-bin/get_api_domain_ip"))
+        .query(&[("access_token", token)])
+        .send()
+        .await
+        .map_err(|_| -2)?
+        .json()
+        .await
+        .map_err(|_| -3)?;
+    match v.get("errcode").and_then(|c| c.as_i64()) {
+        None | Some(0) => Ok(()),
+        Some(code) => Err(code),
+    }
+}
