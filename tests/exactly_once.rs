@@ -60,15 +60,27 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
             Some(token) => {
                 samples += 1;
                 if let Err(code) = business_call(&http, &env.sim.base_url(), &token).await {
-                    failures.push(format!("{} errcode {code} at {:?}", env.creds[i].id, started.elapsed()));
+                    failures.push(format!(
+                        "{} errcode {code} at {:?}",
+                        env.creds[i].id,
+                        started.elapsed()
+                    ));
                 }
             }
-            None => failures.push(format!("{} had no token at {:?}", env.creds[i].id, started.elapsed())),
+            None => failures.push(format!(
+                "{} had no token at {:?}",
+                env.creds[i].id,
+                started.elapsed()
+            )),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(samples > 500, "only {samples} samples");
-    assert!(failures.is_empty(), "{} of {samples} samples failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed: {failures:?}",
+        failures.len()
+    );
 
     // Stop the event recorder with a marker event.
     let _: () = redis::cmd("PUBLISH")
@@ -78,7 +90,11 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
         .await
         .unwrap();
     let events = events.await.unwrap();
-    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
     drop(replicas);
 
     let evidence = env.admin.evidence();
@@ -89,17 +105,28 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
         let issued: Vec<(u64, String)> = fetches
             .iter()
             .filter_map(|f| match &f.outcome {
-                FetchOutcome::Issued { token_prefix, .. } => Some((f.since_start_ms, token_prefix.clone())),
+                FetchOutcome::Issued { token_prefix, .. } => {
+                    Some((f.since_start_ms, token_prefix.clone()))
+                }
                 _ => None,
             })
             .collect();
-        assert_eq!(issued.len(), fetches.len(), "{}: a fetch failed: {fetches:?}", c.id);
+        assert_eq!(
+            issued.len(),
+            fetches.len(),
+            "{}: a fetch failed: {fetches:?}",
+            c.id
+        );
         // Six cycles or more, and never two fetches in one cycle: the period
         // is lifetime − margin (3–3.5 s), so consecutive fetches are ≥ 2.5 s apart.
         assert!(issued.len() >= 7, "{}: only {} fetches", c.id, issued.len());
         for pair in issued.windows(2) {
             let gap = pair[1].0 - pair[0].0;
-            assert!(gap >= 2500, "{}: two fetches {gap} ms apart: {issued:?}", c.id);
+            assert!(
+                gap >= 2500,
+                "{}: two fetches {gap} ms apart: {issued:?}",
+                c.id
+            );
         }
         // Every token WeChat issued is the one that was stored and announced.
         let written: Vec<String> = events
@@ -108,18 +135,35 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
             .map(|e| e.token.chars().take(8).collect())
             .collect();
         let issued_prefixes: Vec<String> = issued.iter().map(|(_, p)| p.clone()).collect();
-        assert_eq!(written, issued_prefixes, "{}: fetched vs stored tokens differ", c.id);
-        fetchers.extend(events.iter().filter(|e| e.id == c.id).map(|e| e.replica.clone()));
+        assert_eq!(
+            written, issued_prefixes,
+            "{}: fetched vs stored tokens differ",
+            c.id
+        );
+        fetchers.extend(
+            events
+                .iter()
+                .filter(|e| e.id == c.id)
+                .map(|e| e.replica.clone()),
+        );
         total_fetches += issued.len();
     }
-    assert!(fetchers.len() >= 2, "only {fetchers:?} ever fetched; replicas do not share work");
+    assert!(
+        fetchers.len() >= 2,
+        "only {fetchers:?} ever fetched; replicas do not share work"
+    );
 
     // Numbers for BENCHMARKS.md.
     let cmd_calls: BTreeMap<String, u64> = stats
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').next()?.strip_prefix("calls=")?.parse().ok()?;
+            let calls = rest
+                .split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse()
+                .ok()?;
             Some((name.to_owned(), calls))
         })
         .collect();

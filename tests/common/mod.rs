@@ -200,7 +200,11 @@ impl Env {
     }
 
     /// The stored access token of credential `i`, if any.
-    pub async fn token(&self, con: &mut redis::aio::MultiplexedConnection, i: usize) -> Option<String> {
+    pub async fn token(
+        &self,
+        con: &mut redis::aio::MultiplexedConnection,
+        i: usize,
+    ) -> Option<String> {
         stored(con, &self.keys(&self.creds[i].id), Kind::AccessToken).await
     }
 
@@ -280,7 +284,10 @@ where
 {
     let deadline = Instant::now() + limit;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
