@@ -132,7 +132,11 @@ pub async fn run(args: Args) -> Result<()> {
 
     println!("wxtoken demo");
     println!("  redis      {redis_url}");
-    println!("  simulator  {}  (admin: {}/_sim/evidence)", sim.base_url(), sim.base_url());
+    println!(
+        "  simulator  {}  (admin: {}/_sim/evidence)",
+        sim.base_url(),
+        sim.base_url()
+    );
     println!(
         "  replicas   {} × `wxtoken run --config {}`",
         args.replicas,

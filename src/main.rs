@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 #[derive(Parser)]
-#[command(name = "wxtoken", version, about = "Central control server for WeChat API credentials, backed by Redis")]
+#[command(
+    name = "wxtoken",
+    version,
+    about = "Central control server for WeChat API credentials, backed by Redis"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "WXTOKEN_LOG_FORMAT")]
@@ -77,7 +81,11 @@ enum Command {
         #[arg(long, default_value = "access_token", value_parser = ["access_token", "jsapi_ticket", "wx_card_ticket"])]
         kind: String,
         /// Redis URL.
-        #[arg(long, env = "WXTOKEN_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        #[arg(
+            long,
+            env = "WXTOKEN_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379"
+        )]
         redis_url: String,
         /// Key namespace.
         #[arg(long, default_value = wxtoken_schema::DEFAULT_NAMESPACE)]
@@ -91,6 +99,7 @@ fn init_logging(format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -77,7 +77,9 @@ pub async fn run(
     match bounded(t, release_lock(&mut con, keys, kind, &owner)).await {
         Ok(true) => {}
         Ok(false) => tracing::debug!(id = keys.id(), %kind, "lock had lapsed before release"),
-        Err(e) => tracing::warn!(id = keys.id(), %kind, error = %e, "could not release lock; it lapses by its TTL"),
+        Err(e) => {
+            tracing::warn!(id = keys.id(), %kind, error = %e, "could not release lock; it lapses by its TTL")
+        }
     }
     result
 }
@@ -173,11 +175,18 @@ async fn fetch(
     kind: Kind,
     access_token: Option<&str>,
 ) -> Result<Fetched, WechatError> {
-    let ticket = |t: Ticket| sh.wechat.ticket(access_token.unwrap_or(""), t.wechat_type());
+    let ticket = |t: Ticket| {
+        sh.wechat
+            .ticket(access_token.unwrap_or(""), t.wechat_type())
+    };
     match kind {
         Kind::AccessToken => match cred.mode {
             Mode::Classic => sh.wechat.classic_token(&cred.appid, &cred.secret).await,
-            Mode::Stable => sh.wechat.stable_token(&cred.appid, &cred.secret, false).await,
+            Mode::Stable => {
+                sh.wechat
+                    .stable_token(&cred.appid, &cred.secret, false)
+                    .await
+            }
         },
         Kind::JsapiTicket => ticket(Ticket::Jsapi).await,
         Kind::WxCardTicket => ticket(Ticket::WxCard).await,

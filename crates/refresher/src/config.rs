@@ -336,7 +336,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string(), &|k| std::env::var(k).ok())
+        Self::parse(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
     }
 
     /// Parses and validates `text`; `origin` names it in errors and `env`
@@ -347,10 +349,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             // Only the parser's message, never its snippet of the file: the
             // offending line could hold an inline secret.
             ConfigError::Parse {
@@ -439,7 +438,10 @@ fn validate(
     if !(r.max_margin_fraction > 0.0 && r.max_margin_fraction < 1.0) {
         return Err(invalid(
             "refresh.max_margin_fraction",
-            format!("{} must be between 0 and 1 (exclusive)", r.max_margin_fraction),
+            format!(
+                "{} must be between 0 and 1 (exclusive)",
+                r.max_margin_fraction
+            ),
         ));
     }
     if r.margin.is_zero() {
@@ -668,12 +670,21 @@ secret_env = "MINI_SECRET"
         assert_eq!(c.credentials[0].secret.expose_secret(), "s3cr3t-oa");
         assert_eq!(c.credentials[1].secret.expose_secret(), "s3cr3t-mini");
         assert_eq!(c.credentials[1].mode, Mode::Stable);
-        assert_eq!(c.credentials[0].tickets, vec![Ticket::Jsapi, Ticket::WxCard]);
+        assert_eq!(
+            c.credentials[0].tickets,
+            vec![Ticket::Jsapi, Ticket::WxCard]
+        );
         assert_eq!(c.refresh.jitter, Duration::from_secs(30));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cr3t"), "secrets leak through Debug: {debug}");
-        assert!(!debug.contains(":pw@"), "redis password leaks through Debug");
+        assert!(
+            !debug.contains("s3cr3t"),
+            "secrets leak through Debug: {debug}"
+        );
+        assert!(
+            !debug.contains(":pw@"),
+            "redis password leaks through Debug"
+        );
         assert_eq!(redacted_url(&c.redis.url), "redis://:***@127.0.0.1:6390/0");
     }
 
@@ -715,9 +726,8 @@ secret_env = "MINI_SECRET"
 
     #[test]
     fn parse_errors_never_echo_an_inline_secret() {
-        let e = error_of(
-            "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret = \"topsecret\" junk\n",
-        );
+        let e =
+            error_of("[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret = \"topsecret\" junk\n");
         assert!(!e.contains("topsecret"), "{e}");
     }
 
@@ -795,18 +805,22 @@ secret_env = "MINI_SECRET"
     #[test]
     fn margin_is_clamped_to_a_fraction_of_the_lifetime() {
         let c = Config::parse("", "x.toml", &env_with(&[])).unwrap();
-        assert_eq!(c.refresh.margin_for(Duration::from_secs(7200)), Duration::from_secs(300));
-        assert_eq!(c.refresh.margin_for(Duration::from_secs(20)), Duration::from_secs(5));
+        assert_eq!(
+            c.refresh.margin_for(Duration::from_secs(7200)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            c.refresh.margin_for(Duration::from_secs(20)),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
     fn example_config_in_the_repository_is_valid() {
         let text = include_str!("../../../config.example.toml");
-        let c = Config::parse(
-            text,
-            "config.example.toml",
-            &|k| (!k.starts_with("WXTOKEN_")).then(|| "example-secret".to_owned()),
-        )
+        let c = Config::parse(text, "config.example.toml", &|k| {
+            (!k.starts_with("WXTOKEN_")).then(|| "example-secret".to_owned())
+        })
         .unwrap();
         assert!(!c.credentials.is_empty());
     }

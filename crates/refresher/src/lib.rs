@@ -147,7 +147,10 @@ pub async fn run(
     let wakers = Arc::new(wakers);
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(register_all(shared.clone(), slots.iter().map(|s| s.0.clone()).collect()));
+    tasks.spawn(register_all(
+        shared.clone(),
+        slots.iter().map(|s| s.0.clone()).collect(),
+    ));
     tasks.spawn(events::listen(
         client,
         shared.namespace.clone(),
@@ -172,7 +175,10 @@ pub async fn run(
 /// until Redis answers or shutdown.
 async fn register_all(sh: Arc<Shared>, creds: Vec<Arc<config::Credential>>) {
     let mut seen = std::collections::HashSet::new();
-    let creds: Vec<_> = creds.into_iter().filter(|c| seen.insert(c.id.clone())).collect();
+    let creds: Vec<_> = creds
+        .into_iter()
+        .filter(|c| seen.insert(c.id.clone()))
+        .collect();
     let mut failures = 0;
     while !sh.shutdown.is_cancelled() {
         let r = async {

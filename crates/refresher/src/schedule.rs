@@ -93,7 +93,9 @@ fn margin(sh: &Shared, stored: &store::Stored) -> Duration {
 
 /// Due under the lock: missing, or less than the full margin left.
 fn due_now(sh: &Shared, stored: &store::Stored) -> bool {
-    stored.remaining.is_none_or(|left| left <= margin(sh, stored))
+    stored
+        .remaining
+        .is_none_or(|left| left <= margin(sh, stored))
 }
 
 /// One look at Redis and, if due, one attempt. Returns how long to wait.
@@ -178,11 +180,14 @@ async fn failed(sh: &Shared, slot: &mut Slot, e: AttemptError) -> Duration {
     let kind = slot.kind;
     let (wait, paused_for) = match class {
         ErrorClass::Config => {
-            if slot.last_loud.as_deref() != Some(message.as_str()) {
+            // Loud once per distinct fault (by errcode: WeChat's messages
+            // carry a fresh request id each time).
+            let fault = errcode.map_or_else(|| message.clone(), |c| c.to_string());
+            if slot.last_loud.as_deref() != Some(fault.as_str()) {
                 tracing::error!(%id, %kind, appid = %slot.cred.appid, error = %message,
                     "CONFIGURATION FAULT: WeChat refuses this credential; fix the secret, appid or IP whitelist. Retrying every {}",
                     humantime::format_duration(sh.refresh.config_error_retry));
-                slot.last_loud = Some(message.clone());
+                slot.last_loud = Some(fault);
             } else {
                 tracing::debug!(%id, %kind, error = %message, "configuration fault persists");
             }
@@ -194,7 +199,11 @@ async fn failed(sh: &Shared, slot: &mut Slot, e: AttemptError) -> Duration {
             (sh.refresh.quota_pause, Some(sh.refresh.quota_pause))
         }
         ErrorClass::Retryable | ErrorClass::TokenInvalid => {
-            let wait = backoff(sh.refresh.retry_initial, sh.refresh.retry_max, slot.failures);
+            let wait = backoff(
+                sh.refresh.retry_initial,
+                sh.refresh.retry_max,
+                slot.failures,
+            );
             tracing::warn!(%id, %kind, error = %message, attempt = slot.failures, retry_in = ?wait, "refresh failed; backing off");
             (wait, None)
         }

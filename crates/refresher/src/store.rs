@@ -99,7 +99,10 @@ pub async fn register(
     redis::pipe()
         .sadd(registry_key(namespace), keys.id())
         .ignore()
-        .hset_multiple(keys.status(), &[(status::APPID, appid), (status::MODE, mode)])
+        .hset_multiple(
+            keys.status(),
+            &[(status::APPID, appid), (status::MODE, mode)],
+        )
         .ignore()
         .expire(keys.status(), STATUS_TTL_SECS as i64)
         .ignore()

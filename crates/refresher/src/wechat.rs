@@ -104,8 +104,8 @@ impl WechatError {
                 45009 => ErrorClass::Quota,
                 40001 | 40014 | 42001 if for_ticket => ErrorClass::TokenInvalid,
                 // wrong secret, bad appid, bad params, IP whitelist, frozen, no permission
-                40001 | 40002 | 40013 | 40125 | 40164 | 40243 | 41002 | 41004 | 48001
-                | 50001 | 61004 | 89503 => ErrorClass::Config,
+                40001 | 40002 | 40013 | 40125 | 40164 | 40243 | 41002 | 41004 | 48001 | 50001
+                | 61004 | 89503 => ErrorClass::Config,
                 _ => ErrorClass::Retryable,
             },
             _ => ErrorClass::Retryable,
@@ -244,13 +244,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Parses a WeChat reply carrying `field` ("access_token" or "ticket").
 fn parse(body: &[u8], field: &str, sent_at: Instant) -> Result<Fetched, WechatError> {
-    let reply: Reply = serde_json::from_slice(body).map_err(|e| {
-        WechatError::Malformed(format!("not the JSON WeChat sends ({e})"))
-    })?;
+    let reply: Reply = serde_json::from_slice(body)
+        .map_err(|e| WechatError::Malformed(format!("not the JSON WeChat sends ({e})")))?;
     if let Some(errcode) = reply.errcode.filter(|c| *c != 0) {
         let mut errmsg = reply.errmsg.unwrap_or_default();
         if errmsg.len() > 200 {
-            let cut = (0..=200).rev().find(|i| errmsg.is_char_boundary(*i)).unwrap_or(0);
+            let cut = (0..=200)
+                .rev()
+                .find(|i| errmsg.is_char_boundary(*i))
+                .unwrap_or(0);
             errmsg.truncate(cut);
         }
         return Err(WechatError::Api { errcode, errmsg });
