@@ -230,7 +230,14 @@ async fn record_ok(sh: &Shared, slot: &Slot) {
         let now = crate::unix_ms();
         bounded(
             sh.redis_timeout,
-            store::record_ok(&mut con, &slot.keys, &sh.replica, now),
+            store::record_ok(
+                &mut con,
+                &slot.keys,
+                &slot.cred.appid,
+                slot.cred.mode.as_str(),
+                &sh.replica,
+                now,
+            ),
         )
         .await
     }

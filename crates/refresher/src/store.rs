@@ -110,17 +110,24 @@ pub async fn register(
         .await
 }
 
-/// Records a successful fetch and clears any error or pause.
+/// Records a successful fetch, clears any error or pause, and re-registers
+/// the credential (Redis may have restarted empty since start-up).
 pub async fn record_ok(
     con: &mut deadpool_redis::Connection,
     keys: &CredentialKeys,
+    appid: &str,
+    mode: &str,
     replica: &str,
     now_ms: u64,
 ) -> Result<(), redis::RedisError> {
     redis::pipe()
+        .sadd(registry_key(keys.namespace()), keys.id())
+        .ignore()
         .hset_multiple(
             keys.status(),
             &[
+                (status::APPID, appid.to_owned()),
+                (status::MODE, mode.to_owned()),
                 (status::LAST_OK_AT_MS, now_ms.to_string()),
                 (status::REPLICA, replica.to_owned()),
             ],

@@ -1,0 +1,108 @@
+//! The binary's promises about configuration and secrets: bad configs fail at
+//! start-up with the field named and exit code 1; secrets never appear in logs
+//! (human or JSON, at debug level, through failures too).
+
+mod common;
+
+use common::{Env, Setup};
+use std::process::Command;
+use std::time::Duration;
+
+fn wxtoken(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
+    cmd.args(args)
+        .env_remove("WXTOKEN_REDIS_URL")
+        .env_remove("WXTOKEN_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configs_fail_at_start_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[refresh]\nmargn = \"5m\"\n", "2:1", "margn"),
+        (
+            "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"WXT_NOT_SET\"\n",
+            "credential[0].secret_env",
+            "WXT_NOT_SET is not set",
+        ),
+        (
+            "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"S\"\n[[credential]]\nid = \"a\"\nappid = \"wx2\"\nsecret_env = \"S\"\n",
+            "credential[1].id",
+            "duplicate",
+        ),
+        ("[wechat]\nbase_url = \"::nope\"\n", "wechat.base_url", "not a URL"),
+    ];
+    for (i, (text, field, why)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        for args in [vec!["check-config", p], vec!["run", "--config", p]] {
+            let (code, _, err) = wxtoken(&args, &[("S", "x")]);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(
+                err.contains(p) && err.contains(field) && err.contains(why),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    let (code, _, err) = wxtoken(&["run", "--config", "/nonexistent/wxtoken.toml"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read config file /nonexistent/wxtoken.toml"),
+        "{err}"
+    );
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let (code, out, err) = wxtoken(
+        &["check-config", example],
+        &[("WX_OA_MAIN_SECRET", "a"), ("WX_MINI_SHOP_SECRET", "b")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (2 credentials)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    let env = Env::start(Setup {
+        credentials: 2,
+        tickets: true,
+        lifetime: Duration::from_secs(8),
+        ..Setup::default()
+    })
+    .await;
+    // One credential works; the other's secret is wrong (a refused fetch logs errors).
+    env.admin.set_secret_frozen(&env.creds[1].appid, true);
+    let human = env.spawn_replica("human", None);
+    let json = env.spawn_replica_with("json", None, &[("WXTOKEN_LOG_FORMAT", "json")]);
+    common::eventually(Duration::from_secs(10), "first token stored", || {
+        let (env, con) = (&env, env.redis_con());
+        async move { env.token(&mut con.await, 0).await.is_some() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // at least one proactive refresh
+    let mut con = env.redis_con().await;
+    let token = env.token(&mut con, 0).await.unwrap();
+    let all = format!("{}{}", human.logs(), json.logs());
+    assert!(all.contains("stored new value"), "{all}");
+    assert!(
+        all.contains("40243"),
+        "the refused credential is not logged: {all}"
+    );
+    for c in &env.creds {
+        assert!(!all.contains(&c.secret), "a secret was logged");
+    }
+    assert!(!all.contains(&token), "a whole token was logged");
+    assert!(json
+        .logs()
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+}
