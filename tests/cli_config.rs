@@ -68,6 +68,14 @@ fn bad_configs_fail_at_start_with_the_field_named() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok (2 credentials)"), "{out}");
+
+    // The config docker-compose.yml mounts is valid too.
+    let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose.toml");
+    let (code, _, err) = wxtoken(
+        &["check-config", compose],
+        &[("WX_OA_MAIN_SECRET", "a"), ("WX_MINI_SHOP_SECRET", "b")],
+    );
+    assert_eq!(code, 0, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
