@@ -56,6 +56,7 @@ pub enum AttemptError {
 /// holds under the lock, whether a WeChat call is still needed.
 pub async fn run(
     sh: &Shared,
+    con: &mut deadpool_redis::Connection,
     cred: &Credential,
     keys: &CredentialKeys,
     kind: Kind,
@@ -63,18 +64,17 @@ pub async fn run(
 ) -> Result<Attempt, AttemptError> {
     let t = sh.redis_timeout;
     let owner = format!("{}#{:016x}", sh.replica, rand::random::<u64>());
-    let mut con = bounded(t, sh.pool.get()).await?;
     let Some(fence) = bounded(
         t,
-        acquire_lock(&mut con, keys, kind, &owner, sh.refresh.lock_ttl),
+        acquire_lock(con, keys, kind, &owner, sh.refresh.lock_ttl),
     )
     .await?
     else {
         return Ok(Attempt::Busy);
     };
-    let result = locked(sh, cred, keys, kind, &owner, fence, &mut con, due).await;
+    let result = locked(sh, cred, keys, kind, &owner, fence, con, due).await;
     // Release whatever happened; if it already lapsed, nothing is lost.
-    match bounded(t, release_lock(&mut con, keys, kind, &owner)).await {
+    match bounded(t, release_lock(con, keys, kind, &owner)).await {
         Ok(true) => {}
         Ok(false) => tracing::debug!(id = keys.id(), %kind, "lock had lapsed before release"),
         Err(e) => {

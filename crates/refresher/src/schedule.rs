@@ -101,12 +101,13 @@ fn due_now(sh: &Shared, stored: &store::Stored) -> bool {
 /// One look at Redis and, if due, one attempt. Returns how long to wait.
 async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
     let t = sh.redis_timeout;
-    let stored = match async {
-        let mut con = bounded(t, sh.pool.get()).await?;
-        bounded(t, store::read(&mut con, &slot.keys, slot.kind)).await
-    }
-    .await
-    {
+    // One pooled connection per step: the pool checks each checkout with a
+    // round trip, so the read, the attempt and the status write share it.
+    let mut con = match bounded(t, sh.pool.get()).await {
+        Ok(con) => con,
+        Err(e) => return redis_failed(slot, e),
+    };
+    let stored = match bounded(t, store::read(&mut con, &slot.keys, slot.kind)).await {
         Ok(s) => {
             if slot.redis_failures > 0 {
                 tracing::info!(id = slot.keys.id(), kind = %slot.kind, "Redis is reachable again");
@@ -114,17 +115,7 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
             slot.redis_failures = 0;
             s
         }
-        Err(e) => {
-            slot.redis_failures += 1;
-            if slot.redis_failures == 1 {
-                tracing::warn!(id = slot.keys.id(), kind = %slot.kind, error = %e, "cannot read Redis; retrying");
-            }
-            return backoff(
-                Duration::from_millis(200),
-                Duration::from_secs(5),
-                slot.redis_failures,
-            );
-        }
+        Err(e) => return redis_failed(slot, e),
     };
 
     let threshold = margin(sh, &stored).saturating_sub(slot.jitter);
@@ -143,7 +134,10 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
         }
     }
 
-    let result = attempt::run(sh, &slot.cred, &slot.keys, slot.kind, |s| due_now(sh, s)).await;
+    let result = attempt::run(sh, &mut con, &slot.cred, &slot.keys, slot.kind, |s| {
+        due_now(sh, s)
+    })
+    .await;
     match result {
         Ok(Attempt::Refreshed { remaining, .. }) => {
             slot.failures = 0;
@@ -154,16 +148,21 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
                 tracing::warn!(id = slot.keys.id(), kind = %slot.kind, ?remaining, "WeChat returned a value that is already within the refresh margin");
                 Instant::now() + remaining / 2
             });
-            record_ok(sh, slot).await;
+            record_ok(sh, &mut con, slot).await;
             Duration::ZERO
         }
         Ok(Attempt::AlreadyFresh) | Ok(Attempt::Rejected(_)) => Duration::ZERO,
         Ok(Attempt::Busy) => BUSY_RECHECK,
-        Err(e) => failed(sh, slot, e).await,
+        Err(e) => failed(sh, &mut con, slot, e).await,
     }
 }
 
-async fn failed(sh: &Shared, slot: &mut Slot, e: AttemptError) -> Duration {
+async fn failed(
+    sh: &Shared,
+    con: &mut deadpool_redis::Connection,
+    slot: &mut Slot,
+    e: AttemptError,
+) -> Duration {
     if matches!(e, AttemptError::NoAccessToken) {
         // Not a failure: the ticket waits for its access token, whose write
         // also wakes this loop.
@@ -209,9 +208,21 @@ async fn failed(sh: &Shared, slot: &mut Slot, e: AttemptError) -> Duration {
         }
     };
     if !matches!(e, AttemptError::Redis(_)) {
-        record_error(sh, slot, &message, errcode, paused_for).await;
+        record_error(sh, con, slot, &message, errcode, paused_for).await;
     }
     wait
+}
+
+fn redis_failed(slot: &mut Slot, e: store::RedisError) -> Duration {
+    slot.redis_failures += 1;
+    if slot.redis_failures == 1 {
+        tracing::warn!(id = slot.keys.id(), kind = %slot.kind, error = %e, "cannot read Redis; retrying");
+    }
+    backoff(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        slot.redis_failures,
+    )
 }
 
 /// Capped exponential backoff with full jitter in the upper half:
@@ -221,17 +232,16 @@ pub fn backoff(initial: Duration, max: Duration, n: u32) -> Duration {
     exp.min(max).mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
-async fn record_ok(sh: &Shared, slot: &Slot) {
+async fn record_ok(sh: &Shared, con: &mut deadpool_redis::Connection, slot: &Slot) {
     if slot.kind != Kind::AccessToken {
         return;
     }
     let r = async {
-        let mut con = bounded(sh.redis_timeout, sh.pool.get()).await?;
         let now = crate::unix_ms();
         bounded(
             sh.redis_timeout,
             store::record_ok(
-                &mut con,
+                con,
                 &slot.keys,
                 &slot.cred.appid,
                 slot.cred.mode.as_str(),
@@ -249,20 +259,20 @@ async fn record_ok(sh: &Shared, slot: &Slot) {
 
 async fn record_error(
     sh: &Shared,
+    con: &mut deadpool_redis::Connection,
     slot: &Slot,
     message: &str,
     errcode: Option<i64>,
     paused_for: Option<Duration>,
 ) {
     let r = async {
-        let mut con = bounded(sh.redis_timeout, sh.pool.get()).await?;
         let now = crate::unix_ms();
         let paused_until = paused_for.map(|d| now + d.as_millis() as u64);
         let message = format!("{}: {message}", slot.kind);
         bounded(
             sh.redis_timeout,
             store::record_error(
-                &mut con,
+                con,
                 &slot.keys,
                 &sh.replica,
                 &message,

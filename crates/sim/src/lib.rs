@@ -1,1 +1,123 @@
-//! stub
+//! # wxtoken-sim: a faithful, scriptable simulator of WeChat's access-token APIs
+//!
+//! wxtoken's tests, its demo and users' own integration tests run against this instead of
+//! `https://api.weixin.qq.com`. It is deliberately *not* lenient: it encodes WeChat's real
+//! rules (check order and errcodes, 7200 s lifetime, 300 s overlap after a replacement, daily
+//! quotas, stable-token reuse and force-refresh limits, IP whitelist, frozen secrets), so a
+//! client that passes against it has been tested against the rules that bite in production.
+//! It must not be used as anything but a test double: it has no authentication of its own.
+//!
+//! Served paths (real WeChat paths):
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `GET /cgi-bin/token` | classic access token |
+//! | `POST /cgi-bin/stable_token` | stable access token (normal and `force_refresh`) |
+//! | `GET /cgi-bin/ticket/getticket` | `jsapi` / `wx_card` tickets |
+//! | `GET,POST /cgi-bin/get_api_domain_ip` | a business API that checks the token |
+//! | `/_sim/...` | the HTTP admin API mirroring [`Admin`] |
+//!
+//! Everything is scriptable at run time through [`Admin`] (in-process) or `/_sim/` (HTTP):
+//! scripted [`Fault`]s, whitelist/frozen flags, quota counters, token revocation, and
+//! [`Evidence`] of what happened (token prefixes only, never secrets or whole tokens).
+//!
+//! | HTTP admin API (JSON in and out) | [`Admin`] equivalent |
+//! | --- | --- |
+//! | `GET /_sim/healthz` | |
+//! | `GET /_sim/evidence` | [`Admin::evidence`] |
+//! | `GET /_sim/apps/{appid}/evidence` | [`Admin::app_evidence`] |
+//! | `POST /_sim/apps` `{"appid","secret"}` | [`Admin::add_app`] |
+//! | `POST /_sim/apps/{appid}/faults` (a [`Fault`]) | [`Admin::inject`] |
+//! | `GET /_sim/apps/{appid}/faults` | [`Admin::faults`] |
+//! | `DELETE /_sim/apps/{appid}/faults` | [`Admin::clear_faults`] |
+//! | `PUT /_sim/apps/{appid}/flags` ([`Flags`]) | [`Admin::set_ip_whitelisted`], [`Admin::set_secret_frozen`] |
+//! | `PUT /_sim/apps/{appid}/quota` ([`QuotaUsed`]) | [`Admin::set_quota_used`] |
+//! | `POST /_sim/apps/{appid}/quota/reset` | [`Admin::reset_quota`] |
+//! | `POST /_sim/apps/{appid}/revoke` | [`Admin::revoke_tokens`] |
+//!
+//! Unknown appids are 404, malformed bodies 400; both answer `{"error": "..."}`.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use wxtoken_sim::{Endpoint, Fault, FaultKind, SimConfig, Simulator, Timing};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! const APPID: &str = "wx0000000000000001";
+//! const SECRET: &str = "0123456789abcdef0123456789abcdef";
+//!
+//! // Short lifetimes so tests run in seconds.
+//! let timing = Timing {
+//!     expires_in: Duration::from_secs(4),
+//!     overlap: Duration::from_secs(1),
+//!     ..Timing::default()
+//! };
+//! let config = SimConfig::default().with_app(APPID, SECRET).with_timing(timing);
+//! let sim = Simulator::start(config, "127.0.0.1:0".parse()?).await?;
+//! let admin = sim.admin();
+//!
+//! // The next classic fetch fails with "system error", the one after works.
+//! let fault = Fault::new(FaultKind::Errcode { errcode: -1 }).on(Endpoint::Token).times(1);
+//! admin.inject(APPID, fault);
+//!
+//! let url = format!(
+//!     "{}/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret={SECRET}",
+//!     sim.base_url()
+//! );
+//! let first: serde_json::Value = reqwest::get(&url).await?.json().await?;
+//! assert_eq!(first["errcode"], -1);
+//! let second: serde_json::Value = reqwest::get(&url).await?.json().await?;
+//! let token = second["access_token"].as_str().unwrap_or_default();
+//! assert_eq!(admin.check_token(token), Ok(()));
+//!
+//! // Evidence: one faulted fetch, then one issued token (8-character prefix only).
+//! let evidence = admin.app_evidence(APPID).unwrap_or_default();
+//! assert_eq!(evidence.fetches.len(), 2);
+//! sim.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Validity rule
+//!
+//! A token is valid until it expires or, if it was replaced, until `overlap` after the
+//! replacement, whichever is sooner. A revoked token, or one whose overlap ended before its
+//! natural expiry, answers 40001 (forever); a token that lived its full life answers 42001.
+//!
+//! ## Choices where WeChat's documentation leaves room
+//!
+//! - Scripted faults are applied before every check and never charge quota. A `delay` fault
+//!   then answers normally and is recorded as the normal outcome.
+//! - Classic and ticket quotas count successful fetches; the stable quota counts every call
+//!   that passes the credential checks (reused answers too); business calls are counted but
+//!   not limited.
+//! - A `force_refresh` inside the minimum interval returns the current token and does not
+//!   count towards the daily force-refresh limit.
+//! - `getticket` without `type` is 40097, like an unknown type.
+//! - [`Admin::revoke_tokens`] revokes access tokens (classic and stable), not tickets.
+//! - Issued tokens and fetch records are kept for the simulator's lifetime (bounded in
+//!   practice by the daily quotas), so an old token keeps answering 42001/40001 rather than
+//!   becoming "unknown".
+
+mod admin;
+mod business;
+mod config;
+pub mod errcode;
+mod evidence;
+mod fault;
+mod server;
+mod state;
+mod ticket;
+mod token;
+mod wire;
+
+pub use admin::{Admin, AdminError, Flags, QuotaUsed};
+pub use config::{AppConfig, ConfigError, SimConfig, Timing};
+pub use evidence::{
+    AppEvidence, Endpoint, Evidence, FetchOutcome, FetchRecord, LiveToken, UnknownEndpoint,
+};
+pub use fault::{Fault, FaultKind};
+pub use server::{serve, Simulator};
+pub use wire::JSON_CONTENT_TYPE;
