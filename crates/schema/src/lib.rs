@@ -14,7 +14,10 @@ mod keys;
 mod scripts;
 
 pub use keys::{validate_name, CredentialKeys, InvalidName, Kind, KINDS};
-pub use scripts::{acquire_lock, release_lock, renew_lock, write_token, TokenWrite, WriteOutcome};
+pub use scripts::{
+    acquire_lock, release_lock, renew_lock, request_refresh, write_token, RequestOutcome,
+    TokenWrite, WriteOutcome,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +97,20 @@ impl UpdateEvent {
 pub fn events_channel(namespace: &str) -> String {
     format!("{namespace}:events")
 }
+
+/// The pub/sub channel that wakes refreshers when a refresh is requested.
+/// Messages are plain text `"<id> <kind>"`, e.g. `oa-main access_token`.
+pub fn requests_channel(namespace: &str) -> String {
+    format!("{namespace}:requests")
+}
+
+/// The request value that asks for a refresh whatever is stored (operators'
+/// `wxtoken refresh --force`): skips the minimum interval, and stable-mode
+/// credentials use `force_refresh`.
+pub const FORCE_REQUEST: &str = "*";
+
+/// How long a refresh request waits for a refresher before it lapses.
+pub const REQUEST_TTL_SECS: u64 = 600;
 
 /// The set of credential ids refreshers in this namespace manage (for listing
 /// in `wxtoken status`; holds ids only).

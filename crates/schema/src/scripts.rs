@@ -2,8 +2,8 @@
 //! a caller's connection. Each script touches the keys of one credential only
 //! (one hash tag, one cluster slot). This module owns no connection.
 
-use crate::events_channel;
 use crate::keys::{CredentialKeys, Kind};
+use crate::{events_channel, requests_channel};
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 use std::sync::LazyLock;
@@ -51,7 +51,10 @@ return 0
 /// still held by `owner` and no write with a newer fence has landed. Times
 /// come from the Redis clock so replicas' clocks do not matter.
 ///
-/// KEYS: value, info, lock.
+/// A pending refresh request for the value is answered by the write, so it
+/// is deleted in the same step.
+///
+/// KEYS: value, info, lock, refresh request.
 /// ARGV: owner, fence, token, ttl_ms, expires_in, replica, channel, id, kind.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -80,12 +83,33 @@ redis.call('HSET', KEYS[2],
   'fence', ARGV[2],
   'replica', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('DEL', KEYS[4])
 redis.call('PUBLISH', ARGV[7], string.format(
   '{"v":1,"id":%s,"kind":%s,"token":%s,"expires_at_ms":%s,"fence":%s,"replica":%s}',
   cjson.encode(ARGV[8]), cjson.encode(ARGV[9]), cjson.encode(ARGV[3]),
   exp, ARGV[2], cjson.encode(ARGV[6])))
 return {1, exp}
 "#,
+    )
+});
+
+/// Compare-and-request: records a passive refresh request for the value
+/// only if the stored value is still the reported one (or is gone), and wakes
+/// the refreshers. A report about an already replaced value changes nothing,
+/// so a storm of reports about one bad token leads to one refresh.
+///
+/// KEYS: value, refresh request. ARGV: reported, ttl_ms, channel, id, kind.
+static REQUEST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[1] ~= '*' and cur ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
+return 1
+",
     )
 });
 
@@ -193,6 +217,7 @@ pub async fn write_token<C: ConnectionLike>(
         .key(keys.value(w.kind))
         .key(keys.info(w.kind))
         .key(keys.lock(w.kind))
+        .key(keys.refresh_request(w.kind))
         .arg(w.owner)
         .arg(w.fence)
         .arg(w.token)
@@ -211,5 +236,43 @@ pub async fn write_token<C: ConnectionLike>(
         (_, "stale_fence") => WriteOutcome::StaleFence,
         (_, "expired") => WriteOutcome::Expired,
         _ => WriteOutcome::LockLost,
+    })
+}
+
+/// What [`request_refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Recorded; a refresher will replace the value.
+    Requested,
+    /// The reported value was already replaced: nothing to do.
+    AlreadyReplaced,
+}
+
+/// Asks the refreshers to replace `kind` of a credential because `reported`
+/// was refused by WeChat (40001, 40014, 42001). `reported` may be
+/// [`FORCE_REQUEST`](crate::FORCE_REQUEST) to replace whatever is stored (operators only). The
+/// request is durable for `ttl`: it is served even if no refresher is running
+/// right now.
+pub async fn request_refresh<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    reported: &str,
+    ttl: Duration,
+) -> RedisResult<RequestOutcome> {
+    let n: i64 = REQUEST
+        .key(keys.value(kind))
+        .key(keys.refresh_request(kind))
+        .arg(reported)
+        .arg(millis(ttl))
+        .arg(requests_channel(keys.namespace()))
+        .arg(keys.id())
+        .arg(kind.as_str())
+        .invoke_async(con)
+        .await?;
+    Ok(if n == 1 {
+        RequestOutcome::Requested
+    } else {
+        RequestOutcome::AlreadyReplaced
     })
 }

@@ -239,3 +239,73 @@ async fn write_is_refused_after_the_lock_is_lost_or_by_an_older_fence() {
     let value: String = con.get(keys.value(kind)).await.unwrap();
     assert_eq!(value, "NEW");
 }
+
+#[tokio::test]
+async fn refresh_requests_compare_with_the_stored_value_and_are_answered_by_the_write() {
+    use wxtoken_schema::{request_refresh, requests_channel, RequestOutcome, FORCE_REQUEST};
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = CredentialKeys::new("wxtoken", "app").unwrap();
+    let kind = Kind::AccessToken;
+    let ttl = Duration::from_secs(60);
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(requests_channel("wxtoken")).await.unwrap();
+
+    let fence = acquire_lock(&mut con, &keys, kind, "a#1", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    write_token(&mut con, &keys, &write("a#1", fence, "CURRENT"))
+        .await
+        .unwrap();
+    release_lock(&mut con, &keys, kind, "a#1").await.unwrap();
+
+    // A report about an older token changes nothing.
+    assert_eq!(
+        request_refresh(&mut con, &keys, kind, "OLDER", ttl)
+            .await
+            .unwrap(),
+        RequestOutcome::AlreadyReplaced
+    );
+    let pending: Option<String> = con.get(keys.refresh_request(kind)).await.unwrap();
+    assert_eq!(pending, None);
+
+    // A report about the stored token is recorded, durably, and announced.
+    assert_eq!(
+        request_refresh(&mut con, &keys, kind, "CURRENT", ttl)
+            .await
+            .unwrap(),
+        RequestOutcome::Requested
+    );
+    let pending: Option<String> = con.get(keys.refresh_request(kind)).await.unwrap();
+    assert_eq!(pending.as_deref(), Some("CURRENT"));
+    let pttl: i64 = con.pttl(keys.refresh_request(kind)).await.unwrap();
+    assert!(pttl > 0 && pttl <= 60_000);
+    use futures_util::StreamExt;
+    let msg = tokio::time::timeout(Duration::from_secs(2), pubsub.on_message().next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.get_payload::<String>().unwrap(), "app access_token");
+
+    // The next write answers the request.
+    let fence = acquire_lock(&mut con, &keys, kind, "b#1", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    write_token(&mut con, &keys, &write("b#1", fence, "NEWER"))
+        .await
+        .unwrap();
+    let pending: Option<String> = con.get(keys.refresh_request(kind)).await.unwrap();
+    assert_eq!(pending, None);
+
+    // The operator's force request is recorded whatever is stored.
+    assert_eq!(
+        request_refresh(&mut con, &keys, kind, FORCE_REQUEST, ttl)
+            .await
+            .unwrap(),
+        RequestOutcome::Requested
+    );
+}
