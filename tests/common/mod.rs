@@ -35,6 +35,7 @@ pub struct Setup {
     pub config_error_retry: Duration,
     pub quota_pause: Duration,
     pub check_interval: Duration,
+    pub min_interval: Duration,
 }
 
 impl Default for Setup {
@@ -56,6 +57,7 @@ impl Default for Setup {
             config_error_retry: Duration::from_secs(2),
             quota_pause: Duration::from_secs(2),
             check_interval: Duration::from_secs(1),
+            min_interval: Duration::from_millis(500),
         }
     }
 }
@@ -122,7 +124,7 @@ impl Env {
              [wechat]\nbase_url = \"{}\"\nrequest_timeout = \"{}\"\nconnect_timeout = \"1s\"\n\n\
              [refresh]\nmargin = \"{}\"\nmax_margin_fraction = {}\njitter = \"{}\"\nlock_ttl = \"{}\"\n\
              retry_initial = \"{}\"\nretry_max = \"{}\"\nconfig_error_retry = \"{}\"\n\
-             quota_pause = \"{}\"\ncheck_interval = \"{}\"\n",
+             quota_pause = \"{}\"\ncheck_interval = \"{}\"\nmin_interval = \"{}\"\n",
             ms(s.redis_timeout),
             self.sim.base_url(),
             ms(s.request_timeout),
@@ -135,6 +137,7 @@ impl Env {
             ms(s.config_error_retry),
             ms(s.quota_pause),
             ms(s.check_interval),
+            ms(s.min_interval),
         );
         for (i, c) in self.creds.iter().enumerate() {
             text.push_str(&format!(

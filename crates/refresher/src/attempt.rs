@@ -7,6 +7,7 @@
 //! written. It decides nothing about *when* to refresh (see `schedule`).
 
 use crate::config::{Credential, Mode, Ticket};
+use crate::schedule::Reason;
 use crate::store::{self, bounded, RedisError};
 use crate::wechat::{Fetched, WechatError};
 use crate::{token_prefix, Shared};
@@ -47,20 +48,23 @@ pub enum AttemptError {
     /// A ticket needs the access token, which is not in Redis yet.
     #[error("no access token stored yet to fetch the ticket with")]
     NoAccessToken,
+    /// WeChat handed back the very value that was reported refused.
+    #[error("WeChat returned the reported value again (stable force_refresh is limited to 20 a day, 30 s apart)")]
+    StillRefused,
     /// The lock lapsed before the WeChat call could be made.
     #[error("refresh lock lapsed before calling WeChat")]
     LockLapsed,
 }
 
 /// Runs one attempt for `kind` of `cred`. `due` decides, from what Redis
-/// holds under the lock, whether a WeChat call is still needed.
+/// holds under the lock, whether a WeChat call is still needed, and why.
 pub async fn run(
     sh: &Shared,
     con: &mut deadpool_redis::Connection,
     cred: &Credential,
     keys: &CredentialKeys,
     kind: Kind,
-    due: impl FnOnce(&store::Stored) -> bool,
+    due: impl FnOnce(&store::Stored) -> Option<Reason>,
 ) -> Result<Attempt, AttemptError> {
     let t = sh.redis_timeout;
     let owner = format!("{}#{:016x}", sh.replica, rand::random::<u64>());
@@ -93,14 +97,14 @@ async fn locked(
     owner: &str,
     fence: u64,
     con: &mut deadpool_redis::Connection,
-    due: impl FnOnce(&store::Stored) -> bool,
+    due: impl FnOnce(&store::Stored) -> Option<Reason>,
 ) -> Result<Attempt, AttemptError> {
     let t = sh.redis_timeout;
     // Double-check under the lock: another replica may have just refreshed.
     let stored = bounded(t, store::read(con, keys, kind)).await?;
-    if !due(&stored) {
+    let Some(reason) = due(&stored) else {
         return Ok(Attempt::AlreadyFresh);
-    }
+    };
     let access_token = match kind {
         Kind::AccessToken => None,
         _ => Some(
@@ -115,7 +119,9 @@ async fn locked(
         return Err(AttemptError::LockLapsed);
     }
 
-    let call = fetch(sh, cred, kind, access_token.as_deref());
+    let passive = matches!(reason, Reason::Reported | Reason::Forced);
+    let refused = stored.value.as_deref().filter(|_| passive);
+    let call = fetch(sh, cred, kind, access_token.as_deref(), refused);
     tokio::pin!(call);
     let fetched = loop {
         tokio::select! {
@@ -148,6 +154,7 @@ async fn locked(
                 token = %token_prefix(&fetched.token),
                 expires_in = fetched.expires_in,
                 fence,
+                ?reason,
                 "stored new value"
             );
             Ok(Attempt::Refreshed {
@@ -169,26 +176,42 @@ async fn locked(
     }
 }
 
+/// Calls WeChat for `kind`. `refused` is the stored value a passive refresh
+/// must replace: for stable tokens, normal mode may hand the same token back,
+/// and only then is `force_refresh` used (WeChat allows 20 a day, 30 s apart).
 async fn fetch(
     sh: &Shared,
     cred: &Credential,
     kind: Kind,
     access_token: Option<&str>,
-) -> Result<Fetched, WechatError> {
+    refused: Option<&str>,
+) -> Result<Fetched, AttemptError> {
     let ticket = |t: Ticket| {
         sh.wechat
             .ticket(access_token.unwrap_or(""), t.wechat_type())
     };
-    match kind {
+    let fetched = match kind {
         Kind::AccessToken => match cred.mode {
-            Mode::Classic => sh.wechat.classic_token(&cred.appid, &cred.secret).await,
+            Mode::Classic => sh.wechat.classic_token(&cred.appid, &cred.secret).await?,
             Mode::Stable => {
-                sh.wechat
+                let normal = sh
+                    .wechat
                     .stable_token(&cred.appid, &cred.secret, false)
-                    .await
+                    .await?;
+                if refused != Some(normal.token.as_str()) {
+                    return Ok(normal);
+                }
+                tracing::info!(id = %cred.id, "WeChat still hands out the refused stable token; using force_refresh");
+                sh.wechat
+                    .stable_token(&cred.appid, &cred.secret, true)
+                    .await?
             }
         },
-        Kind::JsapiTicket => ticket(Ticket::Jsapi).await,
-        Kind::WxCardTicket => ticket(Ticket::WxCard).await,
+        Kind::JsapiTicket => ticket(Ticket::Jsapi).await?,
+        Kind::WxCardTicket => ticket(Ticket::WxCard).await?,
+    };
+    if refused == Some(fetched.token.as_str()) {
+        return Err(AttemptError::StillRefused);
     }
+    Ok(fetched)
 }

@@ -168,6 +168,10 @@ pub struct RefreshConfig {
     pub quota_pause: Duration,
     /// Longest sleep between two looks at Redis, whatever the schedule says.
     pub check_interval: Duration,
+    /// Minimum time between a refresh and a refresh requested by a report
+    /// (passive refresh), so a token that WeChat keeps refusing for another
+    /// reason cannot cause a refresh loop.
+    pub min_interval: Duration,
 }
 
 impl RefreshConfig {
@@ -285,6 +289,8 @@ struct RawRefresh {
     quota_pause: Duration,
     #[serde(with = "humantime_serde")]
     check_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    min_interval: Duration,
 }
 
 impl Default for RawRefresh {
@@ -299,6 +305,7 @@ impl Default for RawRefresh {
             config_error_retry: Duration::from_secs(300),
             quota_pause: Duration::from_secs(600),
             check_interval: Duration::from_secs(30),
+            min_interval: Duration::from_secs(60),
         }
     }
 }
@@ -612,6 +619,7 @@ fn validate(
             config_error_retry: r.config_error_retry,
             quota_pause: r.quota_pause,
             check_interval: r.check_interval,
+            min_interval: r.min_interval,
         },
         replica_id: raw.replica.id,
         credentials,

@@ -1,5 +1,6 @@
-//! Listens to the namespace's update events so that waiting loops re-check at
-//! once when another replica writes. Reconnects with backoff; while the
+//! Listens to the namespace's update events and refresh requests so that
+//! waiting loops re-check at once when another replica writes or a business
+//! server reports a refused token. Reconnects with backoff; while the
 //! subscription is down the loops fall back to their `check_interval`.
 //! Events are hints only: correctness never depends on receiving one.
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wxtoken_schema::{events_channel, Kind, UpdateEvent, KINDS};
+use wxtoken_schema::{events_channel, requests_channel, Kind, UpdateEvent, KINDS};
 
 /// Wakers of the loops, by credential id and kind.
 pub type Wakers = HashMap<(String, Kind), Arc<Notify>>;
@@ -23,14 +24,32 @@ pub async fn listen(
     shutdown: CancellationToken,
 ) {
     let channel = events_channel(&namespace);
+    let requests = requests_channel(&namespace);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            tracing::debug!(%channel, "subscribed to update events");
+            pubsub.subscribe(&[&channel, &requests]).await?;
+            tracing::debug!(%channel, %requests, "subscribed to update events and refresh requests");
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {
+                if msg.get_channel_name() == requests {
+                    // "<id> <kind>"
+                    let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
+                    let mut parts = payload.split_whitespace();
+                    let (Some(id), kind) = (parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    for k in KINDS
+                        .iter()
+                        .filter(|k| kind.is_none_or(|n| n == k.as_str()))
+                    {
+                        if let Some(n) = wakers.get(&(id.to_owned(), *k)) {
+                            n.notify_one();
+                        }
+                    }
+                    continue;
+                }
                 match UpdateEvent::parse(msg.get_payload_bytes()) {
                     Ok(ev) => {
                         // A new access token also wakes the credential's

@@ -9,8 +9,8 @@
 //! (see `attempt`).
 
 use crate::attempt::{self, Attempt, AttemptError};
-use crate::config::Credential;
-use crate::store::{self, bounded};
+use crate::config::{Credential, RefreshConfig};
+use crate::store::{self, bounded, Request};
 use crate::wechat::ErrorClass;
 use crate::Shared;
 use std::sync::Arc;
@@ -84,18 +84,57 @@ fn draw_jitter(sh: &Shared, lifetime: Duration) -> Duration {
     cap.mul_f64(rand::random::<f64>())
 }
 
-fn margin(sh: &Shared, stored: &store::Stored) -> Duration {
+fn margin(cfg: &RefreshConfig, stored: &store::Stored) -> Duration {
     let lifetime = stored
         .expires_in
         .map_or(DEFAULT_LIFETIME, Duration::from_secs);
-    sh.refresh.margin_for(lifetime)
+    cfg.margin_for(lifetime)
 }
 
-/// Due under the lock: missing, or less than the full margin left.
-fn due_now(sh: &Shared, stored: &store::Stored) -> bool {
-    stored
-        .remaining
-        .is_none_or(|left| left <= margin(sh, stored))
+/// Why a value is refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Nothing stored (first start, Redis lost its data, or it expired).
+    Missing,
+    /// Less than the margin left (proactive refresh).
+    Expiring,
+    /// A business server reported the stored value refused (passive refresh).
+    Reported,
+    /// An operator asked for a refresh whatever is stored.
+    Forced,
+}
+
+/// Whether `stored` needs a refresh now, and why; otherwise how long until it
+/// will. `jitter` lowers the proactive threshold (zero under the lock).
+fn decide(
+    cfg: &RefreshConfig,
+    stored: &store::Stored,
+    jitter: Duration,
+) -> Result<Reason, Duration> {
+    if stored.request == Request::Forced {
+        return Ok(Reason::Forced);
+    }
+    let threshold = margin(cfg, stored).saturating_sub(jitter);
+    let left = match stored.remaining {
+        None => return Ok(Reason::Missing),
+        Some(left) if left <= threshold => return Ok(Reason::Expiring),
+        Some(left) => left,
+    };
+    let scheduled = left - threshold;
+    if stored.request == Request::Reported {
+        // Passive refresh, but never sooner than min_interval after the last
+        // refresh: a token refused for another reason must not loop.
+        let since = Duration::from_millis(
+            stored
+                .refreshed_at_ms
+                .map_or(u64::MAX, |at| stored.now_ms.saturating_sub(at)),
+        );
+        return match cfg.min_interval.checked_sub(since) {
+            None | Some(Duration::ZERO) => Ok(Reason::Reported),
+            Some(wait) => Err(wait.min(scheduled)),
+        };
+    }
+    Err(scheduled)
 }
 
 /// One look at Redis and, if due, one attempt. Returns how long to wait.
@@ -118,24 +157,23 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
         Err(e) => return redis_failed(slot, e),
     };
 
-    let threshold = margin(sh, &stored).saturating_sub(slot.jitter);
-    if let Some(left) = stored.remaining {
-        if left > threshold {
-            return (left - threshold).min(sh.refresh.check_interval);
-        }
-    }
+    let reason = match decide(&sh.refresh, &stored, slot.jitter) {
+        Ok(reason) => reason,
+        Err(wait) => return wait.min(sh.refresh.check_interval),
+    };
     if let Some(until) = stored.paused_until_ms.filter(|u| *u > stored.now_ms) {
         return Duration::from_millis(until - stored.now_ms).min(sh.refresh.check_interval);
     }
-    if let Some(nb) = slot.not_before {
+    if let Some(nb) = slot.not_before.filter(|_| reason == Reason::Expiring) {
         let now = Instant::now();
         if nb > now {
             return (nb - now).min(sh.refresh.check_interval);
         }
     }
+    tracing::debug!(id = slot.keys.id(), kind = %slot.kind, ?reason, "due");
 
     let result = attempt::run(sh, &mut con, &slot.cred, &slot.keys, slot.kind, |s| {
-        due_now(sh, s)
+        decide(&sh.refresh, s, Duration::ZERO).ok()
     })
     .await;
     match result {
@@ -292,6 +330,70 @@ async fn record_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cfg() -> RefreshConfig {
+        crate::Config::parse(
+            "[refresh]\nmargin = \"300s\"\nmin_interval = \"60s\"\n",
+            "t",
+            &|_| None,
+        )
+        .unwrap()
+        .refresh
+    }
+
+    fn stored(left_s: Option<u64>, refreshed_ago_s: u64, request: Request) -> store::Stored {
+        let now_ms = 1_000_000_000;
+        store::Stored {
+            value: left_s.map(|_| "T".into()),
+            remaining: left_s.map(Duration::from_secs),
+            expires_in: Some(7200),
+            refreshed_at_ms: Some(now_ms - refreshed_ago_s * 1000),
+            paused_until_ms: None,
+            request,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn decide_proactive_passive_and_forced() {
+        let c = cfg();
+        let j = Duration::from_secs(20);
+        assert_eq!(
+            decide(&c, &stored(None, 0, Request::None), j),
+            Ok(Reason::Missing)
+        );
+        assert_eq!(
+            decide(&c, &stored(Some(250), 0, Request::None), j),
+            Ok(Reason::Expiring)
+        );
+        // 290 s left: within the margin but not below margin − jitter yet.
+        assert_eq!(
+            decide(&c, &stored(Some(290), 0, Request::None), j),
+            Err(Duration::from_secs(10))
+        );
+        assert_eq!(
+            decide(&c, &stored(Some(290), 0, Request::None), Duration::ZERO),
+            Ok(Reason::Expiring)
+        );
+        assert_eq!(
+            decide(&c, &stored(Some(3600), 0, Request::None), j),
+            Err(Duration::from_secs(3600 - 280))
+        );
+        // A report is served once min_interval has passed since the last refresh.
+        assert_eq!(
+            decide(&c, &stored(Some(3600), 61, Request::Reported), j),
+            Ok(Reason::Reported)
+        );
+        assert_eq!(
+            decide(&c, &stored(Some(3600), 15, Request::Reported), j),
+            Err(Duration::from_secs(45))
+        );
+        // An operator's force skips the interval.
+        assert_eq!(
+            decide(&c, &stored(Some(3600), 1, Request::Forced), j),
+            Ok(Reason::Forced)
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -7,7 +7,9 @@
 
 use std::future::Future;
 use std::time::Duration;
-use wxtoken_schema::{info, registry_key, status, CredentialKeys, Kind, STATUS_TTL_SECS};
+use wxtoken_schema::{
+    info, registry_key, status, CredentialKeys, Kind, FORCE_REQUEST, STATUS_TTL_SECS,
+};
 
 /// A Redis failure (connection, timeout, or command error). Its text comes
 /// from the Redis client and never holds a secret: URLs are not included.
@@ -38,41 +40,78 @@ pub async fn bounded<T, E: Into<RedisError>>(
     }
 }
 
+/// A pending passive-refresh request, compared with what is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// None pending, or one about a value that was already replaced.
+    None,
+    /// A report that the stored value is refused by WeChat.
+    Reported,
+    /// An operator's request to replace whatever is stored.
+    Forced,
+}
+
 /// What Redis says about one stored value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// The value itself.
+    pub value: Option<String>,
     /// Time left; `None` when the value is missing (or has no TTL, which
     /// wxtoken never writes and treats as missing).
     pub remaining: Option<Duration>,
     /// The lifetime WeChat announced for it, seconds.
     pub expires_in: Option<u64>,
+    /// When it was written, Unix ms (Redis clock).
+    pub refreshed_at_ms: Option<u64>,
     /// Unix ms until which the credential is paused, if it is.
     pub paused_until_ms: Option<u64>,
+    /// A pending refresh request.
+    pub request: Request,
     /// The Redis server's clock, Unix ms.
     pub now_ms: u64,
 }
 
-/// Reads time left, announced lifetime and pause of `kind` in one round trip.
+/// Reads the value, its time left, lifetime, pause and any pending refresh
+/// request in one round trip.
 pub async fn read(
     con: &mut impl redis::aio::ConnectionLike,
     keys: &CredentialKeys,
     kind: Kind,
 ) -> Result<Stored, redis::RedisError> {
-    let (pttl, expires_in, paused, time): (i64, Option<u64>, Option<u64>, (u64, u64)) =
-        redis::pipe()
-            .pttl(keys.value(kind))
-            .hget(keys.info(kind), info::EXPIRES_IN)
-            .hget(keys.status(), status::PAUSED_UNTIL_MS)
-            .cmd("TIME")
-            .query_async(con)
-            .await?;
+    #[allow(clippy::type_complexity)]
+    let (value, pttl, (expires_in, refreshed_at_ms), paused, request, time): (
+        Option<String>,
+        i64,
+        (Option<u64>, Option<u64>),
+        Option<u64>,
+        Option<String>,
+        (u64, u64),
+    ) = redis::pipe()
+        .get(keys.value(kind))
+        .pttl(keys.value(kind))
+        .cmd("HMGET")
+        .arg(keys.info(kind))
+        .arg(&[info::EXPIRES_IN, info::REFRESHED_AT_MS])
+        .hget(keys.status(), status::PAUSED_UNTIL_MS)
+        .get(keys.refresh_request(kind))
+        .cmd("TIME")
+        .query_async(con)
+        .await?;
+    let request = match request {
+        Some(r) if r == FORCE_REQUEST => Request::Forced,
+        Some(r) if value.as_deref().is_none_or(|v| v == r) => Request::Reported,
+        _ => Request::None,
+    };
     Ok(Stored {
+        value,
         remaining: u64::try_from(pttl)
             .ok()
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis),
         expires_in,
+        refreshed_at_ms,
         paused_until_ms: paused,
+        request,
         now_ms: time.0 * 1000 + time.1 / 1000,
     })
 }
