@@ -187,24 +187,37 @@ async fn fetch(
     refused: Option<&str>,
 ) -> Result<Fetched, AttemptError> {
     let ticket = |t: Ticket| {
-        sh.wechat
-            .ticket(access_token.unwrap_or(""), t.wechat_type())
+        timed(
+            sh,
+            "ticket",
+            sh.wechat
+                .ticket(access_token.unwrap_or(""), t.wechat_type()),
+        )
+    };
+    let stable = |force| {
+        timed(
+            sh,
+            "stable_token",
+            sh.wechat.stable_token(&cred.appid, &cred.secret, force),
+        )
     };
     let fetched = match kind {
         Kind::AccessToken => match cred.mode {
-            Mode::Classic => sh.wechat.classic_token(&cred.appid, &cred.secret).await?,
+            Mode::Classic => {
+                timed(
+                    sh,
+                    "token",
+                    sh.wechat.classic_token(&cred.appid, &cred.secret),
+                )
+                .await?
+            }
             Mode::Stable => {
-                let normal = sh
-                    .wechat
-                    .stable_token(&cred.appid, &cred.secret, false)
-                    .await?;
+                let normal = stable(false).await?;
                 if refused != Some(normal.token.as_str()) {
                     return Ok(normal);
                 }
                 tracing::info!(id = %cred.id, "WeChat still hands out the refused stable token; using force_refresh");
-                sh.wechat
-                    .stable_token(&cred.appid, &cred.secret, true)
-                    .await?
+                stable(true).await?
             }
         },
         Kind::JsapiTicket => ticket(Ticket::Jsapi).await?,
@@ -214,4 +227,16 @@ async fn fetch(
         return Err(AttemptError::StillRefused);
     }
     Ok(fetched)
+}
+
+/// Runs a WeChat call, recording its duration.
+async fn timed(
+    sh: &Shared,
+    endpoint: &str,
+    call: impl std::future::Future<Output = Result<Fetched, WechatError>>,
+) -> Result<Fetched, WechatError> {
+    let started = std::time::Instant::now();
+    let r = call.await;
+    sh.metrics.wechat_call(endpoint, started.elapsed());
+    r
 }

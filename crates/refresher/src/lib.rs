@@ -7,7 +7,8 @@
 //! - `attempt`: one locked, fenced refresh;
 //! - `schedule`: when to attempt, backoff and pauses;
 //! - `events`: wake-ups from other replicas' writes;
-//! - `store`: Redis reads and status writes.
+//! - `store`: Redis reads and status writes;
+//! - `metrics`: this replica's Prometheus metrics.
 //!
 //! The key layout and Lua scripts come from `wxtoken_schema`; this crate must
 //! not build key names or scripts of its own.
@@ -15,6 +16,7 @@
 mod attempt;
 pub mod config;
 mod events;
+pub mod metrics;
 mod schedule;
 mod store;
 pub mod wechat;
@@ -48,6 +50,7 @@ pub(crate) struct Shared {
     namespace: String,
     replica: String,
     shutdown: CancellationToken,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// The first characters of a token, for logs. Tokens never appear whole.
@@ -122,6 +125,7 @@ pub async fn run(
         namespace: config.redis.namespace.clone(),
         replica: replica.clone(),
         shutdown: shutdown.clone(),
+        metrics: Arc::new(metrics::Metrics::new()),
     });
     tracing::info!(
         %replica,

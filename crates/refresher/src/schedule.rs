@@ -12,7 +12,7 @@ use crate::attempt::{self, Attempt, AttemptError};
 use crate::config::{Credential, RefreshConfig};
 use crate::store::{self, bounded, Request};
 use crate::wechat::ErrorClass;
-use crate::Shared;
+use crate::{metrics, Shared};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -104,6 +104,18 @@ pub enum Reason {
     Forced,
 }
 
+impl Reason {
+    /// Lower-case name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Expiring => "expiring",
+            Reason::Reported => "reported",
+            Reason::Forced => "forced",
+        }
+    }
+}
+
 /// Whether `stored` needs a refresh now, and why; otherwise how long until it
 /// will. `jitter` lowers the proactive threshold (zero under the lock).
 fn decide(
@@ -148,6 +160,11 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
     };
     let stored = match bounded(t, store::read(&mut con, &slot.keys, slot.kind)).await {
         Ok(s) => {
+            sh.metrics.redis_up.set(1);
+            sh.metrics
+                .time_left
+                .get_or_create(&metrics::value(slot.keys.id(), slot.kind))
+                .set(s.remaining.map_or(0.0, |d| d.as_secs_f64()));
             if slot.redis_failures > 0 {
                 tracing::info!(id = slot.keys.id(), kind = %slot.kind, "Redis is reachable again");
             }
@@ -176,6 +193,7 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
         decide(&sh.refresh, s, Duration::ZERO).ok()
     })
     .await;
+    count(sh, slot, reason, &result);
     match result {
         Ok(Attempt::Refreshed { remaining, .. }) => {
             slot.failures = 0;
@@ -249,6 +267,40 @@ async fn failed(
         record_error(sh, con, slot, &message, errcode, paused_for).await;
     }
     wait
+}
+
+/// Records an attempt's outcome in this replica's metrics.
+fn count(sh: &Shared, slot: &Slot, reason: Reason, result: &Result<Attempt, AttemptError>) {
+    let m = &sh.metrics;
+    let value = metrics::value(slot.keys.id(), slot.kind);
+    let (outcome, errcode) = match result {
+        Ok(Attempt::Refreshed { .. }) => ("ok", None),
+        Ok(Attempt::Rejected(_)) => {
+            m.fence_rejections.get_or_create(&value).inc();
+            ("fenced", None)
+        }
+        Ok(Attempt::Busy) => {
+            m.lock_contention.get_or_create(&value).inc();
+            return;
+        }
+        Ok(Attempt::AlreadyFresh) | Err(AttemptError::NoAccessToken) => return,
+        Err(AttemptError::Redis(_)) => {
+            m.redis_up.set(0);
+            return;
+        }
+        Err(AttemptError::StillRefused) => ("still_refused", None),
+        Err(AttemptError::Wechat(w)) => ("error", w.errcode()),
+        Err(AttemptError::LockLapsed) => ("error", None),
+    };
+    m.refreshes
+        .get_or_create(&metrics::OutcomeLabels {
+            id: value.id,
+            kind: value.kind,
+            outcome: outcome.to_owned(),
+            reason: reason.as_str().to_owned(),
+            errcode: errcode.map(|c| c.to_string()).unwrap_or_default(),
+        })
+        .inc();
 }
 
 fn redis_failed(slot: &mut Slot, e: store::RedisError) -> Duration {

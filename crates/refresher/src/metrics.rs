@@ -1,0 +1,187 @@
+//! This replica's counters, gauges and histograms, in Prometheus' model.
+//!
+//! The schedule and attempt record what happens here; the HTTP surface
+//! renders it (`/metrics`, the status page). Labels are credential ids,
+//! kinds, outcomes and errcodes only — never tokens or secrets. Nothing here
+//! does I/O.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+/// Labels of one stored value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValueLabels {
+    /// Credential id.
+    pub id: String,
+    /// `access_token`, `jsapi_ticket` or `wx_card_ticket`.
+    pub kind: String,
+}
+
+/// Labels of one refresh attempt's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Credential id.
+    pub id: String,
+    /// What was refreshed.
+    pub kind: String,
+    /// `ok`, `error`, `fenced` (write rejected) or `still_refused`.
+    pub outcome: String,
+    /// Why: `missing`, `expiring`, `reported`, `forced`.
+    pub reason: String,
+    /// WeChat's errcode for `error` outcomes that carry one, else empty.
+    pub errcode: String,
+}
+
+/// Labels of WeChat calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// `token`, `stable_token` or `ticket`.
+    pub endpoint: String,
+}
+
+/// Every metric of one replica.
+pub struct Metrics {
+    registry: Registry,
+    /// `wxtoken_refresh_total`.
+    pub refreshes: Family<OutcomeLabels, Counter>,
+    /// `wxtoken_lock_contention_total`: another replica held the lock.
+    pub lock_contention: Family<ValueLabels, Counter>,
+    /// `wxtoken_fence_rejections_total`: a fetched value lost to a newer fence.
+    pub fence_rejections: Family<ValueLabels, Counter>,
+    /// `wxtoken_time_left_seconds` as last seen in Redis (0 when missing).
+    pub time_left: Family<ValueLabels, Gauge<f64, AtomicU64>>,
+    /// `wxtoken_wechat_call_duration_seconds`.
+    pub wechat_latency: Family<EndpointLabels, Histogram>,
+    /// `wxtoken_redis_up`: 1 when the last Redis operation succeeded.
+    pub redis_up: Gauge,
+    /// When this replica started.
+    pub started_at: SystemTime,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh, registered set.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wxtoken");
+        let refreshes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "refresh",
+            "Refresh attempts that reached WeChat or Redis' fence, by outcome",
+            refreshes.clone(),
+        );
+        let lock_contention = Family::<ValueLabels, Counter>::default();
+        registry.register(
+            "lock_contention",
+            "Times this replica found another replica holding the refresh lock",
+            lock_contention.clone(),
+        );
+        let fence_rejections = Family::<ValueLabels, Counter>::default();
+        registry.register(
+            "fence_rejections",
+            "Fetched values not stored because the lock was lost or a newer fence wrote",
+            fence_rejections.clone(),
+        );
+        let time_left = Family::<ValueLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "time_left_seconds",
+            "Time left on the stored value when this replica last looked",
+            time_left.clone(),
+        );
+        let wechat_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        registry.register(
+            "wechat_call_duration_seconds",
+            "Duration of WeChat API calls",
+            wechat_latency.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 when this replica's last Redis operation succeeded",
+            redis_up.clone(),
+        );
+        Metrics {
+            registry,
+            refreshes,
+            lock_contention,
+            fence_rejections,
+            time_left,
+            wechat_latency,
+            redis_up,
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Records a WeChat call's duration.
+    pub fn wechat_call(&self, endpoint: &str, took: Duration) {
+        self.wechat_latency
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// Labels for a stored value.
+pub fn value(id: &str, kind: wxtoken_schema::Kind) -> ValueLabels {
+    ValueLabels {
+        id: id.to_owned(),
+        kind: kind.as_str().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.refreshes
+            .get_or_create(&OutcomeLabels {
+                id: "oa".into(),
+                kind: "access_token".into(),
+                outcome: "error".into(),
+                reason: "expiring".into(),
+                errcode: "40164".into(),
+            })
+            .inc();
+        m.time_left
+            .get_or_create(&value("oa", wxtoken_schema::Kind::AccessToken))
+            .set(42.5);
+        m.wechat_call("token", Duration::from_millis(30));
+        let text = m.render();
+        assert!(text.contains(
+            r#"wxtoken_refresh_total{id="oa",kind="access_token",outcome="error",reason="expiring",errcode="40164"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"wxtoken_time_left_seconds{id="oa",kind="access_token"} 42.5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"wxtoken_wechat_call_duration_seconds_count{endpoint="token"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
