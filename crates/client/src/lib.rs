@@ -1,1 +1,84 @@
-//! stub
+//! The thin Rust reader of WeChat tokens that wxtoken refreshers keep in
+//! Redis. Business servers use it to get an access token or JS-SDK ticket,
+//! and to report one WeChat refused; it never calls WeChat and never writes
+//! tokens.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wxtoken_client::{Client, Kind, Options};
+//!
+//! # async fn example() -> Result<(), wxtoken_client::Error> {
+//! let client = Client::connect(
+//!     "redis://127.0.0.1:6379",
+//!     Options::default().wait_for_token(Duration::from_secs(3)),
+//! )
+//! .await?;
+//! let token = client.access_token("oa-main").await?; // from memory in steady state
+//! let ticket = client.ticket("oa-main", Kind::JsapiTicket).await?;
+//! let detail = client.get("oa-main", Kind::AccessToken).await?;
+//! println!("fence {} expires in {:?}", detail.fence, detail.expires_in);
+//! # let _ = (token, ticket);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How values stay fresh
+//!
+//! - Values are cached in process by (credential id, kind). In steady state a
+//!   read makes **no Redis round trip**: a cached value is served while it is
+//!   more than [`Options::expiry_margin`] from expiry and the update-event
+//!   subscription is live (or, while it is down, the value was read less than
+//!   [`Options::poll_interval`] ago).
+//! - A background task subscribes to the namespace's update events
+//!   (`<namespace>:events`). Every write by a refresher publishes the new
+//!   value, which replaces the cached one at once; an event with a lower fence
+//!   than the cached value never replaces it.
+//! - When the subscription drops, reads fall back to polling; the task
+//!   reconnects with capped backoff (100 ms → 5 s) and, once back, every
+//!   cached value is read again once, since events may have been missed.
+//! - A value that is not cached (or not fresh) is read with one pipelined
+//!   round trip. If none is stored, the read waits up to
+//!   [`Options::wait_for_token`] for one, then fails with
+//!   [`Error::NotAvailable`]. If Redis fails, a cached value that has not
+//!   expired yet is served rather than the error.
+//!
+//! # Passive refresh
+//!
+//! When a WeChat API answers 40001, 40014 or 42001, report the token with
+//! [`Client::report_invalid`] and wait for its replacement with
+//! [`Client::replaced`]. The refreshers replace it only if it is still the
+//! stored one, so a storm of reports costs one WeChat call.
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use wxtoken_client::{Client, Kind};
+//! # async fn example(client: Client, bad: String) -> Result<(), wxtoken_client::Error> {
+//! client.report_invalid("oa-main", &bad).await?;
+//! let fresh = client.replaced("oa-main", Kind::AccessToken, &bad, Duration::from_secs(5)).await?;
+//! # let _ = fresh;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Tokens are logged only as 8-character prefixes, and [`Token`]'s `Debug`
+//! shows only that prefix.
+//!
+//! This crate must stay thin: no HTTP stack, no configuration parser, no key
+//! layout or event format of its own (both come from `wxtoken_schema`).
+
+mod cache;
+mod client;
+mod error;
+mod events;
+mod options;
+
+pub use client::{Client, Token};
+pub use error::Error;
+pub use options::Options;
+pub use wxtoken_schema::{InvalidName, Kind, RequestOutcome};
+
+/// The first characters of a token, for logs. Tokens never appear whole.
+pub(crate) fn token_prefix(token: &str) -> String {
+    let head: String = token.chars().take(8).collect();
+    format!("{head}…")
+}

@@ -1,0 +1,375 @@
+//! [`Client`]: connects, serves reads from the in-process cache and, when a
+//! value is missing or not fresh, reads it with one pipelined Redis round
+//! trip — waiting for a refresher to store it when there is none yet.
+//!
+//! Its only write is a passive-refresh request, through the schema crate's
+//! compare-and-request script. It must not build key names itself (the schema
+//! crate does), must never hold a lock across an await, and must never log a
+//! whole token.
+
+use crate::cache::{Cache, Clock, Entry, Stored};
+use crate::events::{self, Subscriber};
+use crate::{token_prefix, Error, Options};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
+use wxtoken_schema::{
+    events_channel, info, request_refresh, validate_name, CredentialKeys, Kind, RequestOutcome,
+    REQUEST_TTL_SECS,
+};
+
+/// While waiting for a value that is not stored yet, Redis is asked again at
+/// least this often (events re-check the cache in between).
+const MISS_RECHECK: Duration = Duration::from_millis(100);
+
+/// GET value, PTTL value, HGET info fence, TIME.
+type Reply = (Option<String>, i64, Option<String>, (u64, u64));
+
+/// A token or ticket as read, with its fence number and time left.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The token or ticket itself.
+    pub value: String,
+    /// Fence number of the write that stored it (larger = newer; 0 when the
+    /// value carries no bookkeeping). Starts over if Redis loses its data.
+    pub fence: u64,
+    /// Time left until it expires, from the moment of the read;
+    /// [`Duration::MAX`] if its key has no TTL (not written by wxtoken).
+    pub expires_in: Duration,
+}
+
+impl Token {
+    fn from_entry(entry: &Entry, now: Instant) -> Token {
+        Token {
+            value: entry.value.to_string(),
+            fence: entry.fence,
+            expires_in: entry.expires_in(now),
+        }
+    }
+}
+
+/// Shows only a prefix of the value, so a logged `Token` leaks nothing usable.
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &token_prefix(&self.value))
+            .field("fence", &self.fence)
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// Reads WeChat tokens and tickets that wxtoken refreshers keep in Redis.
+///
+/// Cheap to clone (all clones share one cache, one Redis connection and one
+/// event subscription); the background subscriber stops when the last clone
+/// is dropped. See the [crate docs](crate) for how freshness is kept.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: Arc<Cache>,
+    redis: ConnectionManager,
+    options: Options,
+    subscriber: AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("namespace", &self.inner.options.namespace)
+            .field("subscribed", &self.subscribed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to Redis, measures the Redis clock, subscribes to the
+    /// namespace's update events and starts the background subscriber.
+    ///
+    /// Fails when the namespace is invalid or Redis cannot be reached; once
+    /// connected, the client rides out Redis outages and restarts on its own.
+    /// Must be called inside a Tokio runtime, which the subscriber runs on.
+    pub async fn connect(redis_url: &str, options: Options) -> Result<Client, Error> {
+        validate_name("namespace", &options.namespace)?;
+        let client = redis::Client::open(redis_url).map_err(Error::Connect)?;
+        let timeout = options.redis_timeout;
+        // Few, short reconnection attempts per failed command: while Redis is
+        // down a read should fail (or fall back to the cache) quickly; the
+        // next read starts a new attempt.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut redis = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(Error::Connect)?;
+
+        let sent = Instant::now();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut redis)
+            .await
+            .map_err(Error::Connect)?;
+        let clock = Clock::from_time(sent, Instant::now(), secs, micros);
+        let cache = Arc::new(Cache::new(
+            options.poll_interval,
+            options.expiry_margin,
+            clock,
+        ));
+
+        let subscriber = Subscriber {
+            client,
+            channel: events_channel(&options.namespace),
+            timeout,
+            ping_every: options
+                .poll_interval
+                .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        };
+        let first = subscriber.subscribe().await.map_err(Error::Connect)?;
+        cache.set_subscribed(true);
+        let task = tokio::spawn(events::run(Arc::clone(&cache), subscriber, first));
+
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cache,
+                redis,
+                options,
+                subscriber: task.abort_handle(),
+            }),
+        })
+    }
+
+    /// The access token of credential `id`.
+    pub async fn access_token(&self, id: &str) -> Result<String, Error> {
+        self.get(id, Kind::AccessToken).await.map(|t| t.value)
+    }
+
+    /// A ticket of credential `id`: [`Kind::JsapiTicket`] or
+    /// [`Kind::WxCardTicket`] (any kind works; [`Kind::AccessToken`] is the
+    /// same as [`Client::access_token`]).
+    pub async fn ticket(&self, id: &str, kind: Kind) -> Result<String, Error> {
+        self.get(id, kind).await.map(|t| t.value)
+    }
+
+    /// The value of `kind` for credential `id`, with its fence and time left.
+    ///
+    /// Served from memory while fresh; otherwise read from Redis in one round
+    /// trip. When nothing is stored, waits up to
+    /// [`Options::wait_for_token`] for a refresher to store it, then fails
+    /// with [`Error::NotAvailable`]. When Redis fails, a cached value that has
+    /// not expired yet is served instead of the error.
+    pub async fn get(&self, id: &str, kind: Kind) -> Result<Token, Error> {
+        validate_name("credential id", id)?;
+        let now = Instant::now();
+        if let Some(entry) = self.inner.cache.fresh(id, kind, now) {
+            return Ok(Token::from_entry(&entry, now));
+        }
+        self.read_or_wait(id, kind).await
+    }
+
+    /// Reports that WeChat refused `refused`, the access token of `id`
+    /// (errcode 40001, 40014 or 42001). The refreshers replace it only if it
+    /// is still the stored token, so any number of reports about one bad
+    /// token cost one WeChat call; a report about a token that was already
+    /// replaced changes nothing ([`RequestOutcome::AlreadyReplaced`]). The
+    /// request is durable: it is served even if no refresher runs right now.
+    /// This client stops serving `refused` from its cache at once; use
+    /// [`Client::replaced`] to wait for the new token.
+    pub async fn report_invalid(&self, id: &str, refused: &str) -> Result<RequestOutcome, Error> {
+        self.report(id, Kind::AccessToken, refused).await
+    }
+
+    /// [`Client::report_invalid`] for any kind (e.g. a refused ticket).
+    pub async fn report(
+        &self,
+        id: &str,
+        kind: Kind,
+        refused: &str,
+    ) -> Result<RequestOutcome, Error> {
+        let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
+        self.inner.cache.distrust(id, kind, refused);
+        let mut con = self.inner.redis.clone();
+        let request = request_refresh(
+            &mut con,
+            &keys,
+            kind,
+            refused,
+            Duration::from_secs(REQUEST_TTL_SECS),
+        );
+        let outcome = tokio::time::timeout(self.inner.options.redis_timeout, request)
+            .await
+            .map_err(|_| events::timed_out("requesting a refresh"))
+            .and_then(|r| r)
+            .map_err(|source| Error::Redis {
+                id: id.to_owned(),
+                kind,
+                source,
+            })?;
+        tracing::debug!(%id, %kind, refused = %token_prefix(refused), ?outcome, "reported a refused value");
+        Ok(outcome)
+    }
+
+    /// Waits up to `timeout` for a value of `kind` for `id` other than
+    /// `refused`, and returns it: the answer to a [`Client::report`]. Wakes on
+    /// update events and asks Redis at least every 100 ms.
+    pub async fn replaced(
+        &self,
+        id: &str,
+        kind: Kind,
+        refused: &str,
+        timeout: Duration,
+    ) -> Result<Token, Error> {
+        let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
+        let cache = &self.inner.cache;
+        let started = Instant::now();
+        let give_up = started + timeout;
+        let mut changes = cache.changes();
+        loop {
+            changes.borrow_and_update();
+            let entry = match cache.fresh(id, kind, Instant::now()) {
+                Some(e) if &*e.value != refused => Some(e),
+                _ => self.read(&keys, kind).await.ok().flatten(),
+            };
+            if let Some(entry) = entry.filter(|e| &*e.value != refused) {
+                return Ok(Token::from_entry(&entry, Instant::now()));
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(Error::NotReplaced {
+                    id: id.to_owned(),
+                    kind,
+                    waited: started.elapsed(),
+                });
+            }
+            let next_read = (now + MISS_RECHECK).min(give_up);
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(next_read.into()) => {}
+            }
+        }
+    }
+
+    /// Whether the update-event subscription is live. While it is not, cached
+    /// values are re-read after [`Options::poll_interval`]; for health checks.
+    pub fn subscribed(&self) -> bool {
+        self.inner.cache.subscribed()
+    }
+
+    /// The options this client was connected with.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    async fn read_or_wait(&self, id: &str, kind: Kind) -> Result<Token, Error> {
+        let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
+        let cache = &self.inner.cache;
+        let started = Instant::now();
+        let give_up = started.checked_add(self.inner.options.wait_for_token);
+        let mut changes = cache.changes();
+        loop {
+            changes.borrow_and_update();
+            match self.read(&keys, kind).await {
+                Ok(Some(entry)) => return Ok(Token::from_entry(&entry, Instant::now())),
+                Ok(None) => {}
+                Err(source) => {
+                    let now = Instant::now();
+                    if let Some(entry) = cache.unexpired(id, kind, now) {
+                        tracing::debug!(
+                            %id, %kind, error = %source,
+                            "Redis read failed; serving the cached value, which has not expired"
+                        );
+                        return Ok(Token::from_entry(&entry, now));
+                    }
+                    return Err(Error::Redis {
+                        id: id.to_owned(),
+                        kind,
+                        source,
+                    });
+                }
+            }
+
+            let now = Instant::now();
+            if give_up.is_some_and(|give_up| now >= give_up) {
+                return Err(Error::NotAvailable {
+                    id: id.to_owned(),
+                    kind,
+                    waited: started.elapsed(),
+                });
+            }
+            let next_read = now + MISS_RECHECK;
+            let next_read = give_up.map_or(next_read, |give_up| next_read.min(give_up));
+            // Until the next read, every applied event re-checks the cache.
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep_until(next_read.into()).await;
+                            break;
+                        }
+                        if let Some(entry) = cache.fresh(id, kind, Instant::now()) {
+                            return Ok(Token::from_entry(&entry, Instant::now()));
+                        }
+                    }
+                    _ = tokio::time::sleep_until(next_read.into()) => break,
+                }
+            }
+        }
+    }
+
+    /// One pipelined round trip: the value, its PTTL, its fence and the Redis
+    /// clock. Merges the answer into the cache and returns the entry in effect.
+    async fn read(
+        &self,
+        keys: &CredentialKeys,
+        kind: Kind,
+    ) -> redis::RedisResult<Option<Arc<Entry>>> {
+        let value_key = keys.value(kind);
+        let mut pipe = redis::pipe();
+        pipe.get(&value_key)
+            .pttl(&value_key)
+            .hget(keys.info(kind), info::FENCE)
+            .cmd("TIME");
+        let mut con = self.inner.redis.clone();
+        let start = self.inner.cache.start_read();
+        // The whole read, reconnection attempts included, is bounded: a read
+        // with a cached value to fall back on must not hang on Redis.
+        let reply: Reply =
+            tokio::time::timeout(self.inner.options.redis_timeout, pipe.query_async(&mut con))
+                .await
+                .map_err(|_| events::timed_out("reading from Redis"))??;
+        let (value, pttl, fence, (secs, micros)) = reply;
+        self.inner
+            .cache
+            .set_clock(Clock::from_time(start.sent, Instant::now(), secs, micros));
+
+        // PTTL: -1 = no TTL, -2 = gone (expired between GET and PTTL).
+        let ttl = match pttl {
+            -1 => Some(None),
+            ms => u64::try_from(ms)
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(|ms| Some(Duration::from_millis(ms))),
+        };
+        let stored = match (value, ttl) {
+            (Some(value), Some(ttl)) => Some(Stored {
+                value,
+                fence: fence.and_then(|f| f.parse().ok()).unwrap_or(0),
+                ttl,
+            }),
+            _ => None,
+        };
+        Ok(self.inner.cache.apply_read(keys.id(), kind, &start, stored))
+    }
+}

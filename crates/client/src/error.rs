@@ -1,0 +1,59 @@
+//! [`Error`]: everything a read or a connect can fail with. Messages name the
+//! credential id and kind concerned; they must never contain a token or the
+//! Redis URL (which may carry a password).
+
+use std::time::Duration;
+use wxtoken_schema::{InvalidName, Kind};
+
+/// Why a [`Client`](crate::Client) call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The namespace or credential id cannot be part of a key name.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// [`Client::connect`](crate::Client::connect) could not reach Redis or
+    /// subscribe to the update events.
+    #[error("connecting to Redis: {0}")]
+    Connect(#[source] redis::RedisError),
+    /// Redis failed or timed out while reading a value that was not cached
+    /// (or no longer fresh, and already expired).
+    #[error("reading {kind} of credential {id:?} from Redis: {source}")]
+    Redis {
+        /// Credential id.
+        id: String,
+        /// What was being read.
+        kind: Kind,
+        /// What Redis (or the connection) said.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Nothing was stored for this credential and kind, and nothing arrived
+    /// within [`Options::wait_for_token`](crate::Options::wait_for_token).
+    #[error(
+        "no {kind} of credential {id:?} in Redis after waiting {waited:?} \
+         (is a wxtoken refresher managing this credential in this namespace?)"
+    )]
+    NotAvailable {
+        /// Credential id.
+        id: String,
+        /// What was asked for.
+        kind: Kind,
+        /// How long the read waited.
+        waited: Duration,
+    },
+    /// A reported value was still the stored one when
+    /// [`Client::replaced`](crate::Client::replaced) gave up.
+    #[error(
+        "{kind} of credential {id:?} was not replaced within {waited:?} \
+         (the request stays pending; is a wxtoken refresher running?)"
+    )]
+    NotReplaced {
+        /// Credential id.
+        id: String,
+        /// What was reported.
+        kind: Kind,
+        /// How long it waited.
+        waited: Duration,
+    },
+}

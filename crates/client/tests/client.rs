@@ -1,0 +1,518 @@
+//! The client against a real redis-server, with tokens written by the
+//! schema's own scripts (as a refresher would): reads, the in-process cache,
+//! update events, waiting for missing values, expiry, and recovery from a
+//! cut subscription and a Redis restart.
+
+mod common;
+
+use common::{connect, eventually, read_commands, redis_now_ms, Refresher, NS};
+use std::time::{Duration, Instant};
+use wxtoken_client::{Client, Error, Kind, Options};
+use wxtoken_schema::events_channel;
+use wxtoken_testkit::RedisServer;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn client(server: &RedisServer, options: Options) -> Client {
+    Client::connect(&server.url(), options).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_the_value_a_write_stored_and_tickets() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    let fence = refresher
+        .write(
+            "oa-main",
+            Kind::AccessToken,
+            "AT-1",
+            Duration::from_secs(7000),
+        )
+        .await;
+    refresher
+        .write("oa-main", Kind::JsapiTicket, "JSAPI-1", HOUR)
+        .await;
+    refresher
+        .write("oa-main", Kind::WxCardTicket, "CARD-1", HOUR)
+        .await;
+
+    let client = client(&server, Options::default()).await;
+    assert!(client.subscribed());
+    assert_eq!(client.access_token("oa-main").await.unwrap(), "AT-1");
+    assert_eq!(
+        client.ticket("oa-main", Kind::JsapiTicket).await.unwrap(),
+        "JSAPI-1"
+    );
+    assert_eq!(
+        client.ticket("oa-main", Kind::WxCardTicket).await.unwrap(),
+        "CARD-1"
+    );
+
+    let token = client.get("oa-main", Kind::AccessToken).await.unwrap();
+    assert_eq!(token.value, "AT-1");
+    assert_eq!(token.fence, fence);
+    assert!(
+        token.expires_in <= Duration::from_secs(7000)
+            && token.expires_in > Duration::from_secs(6900),
+        "{:?}",
+        token.expires_in
+    );
+    let shown = format!("{token:?}");
+    assert!(
+        !shown.contains("AT-1\""),
+        "Debug must not show whole tokens: {shown}"
+    );
+
+    // Clones share everything and are usable from other tasks.
+    let clone = client.clone();
+    let value = tokio::spawn(async move { clone.access_token("oa-main").await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value, "AT-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_reads_make_no_redis_round_trip() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    refresher
+        .write("app", Kind::JsapiTicket, "JT-1", HOUR)
+        .await;
+    let client = client(&server, Options::default()).await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+    assert_eq!(
+        client.ticket("app", Kind::JsapiTicket).await.unwrap(),
+        "JT-1"
+    );
+
+    let mut admin = connect(&server).await;
+    let before = read_commands(&mut admin).await;
+    for _ in 0..1000 {
+        assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+        assert_eq!(
+            client.ticket("app", Kind::JsapiTicket).await.unwrap(),
+            "JT-1"
+        );
+    }
+    let after = read_commands(&mut admin).await;
+    assert_eq!(after, before, "cached reads must not touch Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_event_refreshes_the_cache_without_a_read() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    let f1 = refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    let client = client(&server, Options::default()).await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+
+    let f2 = refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+    assert!(f2 > f1);
+    let mut admin = connect(&server).await;
+    let before = read_commands(&mut admin).await;
+    eventually("the new token", LIMIT, async || {
+        client.access_token("app").await.unwrap() == "AT-2"
+    })
+    .await;
+    assert_eq!(
+        client.get("app", Kind::AccessToken).await.unwrap().fence,
+        f2
+    );
+    assert_eq!(
+        read_commands(&mut admin).await,
+        before,
+        "the event carried the token: no read needed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_event_does_not_replace_a_newer_cached_value() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    let f1 = refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    let f2 = refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+    let client = client(&server, Options::default()).await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-2");
+
+    // An event with the older fence arrives late (out of order).
+    let exp = redis_now_ms(refresher.con()).await + 3_600_000;
+    let stale = format!(
+        r#"{{"v":1,"id":"app","kind":"access_token","token":"AT-1-LATE","expires_at_ms":{exp},"fence":{f1},"replica":"late"}}"#
+    );
+    // Then an event only an applied event can deliver (nothing stored for
+    // "marker"): once the client has it, the late event was handled too.
+    let marker = format!(
+        r#"{{"v":1,"id":"marker","kind":"access_token","token":"MARK","expires_at_ms":{exp},"fence":1,"replica":"x"}}"#
+    );
+    let channel = events_channel(NS);
+    for payload in [stale, marker] {
+        let receivers: u64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(payload)
+            .query_async(refresher.con())
+            .await
+            .unwrap();
+        assert_eq!(receivers, 1);
+    }
+    assert_eq!(client.access_token("marker").await.unwrap(), "MARK");
+
+    let token = client.get("app", Kind::AccessToken).await.unwrap();
+    assert_eq!(token.value, "AT-2");
+    assert_eq!(token.fence, f2);
+    // A newer write is still taken.
+    refresher
+        .write("app", Kind::AccessToken, "AT-3", HOUR)
+        .await;
+    eventually("the newer token", LIMIT, async || {
+        client.access_token("app").await.unwrap() == "AT-3"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_token_is_waited_for_then_not_available() {
+    let server = RedisServer::start().unwrap();
+    let wait = Duration::from_millis(300);
+    let client = client(&server, Options::default().wait_for_token(wait)).await;
+
+    let started = Instant::now();
+    let err = client.access_token("nobody").await.unwrap_err();
+    let elapsed = started.elapsed();
+    let Error::NotAvailable { id, kind, waited } = &err else {
+        panic!("expected NotAvailable, got {err:?}")
+    };
+    assert_eq!((id.as_str(), *kind), ("nobody", Kind::AccessToken));
+    assert!(*waited >= wait, "waited {waited:?}");
+    assert!(elapsed >= wait, "returned after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "returned after {elapsed:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"nobody\"") && msg.contains("access_token"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_written_during_the_wait_is_returned() {
+    let server = RedisServer::start().unwrap();
+    let client = client(
+        &server,
+        Options::default().wait_for_token(Duration::from_secs(8)),
+    )
+    .await;
+    let mut refresher = Refresher::new(&server).await;
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        refresher
+            .write("late", Kind::JsapiTicket, "JT-LATE", HOUR)
+            .await;
+    });
+    let started = Instant::now();
+    assert_eq!(
+        client.ticket("late", Kind::JsapiTicket).await.unwrap(),
+        "JT-LATE"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_near_expiry_are_read_again_and_expired_ones_never_served() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    let client = client(
+        &server,
+        Options::default()
+            .expiry_margin(Duration::from_millis(1500))
+            .wait_for_token(Duration::from_millis(200)),
+    )
+    .await;
+    refresher
+        .write("short", Kind::AccessToken, "SHORT", Duration::from_secs(2))
+        .await;
+    assert_eq!(client.access_token("short").await.unwrap(), "SHORT");
+
+    // Now less than the 1.5 s margin is left: each read asks Redis.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut admin = connect(&server).await;
+    let before = read_commands(&mut admin).await;
+    let token = client.get("short", Kind::AccessToken).await.unwrap();
+    assert_eq!(token.value, "SHORT");
+    assert!(token.expires_in < Duration::from_millis(1500));
+    assert!(
+        read_commands(&mut admin).await > before,
+        "a value inside the expiry margin must be read again"
+    );
+
+    // Once expired it is gone from Redis and never served.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = client.access_token("short").await.unwrap_err();
+    assert!(matches!(err, Error::NotAvailable { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_subscription_is_noticed_and_restored() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    let client = client(
+        &server,
+        Options::default().poll_interval(Duration::from_millis(300)),
+    )
+    .await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+
+    // Watch `subscribed()` closely so a short gap is still seen.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut saw_down = false;
+            loop {
+                saw_down |= !client.subscribed();
+                tokio::select! {
+                    _ = &mut stopped => return saw_down,
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                }
+            }
+        })
+    };
+
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(refresher.con())
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    // Written right after the kill: the event is lost.
+    refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+
+    eventually("the token written during the gap", LIMIT, async || {
+        client.access_token("app").await.unwrap() == "AT-2"
+    })
+    .await;
+    eventually("the subscription to come back", LIMIT, async || {
+        client.subscribed()
+    })
+    .await;
+    let _ = stop.send(());
+    assert!(watcher.await.unwrap(), "subscribed() never went false");
+
+    // Events flow again: a new write arrives without a read.
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-2");
+    refresher
+        .write("app", Kind::AccessToken, "AT-3", HOUR)
+        .await;
+    let mut admin = connect(&server).await;
+    let before = read_commands(&mut admin).await;
+    eventually("the event after resubscribing", LIMIT, async || {
+        client.access_token("app").await.unwrap() == "AT-3"
+    })
+    .await;
+    assert_eq!(read_commands(&mut admin).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_survives_a_redis_restart() {
+    let mut server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    for token in ["AT-a", "AT-b", "AT-1"] {
+        refresher.write("app", Kind::AccessToken, token, HOUR).await;
+    }
+    let client = client(
+        &server,
+        Options::default()
+            .poll_interval(Duration::from_millis(300))
+            .redis_timeout(Duration::from_millis(500)),
+    )
+    .await;
+    let before = client.get("app", Kind::AccessToken).await.unwrap();
+    assert_eq!((before.value.as_str(), before.fence), ("AT-1", 3));
+
+    server.stop();
+    eventually("the subscription to drop", LIMIT, async || {
+        !client.subscribed()
+    })
+    .await;
+    // While Redis is down: the cached (unexpired) value or an error.
+    let down_until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < down_until {
+        match client.access_token("app").await {
+            Ok(value) => assert_eq!(value, "AT-1"),
+            Err(Error::Redis { id, kind, .. }) => {
+                assert_eq!((id.as_str(), kind), ("app", Kind::AccessToken));
+            }
+            Err(other) => panic!("unexpected error while Redis is down: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Back, empty: the fence counter starts over below the cached fence.
+    server.restart().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    let fence = refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+    assert!(fence < before.fence);
+    eventually("the token written after the restart", LIMIT, async || {
+        matches!(client.access_token("app").await.as_deref(), Ok("AT-2"))
+    })
+    .await;
+    eventually("the subscription to come back", LIMIT, async || {
+        client.subscribed()
+    })
+    .await;
+    // And events are followed again.
+    refresher
+        .write("app", Kind::AccessToken, "AT-3", HOUR)
+        .await;
+    eventually("the next token", LIMIT, async || {
+        matches!(client.access_token("app").await.as_deref(), Ok("AT-3"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_stops_with_the_last_clone() {
+    let server = RedisServer::start().unwrap();
+    let mut admin = connect(&server).await;
+    async fn pubsub_clients(con: &mut redis::aio::MultiplexedConnection) -> usize {
+        let list: String = redis::cmd("CLIENT")
+            .arg(&["LIST", "TYPE", "pubsub"])
+            .query_async(con)
+            .await
+            .unwrap();
+        list.lines().filter(|l| !l.trim().is_empty()).count()
+    }
+
+    let client = client(&server, Options::default()).await;
+    let clone = client.clone();
+    assert_eq!(pubsub_clients(&mut admin).await, 1);
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        pubsub_clients(&mut admin).await,
+        1,
+        "a clone is still alive"
+    );
+    assert!(clone.subscribed());
+    drop(clone);
+    eventually("the subscription to close", LIMIT, async || {
+        pubsub_clients(&mut admin).await == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_separate_and_names_are_checked() {
+    let server = RedisServer::start().unwrap();
+    let mut default_ns = Refresher::new(&server).await;
+    let mut other_ns = Refresher::in_namespace(&server, "staging").await;
+    default_ns
+        .write("app", Kind::AccessToken, "PROD", HOUR)
+        .await;
+    other_ns
+        .write("app", Kind::AccessToken, "STAGING", HOUR)
+        .await;
+    let staging = client(&server, Options::default().namespace("staging")).await;
+    assert_eq!(staging.access_token("app").await.unwrap(), "STAGING");
+    default_ns
+        .write("app", Kind::AccessToken, "PROD-2", HOUR)
+        .await;
+    other_ns
+        .write("app", Kind::AccessToken, "STAGING-2", HOUR)
+        .await;
+    eventually("the staging update", LIMIT, async || {
+        staging.access_token("app").await.unwrap() == "STAGING-2"
+    })
+    .await;
+
+    let err = staging.access_token("bad:id").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+    assert!(err.to_string().contains("bad:id"), "{err}");
+    let err = Client::connect(&server.url(), Options::default().namespace("a b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_fails_when_redis_is_unreachable() {
+    let port = wxtoken_testkit::free_port().unwrap();
+    let err = Client::connect(
+        &format!("redis://127.0.0.1:{port}"),
+        Options::default().redis_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Connect(_)), "{err:?}");
+
+    // The URL's password never shows up in the error.
+    let err = Client::connect(
+        &format!("redis://:s3cret-pw@127.0.0.1:{port}"),
+        Options::default().redis_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("s3cret-pw"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_is_noticed_by_ping() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    // Pings every second (the minimum), each allowed 300 ms.
+    let client = client(
+        &server,
+        Options::default()
+            .poll_interval(Duration::from_millis(300))
+            .redis_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+
+    // The connection stays open but Redis answers nothing for 3 s.
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "3000", "ALL"])
+        .query_async(refresher.con())
+        .await
+        .unwrap();
+    eventually("the silent subscription to be noticed", LIMIT, async || {
+        !client.subscribed()
+    })
+    .await;
+    eventually("the subscription to come back", LIMIT, async || {
+        client.subscribed()
+    })
+    .await;
+    refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+    eventually("the next token", LIMIT, async || {
+        matches!(client.access_token("app").await.as_deref(), Ok("AT-2"))
+    })
+    .await;
+}
