@@ -152,22 +152,29 @@ async fn an_older_event_does_not_replace_a_newer_cached_value() {
     let stale = format!(
         r#"{{"v":1,"id":"app","kind":"access_token","token":"AT-1-LATE","expires_at_ms":{exp},"fence":{f1},"replica":"late"}}"#
     );
-    // Then an event only an applied event can deliver (nothing stored for
-    // "marker"): once the client has it, the late event was handled too.
-    let marker = format!(
-        r#"{{"v":1,"id":"marker","kind":"access_token","token":"MARK","expires_at_ms":{exp},"fence":1,"replica":"x"}}"#
-    );
+    // Then a marker: a credential the client already caches gets a new value,
+    // which (while the subscription is live) only its event can deliver.
+    // Events arrive in order, so once the marker switches, the late event was
+    // handled too.
+    refresher
+        .write("marker", Kind::AccessToken, "MARK-1", HOUR)
+        .await;
+    assert_eq!(client.access_token("marker").await.unwrap(), "MARK-1");
     let channel = events_channel(NS);
-    for payload in [stale, marker] {
-        let receivers: u64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(payload)
-            .query_async(refresher.con())
-            .await
-            .unwrap();
-        assert_eq!(receivers, 1);
-    }
-    assert_eq!(client.access_token("marker").await.unwrap(), "MARK");
+    let receivers: u64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(stale)
+        .query_async(refresher.con())
+        .await
+        .unwrap();
+    assert_eq!(receivers, 1);
+    refresher
+        .write("marker", Kind::AccessToken, "MARK-2", HOUR)
+        .await;
+    eventually("the marker event", LIMIT, async || {
+        client.access_token("marker").await.unwrap() == "MARK-2"
+    })
+    .await;
 
     let token = client.get("app", Kind::AccessToken).await.unwrap();
     assert_eq!(token.value, "AT-2");
