@@ -1,16 +1,18 @@
 //! `wxtoken`: the one binary. `run` is a refresher replica, `sim` the WeChat
-//! simulator, `demo` the quick start (local Redis + simulator + replicas),
-//! `get` prints a stored token for scripts.
+//! simulator, `demo` the quick start (local Redis + simulator + replicas);
+//! `status`, `refresh` and `get` are the operator's commands (`ops`).
 //!
 //! This file only parses the command line, sets up logging and hands over;
-//! the work lives in the crates under `crates/`.
+//! the work lives in the crates under `crates/` and in the modules here.
 
 mod demo;
+mod ops;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -73,24 +75,16 @@ enum Command {
     /// The quick start: local Redis, the simulator and several refresher
     /// replicas, showing which replica fetched each token.
     Demo(demo::Args),
-    /// Print the stored access token (or ticket) of a credential, for scripts.
-    Get {
-        /// Credential id.
-        id: String,
-        /// What to print.
-        #[arg(long, default_value = "access_token", value_parser = ["access_token", "jsapi_ticket", "wx_card_ticket"])]
-        kind: String,
-        /// Redis URL.
-        #[arg(
-            long,
-            env = "WXTOKEN_REDIS_URL",
-            default_value = "redis://127.0.0.1:6379"
-        )]
-        redis_url: String,
-        /// Key namespace.
-        #[arg(long, default_value = wxtoken_schema::DEFAULT_NAMESPACE)]
-        namespace: String,
-    },
+    /// Print the stored access token (or ticket) of a credential, whole, for
+    /// scripts (exit 1 if none is stored).
+    Get(ops::get::Args),
+    /// Show every credential: time left, last refresh and by which replica,
+    /// fence, last error, pause, pending refresh requests (exit 0 healthy,
+    /// 3 unhealthy, 1 error).
+    Status(ops::status::Args),
+    /// Ask the refreshers to replace a stored value now, and wait for it
+    /// (exit 0 replaced, 4 not within --wait, 1 error).
+    Refresh(ops::refresh::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -124,28 +118,31 @@ fn shutdown_on_signals() -> Result<CancellationToken> {
     Ok(token)
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     match rt.block_on(dispatch(cli.command)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn dispatch(command: Command) -> Result<()> {
+/// Runs the command; `Ok` carries the exit code (some commands report
+/// findings through it), `Err` exits 1.
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     match command {
-        Command::Run { config, replica_id } => run(config, replica_id).await,
+        Command::Run { config, replica_id } => done(run(config, replica_id).await),
         Command::CheckConfig { file } => {
             let cfg = wxtoken_refresher::Config::load(&file)?;
             for w in &cfg.warnings {
@@ -156,7 +153,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 file.display(),
                 cfg.credentials.len()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sim {
             config,
@@ -164,14 +161,11 @@ async fn dispatch(command: Command) -> Result<()> {
             apps,
             expires_in,
             overlap,
-        } => sim(config, listen, apps, expires_in, overlap).await,
-        Command::Demo(args) => demo::run(args).await,
-        Command::Get {
-            id,
-            kind,
-            redis_url,
-            namespace,
-        } => get(&id, &kind, &redis_url, &namespace).await,
+        } => done(sim(config, listen, apps, expires_in, overlap).await),
+        Command::Demo(args) => done(demo::run(args).await),
+        Command::Get(args) => done(ops::get::run(args).await),
+        Command::Status(args) => ops::status::run(args).await,
+        Command::Refresh(args) => ops::refresh::run(args).await,
     }
 }
 
@@ -221,29 +215,4 @@ async fn sim(
     wxtoken_sim::serve(cfg, listen, shutdown.cancelled_owned())
         .await
         .with_context(|| format!("simulator on {listen}"))
-}
-
-async fn get(id: &str, kind: &str, redis_url: &str, namespace: &str) -> Result<()> {
-    let keys = wxtoken_schema::CredentialKeys::new(namespace, id)?;
-    let kind = wxtoken_schema::KINDS
-        .into_iter()
-        .find(|k| k.as_str() == kind)
-        .context("unknown kind")?;
-    let client = redis::Client::open(redis_url).context("invalid Redis URL")?;
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .context("connecting to Redis")?;
-    let value: Option<String> = redis::cmd("GET")
-        .arg(keys.value(kind))
-        .query_async(&mut con)
-        .await
-        .context("reading the token")?;
-    match value {
-        Some(v) => {
-            println!("{v}");
-            Ok(())
-        }
-        None => anyhow::bail!("no {kind} stored for {id:?} (key {})", keys.value(kind)),
-    }
 }

@@ -63,8 +63,8 @@ async fn storm_of_reports_from_100_clients_costs_one_call_and_all_get_the_new_to
 
     // Every client sees 40001 and reports the token 10 times, then waits.
     let mut tasks = Vec::new();
-    for c in clients.iter().cloned() {
-        let (id, bad) = (id.clone(), bad.clone());
+    for c in &clients {
+        let (c, id, bad) = (c.clone(), id.clone(), bad.clone());
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for _ in 0..10 {

@@ -36,6 +36,8 @@ pub struct Setup {
     pub quota_pause: Duration,
     pub check_interval: Duration,
     pub min_interval: Duration,
+    /// Appended to the generated config text (e.g. an `[http]` section).
+    pub extra_config: String,
 }
 
 impl Default for Setup {
@@ -58,6 +60,7 @@ impl Default for Setup {
             quota_pause: Duration::from_secs(2),
             check_interval: Duration::from_secs(1),
             min_interval: Duration::from_millis(500),
+            extra_config: String::new(),
         }
     }
 }
@@ -150,6 +153,7 @@ impl Env {
                 text.push_str("tickets = [\"jsapi\"]\n");
             }
         }
+        text.push_str(&s.extra_config);
         text
     }
 

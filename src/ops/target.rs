@@ -1,0 +1,182 @@
+//! Where the operator's commands find Redis: the `--redis-url`,
+//! `--namespace` and `--config` flags, resolved in a fixed order, and the
+//! connection made with bounded timeouts.
+//!
+//! Resolution: `--redis-url`, else `$WXTOKEN_REDIS_URL`, else `redis.url` of
+//! the `--config` file, else `redis://127.0.0.1:6379`; `--namespace`, else
+//! `redis.namespace` of the config, else `wxtoken`. The URL may carry a
+//! password: it is only ever shown redacted, and scrubbed from error texts.
+//! This module must not read or write any wxtoken key.
+
+use anyhow::{anyhow, Result};
+use redis::aio::MultiplexedConnection;
+use redis::IntoConnectionInfo;
+use secrecy::{ExposeSecret, SecretString};
+use std::path::PathBuf;
+use std::time::Duration;
+use wxtoken_refresher::config::{redacted_url, ENV_REDIS_URL};
+use wxtoken_schema::{Kind, DEFAULT_NAMESPACE};
+
+/// Used when neither the flags, the environment nor a config name a Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Bound on connecting to Redis and on every command.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The flags every operator command shares.
+#[derive(clap::Args, Debug)]
+pub struct TargetArgs {
+    /// Redis URL [default: $WXTOKEN_REDIS_URL, else redis.url of --config,
+    /// else redis://127.0.0.1:6379].
+    #[arg(long, env = ENV_REDIS_URL, hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Key namespace [default: redis.namespace of --config, else wxtoken].
+    #[arg(long)]
+    namespace: Option<String>,
+    /// A refresher config file: supplies the Redis URL, the namespace and the
+    /// credentials expected to exist. Like `run`, it needs the secrets'
+    /// environment variables (or files).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// A credential the `--config` file says should be refreshed.
+#[derive(Debug, Clone)]
+pub struct Configured {
+    /// Credential id.
+    pub id: String,
+    /// Access token and configured tickets.
+    pub kinds: Vec<Kind>,
+}
+
+/// The resolved Redis and namespace.
+pub struct Target {
+    url: SecretString,
+    /// Key namespace (validated).
+    pub namespace: String,
+    /// Credentials from `--config`, if one was given.
+    pub configured: Vec<Configured>,
+}
+
+impl TargetArgs {
+    /// Applies the resolution order; loads `--config` if given.
+    pub fn resolve(&self) -> Result<Target> {
+        let config = match &self.config {
+            // The config's own message names the file and the field.
+            Some(path) => Some(wxtoken_refresher::Config::load(path)?),
+            None => None,
+        };
+        let url = match (&self.redis_url, &config) {
+            (Some(url), _) if !url.is_empty() => SecretString::from(url.clone()),
+            (_, Some(cfg)) => cfg.redis.url.clone(),
+            _ => SecretString::from(DEFAULT_REDIS_URL.to_owned()),
+        };
+        let namespace = match (&self.namespace, &config) {
+            (Some(ns), _) => ns.clone(),
+            (None, Some(cfg)) => cfg.redis.namespace.clone(),
+            (None, None) => DEFAULT_NAMESPACE.to_owned(),
+        };
+        wxtoken_schema::validate_name("namespace", &namespace)?;
+        let configured = config
+            .map(|cfg| {
+                cfg.credentials
+                    .iter()
+                    .map(|c| Configured {
+                        id: c.id.clone(),
+                        kinds: std::iter::once(Kind::AccessToken)
+                            .chain(c.tickets.iter().map(|t| t.kind()))
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Target {
+            url,
+            namespace,
+            configured,
+        })
+    }
+}
+
+impl Target {
+    /// The Redis URL with any password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redacted_url(&self.url)
+    }
+
+    /// Connects, bounded by a timeout. Errors name the redacted URL.
+    pub async fn connect(&self) -> Result<MultiplexedConnection> {
+        let shown = self.redacted_url();
+        let client = redis::Client::open(self.url.expose_secret()).map_err(|e| {
+            anyhow!(
+                "{shown} is not a usable Redis URL ({:?}); expected redis://[user:password@]host:port[/db]",
+                e.kind()
+            )
+        })?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot connect to Redis at {shown}: {}",
+                    self.scrub(&e.to_string())
+                )
+            })
+    }
+
+    /// An error while `doing` something with Redis, naming the redacted URL.
+    pub fn failed(&self, doing: &str, e: &anyhow::Error) -> anyhow::Error {
+        anyhow!(
+            "{doing} (Redis at {}): {}",
+            self.redacted_url(),
+            self.scrub(&format!("{e:#}"))
+        )
+    }
+
+    /// `text` with the URL's password (as written and percent-decoded)
+    /// replaced by `***`, for error messages from the Redis client.
+    pub fn scrub(&self, text: &str) -> String {
+        let raw = self.url.expose_secret();
+        let mut secrets = Vec::new();
+        if let (Some(scheme_end), Some(at)) = (raw.find("://"), raw.rfind('@')) {
+            if let Some((_, pass)) = raw.get(scheme_end + 3..at).and_then(|u| u.split_once(':')) {
+                secrets.push(pass.to_owned());
+            }
+        }
+        if let Ok(info) = raw.into_connection_info() {
+            if let Some(pass) = info.redis_settings().password() {
+                secrets.push(pass.to_owned());
+            }
+        }
+        let mut out = text.to_owned();
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            out = out.replace(s.as_str(), "***");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Target {
+        Target {
+            url: SecretString::from(url.to_owned()),
+            namespace: DEFAULT_NAMESPACE.into(),
+            configured: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let t = target("redis://user:hun%40ter2@127.0.0.1:1/0");
+        assert_eq!(t.redacted_url(), "redis://user:***@127.0.0.1:1/0");
+        assert_eq!(t.scrub("x hun%40ter2 y hun@ter2"), "x *** y ***");
+        let t = target("redis://127.0.0.1:6379");
+        assert_eq!(t.scrub("plain"), "plain");
+    }
+}
