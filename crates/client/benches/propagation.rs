@@ -29,10 +29,16 @@ async fn main() {
         let (mut con, keys) = (con.clone(), keys.clone());
         async move {
             let owner = format!("bench#{}", rand_suffix());
-            let fence = acquire_lock(&mut con, &keys, Kind::AccessToken, &owner, Duration::from_secs(60))
-                .await
-                .expect("lock")
-                .expect("free");
+            let fence = acquire_lock(
+                &mut con,
+                &keys,
+                Kind::AccessToken,
+                &owner,
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("lock")
+            .expect("free");
             let started = Instant::now();
             write_token(
                 &mut con,
@@ -49,14 +55,18 @@ async fn main() {
             )
             .await
             .expect("write");
-            release_lock(&mut con, &keys, Kind::AccessToken, &owner).await.expect("release");
+            release_lock(&mut con, &keys, Kind::AccessToken, &owner)
+                .await
+                .expect("release");
             started
         }
     };
     write("T-0".into()).await;
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        let c = Client::connect(&server.url(), Options::default()).await.expect("client");
+        let c = Client::connect(&server.url(), Options::default())
+            .await
+            .expect("client");
         assert_eq!(c.access_token("bench").await.expect("read"), "T-0");
         clients.push(c);
     }
@@ -92,7 +102,10 @@ async fn main() {
         pct(0.99),
         delays[delays.len() - 1]
     );
-    let _: () = redis::cmd("PING").query_async(&mut con).await.expect("ping");
+    let _: () = redis::cmd("PING")
+        .query_async(&mut con)
+        .await
+        .expect("ping");
 }
 
 fn rand_suffix() -> u64 {

@@ -24,10 +24,16 @@ fn reads(c: &mut Criterion) {
             .await
             .expect("connect");
         let keys = CredentialKeys::new("wxtoken", "bench").expect("keys");
-        let fence = acquire_lock(&mut con, &keys, Kind::AccessToken, "bench#1", Duration::from_secs(60))
-            .await
-            .expect("lock")
-            .expect("free");
+        let fence = acquire_lock(
+            &mut con,
+            &keys,
+            Kind::AccessToken,
+            "bench#1",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("lock")
+        .expect("free");
         write_token(
             &mut con,
             &keys,
@@ -69,7 +75,12 @@ fn reads(c: &mut Criterion) {
         })
     });
     group.finish();
-    let _: () = rt.block_on(async { redis::cmd("PING").query_async(&mut con).await.expect("ping") });
+    let _: () = rt.block_on(async {
+        redis::cmd("PING")
+            .query_async(&mut con)
+            .await
+            .expect("ping")
+    });
 }
 
 criterion_group!(benches, reads);

@@ -9,6 +9,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wxtoken_schema::validate_name;
@@ -118,6 +119,9 @@ pub struct Config {
     pub replica_id: Option<String>,
     /// Credentials to keep fresh.
     pub credentials: Vec<Credential>,
+    /// The HTTP surface (health, metrics, status page, refresh requests);
+    /// `None` = off, the default.
+    pub http: Option<HttpConfig>,
     /// Non-fatal findings to log at start-up (e.g. inline secrets).
     pub warnings: Vec<String>,
 }
@@ -183,6 +187,16 @@ impl RefreshConfig {
     }
 }
 
+/// `[http]`, when `listen` is set.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Address the HTTP surface listens on.
+    pub listen: SocketAddr,
+    /// Bearer token that `POST /refresh/{id}` requires. `None`: refresh
+    /// requests over HTTP are refused (only allowed for loopback `listen`).
+    pub token: Option<SecretString>,
+}
+
 /// One `[[credential]]`.
 #[derive(Debug, Clone)]
 pub struct Credential {
@@ -226,6 +240,8 @@ struct RawConfig {
     replica: RawReplica,
     #[serde(default, rename = "credential")]
     credentials: Vec<RawCredential>,
+    #[serde(default)]
+    http: RawHttp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +330,14 @@ impl Default for RawRefresh {
 #[serde(deny_unknown_fields)]
 struct RawReplica {
     id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +511,9 @@ fn validate(
         validate_name("replica id", id).map_err(|e| invalid("replica.id", e.to_string()))?;
     }
 
+    // [http]
+    let http = validate_http(raw.http, &invalid, env, &mut warnings)?;
+
     // [[credential]]
     if raw.credentials.is_empty() {
         warnings.push("no [[credential]] configured: this replica has nothing to refresh".into());
@@ -623,8 +650,91 @@ fn validate(
         },
         replica_id: raw.replica.id,
         credentials,
+        http,
         warnings,
     })
+}
+
+/// Tokens shorter than this get a start-up warning.
+const SHORT_HTTP_TOKEN: usize = 16;
+
+fn validate_http(
+    raw: RawHttp,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<HttpConfig>, ConfigError> {
+    let Some(listen) = raw.listen else {
+        if raw.token_env.is_some() || raw.token_file.is_some() {
+            warnings.push(
+                "http: a token is configured but http.listen is not: the HTTP surface is off"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    };
+    let listen: SocketAddr = listen.trim().parse().map_err(|_| {
+        invalid(
+            "http.listen",
+            format!("{listen:?} is not a socket address; expected e.g. \"127.0.0.1:9100\" or \"[::]:9100\""),
+        )
+    })?;
+    let token = match (raw.token_env, raw.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "http.token_env",
+                "give at most one of token_env, token_file".into(),
+            ))
+        }
+        (Some(var), None) => match env(&var) {
+            Some(v) if !v.trim().is_empty() => Some(SecretString::from(v.trim().to_owned())),
+            Some(_) => {
+                return Err(invalid(
+                    "http.token_env",
+                    format!("environment variable {var} is empty"),
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    "http.token_env",
+                    format!("environment variable {var} is not set"),
+                ))
+            }
+        },
+        (None, Some(file)) => match std::fs::read_to_string(&file) {
+            Ok(v) if !v.trim().is_empty() => Some(SecretString::from(v.trim().to_owned())),
+            Ok(_) => {
+                return Err(invalid(
+                    "http.token_file",
+                    format!("{} is empty", file.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(invalid(
+                    "http.token_file",
+                    format!("cannot read {}: {e}", file.display()),
+                ))
+            }
+        },
+        (None, None) => None,
+    };
+    match &token {
+        None if !listen.ip().is_loopback() => {
+            return Err(invalid(
+                "http.listen",
+                format!(
+                    "{listen} is not a loopback address; refusing to expose POST /refresh without a token: set http.token_env or http.token_file"
+                ),
+            ))
+        }
+        Some(t) if t.expose_secret().chars().count() < SHORT_HTTP_TOKEN => {
+            warnings.push(format!(
+                "http: the bearer token is shorter than {SHORT_HTTP_TOKEN} characters; use a long random one (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        _ => {}
+    }
+    Ok(Some(HttpConfig { listen, token }))
 }
 
 #[cfg(test)]
@@ -824,6 +934,169 @@ secret_env = "MINI_SECRET"
     }
 
     #[test]
+    fn http_is_off_by_default() {
+        let c = Config::parse("", "x.toml", &env_with(&[])).unwrap();
+        assert!(c.http.is_none());
+    }
+
+    #[test]
+    fn http_section_with_a_token_from_env_or_file() {
+        let c = Config::parse(
+            "[http]\nlisten = \"0.0.0.0:9100\"\ntoken_env = \"HTTP_TOKEN\"\n",
+            "x.toml",
+            &env_with(&[("HTTP_TOKEN", "  bearer-token-0123456789abcdef\n")]),
+        )
+        .unwrap();
+        let http = c.http.as_ref().unwrap();
+        assert_eq!(http.listen, "0.0.0.0:9100".parse().unwrap());
+        assert_eq!(
+            http.token.as_ref().unwrap().expose_secret(),
+            "bearer-token-0123456789abcdef"
+        );
+        assert!(
+            !c.warnings.iter().any(|w| w.starts_with("http")),
+            "{:?}",
+            c.warnings
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("bearer-token"), "token leaks: {debug}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "file-token-0123456789abcdef\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "[http]\nlisten = \"[::]:9100\"\ntoken_file = \"{}\"\n",
+                file.display()
+            ),
+            "x.toml",
+            &env_with(&[]),
+        )
+        .unwrap();
+        let http = c.http.unwrap();
+        assert!(http.listen.is_ipv6());
+        assert_eq!(
+            http.token.unwrap().expose_secret(),
+            "file-token-0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn http_on_loopback_may_go_without_a_token() {
+        for listen in ["127.0.0.1:9100", "[::1]:9100", "127.0.0.2:0"] {
+            let c = Config::parse(
+                &format!("[http]\nlisten = \"{listen}\"\n"),
+                "x.toml",
+                &env_with(&[]),
+            )
+            .unwrap();
+            assert!(c.http.unwrap().token.is_none());
+        }
+    }
+
+    #[test]
+    fn http_errors_name_the_field_and_never_the_token() {
+        let env = env_with(&[("EMPTY", " "), ("T", "sekrit-token-0123456789")]);
+        let cases: &[(&str, &str)] = &[
+            (
+                "[http]\nlisten = \"localhost\"\n",
+                "http.listen: \"localhost\" is not a socket address",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:99999\"\n",
+                "http.listen: \"127.0.0.1:99999\" is not a socket address",
+            ),
+            (
+                "[http]\nlisten = \"0.0.0.0:9100\"\n",
+                "http.listen: 0.0.0.0:9100 is not a loopback address; refusing to expose POST /refresh without a token",
+            ),
+            (
+                "[http]\nlisten = \"10.0.0.5:9100\"\n",
+                "refusing to expose POST /refresh without a token",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:9100\"\ntoken_env = \"MISSING\"\n",
+                "http.token_env: environment variable MISSING is not set",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:9100\"\ntoken_env = \"EMPTY\"\n",
+                "http.token_env: environment variable EMPTY is empty",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:9100\"\ntoken_file = \"/nonexistent/token\"\n",
+                "http.token_file: cannot read /nonexistent/token",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:9100\"\ntoken_env = \"T\"\ntoken_file = \"/x\"\n",
+                "http.token_env: give at most one of token_env, token_file",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(text, "bad.toml", &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("bad.toml: "), "{e}");
+            assert!(e.contains(want), "for {text:?}\n got {e}\nwant {want}");
+            assert!(!e.contains("sekrit"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let e = Config::parse(
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"{}\"\n",
+                empty.display()
+            ),
+            "bad.toml",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("http.token_file: ") && e.ends_with(" is empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn http_unknown_keys_are_refused_with_their_position() {
+        let e = error_of("[http]\nlisten = \"127.0.0.1:9100\"\ntoken = \"inline\"\n");
+        assert!(e.starts_with("bad.toml:3:1:"), "{e}");
+        assert!(e.contains("token"), "{e}");
+        assert!(!e.contains("inline"), "{e}");
+    }
+
+    #[test]
+    fn http_warnings_for_short_tokens_and_a_token_without_listen() {
+        let c = Config::parse(
+            "[http]\nlisten = \"127.0.0.1:9100\"\ntoken_env = \"T\"\n",
+            "x.toml",
+            &env_with(&[("T", "short")]),
+        )
+        .unwrap();
+        let http: Vec<_> = c
+            .warnings
+            .iter()
+            .filter(|w| w.starts_with("http"))
+            .collect();
+        assert_eq!(http.len(), 1, "{:?}", c.warnings);
+        assert!(http[0].contains("shorter than 16"), "{http:?}");
+        assert!(!http[0].contains("short\""));
+        let c = Config::parse(
+            "[http]\ntoken_env = \"T\"\n",
+            "x.toml",
+            &env_with(&[("T", "0123456789abcdef0123")]),
+        )
+        .unwrap();
+        assert!(c.http.is_none());
+        assert!(
+            c.warnings[0].contains("HTTP surface is off"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
     fn example_config_in_the_repository_is_valid() {
         let text = include_str!("../../../config.example.toml");
         let c = Config::parse(text, "config.example.toml", &|k| {
@@ -831,5 +1104,29 @@ secret_env = "MINI_SECRET"
         })
         .unwrap();
         assert!(!c.credentials.is_empty());
+        assert!(c.http.is_none(), "the example keeps HTTP off");
+
+        // The documented [http] section works once uncommented.
+        let uncommented = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest == "[http]"
+                        || rest.starts_with("listen =")
+                        || rest.starts_with("token_env =") =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&uncommented, "config.example.toml", &|k| {
+            (!k.starts_with("WXTOKEN_") || k == "WXTOKEN_HTTP_TOKEN")
+                .then(|| "example-secret-0123456789".to_owned())
+        })
+        .unwrap();
+        let http = c.http.expect("[http] uncommented");
+        assert!(http.listen.ip().is_loopback() && http.token.is_some());
     }
 }

@@ -8,7 +8,9 @@
 //! - `schedule`: when to attempt, backoff and pauses;
 //! - `events`: wake-ups from other replicas' writes;
 //! - `store`: Redis reads and status writes;
-//! - `metrics`: this replica's Prometheus metrics.
+//! - `metrics`: this replica's Prometheus metrics;
+//! - `http`: the optional HTTP surface (probes, metrics, status page,
+//!   refresh requests).
 //!
 //! The key layout and Lua scripts come from `wxtoken_schema`; this crate must
 //! not build key names or scripts of its own.
@@ -16,6 +18,7 @@
 mod attempt;
 pub mod config;
 mod events;
+mod http;
 pub mod metrics;
 mod schedule;
 mod store;
@@ -39,6 +42,15 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("cannot set up the WeChat HTTP client: {0}")]
     Wechat(#[from] wechat::WechatError),
+    /// The HTTP surface could not listen on `http.listen`.
+    #[error("cannot listen on {addr} (http.listen): {source}")]
+    Http {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why (address in use, not permitted, not local…).
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What every loop shares.
@@ -135,6 +147,10 @@ pub async fn run(
         credentials = config.credentials.len(),
         "refresher starting"
     );
+    let http = match &config.http {
+        Some(h) => Some(http::Server::bind(h, shared.clone(), &config.credentials).await?),
+        None => None,
+    };
 
     let mut wakers: events::Wakers = HashMap::new();
     let mut slots = Vec::new();
@@ -163,6 +179,9 @@ pub async fn run(
     ));
     for (cred, kind, wake) in slots {
         tasks.spawn(schedule::run(shared.clone(), cred, kind, wake));
+    }
+    if let Some(server) = http {
+        tasks.spawn(server.serve());
     }
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {

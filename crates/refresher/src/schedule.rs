@@ -174,6 +174,9 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
         Err(e) => return redis_failed(slot, e),
     };
 
+    // Status times use the Redis clock, like every other time in Redis.
+    let read_at = Instant::now();
+    let redis_now = || stored.now_ms + read_at.elapsed().as_millis() as u64;
     let reason = match decide(&sh.refresh, &stored, slot.jitter) {
         Ok(reason) => reason,
         Err(wait) => return wait.min(sh.refresh.check_interval),
@@ -204,12 +207,12 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
                 tracing::warn!(id = slot.keys.id(), kind = %slot.kind, ?remaining, "WeChat returned a value that is already within the refresh margin");
                 Instant::now() + remaining / 2
             });
-            record_ok(sh, &mut con, slot).await;
+            record_ok(sh, &mut con, slot, redis_now()).await;
             Duration::ZERO
         }
         Ok(Attempt::AlreadyFresh) | Ok(Attempt::Rejected(_)) => Duration::ZERO,
         Ok(Attempt::Busy) => BUSY_RECHECK,
-        Err(e) => failed(sh, &mut con, slot, e).await,
+        Err(e) => failed(sh, &mut con, slot, e, redis_now()).await,
     }
 }
 
@@ -218,6 +221,7 @@ async fn failed(
     con: &mut deadpool_redis::Connection,
     slot: &mut Slot,
     e: AttemptError,
+    now_ms: u64,
 ) -> Duration {
     if matches!(e, AttemptError::NoAccessToken) {
         // Not a failure: the ticket waits for its access token, whose write
@@ -264,7 +268,7 @@ async fn failed(
         }
     };
     if !matches!(e, AttemptError::Redis(_)) {
-        record_error(sh, con, slot, &message, errcode, paused_for).await;
+        record_error(sh, con, slot, &message, errcode, paused_for, now_ms).await;
     }
     wait
 }
@@ -322,17 +326,14 @@ pub fn backoff(initial: Duration, max: Duration, n: u32) -> Duration {
     exp.min(max).mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
-async fn record_ok(sh: &Shared, con: &mut deadpool_redis::Connection, slot: &Slot) {
-    if slot.kind != Kind::AccessToken {
-        return;
-    }
+async fn record_ok(sh: &Shared, con: &mut deadpool_redis::Connection, slot: &Slot, now: u64) {
     let r = async {
-        let now = crate::unix_ms();
         bounded(
             sh.redis_timeout,
             store::record_ok(
                 con,
                 &slot.keys,
+                slot.kind,
                 &slot.cred.appid,
                 slot.cred.mode.as_str(),
                 &sh.replica,
@@ -354,9 +355,9 @@ async fn record_error(
     message: &str,
     errcode: Option<i64>,
     paused_for: Option<Duration>,
+    now: u64,
 ) {
     let r = async {
-        let now = crate::unix_ms();
         let paused_until = paused_for.map(|d| now + d.as_millis() as u64);
         let message = format!("{}: {message}", slot.kind);
         bounded(

@@ -149,18 +149,27 @@ pub async fn register(
         .await
 }
 
-/// Records a successful fetch, clears any error or pause, and re-registers
-/// the credential (Redis may have restarted empty since start-up).
+/// Records a successful fetch of `kind`, clears the pause and any error this
+/// kind recorded (errors are recorded as `"<kind>: …"`), and re-registers the
+/// credential (Redis may have restarted empty since start-up).
+#[allow(clippy::too_many_arguments)]
 pub async fn record_ok(
     con: &mut deadpool_redis::Connection,
     keys: &CredentialKeys,
+    kind: Kind,
     appid: &str,
     mode: &str,
     replica: &str,
     now_ms: u64,
 ) -> Result<(), redis::RedisError> {
-    redis::pipe()
-        .sadd(registry_key(keys.namespace()), keys.id())
+    let last_error: Option<String> = redis::cmd("HGET")
+        .arg(keys.status())
+        .arg(status::LAST_ERROR)
+        .query_async(con)
+        .await?;
+    let own_error = last_error.is_some_and(|e| e.starts_with(&format!("{kind}:")));
+    let mut pipe = redis::pipe();
+    pipe.sadd(registry_key(keys.namespace()), keys.id())
         .ignore()
         .hset_multiple(
             keys.status(),
@@ -172,17 +181,20 @@ pub async fn record_ok(
             ],
         )
         .ignore()
-        .hdel(
+        .hdel(keys.status(), status::PAUSED_UNTIL_MS)
+        .ignore();
+    if own_error {
+        pipe.hdel(
             keys.status(),
             &[
                 status::LAST_ERROR,
                 status::LAST_ERRCODE,
                 status::LAST_ERROR_AT_MS,
-                status::PAUSED_UNTIL_MS,
             ],
         )
-        .ignore()
-        .expire(keys.status(), STATUS_TTL_SECS as i64)
+        .ignore();
+    }
+    pipe.expire(keys.status(), STATUS_TTL_SECS as i64)
         .ignore()
         .query_async(con)
         .await

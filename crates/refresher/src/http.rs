@@ -1,0 +1,541 @@
+//! The HTTP surface of one replica: liveness and readiness probes, Prometheus
+//! metrics, the status page (`GET /`, `GET /status.json`) and refresh
+//! requests (`POST /refresh/{id}`, protected by a bearer token).
+//!
+//! This module owns the routes, the bearer-token check and the server's
+//! lifecycle (bound at start-up, stopped with the refresher's shutdown
+//! token). Handlers stay thin: what the status page shows is gathered by
+//! `snapshot`, and turned into HTML by `page`.
+//!
+//! It must not refresh anything itself — a POST only records a request for
+//! the refreshers through [`wxtoken_schema::request_refresh`] — nor build key
+//! names by hand. No secret (AppSecret, bearer token, Redis URL or password)
+//! and no whole token may reach a response or a log line; tokens appear as
+//! 8-character prefixes only.
+
+mod page;
+mod snapshot;
+
+use crate::config::{Credential, HttpConfig};
+use crate::store::{self, RedisError};
+use crate::{token_prefix, Shared, StartError};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use wxtoken_schema::{
+    request_refresh, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST, KINDS, REQUEST_TTL_SECS,
+};
+
+/// Content type of `GET /metrics` (the encoder writes OpenMetrics text).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Largest accepted request body (`{"token":"…"}` is far smaller).
+const BODY_LIMIT: usize = 4096;
+/// How long open connections may finish after shutdown before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The status page: inline styles only, no scripts, no external assets.
+const PAGE_CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// A credential this replica refreshes, as the HTTP surface sees it.
+pub(crate) struct Managed {
+    /// Key names of the credential.
+    pub keys: CredentialKeys,
+    /// WeChat appid (public).
+    pub appid: String,
+    /// `classic` or `stable`.
+    pub mode: &'static str,
+    /// The access token, then the configured tickets.
+    pub kinds: Vec<Kind>,
+}
+
+/// What every handler shares.
+struct AppState {
+    sh: Arc<Shared>,
+    token: Option<SecretString>,
+    creds: Vec<Managed>,
+}
+
+type App = Arc<AppState>;
+
+/// The bound, not yet serving, HTTP surface.
+pub(crate) struct Server {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: App,
+}
+
+impl Server {
+    /// Binds `cfg.listen`. Failing to bind is a start-up error.
+    pub(crate) async fn bind(
+        cfg: &HttpConfig,
+        sh: Arc<Shared>,
+        creds: &[Credential],
+    ) -> Result<Server, StartError> {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().unwrap_or(cfg.listen);
+        let mut managed: Vec<Managed> = Vec::with_capacity(creds.len());
+        for c in creds {
+            // Ids and the namespace were validated with the config.
+            let Ok(keys) = CredentialKeys::new(&sh.namespace, &c.id) else {
+                tracing::error!(id = %c.id, "invalid key names; not shown over HTTP");
+                continue;
+            };
+            managed.push(Managed {
+                keys,
+                appid: c.appid.clone(),
+                mode: c.mode.as_str(),
+                kinds: std::iter::once(Kind::AccessToken)
+                    .chain(c.tickets.iter().map(|t| t.kind()))
+                    .collect(),
+            });
+        }
+        Ok(Server {
+            listener,
+            addr,
+            app: Arc::new(AppState {
+                sh,
+                token: cfg.token.clone(),
+                creds: managed,
+            }),
+        })
+    }
+
+    /// Serves until the refresher's shutdown token is cancelled, then lets
+    /// open requests finish for a short grace period.
+    pub(crate) async fn serve(self) {
+        let shutdown: CancellationToken = self.app.sh.shutdown.clone();
+        tracing::info!(
+            addr = %self.addr,
+            refresh_requests = if self.app.token.is_some() { "bearer token" } else { "disabled (no token configured)" },
+            "HTTP surface listening"
+        );
+        let service = router(self.app).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::select! {
+            r = server => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "HTTP surface failed");
+                }
+            }
+            _ = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => tracing::debug!("HTTP connections still open after the grace period; closing them"),
+        }
+        tracing::debug!("HTTP surface stopped");
+    }
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/status.json", get(status_json))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/refresh/{id}", post(refresh))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+// ---- probes and metrics -------------------------------------------------
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match ping(&app.sh).await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+/// PINGs Redis through the pool, the whole exchange bounded by the Redis
+/// timeout. The error text comes from the Redis client and holds no URL.
+async fn ping(sh: &Shared) -> Result<Duration, RedisError> {
+    let started = Instant::now();
+    store::bounded(sh.redis_timeout, async {
+        let mut con = sh.pool.get().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .map_err(RedisError::from)
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(CONTENT_TYPE, OPENMETRICS), (CACHE_CONTROL, "no-store")],
+        app.sh.metrics.render(),
+    )
+        .into_response()
+}
+
+// ---- status page ----------------------------------------------------------
+
+async fn status_page(State(app): State<App>) -> Response {
+    let snap = snapshot::take(&app.sh, &app.creds).await;
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (CACHE_CONTROL, "no-store"),
+            (CONTENT_SECURITY_POLICY, PAGE_CSP),
+        ],
+        page::render(&snap),
+    )
+        .into_response()
+}
+
+async fn status_json(State(app): State<App>) -> Response {
+    let snap = snapshot::take(&app.sh, &app.creds).await;
+    ([(CACHE_CONTROL, "no-store")], Json(snap)).into_response()
+}
+
+// ---- refresh requests -----------------------------------------------------
+
+/// Why a refresh request was not recorded. Messages are safe to return: no
+/// secret and no token is ever part of them.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("refresh requests over HTTP are disabled on this replica: no http.token_env or http.token_file is configured")]
+    Disabled,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("credential {0:?} is not configured on this replica")]
+    UnknownCredential(String),
+    #[error("credential {id:?} keeps no {kind} on this replica")]
+    UnknownKind { id: String, kind: Kind },
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Disabled => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownCredential(_) | ApiError::UnknownKind { .. } => StatusCode::NOT_FOUND,
+            ApiError::Redis(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (
+            self.status(),
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            res.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wxtoken\""),
+            );
+        }
+        res
+    }
+}
+
+/// `?kind=…&force=…`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshParams {
+    kind: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// The optional JSON body: the token WeChat refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    token: String,
+}
+
+/// What the request asks the refreshers to replace.
+enum Report {
+    /// The token the caller saw refused (passive refresh).
+    Refused(String),
+    /// Whatever is stored (operators).
+    Force,
+    /// The value stored right now.
+    Stored,
+}
+
+async fn refresh(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<RefreshParams>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match accept(&app, peer, &headers, id, query, body).await {
+        Ok((id, kind, outcome)) => {
+            let (status, name) = match outcome {
+                RequestOutcome::Requested => (StatusCode::ACCEPTED, "requested"),
+                RequestOutcome::AlreadyReplaced => (StatusCode::OK, "already_replaced"),
+            };
+            let body = serde_json::json!({ "outcome": name, "id": id, "kind": kind });
+            (status, Json(body)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Authenticates, then validates, then records a refresh request. The
+/// bearer token is checked before anything else is looked at, so an
+/// unauthenticated caller learns nothing (not even which ids exist).
+async fn accept(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<RefreshParams>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(String, Kind, RequestOutcome), ApiError> {
+    authorize(app.token.as_ref(), headers).inspect_err(|e| {
+        tracing::warn!(%peer, error = %e, "refused POST /refresh");
+    })?;
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let kind = parse_kind(params.kind.as_deref())?;
+    let report = parse_report(&body, params.force)?;
+    let cred = app
+        .creds
+        .iter()
+        .find(|c| c.keys.id() == id)
+        .ok_or_else(|| ApiError::UnknownCredential(id.chars().take(64).collect()))?;
+    if !cred.kinds.contains(&kind) {
+        return Err(ApiError::UnknownKind { id, kind });
+    }
+    let (outcome, reported) = request(&app.sh, &cred.keys, kind, report).await?;
+    tracing::info!(%peer, id = cred.keys.id(), %kind, %reported, ?outcome, "refresh request over HTTP");
+    Ok((id, kind, outcome))
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+fn authorize(expected: Option<&SecretString>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let expected = expected.ok_or(ApiError::Disabled)?;
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .ok_or(ApiError::Unauthorized)?;
+    if bool::from(
+        presented
+            .as_bytes()
+            .ct_eq(expected.expose_secret().as_bytes()),
+    ) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// The credentials of a `Bearer` authorization header value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn parse_kind(kind: Option<&str>) -> Result<Kind, ApiError> {
+    match kind {
+        None => Ok(Kind::AccessToken),
+        Some(name) => KINDS
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "unknown kind {:?}: use access_token, jsapi_ticket or wx_card_ticket",
+                    name.chars().take(32).collect::<String>()
+                ))
+            }),
+    }
+}
+
+fn parse_report(body: &[u8], force: bool) -> Result<Report, ApiError> {
+    let token = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let b: RefreshBody = serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body must be empty or JSON like {{\"token\":\"<the token WeChat refused>\"}} ({e})"
+            ))
+        })?;
+        Some(b.token)
+    };
+    match (token, force) {
+        (Some(_), true) => Err(ApiError::BadRequest(
+            "give either a body token or force=true, not both".into(),
+        )),
+        (Some(t), false) if t.trim().is_empty() => {
+            Err(ApiError::BadRequest("the body token is empty".into()))
+        }
+        (Some(t), false) if t == FORCE_REQUEST => Err(ApiError::BadRequest(
+            "to replace whatever is stored, use ?force=true".into(),
+        )),
+        (Some(t), false) => Ok(Report::Refused(t)),
+        (None, true) => Ok(Report::Force),
+        (None, false) => Ok(Report::Stored),
+    }
+}
+
+/// Records the request; returns its outcome and, for the log, what was
+/// reported (a token prefix, `*` for force, `none` when nothing is stored).
+async fn request(
+    sh: &Shared,
+    keys: &CredentialKeys,
+    kind: Kind,
+    report: Report,
+) -> Result<(RequestOutcome, String), RedisError> {
+    store::bounded(sh.redis_timeout, async {
+        let mut con = sh.pool.get().await?;
+        let reported = match report {
+            Report::Refused(t) => t,
+            Report::Force => FORCE_REQUEST.to_owned(),
+            // Nothing stored: any reported value asks for one (the
+            // refreshers are fetching it anyway).
+            Report::Stored => redis::cmd("GET")
+                .arg(keys.value(kind))
+                .query_async::<Option<String>>(&mut con)
+                .await?
+                .unwrap_or_default(),
+        };
+        let outcome = request_refresh(
+            &mut con,
+            keys,
+            kind,
+            &reported,
+            Duration::from_secs(REQUEST_TTL_SECS),
+        )
+        .await?;
+        let shown = match reported.as_str() {
+            FORCE_REQUEST => FORCE_REQUEST.to_owned(),
+            "" => "none".to_owned(),
+            t => token_prefix(t),
+        };
+        Ok::<_, RedisError>((outcome, shown))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_token_is_checked() {
+        let token = SecretString::from("s3cr3t-0123456789abcdef");
+        let t = Some(&token);
+        assert!(authorize(t, &headers("Bearer s3cr3t-0123456789abcdef")).is_ok());
+        assert!(authorize(t, &headers("bearer  s3cr3t-0123456789abcdef ")).is_ok());
+        for wrong in [
+            "Bearer s3cr3t-0123456789abcde",
+            "Bearer s3cr3t-0123456789abcdefg",
+            "Bearer ",
+            "Basic s3cr3t-0123456789abcdef",
+            "s3cr3t-0123456789abcdef",
+        ] {
+            assert!(
+                matches!(authorize(t, &headers(wrong)), Err(ApiError::Unauthorized)),
+                "{wrong:?} accepted"
+            );
+        }
+        assert!(matches!(
+            authorize(t, &HeaderMap::new()),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorize(None, &headers("Bearer anything")),
+            Err(ApiError::Disabled)
+        ));
+    }
+
+    #[test]
+    fn errors_map_to_statuses_and_never_carry_the_token() {
+        let e = ApiError::Unauthorized.into_response();
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        assert!(e.headers().get(WWW_AUTHENTICATE).is_some());
+        assert_eq!(
+            ApiError::Disabled.into_response().status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ApiError::UnknownCredential("x".into())
+                .into_response()
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::Redis(RedisError("down".into()))
+                .into_response()
+                .status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn kinds_and_bodies_are_parsed_strictly() {
+        assert_eq!(parse_kind(None).unwrap(), Kind::AccessToken);
+        assert_eq!(parse_kind(Some("jsapi_ticket")).unwrap(), Kind::JsapiTicket);
+        assert!(matches!(
+            parse_kind(Some("jsapi")),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(parse_report(b"", false), Ok(Report::Stored)));
+        assert!(matches!(parse_report(b" \n", true), Ok(Report::Force)));
+        assert!(
+            matches!(parse_report(br#"{"token":"abc"}"#, false), Ok(Report::Refused(t)) if t == "abc")
+        );
+        for (body, force) in [
+            (&br#"{"token":"abc"}"#[..], true),
+            (br#"{"token":""}"#, false),
+            (br#"{"token":"*"}"#, false),
+            (br#"{"tokn":"abc"}"#, false),
+            (b"token=abc", false),
+        ] {
+            assert!(
+                matches!(parse_report(body, force), Err(ApiError::BadRequest(_))),
+                "{:?} accepted",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

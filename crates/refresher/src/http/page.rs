@@ -1,0 +1,678 @@
+//! The status page for people: a [`Snapshot`] as one self-contained HTML
+//! document (inline CSS, no scripts, no external assets; it reloads itself
+//! every few seconds).
+//!
+//! Pure rendering: no I/O, no decisions about health (those come with the
+//! snapshot). Every text that comes from Redis or the config is
+//! HTML-escaped here, attributes included; nothing but the snapshot is
+//! shown, so no secret and no whole token can appear.
+
+use super::snapshot::{CredentialStatus, Health, KindStatus, Runs, Snapshot};
+use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Seconds between reloads of the page.
+const RELOAD_SECS: u32 = 5;
+/// Columns of the credential table.
+const COLUMNS: usize = 9;
+
+macro_rules! w {
+    ($out:expr, $($arg:tt)*) => {
+        // Writing into a String cannot fail.
+        let _ = write!($out, $($arg)*);
+    };
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub(crate) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A duration as its one or two most significant units: `2d 3h`,
+/// `1h 54m`, `3m 12s`, `42s`, `4.5s`.
+pub(crate) fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {}s", s % 60)
+    } else if s >= 10 {
+        format!("{s}s")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// `3m 12s ago`, or `in 4m` for a future instant.
+fn relative(at_ms: u64, now_ms: u64) -> String {
+    if at_ms > now_ms {
+        format!("in {}", duration(at_ms - now_ms))
+    } else {
+        format!("{} ago", duration(now_ms - at_ms))
+    }
+}
+
+/// `2025-05-01 12:00:00 UTC`.
+fn clock(at_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(at_ms);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
+/// Renders the whole page.
+pub(crate) fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    w!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{RELOAD_SECS}\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>wxtoken · {}</title><style>{CSS}</style></head><body>\n",
+        esc(&s.replica)
+    );
+    header(&mut out, s);
+    out.push_str("<main>\n");
+    if !s.redis.up {
+        w!(
+            out,
+            "<div class=\"banner\"><b>Redis is not answering.</b> {} — \
+             showing this replica's configuration only; token state is unknown.</div>\n",
+            esc(s.redis.error.as_deref().unwrap_or("no answer"))
+        );
+    }
+    cards(&mut out, s);
+    table(&mut out, s);
+    footer(&mut out, s);
+    out.push_str("</main></body></html>\n");
+    out
+}
+
+fn header(out: &mut String, s: &Snapshot) {
+    let (class, text) = if s.redis.up {
+        ("up", "Redis up")
+    } else {
+        ("down", "Redis down")
+    };
+    w!(
+        out,
+        "<header><div class=\"brand\">wxtoken<span>central token server</span></div>\
+         <div class=\"who\">replica <b>{}</b> · namespace <b>{}</b></div>\
+         <div class=\"pill {class}\">{text}</div></header>\n",
+        esc(&s.replica),
+        esc(&s.namespace)
+    );
+}
+
+fn cards(out: &mut String, s: &Snapshot) {
+    let values: Vec<&KindStatus> = s.credentials.iter().flat_map(|c| &c.kinds).collect();
+    let count = |h: Health| values.iter().filter(|v| v.health == h).count();
+    let (fresh, due, critical, missing) = (
+        count(Health::Fresh),
+        count(Health::Due),
+        count(Health::Critical),
+        count(Health::Missing),
+    );
+    let failing = s
+        .credentials
+        .iter()
+        .filter(|c| error_is_current(c) || c.paused)
+        .count();
+    out.push_str("<section class=\"cards\">");
+    w!(
+        out,
+        "<div class=\"card\"><div class=\"k\">Up for</div><div class=\"v\">{}</div>\
+         <div class=\"s\">since {}</div></div>",
+        duration(s.uptime_ms),
+        clock(s.started_at_ms)
+    );
+    w!(
+        out,
+        "<div class=\"card\"><div class=\"k\">Refreshes by this replica</div>\
+         <div class=\"v\"><span class=\"{}\">{}</span> ok · <span class=\"{}\">{}</span> failed</div>\
+         <div class=\"s\">{}</div></div>",
+        if s.refreshes.ok > 0 { "good" } else { "zero" },
+        s.refreshes.ok,
+        if s.refreshes.failed > 0 { "bad" } else { "zero" },
+        s.refreshes.failed,
+        if s.refreshes.fenced > 0 {
+            format!("{} fetched but fenced off by a newer write", s.refreshes.fenced)
+        } else {
+            "WeChat calls that stored a value, or failed".to_owned()
+        }
+    );
+    let mut detail = Vec::new();
+    if due > 0 {
+        detail.push(format!("<span class=\"warn\">{due} due</span>"));
+    }
+    if critical > 0 {
+        detail.push(format!("<span class=\"bad\">{critical} critical</span>"));
+    }
+    if missing > 0 {
+        detail.push(format!("<span class=\"bad\">{missing} missing</span>"));
+    }
+    if failing > 0 {
+        detail.push(format!("<span class=\"bad\">{failing} failing</span>"));
+    }
+    let unknown = count(Health::Unknown);
+    if unknown > 0 {
+        detail.push(format!("{unknown} unknown (Redis down)"));
+    }
+    if detail.is_empty() {
+        detail.push(format!(
+            "{} credential{}, all fine",
+            s.credentials.len(),
+            if s.credentials.len() == 1 { "" } else { "s" }
+        ));
+    }
+    w!(
+        out,
+        "<div class=\"card\"><div class=\"k\">Values fresh</div>\
+         <div class=\"v\">{fresh} <small>/ {}</small></div><div class=\"s\">{}</div></div>",
+        values.len(),
+        detail.join(" · ")
+    );
+    match (s.redis.up, s.redis.latency_ms) {
+        (true, latency) => {
+            w!(
+                out,
+                "<div class=\"card\"><div class=\"k\">Redis</div><div class=\"v good\">up</div>\
+                 <div class=\"s\" title=\"Redis clock {}\">{}</div></div>",
+                clock(s.now_ms),
+                latency.map_or(String::new(), |l| format!("answered in {l:.1} ms"))
+            );
+        }
+        (false, _) => {
+            w!(
+                out,
+                "<div class=\"card\"><div class=\"k\">Redis</div><div class=\"v bad\">down</div>\
+                 <div class=\"s\">{}</div></div>",
+                esc(s.redis.error.as_deref().unwrap_or("no answer"))
+            );
+        }
+    }
+    out.push_str("</section>\n");
+}
+
+/// The last error is newer than the last success.
+fn error_is_current(c: &CredentialStatus) -> bool {
+    c.last_error.is_some() && c.last_error_at_ms.unwrap_or(0) >= c.last_ok_at_ms.unwrap_or(0)
+}
+
+fn table(out: &mut String, s: &Snapshot) {
+    if s.credentials.is_empty() {
+        out.push_str("<p class=\"empty\">No credentials are configured on this replica.</p>\n");
+        return;
+    }
+    w!(
+        out,
+        "<div class=\"section\"><h2>Credentials <span>{} on this replica</span></h2>\
+         <div class=\"legend\"><i class=\"fresh\"></i>fresh <i class=\"due\"></i>refresh due \
+         <i class=\"critical\"></i>expiring <i class=\"missing\"></i>nothing stored \
+         <i class=\"tick\"></i>refresh margin</div></div>\n",
+        s.credentials.len()
+    );
+    out.push_str(
+        "<table class=\"creds\"><thead><tr><th>Credential</th><th>Kind</th>\
+         <th class=\"col-bar\">Time left</th><th>Token</th><th>Refreshed</th><th>Fetched by</th>\
+         <th class=\"num\">Fence</th><th>Runs here</th><th>State</th></tr></thead>\n",
+    );
+    for c in &s.credentials {
+        credential(out, c, s.now_ms);
+    }
+    out.push_str("</table>\n");
+}
+
+fn credential(out: &mut String, c: &CredentialStatus, now_ms: u64) {
+    let has_error = c.last_error.is_some();
+    let rows = c.kinds.len() + usize::from(has_error);
+    w!(out, "<tbody class=\"cred\" id=\"cred-{}\">", esc(&c.id));
+    for (i, v) in c.kinds.iter().enumerate() {
+        w!(out, "<tr class=\"value h-{}\">", v.health.as_str());
+        if i == 0 {
+            w!(
+                out,
+                "<td class=\"cred-id\" rowspan=\"{rows}\"><div class=\"id\">{}</div>\
+                 <div class=\"meta\"><code>{}</code> <span class=\"tag\">{}</span></div>",
+                esc(&c.id),
+                esc(&c.appid),
+                esc(&c.mode)
+            );
+            if let Some(until) = c.paused_until_ms.filter(|_| c.paused) {
+                w!(
+                    out,
+                    "<div class=\"paused\" title=\"{}\"><span class=\"badge warn\">paused until {}</span>\
+                     <div>daily quota · resumes {}</div></div>",
+                    esc("WeChat reported the daily API quota exhausted (45009): every replica waits until then"),
+                    esc(clock(until).get(11..19).unwrap_or("")),
+                    esc(&relative(until, now_ms))
+                );
+            }
+            out.push_str("</td>");
+        }
+        kind_cells(out, v, now_ms);
+        out.push_str("</tr>\n");
+    }
+    if has_error {
+        let current = error_is_current(c);
+        w!(
+            out,
+            "<tr class=\"err{}\"><td colspan=\"{}\"><span class=\"err-label\">{}</span>",
+            if current { "" } else { " old" },
+            COLUMNS - 1,
+            if current {
+                "last error"
+            } else {
+                "last error (recovered since)"
+            }
+        );
+        if let Some(code) = c.last_errcode {
+            w!(out, " <span class=\"errcode\">errcode {code}</span>");
+        }
+        w!(
+            out,
+            " <span class=\"msg\">{}</span>",
+            esc(&shorten(c.last_error.as_deref().unwrap_or(""), 240))
+        );
+        let mut when = Vec::new();
+        if let Some(at) = c.last_error_at_ms {
+            when.push(esc(&relative(at, now_ms)));
+        }
+        if let Some(r) = &c.status_replica {
+            when.push(format!("seen by {}", esc(r)));
+        }
+        if !when.is_empty() {
+            w!(out, " <span class=\"when\">· {}</span>", when.join(" · "));
+        }
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</tbody>\n");
+}
+
+fn kind_cells(out: &mut String, v: &KindStatus, now_ms: u64) {
+    w!(out, "<td class=\"kind\">{}</td>", esc(v.kind.as_str()));
+    out.push_str("<td class=\"col-bar\">");
+    bar(out, v);
+    out.push_str("</td>");
+    match &v.token_prefix {
+        Some(p) => {
+            w!(out, "<td><code class=\"tok\">{}…</code></td>", esc(p));
+        }
+        None => out.push_str("<td class=\"none\">—</td>"),
+    }
+    match v.refreshed_at_ms {
+        Some(at) => {
+            w!(
+                out,
+                "<td title=\"{}\">{}</td>",
+                esc(&clock(at)),
+                esc(&relative(at, now_ms))
+            );
+        }
+        None => out.push_str("<td class=\"none\">—</td>"),
+    }
+    match &v.replica {
+        Some(r) => {
+            w!(out, "<td>{}</td>", esc(r));
+        }
+        None => out.push_str("<td class=\"none\">—</td>"),
+    }
+    match v.fence {
+        Some(f) => {
+            w!(out, "<td class=\"num\">{f}</td>");
+        }
+        None => out.push_str("<td class=\"num none\">—</td>"),
+    }
+    w!(out, "<td class=\"runs\">{}</td>", runs(v.refreshes));
+    out.push_str("<td class=\"state\">");
+    let (class, label) = match v.health {
+        Health::Fresh => ("good", "fresh"),
+        Health::Due => ("warn", "refresh due"),
+        Health::Critical => ("bad", "expiring"),
+        Health::Missing => ("bad", "missing"),
+        Health::Unknown => ("mute", "unknown"),
+    };
+    w!(out, "<span class=\"badge {class}\">{label}</span>");
+    if let Some(holder) = &v.locked_by {
+        w!(
+            out,
+            "<span class=\"badge info\">refreshing · {}</span>",
+            esc(holder)
+        );
+    }
+    if let Some(r) = &v.refresh_request {
+        let lapses = r
+            .ttl_ms
+            .map_or(String::new(), |t| format!("; it lapses in {}", duration(t)));
+        w!(
+            out,
+            "<span class=\"badge info\" title=\"{}\">{}</span>",
+            esc(&format!("A refresh request waits for a refresher{lapses}")),
+            if r.force {
+                "forced refresh pending"
+            } else {
+                "refresh requested"
+            }
+        );
+    }
+    out.push_str("</td>");
+}
+
+/// The time-left bar: filled by time left over the announced lifetime, with
+/// a mark where the refreshers step in (the refresh margin).
+fn bar(out: &mut String, v: &KindStatus) {
+    let lifetime_ms = v
+        .expires_in
+        .map(|s| s * 1000)
+        .or(v.ttl_ms)
+        .unwrap_or(0)
+        .max(1);
+    let pct = |ms: u64| (ms as f64 * 100.0 / lifetime_ms as f64).clamp(0.0, 100.0);
+    match (v.health, v.ttl_ms) {
+        (Health::Unknown, _) => {
+            out.push_str(
+                "<div class=\"bar unknown\"></div><div class=\"bar-label none\">unknown</div>",
+            );
+        }
+        (_, None) => {
+            out.push_str(
+                "<div class=\"bar missing\"></div><div class=\"bar-label bad\">nothing stored</div>",
+            );
+        }
+        (health, Some(left)) => {
+            let title = format!(
+                "{} left of {}; refreshed when less than {} is left",
+                duration(left),
+                duration(lifetime_ms),
+                duration(v.refresh_margin_ms)
+            );
+            w!(
+                out,
+                "<div class=\"bar {}\" title=\"{}\"><div class=\"fill\" style=\"width:{:.1}%\"></div>\
+                 <div class=\"mark\" style=\"left:{:.1}%\"></div></div>\
+                 <div class=\"bar-label\"><b>{}</b> <span>of {}</span></div>",
+                health.as_str(),
+                esc(&title),
+                pct(left),
+                pct(v.refresh_margin_ms),
+                duration(left),
+                duration(lifetime_ms)
+            );
+        }
+    }
+}
+
+fn runs(r: Runs) -> String {
+    if r == Runs::default() {
+        return "<span class=\"none\">—</span>".into();
+    }
+    let mut parts = vec![format!("{} ok", r.ok)];
+    if r.failed > 0 {
+        parts.push(format!("<span class=\"bad\">{} failed</span>", r.failed));
+    }
+    if r.fenced > 0 {
+        parts.push(format!("{} fenced", r.fenced));
+    }
+    parts.join(" · ")
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn footer(out: &mut String, s: &Snapshot) {
+    out.push_str("<footer>");
+    if !s.other_credentials.is_empty() {
+        let ids: Vec<String> = s
+            .other_credentials
+            .iter()
+            .map(|id| format!("<code>{}</code>", esc(id)))
+            .collect();
+        w!(
+            out,
+            "<p>Also registered in this namespace, refreshed by other replicas: {}</p>",
+            ids.join(" ")
+        );
+    }
+    w!(
+        out,
+        "<p>Times by the Redis clock. The bar shows time left of the lifetime WeChat announced; \
+         its tick marks the refresh margin. Reloads every {RELOAD_SECS} s · \
+         <a href=\"status.json\">status.json</a> · <a href=\"metrics\">metrics</a> · \
+         <a href=\"healthz\">healthz</a> · <a href=\"readyz\">readyz</a></p>"
+    );
+    out.push_str("</footer>\n");
+}
+
+const CSS: &str = r#"
+:root{--bg:#f3f5f8;--card:#fff;--ink:#1d2733;--muted:#687586;--line:#e2e7ee;--green:#1e9e57;--amber:#e09100;--red:#d43f3f;--blue:#2d6cdf}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);font:13.5px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Liberation Sans","DejaVu Sans",sans-serif;font-variant-numeric:tabular-nums}
+header{background:#16212e;color:#fff;padding:13px 28px;display:flex;align-items:center;gap:20px}
+.brand{font-weight:700;font-size:18px;letter-spacing:.2px}
+.brand span{font-weight:400;color:#93a4b7;font-size:13px;margin-left:10px}
+.who{margin-left:auto;color:#b8c5d3;font-size:13px}
+.who b{color:#fff;font-weight:600}
+.pill{border-radius:999px;padding:3px 11px;font-size:12px;font-weight:600}
+.pill.up{background:rgba(30,158,87,.18);color:#7fe0a9;border:1px solid rgba(30,158,87,.7)}
+.pill.down{background:rgba(212,63,63,.2);color:#ffb3b3;border:1px solid rgba(212,63,63,.8)}
+main{padding:20px 28px 8px;max-width:1500px;margin:0 auto}
+.banner{background:#fdecec;border:1px solid #f3b7b7;color:#9b1c1c;border-radius:8px;padding:10px 14px;margin-bottom:16px}
+.cards{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:14px;margin-bottom:20px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px;box-shadow:0 1px 2px rgba(16,24,40,.04)}
+.card .k{font-size:11px;text-transform:uppercase;letter-spacing:.7px;color:var(--muted);font-weight:600}
+.card .v{font-size:21px;font-weight:650;margin:2px 0 1px}
+.card .v small{font-size:14px;color:var(--muted);font-weight:500}
+.card .s{font-size:12px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.good{color:var(--green)}.warn{color:#b87400}.bad{color:var(--red)}.zero,.muted{color:var(--muted)}
+.section{display:flex;align-items:baseline;margin:0 2px 8px}
+h2{font-size:15px;margin:0;font-weight:650}
+h2 span{font-weight:400;color:var(--muted);font-size:13px;margin-left:6px}
+.legend{margin-left:auto;font-size:12px;color:var(--muted)}
+.legend i{display:inline-block;width:18px;height:8px;border-radius:4px;margin:0 5px 0 12px;vertical-align:middle}
+.legend i.fresh{background:var(--green)}.legend i.due{background:var(--amber)}.legend i.critical{background:var(--red)}
+.legend i.missing{background:repeating-linear-gradient(45deg,#fbe3e3,#fbe3e3 3px,#f1c2c2 3px,#f1c2c2 6px)}
+.legend i.tick{width:2px;height:12px;background:#394452;opacity:.5;border-radius:1px}
+table.creds{width:100%;border-collapse:separate;border-spacing:0;background:var(--card);border:1px solid var(--line);border-radius:10px;overflow:hidden;box-shadow:0 1px 2px rgba(16,24,40,.04)}
+th{text-align:left;font-size:11px;text-transform:uppercase;letter-spacing:.6px;color:var(--muted);background:#f8fafc;padding:9px 10px;border-bottom:1px solid var(--line);font-weight:600;white-space:nowrap}
+td{padding:8px 10px;border-bottom:1px solid #edf1f5;vertical-align:middle;white-space:nowrap}
+tbody.cred tr:last-child td{border-bottom:1px solid var(--line)}
+tbody.cred:last-child tr:last-child td{border-bottom:0}
+td.cred-id{vertical-align:top;border-right:1px solid #edf1f5;background:#fcfdfe;white-space:normal;width:228px}
+td.cred-id .id{font-weight:650;font-size:15px}
+td.cred-id .meta{margin-top:3px;color:var(--muted);font-size:12px}
+.paused{margin-top:8px;font-size:12px;color:#8a6a2a}
+.paused div{margin-top:2px}
+.num{text-align:right}
+.none{color:#a3adba}
+.kind{color:#3b4756}
+code{font-family:ui-monospace,"SFMono-Regular","DejaVu Sans Mono",Menlo,monospace;font-size:12px;background:#f0f3f7;border-radius:4px;padding:1px 5px}
+.tag{display:inline-block;font-size:11px;border:1px solid var(--line);border-radius:4px;padding:0 5px;color:var(--muted)}
+.col-bar{width:186px}
+.bar{position:relative;height:10px;border-radius:5px;background:#e6eaf0;width:170px}
+.bar .fill{height:100%;border-radius:5px}
+.bar.fresh .fill{background:linear-gradient(90deg,#1e9e57,#2fbf71)}
+.bar.due .fill{background:linear-gradient(90deg,#e08a00,#f2b134)}
+.bar.critical .fill{background:linear-gradient(90deg,#c93232,#e45858)}
+.bar.missing{background:repeating-linear-gradient(45deg,#fbe3e3,#fbe3e3 6px,#f6d0d0 6px,#f6d0d0 12px)}
+.bar.unknown{background:repeating-linear-gradient(45deg,#eef1f4,#eef1f4 6px,#e3e7ec 6px,#e3e7ec 12px)}
+.bar .mark{position:absolute;top:-3px;bottom:-3px;width:2px;margin-left:-1px;background:#394452;opacity:.45;border-radius:1px}
+.bar-label{font-size:12px;color:var(--muted);margin-top:3px}
+.bar-label b{color:var(--ink);font-weight:600}
+td.state{white-space:normal;min-width:150px}
+.badge{display:inline-block;font-size:11.5px;font-weight:600;border-radius:999px;padding:1px 9px;margin:1px 4px 1px 0;border:1px solid transparent;white-space:nowrap}
+.badge.good{background:#e8f6ee;color:#17804a;border-color:#c4e8d3}
+.badge.warn{background:#fff4de;color:#9a6200;border-color:#f5dba6}
+.badge.bad{background:#fdeaea;color:#b42323;border-color:#f5c2c2}
+.badge.info{background:#e9f0fd;color:#2856b6;border-color:#c8d8f7}
+.badge.mute{background:#f0f2f5;color:var(--muted)}
+tr.err td{background:#fdf2f2;color:#9b1c1c;white-space:normal;font-size:12.5px;border-left:3px solid var(--red);word-break:break-word}
+tr.err.old td{background:#f8f9fb;color:var(--muted);border-left-color:#c5ccd6}
+.err-label{font-weight:700;text-transform:uppercase;font-size:11px;letter-spacing:.6px;margin-right:4px}
+.errcode{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-weight:700;background:#fbd5d5;border-radius:4px;padding:0 6px;margin-right:4px}
+tr.err.old .errcode{background:#e6e9ee}
+.when{color:#b26a6a;white-space:nowrap}
+tr.err.old .when{color:var(--muted)}
+.empty{background:var(--card);border:1px dashed var(--line);border-radius:10px;padding:28px;text-align:center;color:var(--muted)}
+footer{color:var(--muted);font-size:12px;padding:14px 2px 20px}
+footer p{margin:4px 0}
+footer a{color:var(--blue);text-decoration:none}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::super::snapshot::{RedisHealth, RequestStatus};
+    use super::*;
+    use wxtoken_schema::Kind;
+
+    fn kind(kind: Kind, ttl_ms: Option<u64>, health: Health) -> KindStatus {
+        KindStatus {
+            kind,
+            stored: ttl_ms.is_some(),
+            health,
+            token_prefix: ttl_ms.map(|_| "86_<b>x&".into()),
+            ttl_ms,
+            expires_at_ms: None,
+            expires_in: Some(7200),
+            refresh_margin_ms: 300_000,
+            refreshed_at_ms: Some(1_700_000_000_000),
+            replica: Some("r<1>".into()),
+            fence: Some(3),
+            locked_by: Some("r\"2".into()),
+            refresh_request: Some(RequestStatus {
+                force: false,
+                ttl_ms: Some(60_000),
+            }),
+            refreshes: Runs {
+                ok: 2,
+                failed: 1,
+                fenced: 0,
+            },
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            replica: "replica-<script>".into(),
+            namespace: "wxtoken".into(),
+            started_at_ms: 1_700_000_000_000,
+            uptime_ms: 200_000,
+            now_ms: 1_700_000_200_000,
+            redis: RedisHealth {
+                up: true,
+                latency_ms: Some(0.4),
+                error: None,
+            },
+            refreshes: Runs {
+                ok: 2,
+                failed: 1,
+                fenced: 0,
+            },
+            credentials: vec![CredentialStatus {
+                id: "oa-main".into(),
+                appid: "wx0000000000000001".into(),
+                mode: "classic".into(),
+                last_ok_at_ms: Some(1_700_000_000_000),
+                last_error: Some("access_token: <script>alert('x')</script> & more".into()),
+                last_errcode: Some(40164),
+                last_error_at_ms: Some(1_700_000_100_000),
+                paused_until_ms: Some(1_700_000_500_000),
+                paused: true,
+                status_replica: Some("<img src=x>".into()),
+                kinds: vec![
+                    kind(Kind::AccessToken, Some(3_600_000), Health::Fresh),
+                    kind(Kind::JsapiTicket, None, Health::Missing),
+                ],
+            }],
+            other_credentials: vec!["elsewhere".into()],
+        }
+    }
+
+    #[test]
+    fn everything_from_redis_is_escaped() {
+        let html = render(&snapshot());
+        for raw in [
+            "<script>",
+            "<img",
+            "<b>x",
+            "r<1>",
+            "r\"2",
+            "alert('x')",
+            "& more",
+        ] {
+            assert!(!html.contains(raw), "{raw:?} unescaped in\n{html}");
+        }
+        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more"));
+        assert!(html.contains("replica-&lt;script&gt;"));
+        assert!(!html.contains("<script"), "no scripts at all");
+    }
+
+    #[test]
+    fn page_has_rows_bars_and_states() {
+        let html = render(&snapshot());
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(html.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+        assert!(html.contains("id=\"cred-oa-main\""));
+        assert!(html.contains("class=\"bar fresh\""));
+        assert!(html.contains("style=\"width:50.0%\""), "1h of 2h");
+        assert!(html.contains("class=\"bar missing\""));
+        assert!(html.contains("errcode 40164"));
+        assert!(html.contains("badge warn\">paused until "));
+        assert!(html.contains("it lapses in 1m 0s\">refresh requested</span>"));
+        assert!(html.contains("1h 0m</b> <span>of 2h 0m"));
+        assert!(html.contains("elsewhere"));
+        assert!(!html.contains("http://") && !html.contains("https://"));
+    }
+
+    #[test]
+    fn redis_down_is_shown() {
+        let mut s = snapshot();
+        s.redis = RedisHealth {
+            up: false,
+            latency_ms: None,
+            error: Some("redis: no answer within 1s".into()),
+        };
+        for v in &mut s.credentials[0].kinds {
+            *v = kind(v.kind, None, Health::Unknown);
+        }
+        let html = render(&s);
+        assert!(html.contains("Redis is not answering"));
+        assert!(html.contains("2 unknown (Redis down)"), "{html}");
+        assert!(!html.contains("all fine"));
+        assert!(html.contains("class=\"bar unknown\""));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(7_200_000), "2h 0m");
+        assert_eq!(duration(6_840_000), "1h 54m");
+        assert_eq!(duration(192_000), "3m 12s");
+        assert_eq!(duration(42_000), "42s");
+        assert_eq!(duration(4_520), "4.5s");
+        assert_eq!(duration(90_000_000), "1d 1h");
+        assert_eq!(relative(1_000, 181_000), "3m 0s ago");
+        assert_eq!(relative(61_000, 1_000), "in 1m 0s");
+        assert_eq!(clock(0), "1970-01-01 00:00:00 UTC");
+    }
+}
