@@ -99,6 +99,15 @@ pub async fn run(args: Args) -> Result<()> {
         ));
     }
     std::fs::write(&config_path, &config).context("writing the demo config")?;
+    // replica-1 also serves the status page, metrics and probes on loopback.
+    let http_port = wxtoken_testkit::free_port().context("finding a free port")?;
+    let status_url = format!("http://127.0.0.1:{http_port}/");
+    let http_config_path = dir.path().join("wxtoken-replica-1.toml");
+    std::fs::write(
+        &http_config_path,
+        format!("{config}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
+    )
+    .context("writing the demo config")?;
 
     // Subscribe before the replicas start, so no write is missed.
     let client = redis::Client::open(redis_url.as_str()).context("Redis URL")?;
@@ -114,7 +123,11 @@ pub async fn run(args: Args) -> Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.arg("run")
             .arg("--config")
-            .arg(&config_path)
+            .arg(if r == 1 {
+                &http_config_path
+            } else {
+                &config_path
+            })
             .arg("--replica-id")
             .arg(format!("replica-{r}"))
             .env(
@@ -142,6 +155,7 @@ pub async fn run(args: Args) -> Result<()> {
         args.replicas,
         config_path.display()
     );
+    println!("  status     {status_url}  (served by replica-1; also /metrics, /healthz)");
     println!(
         "  {} credentials, token lifetime {} (WeChat's is 2h), Ctrl-C to stop\n",
         args.credentials,
@@ -237,7 +251,10 @@ fn print_help(redis_url: &str) {
     println!("    redis-cli -p {port} GET 'wxtoken:{{demo-1}}:access_token'");
     println!("    redis-cli -p {port} PTTL 'wxtoken:{{demo-1}}:access_token'");
     println!("    redis-cli -p {port} HGETALL 'wxtoken:{{demo-1}}:access_token:info'");
-    println!("    redis-cli -p {port} SUBSCRIBE wxtoken:events\n");
+    println!("    redis-cli -p {port} SUBSCRIBE wxtoken:events");
+    println!("  or ask wxtoken:");
+    println!("    wxtoken status --redis-url {redis_url}");
+    println!("    wxtoken refresh demo-1 --redis-url {redis_url}\n");
 }
 
 fn wxtoken_refresher_now_ms() -> u64 {
