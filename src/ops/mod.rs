@@ -9,7 +9,6 @@
 //! prefixes.
 
 pub mod get;
-mod human;
 pub mod refresh;
 pub mod status;
 mod target;

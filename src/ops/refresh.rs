@@ -7,14 +7,13 @@
 //! This module must not fetch from WeChat or write tokens itself, and prints
 //! tokens only as 8-character prefixes.
 
-use super::human;
 use super::target::{Target, TargetArgs};
 use super::{KindArg, EXIT_TIMEOUT};
 use anyhow::{Context, Result};
 use redis::aio::MultiplexedConnection;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use wxtoken_refresher::token_prefix;
+use wxtoken_refresher::{human, token_prefix};
 use wxtoken_schema::{
     info, registry_key, request_refresh, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST,
     REQUEST_TTL_SECS,
@@ -213,7 +212,7 @@ async fn request_and_wait(
             if reported != FORCE_REQUEST && registered {
                 let age = before
                     .refreshed_at_ms
-                    .map(|at| format!(" ({})", human::ago(at, before.now_ms)))
+                    .map(|at| format!(" ({})", human::relative(at, before.now_ms)))
                     .unwrap_or_default();
                 eprintln!(
                     "note: refreshers serve a request no sooner than refresh.min_interval after the last refresh{age}, and not while the credential is paused (see `wxtoken status`); --force skips the interval"

@@ -3,18 +3,23 @@
 //! requests — as an aligned table or a stable JSON document, with an exit
 //! code for monitoring (0 healthy, 3 unhealthy).
 //!
-//! Read-only: it must not change any key, and never shows a token (not even
-//! a prefix) or a pending request's reported token.
+//! Redis is read and interpreted by `wxtoken_schema::snapshot`, the reader
+//! the replicas' status page uses too; this module only picks the kinds to
+//! show, judges health (`registered`, `configured`, `healthy`, `problems`)
+//! and renders. Read-only: it must not change any key or read keys itself,
+//! and never shows a token (not even a prefix) or a pending request's
+//! reported token.
 
-use super::human;
 use super::target::{Target, TargetArgs};
 use super::EXIT_UNHEALTHY;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
-use wxtoken_schema::{info, registry_key, status, CredentialKeys, Kind, FORCE_REQUEST, KINDS};
+use wxtoken_refresher::human;
+use wxtoken_schema::snapshot::{self, Status, ValueStatus};
+use wxtoken_schema::{CredentialKeys, Kind};
 
 /// `wxtoken status` flags.
 #[derive(clap::Args, Debug)]
@@ -27,16 +32,16 @@ pub struct Args {
     target: TargetArgs,
 }
 
-/// One credential, as printed by `status --json`. Field names are part of
-/// the CLI's contract (README); absent facts are `null`. Times are Unix ms.
+/// One credential, as printed by `status --json`: what Redis holds
+/// (`wxtoken_schema::snapshot`, whose field names are part of the CLI's
+/// contract) and this command's verdict.
 #[derive(Debug, Serialize)]
 pub struct CredentialStatus {
     /// Credential id.
     pub id: String,
-    /// WeChat appid, from the status hash.
-    pub appid: Option<String>,
-    /// `classic` or `stable`, from the status hash.
-    pub mode: Option<String>,
+    /// The status hash.
+    #[serde(flatten)]
+    pub status: Status,
     /// Listed in the namespace's registry set (a refresher has run it).
     pub registered: bool,
     /// Listed in the `--config` file.
@@ -45,54 +50,8 @@ pub struct CredentialStatus {
     pub healthy: bool,
     /// Why it is unhealthy, in words (not for matching).
     pub problems: Vec<String>,
-    /// Last successful WeChat fetch.
-    pub last_ok_at_ms: Option<u64>,
-    /// Description of the last failure.
-    pub last_error: Option<String>,
-    /// WeChat errcode of the last failure.
-    pub last_errcode: Option<i64>,
-    /// When the last failure happened.
-    pub last_error_at_ms: Option<u64>,
-    /// Refreshes are paused until then (daily quota exhausted).
-    pub paused_until_ms: Option<u64>,
-    /// `paused_until_ms` is in the future.
-    pub paused: bool,
-    /// Replica that last wrote the status hash.
-    pub status_replica: Option<String>,
     /// The access token, then each stored or configured ticket.
-    pub kinds: Vec<KindStatus>,
-}
-
-/// One stored value of a credential.
-#[derive(Debug, Serialize)]
-pub struct KindStatus {
-    /// `access_token`, `jsapi_ticket` or `wx_card_ticket`.
-    pub kind: Kind,
-    /// A value is stored.
-    pub stored: bool,
-    /// Time left (PTTL of the value key).
-    pub ttl_ms: Option<u64>,
-    /// Absolute expiry.
-    pub expires_at_ms: Option<u64>,
-    /// Lifetime WeChat announced, seconds.
-    pub expires_in: Option<u64>,
-    /// When the value was written.
-    pub refreshed_at_ms: Option<u64>,
-    /// Replica that fetched it.
-    pub replica: Option<String>,
-    /// Fence number of the write.
-    pub fence: Option<u64>,
-    /// A refresh request waiting for a refresher, if any.
-    pub refresh_request: Option<RequestStatus>,
-}
-
-/// A pending refresh request.
-#[derive(Debug, Serialize)]
-pub struct RequestStatus {
-    /// Asked with `--force` (replace whatever is stored).
-    pub force: bool,
-    /// Time until the request lapses.
-    pub ttl_ms: Option<u64>,
+    pub kinds: Vec<ValueStatus>,
 }
 
 /// Runs `wxtoken status`.
@@ -129,19 +88,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     })
 }
 
-/// Reads the Redis clock and every credential's keys.
+/// Reads the registry, then the Redis clock and every registered or
+/// configured credential in one round trip.
 async fn gather(
     target: &Target,
     con: &mut redis::aio::MultiplexedConnection,
 ) -> Result<(u64, Vec<CredentialStatus>)> {
-    let ((secs, micros), registered): ((u64, u64), Vec<String>) = redis::pipe()
-        .cmd("TIME")
-        .smembers(registry_key(&target.namespace))
-        .query_async(con)
+    let registered = snapshot::registered(con, &target.namespace)
         .await
         .context("reading the registry")?;
-    let now_ms = secs * 1000 + micros / 1000;
-
     // id → (registered, configured kinds)
     let mut ids: BTreeMap<String, (bool, Option<Vec<Kind>>)> = BTreeMap::new();
     for id in registered {
@@ -150,130 +105,73 @@ async fn gather(
     for c in &target.configured {
         ids.entry(c.id.clone()).or_default().1 = Some(c.kinds.clone());
     }
-
-    let mut report = Vec::with_capacity(ids.len());
-    for (id, (registered, configured)) in ids {
-        let keys = match CredentialKeys::new(&target.namespace, &id) {
-            Ok(k) => k,
-            Err(e) => {
-                eprintln!("warning: skipping registry entry: {e}");
-                continue;
+    let mut keys = Vec::with_capacity(ids.len());
+    let mut found = Vec::with_capacity(ids.len());
+    for (id, found_as) in ids {
+        match CredentialKeys::new(&target.namespace, &id) {
+            Ok(k) => {
+                keys.push(k);
+                found.push(found_as);
             }
-        };
-        let c = read_credential(con, &keys, now_ms, registered, configured.as_deref())
-            .await
-            .with_context(|| format!("reading credential {id:?}"))?;
-        report.push(c);
+            Err(e) => eprintln!("warning: skipping registry entry: {e}"),
+        }
     }
-    Ok((now_ms, report))
+    let snap = snapshot::read(con, &target.namespace, &keys)
+        .await
+        .context("reading the credentials")?;
+    let report = snap
+        .credentials
+        .into_iter()
+        .zip(found)
+        .map(|(c, (registered, configured))| judge(c, registered, configured.as_deref()))
+        .collect();
+    Ok((snap.now_ms, report))
 }
 
-fn field<T: std::str::FromStr>(h: &HashMap<String, String>, name: &str) -> Option<T> {
-    h.get(name).and_then(|v| v.trim().parse().ok())
-}
-
-/// A PTTL reply as time left: `None` for a missing key or one without TTL.
-fn ttl(pttl: i64) -> Option<u64> {
-    u64::try_from(pttl).ok()
-}
-
-async fn read_credential(
-    con: &mut redis::aio::MultiplexedConnection,
-    keys: &CredentialKeys,
-    now_ms: u64,
+/// Picks the kinds worth showing and says what is wrong.
+fn judge(
+    c: snapshot::Credential,
     registered: bool,
     configured: Option<&[Kind]>,
-) -> Result<CredentialStatus> {
-    let mut pipe = redis::pipe();
-    pipe.atomic().hgetall(keys.status());
-    for kind in KINDS {
-        pipe.pttl(keys.value(kind))
-            .hgetall(keys.info(kind))
-            .get(keys.refresh_request(kind))
-            .pttl(keys.refresh_request(kind));
-    }
-    let replies: Vec<redis::Value> = pipe.query_async(con).await?;
-    let mut replies = replies.into_iter();
-    let mut next = || -> Result<redis::Value> {
-        replies
-            .next()
-            .ok_or_else(|| anyhow!("Redis answered fewer replies than asked"))
-    };
-    let st: HashMap<String, String> = redis::from_redis_value(next()?)?;
-
-    let mut kinds = Vec::new();
-    for kind in KINDS {
-        let pttl: i64 = redis::from_redis_value(next()?)?;
-        let inf: HashMap<String, String> = redis::from_redis_value(next()?)?;
-        let request: Option<String> = redis::from_redis_value(next()?)?;
-        let request_pttl: i64 = redis::from_redis_value(next()?)?;
-        let stored = pttl != -2;
-        let wanted =
-            kind == Kind::AccessToken || configured.is_some_and(|kinds| kinds.contains(&kind));
-        if !(wanted || stored || !inf.is_empty() || request.is_some()) {
-            continue;
-        }
-        kinds.push(KindStatus {
-            kind,
-            stored,
-            ttl_ms: ttl(pttl),
-            expires_at_ms: field(&inf, info::EXPIRES_AT_MS),
-            expires_in: field(&inf, info::EXPIRES_IN),
-            refreshed_at_ms: field(&inf, info::REFRESHED_AT_MS),
-            replica: inf.get(info::REPLICA).cloned(),
-            fence: field(&inf, info::FENCE),
-            refresh_request: request.map(|r| RequestStatus {
-                force: r == FORCE_REQUEST,
-                ttl_ms: ttl(request_pttl),
-            }),
-        });
-    }
-
-    let last_ok_at_ms: Option<u64> = field(&st, status::LAST_OK_AT_MS);
-    let last_error = st.get(status::LAST_ERROR).cloned();
-    let last_error_at_ms: Option<u64> = field(&st, status::LAST_ERROR_AT_MS);
-    let paused_until_ms: Option<u64> = field(&st, status::PAUSED_UNTIL_MS);
-    let paused = paused_until_ms.is_some_and(|until| until > now_ms);
-
-    let mut problems = Vec::new();
-    for k in kinds.iter().filter(|k| !k.stored) {
-        if k.kind == Kind::AccessToken || configured.is_some() {
-            problems.push(format!("no {} stored", k.kind));
-        }
-    }
-    if failing(last_error.as_deref(), last_error_at_ms, last_ok_at_ms) {
+) -> CredentialStatus {
+    let kinds: Vec<ValueStatus> = c
+        .kinds
+        .into_iter()
+        .filter(|v| {
+            v.kind == Kind::AccessToken
+                || configured.is_some_and(|k| k.contains(&v.kind))
+                || v.stored
+                || v.refresh_request.is_some()
+                || v.refreshed_at_ms.is_some()
+                || v.fence.is_some()
+        })
+        .collect();
+    let mut problems: Vec<String> = kinds
+        .iter()
+        .filter(|v| missing(v, configured.is_some()))
+        .map(|v| format!("no {} stored", v.kind))
+        .collect();
+    if c.status.failing() {
         problems.push("the last refresh attempt failed".to_owned());
     }
-    if paused {
+    if c.status.paused {
         problems.push("refreshes are paused (daily quota exhausted)".to_owned());
     }
-    Ok(CredentialStatus {
-        id: keys.id().to_owned(),
-        appid: st.get(status::APPID).cloned(),
-        mode: st.get(status::MODE).cloned(),
+    CredentialStatus {
+        id: c.id,
+        status: c.status,
         registered,
         configured: configured.is_some(),
         healthy: problems.is_empty(),
         problems,
-        last_ok_at_ms,
-        last_error,
-        last_errcode: field(&st, status::LAST_ERRCODE),
-        last_error_at_ms,
-        paused_until_ms,
-        paused,
-        status_replica: st.get(status::REPLICA).cloned(),
         kinds,
-    })
+    }
 }
 
-/// A recorded error counts while it is newer than the last success.
-fn failing(error: Option<&str>, error_at: Option<u64>, ok_at: Option<u64>) -> bool {
-    match (error, error_at, ok_at) {
-        (None, _, _) => false,
-        (Some(_), Some(e), Some(o)) => e > o,
-        (Some(_), _, None) => true,
-        (Some(_), None, Some(_)) => false,
-    }
+/// Nothing is stored where something should be: the access token, or any
+/// kind shown for a credential listed in `--config`.
+fn missing(v: &ValueStatus, configured: bool) -> bool {
+    !v.stored && (v.kind == Kind::AccessToken || configured)
 }
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
@@ -305,20 +203,17 @@ fn render(report: &[CredentialStatus], now_ms: u64) -> String {
     .to_vec()];
     let mut details = Vec::new();
     for c in report {
-        let failing = failing(c.last_error.as_deref(), c.last_error_at_ms, c.last_ok_at_ms);
+        let st = &c.status;
         let mut state = Vec::new();
-        if c.kinds
-            .iter()
-            .any(|k| !k.stored && (k.kind == Kind::AccessToken || c.configured))
-        {
+        if c.kinds.iter().any(|k| missing(k, c.configured)) {
             state.push("missing".to_owned());
         }
-        if failing {
-            let when = c
+        if st.failing() {
+            let when = st
                 .last_error_at_ms
-                .map(|at| format!(" {}", human::ago(at, now_ms)))
+                .map(|at| format!(" {}", human::relative(at, now_ms)))
                 .unwrap_or_default();
-            state.push(match c.last_errcode {
+            state.push(match st.last_errcode {
                 Some(code) => format!("error {code}{when}"),
                 None => format!("error{when}"),
             });
@@ -326,14 +221,14 @@ fn render(report: &[CredentialStatus], now_ms: u64) -> String {
                 "{}: last error{} ({}by {}): {}",
                 c.id,
                 when,
-                c.last_errcode
+                st.last_errcode
                     .map(|code| format!("errcode {code}, "))
                     .unwrap_or_default(),
-                c.status_replica.as_deref().unwrap_or("?"),
-                one_line(c.last_error.as_deref().unwrap_or_default())
+                st.replica.as_deref().unwrap_or("?"),
+                one_line(st.last_error.as_deref().unwrap_or_default())
             ));
         }
-        if let (true, Some(until)) = (c.paused, c.paused_until_ms) {
+        if let (true, Some(until)) = (st.paused, st.paused_until_ms) {
             let left = human::duration(until.saturating_sub(now_ms));
             state.push(format!("paused {left}"));
             details.push(format!(
@@ -360,10 +255,10 @@ fn render(report: &[CredentialStatus], now_ms: u64) -> String {
             rows.push(vec![
                 cred_cell(c.id.clone()),
                 k.kind.to_string(),
-                cred_cell(or_dash(c.mode.as_deref())),
-                cred_cell(or_dash(c.appid.as_deref())),
+                cred_cell(or_dash(st.mode.as_deref())),
+                cred_cell(or_dash(st.appid.as_deref())),
                 left,
-                or_dash(k.refreshed_at_ms.map(|at| human::ago(at, now_ms))),
+                or_dash(k.refreshed_at_ms.map(|at| human::relative(at, now_ms))),
                 or_dash(k.replica.as_deref()),
                 or_dash(k.fence),
                 request,
@@ -374,7 +269,7 @@ fn render(report: &[CredentialStatus], now_ms: u64) -> String {
     let mut out = if report.is_empty() {
         String::new()
     } else {
-        human::table(&rows)
+        table(&rows)
     };
     if !details.is_empty() {
         out.push('\n');
@@ -386,16 +281,121 @@ fn render(report: &[CredentialStatus], now_ms: u64) -> String {
     out
 }
 
+/// Rows of cells as columns padded to the widest cell; the last column is
+/// not padded. Every row ends with a newline.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                let pad = widths[c] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn an_error_counts_until_a_later_success() {
-        assert!(!failing(None, None, None));
-        assert!(failing(Some("x"), Some(5), Some(4)));
-        assert!(!failing(Some("x"), Some(4), Some(5)));
-        assert!(failing(Some("x"), Some(4), None));
-        assert!(failing(Some("x"), None, None));
+    fn tables_align() {
+        let t = table(&[
+            vec!["A".into(), "BB".into(), "C".into()],
+            vec!["long".into(), "".into(), "x".into()],
+        ]);
+        assert_eq!(t, "A     BB  C\nlong      x\n");
+    }
+
+    fn value(kind: Kind, stored: bool) -> ValueStatus {
+        ValueStatus {
+            stored,
+            ..ValueStatus::unknown(kind)
+        }
+    }
+
+    fn credential(kinds: Vec<ValueStatus>, status: Status) -> snapshot::Credential {
+        snapshot::Credential {
+            id: "oa".into(),
+            status,
+            kinds,
+        }
+    }
+
+    #[test]
+    fn shows_expected_or_known_kinds_and_names_problems() {
+        let all = || {
+            vec![
+                value(Kind::AccessToken, true),
+                value(Kind::JsapiTicket, false),
+                ValueStatus {
+                    fence: Some(3),
+                    ..value(Kind::WxCardTicket, false)
+                },
+            ]
+        };
+        // Not configured: the access token and what Redis knows about.
+        let c = judge(credential(all(), Status::default()), true, None);
+        let kinds: Vec<Kind> = c.kinds.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, [Kind::AccessToken, Kind::WxCardTicket]);
+        assert!(c.healthy && c.problems.is_empty() && c.registered && !c.configured);
+
+        // Configured with the jsapi ticket: it must be stored.
+        let c = judge(
+            credential(all(), Status::default()),
+            false,
+            Some(&[Kind::AccessToken, Kind::JsapiTicket]),
+        );
+        assert_eq!(c.kinds.len(), 3);
+        assert!(!c.healthy);
+        assert_eq!(
+            c.problems,
+            ["no jsapi_ticket stored", "no wx_card_ticket stored"]
+        );
+
+        let failing = Status {
+            last_error: Some("x".into()),
+            last_error_at_ms: Some(5),
+            last_ok_at_ms: Some(4),
+            paused_until_ms: Some(10),
+            paused: true,
+            ..Status::default()
+        };
+        let c = judge(
+            credential(vec![value(Kind::AccessToken, false)], failing),
+            true,
+            None,
+        );
+        assert_eq!(c.problems.len(), 3, "{:?}", c.problems);
+        let json = serde_json::to_value(&c).unwrap();
+        for field in [
+            "id",
+            "appid",
+            "registered",
+            "healthy",
+            "paused",
+            "status_replica",
+        ] {
+            assert!(json.get(field).is_some(), "{field}: {json}");
+        }
+        let text = render(&[c], 1_000);
+        assert!(text.contains("missing") && text.contains("error"), "{text}");
+        assert!(text.contains("oa: refreshes paused"), "{text}");
     }
 }

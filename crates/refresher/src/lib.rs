@@ -9,6 +9,7 @@
 //! - `events`: wake-ups from other replicas' writes;
 //! - `store`: Redis reads and status writes;
 //! - `metrics`: this replica's Prometheus metrics;
+//! - `human`: durations and instants for people (status page, CLI);
 //! - `http`: the optional HTTP surface (probes, metrics, status page,
 //!   refresh requests).
 //!
@@ -19,6 +20,7 @@ mod attempt;
 pub mod config;
 mod events;
 mod http;
+pub mod human;
 pub mod metrics;
 mod schedule;
 mod store;

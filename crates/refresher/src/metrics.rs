@@ -1,9 +1,9 @@
 //! This replica's counters, gauges and histograms, in Prometheus' model.
 //!
 //! The schedule and attempt record what happens here; the HTTP surface
-//! renders it (`/metrics`, the status page). Labels are credential ids,
-//! kinds, outcomes and errcodes only — never tokens or secrets. Nothing here
-//! does I/O.
+//! renders it (`/metrics`) and reads the refresh counts back per stored
+//! value (the status page). Labels are credential ids, kinds, outcomes and
+//! errcodes only — never tokens or secrets. Nothing here does I/O.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +11,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 /// Labels of one stored value.
@@ -45,11 +48,76 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// `wxtoken_refresh_total`, readable per stored value.
+#[derive(Default)]
+pub struct RefreshCounter {
+    family: Family<OutcomeLabels, Counter>,
+    /// Every label set counted so far: the family's series, which it does
+    /// not list itself.
+    series: Mutex<HashSet<OutcomeLabels>>,
+}
+
+/// Refresh attempts of one stored value (or all of them), by what came of
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Refreshes {
+    /// Stored a new value (`ok`).
+    pub ok: u64,
+    /// WeChat refused or failed (`error`, `still_refused`).
+    pub failed: u64,
+    /// Fetched, but a newer fence won (`fenced`).
+    pub fenced: u64,
+}
+
+impl std::ops::Add for Refreshes {
+    type Output = Refreshes;
+
+    fn add(self, other: Refreshes) -> Refreshes {
+        Refreshes {
+            ok: self.ok + other.ok,
+            failed: self.failed + other.failed,
+            fenced: self.fenced + other.fenced,
+        }
+    }
+}
+
+impl RefreshCounter {
+    /// The counter of one label set, created at 0 on first use.
+    pub fn get_or_create(&self, labels: &OutcomeLabels) -> Counter {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        if !series.contains(labels) {
+            series.insert(labels.clone());
+        }
+        self.family.get_or_create_owned(labels)
+    }
+
+    /// The attempts of each stored value since this replica started.
+    pub fn by_value(&self) -> HashMap<ValueLabels, Refreshes> {
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: HashMap<ValueLabels, Refreshes> = HashMap::new();
+        for labels in series.iter() {
+            let n = self.family.get(labels).map_or(0, |c| c.get());
+            let r = out
+                .entry(ValueLabels {
+                    id: labels.id.clone(),
+                    kind: labels.kind.clone(),
+                })
+                .or_default();
+            match labels.outcome.as_str() {
+                "ok" => r.ok += n,
+                "fenced" => r.fenced += n,
+                _ => r.failed += n,
+            }
+        }
+        out
+    }
+}
+
 /// Every metric of one replica.
 pub struct Metrics {
     registry: Registry,
     /// `wxtoken_refresh_total`.
-    pub refreshes: Family<OutcomeLabels, Counter>,
+    pub refreshes: RefreshCounter,
     /// `wxtoken_lock_contention_total`: another replica held the lock.
     pub lock_contention: Family<ValueLabels, Counter>,
     /// `wxtoken_fence_rejections_total`: a fetched value lost to a newer fence.
@@ -74,11 +142,11 @@ impl Metrics {
     /// A fresh, registered set.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wxtoken");
-        let refreshes = Family::<OutcomeLabels, Counter>::default();
+        let refreshes = RefreshCounter::default();
         registry.register(
             "refresh",
             "Refresh attempts that reached WeChat or Redis' fence, by outcome",
-            refreshes.clone(),
+            refreshes.family.clone(),
         );
         let lock_contention = Family::<ValueLabels, Counter>::default();
         registry.register(
@@ -183,5 +251,47 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn refresh_counts_are_read_back_per_value() {
+        let m = Metrics::new();
+        let inc = |id: &str, kind: &str, outcome: &str, errcode: &str, n: u64| {
+            m.refreshes
+                .get_or_create(&OutcomeLabels {
+                    id: id.into(),
+                    kind: kind.into(),
+                    outcome: outcome.into(),
+                    reason: "expiring".into(),
+                    errcode: errcode.into(),
+                })
+                .inc_by(n);
+        };
+        inc("oa", "access_token", "ok", "", 3);
+        inc("oa", "access_token", "error", "40164", 2);
+        inc("oa", "access_token", "error", "-1", 1);
+        inc("oa", "access_token", "still_refused", "", 1);
+        inc("oa", "access_token", "ok", "", 1);
+        inc("oa", "jsapi_ticket", "fenced", "", 1);
+        inc("mini.2", "access_token", "ok", "", 5);
+        let runs = m.refreshes.by_value();
+        let at = |id: &str, kind| runs[&value(id, kind)];
+        use wxtoken_schema::Kind;
+        assert_eq!(
+            at("oa", Kind::AccessToken),
+            Refreshes {
+                ok: 4,
+                failed: 4,
+                fenced: 0
+            }
+        );
+        assert_eq!(at("oa", Kind::JsapiTicket).fenced, 1);
+        assert_eq!(at("mini.2", Kind::AccessToken).ok, 5);
+        assert_eq!(runs.len(), 3);
+        let total = runs.values().fold(Refreshes::default(), |a, r| a + *r);
+        assert_eq!((total.ok, total.failed, total.fenced), (9, 4, 1));
+        assert!(m.render().contains(
+            r#"wxtoken_refresh_total{id="oa",kind="access_token",outcome="ok",reason="expiring",errcode=""} 4"#
+        ));
     }
 }

@@ -5,13 +5,16 @@
 //! the client crate and the CLI all build key names and run scripts through
 //! it, so they cannot drift apart; services in other languages follow the same
 //! contract, written down in the README (schema version [`SCHEMA_VERSION`]).
+//! Its read side for operators, [`snapshot`], interprets the same keys once
+//! for `wxtoken status` and the replicas' status page.
 //!
-//! It must not do I/O of its own beyond handing out [`redis::Script`]s, and it
-//! must never put a secret into a key name or a value: only credential ids
+//! It must not own connections (scripts and reads run on the caller's), and
+//! it must never put a secret into a key name or a value: only credential ids
 //! (chosen by the operator), appids, tokens and bookkeeping live in Redis.
 
 mod keys;
 mod scripts;
+pub mod snapshot;
 
 pub use keys::{validate_name, CredentialKeys, InvalidName, Kind, KINDS};
 pub use scripts::{

@@ -10,13 +10,8 @@ use wxtoken_schema::{
 };
 use wxtoken_testkit::RedisServer;
 
-async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
+mod common;
+use common::connect;
 
 fn write<'a>(owner: &'a str, fence: u64, token: &'a str) -> TokenWrite<'a> {
     TokenWrite {

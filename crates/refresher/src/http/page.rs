@@ -7,9 +7,10 @@
 //! HTML-escaped here, attributes included; nothing but the snapshot is
 //! shown, so no secret and no whole token can appear.
 
-use super::snapshot::{CredentialStatus, Health, KindStatus, Runs, Snapshot};
+use super::snapshot::{CredentialStatus, Health, KindStatus, Snapshot};
+use crate::human::{clock, duration, relative};
+use crate::metrics::Refreshes;
 use std::fmt::Write;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// Seconds between reloads of the page.
 const RELOAD_SECS: u32 = 5;
@@ -37,42 +38,6 @@ pub(crate) fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// A duration as its one or two most significant units: `2d 3h`,
-/// `1h 54m`, `3m 12s`, `42s`, `4.5s`.
-pub(crate) fn duration(ms: u64) -> String {
-    let s = ms / 1000;
-    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
-    if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else if m > 0 {
-        format!("{m}m {}s", s % 60)
-    } else if s >= 10 {
-        format!("{s}s")
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    }
-}
-
-/// `3m 12s ago`, or `in 4m` for a future instant.
-fn relative(at_ms: u64, now_ms: u64) -> String {
-    if at_ms > now_ms {
-        format!("in {}", duration(at_ms - now_ms))
-    } else {
-        format!("{} ago", duration(now_ms - at_ms))
-    }
-}
-
-/// `2025-05-01 12:00:00 UTC`.
-fn clock(at_ms: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(at_ms);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace('T', " ")
-        .replace('Z', " UTC")
 }
 
 /// Renders the whole page.
@@ -131,7 +96,7 @@ fn cards(out: &mut String, s: &Snapshot) {
     let failing = s
         .credentials
         .iter()
-        .filter(|c| error_is_current(c) || c.paused)
+        .filter(|c| c.status.failing() || c.status.paused)
         .count();
     out.push_str("<section class=\"cards\">");
     w!(
@@ -209,11 +174,6 @@ fn cards(out: &mut String, s: &Snapshot) {
     out.push_str("</section>\n");
 }
 
-/// The last error is newer than the last success.
-fn error_is_current(c: &CredentialStatus) -> bool {
-    c.last_error.is_some() && c.last_error_at_ms.unwrap_or(0) >= c.last_ok_at_ms.unwrap_or(0)
-}
-
 fn table(out: &mut String, s: &Snapshot) {
     if s.credentials.is_empty() {
         out.push_str("<p class=\"empty\">No credentials are configured on this replica.</p>\n");
@@ -239,7 +199,7 @@ fn table(out: &mut String, s: &Snapshot) {
 }
 
 fn credential(out: &mut String, c: &CredentialStatus, now_ms: u64) {
-    let has_error = c.last_error.is_some();
+    let has_error = c.status.last_error.is_some();
     let rows = c.kinds.len() + usize::from(has_error);
     w!(out, "<tbody class=\"cred\" id=\"cred-{}\">", esc(&c.id));
     for (i, v) in c.kinds.iter().enumerate() {
@@ -250,10 +210,10 @@ fn credential(out: &mut String, c: &CredentialStatus, now_ms: u64) {
                 "<td class=\"cred-id\" rowspan=\"{rows}\"><div class=\"id\">{}</div>\
                  <div class=\"meta\"><code>{}</code> <span class=\"tag\">{}</span></div>",
                 esc(&c.id),
-                esc(&c.appid),
-                esc(&c.mode)
+                esc(c.status.appid.as_deref().unwrap_or_default()),
+                esc(c.status.mode.as_deref().unwrap_or_default())
             );
-            if let Some(until) = c.paused_until_ms.filter(|_| c.paused) {
+            if let Some(until) = c.status.paused_until_ms.filter(|_| c.status.paused) {
                 w!(
                     out,
                     "<div class=\"paused\" title=\"{}\"><span class=\"badge warn\">paused until {}</span>\
@@ -269,7 +229,7 @@ fn credential(out: &mut String, c: &CredentialStatus, now_ms: u64) {
         out.push_str("</tr>\n");
     }
     if has_error {
-        let current = error_is_current(c);
+        let current = c.status.failing();
         w!(
             out,
             "<tr class=\"err{}\"><td colspan=\"{}\"><span class=\"err-label\">{}</span>",
@@ -281,19 +241,19 @@ fn credential(out: &mut String, c: &CredentialStatus, now_ms: u64) {
                 "last error (recovered since)"
             }
         );
-        if let Some(code) = c.last_errcode {
+        if let Some(code) = c.status.last_errcode {
             w!(out, " <span class=\"errcode\">errcode {code}</span>");
         }
         w!(
             out,
             " <span class=\"msg\">{}</span>",
-            esc(&shorten(c.last_error.as_deref().unwrap_or(""), 240))
+            esc(&shorten(c.status.last_error.as_deref().unwrap_or(""), 240))
         );
         let mut when = Vec::new();
-        if let Some(at) = c.last_error_at_ms {
+        if let Some(at) = c.status.last_error_at_ms {
             when.push(esc(&relative(at, now_ms)));
         }
-        if let Some(r) = &c.status_replica {
+        if let Some(r) = &c.status.replica {
             when.push(format!("seen by {}", esc(r)));
         }
         if !when.is_empty() {
@@ -304,12 +264,13 @@ fn credential(out: &mut String, c: &CredentialStatus, now_ms: u64) {
     out.push_str("</tbody>\n");
 }
 
-fn kind_cells(out: &mut String, v: &KindStatus, now_ms: u64) {
+fn kind_cells(out: &mut String, k: &KindStatus, now_ms: u64) {
+    let v = &k.value;
     w!(out, "<td class=\"kind\">{}</td>", esc(v.kind.as_str()));
     out.push_str("<td class=\"col-bar\">");
-    bar(out, v);
+    bar(out, k);
     out.push_str("</td>");
-    match &v.token_prefix {
+    match &k.token_prefix {
         Some(p) => {
             w!(out, "<td><code class=\"tok\">{}…</code></td>", esc(p));
         }
@@ -338,9 +299,9 @@ fn kind_cells(out: &mut String, v: &KindStatus, now_ms: u64) {
         }
         None => out.push_str("<td class=\"num none\">—</td>"),
     }
-    w!(out, "<td class=\"runs\">{}</td>", runs(v.refreshes));
+    w!(out, "<td class=\"runs\">{}</td>", runs(k.refreshes));
     out.push_str("<td class=\"state\">");
-    let (class, label) = match v.health {
+    let (class, label) = match k.health {
         Health::Fresh => ("good", "fresh"),
         Health::Due => ("warn", "refresh due"),
         Health::Critical => ("bad", "expiring"),
@@ -375,7 +336,8 @@ fn kind_cells(out: &mut String, v: &KindStatus, now_ms: u64) {
 
 /// The time-left bar: filled by time left over the announced lifetime, with
 /// a mark where the refreshers step in (the refresh margin).
-fn bar(out: &mut String, v: &KindStatus) {
+fn bar(out: &mut String, k: &KindStatus) {
+    let v = &k.value;
     let lifetime_ms = v
         .expires_in
         .map(|s| s * 1000)
@@ -383,7 +345,7 @@ fn bar(out: &mut String, v: &KindStatus) {
         .unwrap_or(0)
         .max(1);
     let pct = |ms: u64| (ms as f64 * 100.0 / lifetime_ms as f64).clamp(0.0, 100.0);
-    match (v.health, v.ttl_ms) {
+    match (k.health, v.ttl_ms) {
         (Health::Unknown, _) => {
             out.push_str(
                 "<div class=\"bar unknown\"></div><div class=\"bar-label none\">unknown</div>",
@@ -399,7 +361,7 @@ fn bar(out: &mut String, v: &KindStatus) {
                 "{} left of {}; refreshed when less than {} is left",
                 duration(left),
                 duration(lifetime_ms),
-                duration(v.refresh_margin_ms)
+                duration(k.refresh_margin_ms)
             );
             w!(
                 out,
@@ -409,7 +371,7 @@ fn bar(out: &mut String, v: &KindStatus) {
                 health.as_str(),
                 esc(&title),
                 pct(left),
-                pct(v.refresh_margin_ms),
+                pct(k.refresh_margin_ms),
                 duration(left),
                 duration(lifetime_ms)
             );
@@ -417,8 +379,8 @@ fn bar(out: &mut String, v: &KindStatus) {
     }
 }
 
-fn runs(r: Runs) -> String {
-    if r == Runs::default() {
+fn runs(r: Refreshes) -> String {
+    if r == Refreshes::default() {
         return "<span class=\"none\">—</span>".into();
     }
     let mut parts = vec![format!("{} ok", r.ok)];
@@ -542,29 +504,33 @@ footer a{color:var(--blue);text-decoration:none}
 
 #[cfg(test)]
 mod tests {
-    use super::super::snapshot::{RedisHealth, RequestStatus};
+    use super::super::snapshot::RedisHealth;
     use super::*;
+    use wxtoken_schema::snapshot::{PendingRequest, Status, ValueStatus};
     use wxtoken_schema::Kind;
 
     fn kind(kind: Kind, ttl_ms: Option<u64>, health: Health) -> KindStatus {
         KindStatus {
-            kind,
-            stored: ttl_ms.is_some(),
+            value: ValueStatus {
+                kind,
+                stored: ttl_ms.is_some(),
+                ttl_ms,
+                expires_at_ms: None,
+                expires_in: Some(7200),
+                refreshed_at_ms: Some(1_700_000_000_000),
+                replica: Some("r<1>".into()),
+                fence: Some(3),
+                refresh_request: Some(PendingRequest {
+                    force: false,
+                    ttl_ms: Some(60_000),
+                }),
+                locked_by: Some("r\"2".into()),
+                token_prefix: None,
+            },
             health,
             token_prefix: ttl_ms.map(|_| "86_<b>x&".into()),
-            ttl_ms,
-            expires_at_ms: None,
-            expires_in: Some(7200),
             refresh_margin_ms: 300_000,
-            refreshed_at_ms: Some(1_700_000_000_000),
-            replica: Some("r<1>".into()),
-            fence: Some(3),
-            locked_by: Some("r\"2".into()),
-            refresh_request: Some(RequestStatus {
-                force: false,
-                ttl_ms: Some(60_000),
-            }),
-            refreshes: Runs {
+            refreshes: Refreshes {
                 ok: 2,
                 failed: 1,
                 fenced: 0,
@@ -584,22 +550,24 @@ mod tests {
                 latency_ms: Some(0.4),
                 error: None,
             },
-            refreshes: Runs {
+            refreshes: Refreshes {
                 ok: 2,
                 failed: 1,
                 fenced: 0,
             },
             credentials: vec![CredentialStatus {
                 id: "oa-main".into(),
-                appid: "wx0000000000000001".into(),
-                mode: "classic".into(),
-                last_ok_at_ms: Some(1_700_000_000_000),
-                last_error: Some("access_token: <script>alert('x')</script> & more".into()),
-                last_errcode: Some(40164),
-                last_error_at_ms: Some(1_700_000_100_000),
-                paused_until_ms: Some(1_700_000_500_000),
-                paused: true,
-                status_replica: Some("<img src=x>".into()),
+                status: Status {
+                    appid: Some("wx0000000000000001".into()),
+                    mode: Some("classic".into()),
+                    last_ok_at_ms: Some(1_700_000_000_000),
+                    last_error: Some("access_token: <script>alert('x')</script> & more".into()),
+                    last_errcode: Some(40164),
+                    last_error_at_ms: Some(1_700_000_100_000),
+                    paused_until_ms: Some(1_700_000_500_000),
+                    paused: true,
+                    replica: Some("<img src=x>".into()),
+                },
                 kinds: vec![
                     kind(Kind::AccessToken, Some(3_600_000), Health::Fresh),
                     kind(Kind::JsapiTicket, None, Health::Missing),
@@ -654,25 +622,12 @@ mod tests {
             error: Some("redis: no answer within 1s".into()),
         };
         for v in &mut s.credentials[0].kinds {
-            *v = kind(v.kind, None, Health::Unknown);
+            *v = kind(v.value.kind, None, Health::Unknown);
         }
         let html = render(&s);
         assert!(html.contains("Redis is not answering"));
         assert!(html.contains("2 unknown (Redis down)"), "{html}");
         assert!(!html.contains("all fine"));
         assert!(html.contains("class=\"bar unknown\""));
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(duration(7_200_000), "2h 0m");
-        assert_eq!(duration(6_840_000), "1h 54m");
-        assert_eq!(duration(192_000), "3m 12s");
-        assert_eq!(duration(42_000), "42s");
-        assert_eq!(duration(4_520), "4.5s");
-        assert_eq!(duration(90_000_000), "1d 1h");
-        assert_eq!(relative(1_000, 181_000), "3m 0s ago");
-        assert_eq!(relative(61_000, 1_000), "in 1m 0s");
-        assert_eq!(clock(0), "1970-01-01 00:00:00 UTC");
     }
 }

@@ -1,0 +1,432 @@
+//! The operator's view of the keys: one [`read`] of the registry, the Redis
+//! clock and, for each credential asked about, its status hash and every
+//! kind's value, expiry, info hash, pending refresh request and lock owner —
+//! interpreted once, here, for `wxtoken status` and the replicas' status page.
+//!
+//! Plain data (serialized with the field names of `wxtoken status --json`)
+//! and one read on the caller's connection. It must not write to Redis or
+//! own a connection, and must never hand out a whole token or a request's
+//! reported value: a stored value leaves here only as an 8-character prefix
+//! (not serialized; the caller decides whether to show it), a request only
+//! as "forced or not".
+
+use crate::keys::{CredentialKeys, Kind, KINDS};
+use crate::{info, registry_key, status, FORCE_REQUEST};
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, FromRedisValue, RedisResult, Value};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Characters of a stored value kept in [`ValueStatus::token_prefix`].
+pub const PREFIX_CHARS: usize = 8;
+
+/// What Redis held at one instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// The Redis clock (which every stored time uses), Unix ms.
+    pub now_ms: u64,
+    /// The namespace's registry set of credential ids, sorted.
+    pub registered: Vec<String>,
+    /// The credentials asked about, in the order asked.
+    pub credentials: Vec<Credential>,
+}
+
+/// One credential.
+#[derive(Debug, Clone, Serialize)]
+pub struct Credential {
+    /// Credential id.
+    pub id: String,
+    /// Its status hash.
+    #[serde(flatten)]
+    pub status: Status,
+    /// One entry per kind, in [`KINDS`] order, stored or not.
+    pub kinds: Vec<ValueStatus>,
+}
+
+/// The credential's status hash (see [`crate::status`]); absent facts are
+/// `None`. Times are Unix ms by the Redis clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// WeChat appid.
+    pub appid: Option<String>,
+    /// `classic` or `stable`.
+    pub mode: Option<String>,
+    /// Last successful WeChat fetch of any kind.
+    pub last_ok_at_ms: Option<u64>,
+    /// The last failure, in words (never holds a secret).
+    pub last_error: Option<String>,
+    /// WeChat's errcode of the last failure.
+    pub last_errcode: Option<i64>,
+    /// When the last failure happened.
+    pub last_error_at_ms: Option<u64>,
+    /// Refreshes are paused until then (daily quota exhausted).
+    pub paused_until_ms: Option<u64>,
+    /// `paused_until_ms` is later than the snapshot's `now_ms`.
+    pub paused: bool,
+    /// Replica that last wrote the status hash.
+    #[serde(rename = "status_replica")]
+    pub replica: Option<String>,
+}
+
+impl Status {
+    /// Interprets a status hash seen at `now_ms`.
+    pub fn from_hash(h: &HashMap<String, String>, now_ms: u64) -> Status {
+        let paused_until_ms = num(h, status::PAUSED_UNTIL_MS);
+        Status {
+            appid: h.get(status::APPID).cloned(),
+            mode: h.get(status::MODE).cloned(),
+            last_ok_at_ms: num(h, status::LAST_OK_AT_MS),
+            last_error: h.get(status::LAST_ERROR).cloned(),
+            last_errcode: num(h, status::LAST_ERRCODE),
+            last_error_at_ms: num(h, status::LAST_ERROR_AT_MS),
+            paused_until_ms,
+            paused: paused_until_ms.is_some_and(|until| until > now_ms),
+            replica: h.get(status::REPLICA).cloned(),
+        }
+    }
+
+    /// The recorded error still stands: it is newer than the last success
+    /// (or there was none).
+    pub fn failing(&self) -> bool {
+        match (&self.last_error, self.last_error_at_ms, self.last_ok_at_ms) {
+            (None, _, _) => false,
+            (Some(_), Some(error), Some(ok)) => error > ok,
+            (Some(_), _, None) => true,
+            (Some(_), None, Some(_)) => false,
+        }
+    }
+}
+
+/// One kind of a credential (the access token or a ticket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValueStatus {
+    /// `access_token`, `jsapi_ticket` or `wx_card_ticket`.
+    pub kind: Kind,
+    /// A value is stored.
+    pub stored: bool,
+    /// Time left (PTTL of the stored value), ms.
+    pub ttl_ms: Option<u64>,
+    /// Absolute expiry, Unix ms.
+    pub expires_at_ms: Option<u64>,
+    /// Lifetime WeChat announced, seconds.
+    pub expires_in: Option<u64>,
+    /// When the value was written, Unix ms.
+    pub refreshed_at_ms: Option<u64>,
+    /// Replica that fetched it.
+    pub replica: Option<String>,
+    /// Fence number of the write.
+    pub fence: Option<u64>,
+    /// A refresh request the refreshers will serve, if any.
+    pub refresh_request: Option<PendingRequest>,
+    /// Replica holding the refresh lock (a refresh in flight), without the
+    /// lock's nonce.
+    pub locked_by: Option<String>,
+    /// The first [`PREFIX_CHARS`] characters of the stored value. Not
+    /// serialized: whoever shows it says so.
+    #[serde(skip)]
+    pub token_prefix: Option<String>,
+}
+
+/// A refresh request that is still to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PendingRequest {
+    /// Replace whatever is stored ([`FORCE_REQUEST`]), rather than a
+    /// reported refused value.
+    pub force: bool,
+    /// Time until the request lapses, ms.
+    pub ttl_ms: Option<u64>,
+}
+
+impl ValueStatus {
+    /// Nothing known about `kind`.
+    pub fn unknown(kind: Kind) -> ValueStatus {
+        ValueStatus {
+            kind,
+            stored: false,
+            ttl_ms: None,
+            expires_at_ms: None,
+            expires_in: None,
+            refreshed_at_ms: None,
+            replica: None,
+            fence: None,
+            refresh_request: None,
+            locked_by: None,
+            token_prefix: None,
+        }
+    }
+}
+
+/// The replies about one kind, as Redis gave them.
+struct RawValue {
+    value: Option<String>,
+    pttl: i64,
+    info: HashMap<String, String>,
+    request: Option<String>,
+    request_pttl: i64,
+    lock: Option<String>,
+}
+
+impl RawValue {
+    fn interpret(self, kind: Kind) -> ValueStatus {
+        let info = &self.info;
+        // Served by the refreshers: a force, or a report about what is
+        // stored (or about anything, while nothing is stored). A report
+        // about a value already replaced waits for nothing.
+        let refresh_request = self.request.as_deref().and_then(|r| {
+            let force = r == FORCE_REQUEST;
+            (force || self.value.as_deref().is_none_or(|v| v == r)).then(|| PendingRequest {
+                force,
+                ttl_ms: ttl(self.request_pttl),
+            })
+        });
+        ValueStatus {
+            kind,
+            stored: self.value.is_some(),
+            ttl_ms: self.value.as_ref().and(ttl(self.pttl)),
+            expires_at_ms: num(info, info::EXPIRES_AT_MS),
+            expires_in: num(info, info::EXPIRES_IN),
+            refreshed_at_ms: num(info, info::REFRESHED_AT_MS),
+            replica: info.get(info::REPLICA).cloned(),
+            fence: num(info, info::FENCE),
+            refresh_request,
+            // The owner is `replica#nonce`; the nonce means nothing to people.
+            locked_by: self
+                .lock
+                .as_deref()
+                .map(|o| o.split_once('#').map_or(o, |(r, _)| r).to_owned()),
+            token_prefix: self
+                .value
+                .as_deref()
+                .map(|v| v.chars().take(PREFIX_CHARS).collect()),
+        }
+    }
+}
+
+fn num<T: std::str::FromStr>(h: &HashMap<String, String>, field: &str) -> Option<T> {
+    h.get(field).and_then(|v| v.trim().parse().ok())
+}
+
+/// A PTTL reply as time left: `None` for a missing key or one without TTL.
+fn ttl(pttl: i64) -> Option<u64> {
+    u64::try_from(pttl).ok()
+}
+
+/// The registry set of `namespace`, sorted: the ids to ask [`read`] about.
+pub async fn registered<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+) -> RedisResult<Vec<String>> {
+    let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(registry_key(namespace))
+        .query_async(con)
+        .await?;
+    ids.sort();
+    Ok(ids)
+}
+
+/// Reads the Redis clock, the registry of `namespace` and every credential
+/// in `creds` (keys of that namespace) in one MULTI/EXEC round trip, so all
+/// of it is one instant. Read-only.
+pub async fn read<'a, C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    creds: impl IntoIterator<Item = &'a CredentialKeys>,
+) -> RedisResult<Snapshot> {
+    let creds: Vec<&CredentialKeys> = creds.into_iter().collect();
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("TIME").smembers(registry_key(namespace));
+    for keys in &creds {
+        pipe.hgetall(keys.status());
+        for kind in KINDS {
+            pipe.get(keys.value(kind))
+                .pttl(keys.value(kind))
+                .hgetall(keys.info(kind))
+                .get(keys.refresh_request(kind))
+                .pttl(keys.refresh_request(kind))
+                .get(keys.lock(kind));
+        }
+    }
+    let replies: Vec<Value> = pipe.query_async(con).await?;
+    let mut r = Replies(replies.into_iter());
+    let (secs, micros): (u64, u64) = r.next()?;
+    let now_ms = secs * 1000 + micros / 1000;
+    let mut registered: Vec<String> = r.next()?;
+    registered.sort();
+    let mut credentials = Vec::with_capacity(creds.len());
+    for keys in creds {
+        let status = Status::from_hash(&r.next()?, now_ms);
+        let mut kinds = Vec::with_capacity(KINDS.len());
+        for kind in KINDS {
+            let raw = RawValue {
+                value: r.next()?,
+                pttl: r.next()?,
+                info: r.next()?,
+                request: r.next()?,
+                request_pttl: r.next()?,
+                lock: r.next()?,
+            };
+            kinds.push(raw.interpret(kind));
+        }
+        credentials.push(Credential {
+            id: keys.id().to_owned(),
+            status,
+            kinds,
+        });
+    }
+    Ok(Snapshot {
+        now_ms,
+        registered,
+        credentials,
+    })
+}
+
+/// The replies of a pipeline, taken one typed reply at a time.
+struct Replies(std::vec::IntoIter<Value>);
+
+impl Replies {
+    fn next<T: FromRedisValue>(&mut self) -> RedisResult<T> {
+        let v = self.0.next().ok_or((
+            ErrorKind::UnexpectedReturnType,
+            "Redis answered fewer replies than asked",
+        ))?;
+        Ok(redis::from_redis_value(v)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn raw(value: Option<&str>, request: Option<&str>) -> RawValue {
+        RawValue {
+            value: value.map(str::to_owned),
+            pttl: if value.is_some() { 3_600_000 } else { -2 },
+            info: hash(&[
+                (info::EXPIRES_IN, "7200"),
+                (info::EXPIRES_AT_MS, "1700007200000"),
+                (info::REFRESHED_AT_MS, " 1700000000000 "),
+                (info::FENCE, "17"),
+                (info::REPLICA, "refresher-2"),
+            ]),
+            request: request.map(str::to_owned),
+            request_pttl: 500_000,
+            lock: Some("refresher-3#00000000deadbeef".into()),
+        }
+    }
+
+    #[test]
+    fn values_keep_a_prefix_and_only_requests_that_will_be_served() {
+        let token = "86_abcdefghijklmnopqrstuvwxyz";
+        let v = raw(Some(token), Some(token)).interpret(Kind::AccessToken);
+        assert!(v.stored);
+        assert_eq!(v.ttl_ms, Some(3_600_000));
+        assert_eq!(v.token_prefix.as_deref(), Some("86_abcde"));
+        assert_eq!(v.expires_in, Some(7200));
+        assert_eq!(v.expires_at_ms, Some(1_700_007_200_000));
+        assert_eq!(v.refreshed_at_ms, Some(1_700_000_000_000));
+        assert_eq!(v.fence, Some(17));
+        assert_eq!(v.replica.as_deref(), Some("refresher-2"));
+        assert_eq!(v.locked_by.as_deref(), Some("refresher-3"));
+        assert_eq!(
+            v.refresh_request,
+            Some(PendingRequest {
+                force: false,
+                ttl_ms: Some(500_000)
+            })
+        );
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(!json.contains("86_abcde"), "{json}");
+        assert!(json.contains(r#""locked_by":"refresher-3""#), "{json}");
+
+        // A report about a value that was already replaced is not pending.
+        let v = raw(Some(token), Some("old")).interpret(Kind::AccessToken);
+        assert_eq!(v.refresh_request, None);
+        let v = raw(Some(token), Some(FORCE_REQUEST)).interpret(Kind::AccessToken);
+        assert!(v.refresh_request.is_some_and(|r| r.force));
+        // While nothing is stored, any report is served.
+        let v = raw(None, Some("old")).interpret(Kind::JsapiTicket);
+        assert!(v.refresh_request.is_some_and(|r| !r.force));
+        assert!(!v.stored && v.ttl_ms.is_none() && v.token_prefix.is_none());
+    }
+
+    #[test]
+    fn a_value_without_ttl_or_info_is_stored_with_nothing_known() {
+        let v = RawValue {
+            value: Some("x".into()),
+            pttl: -1,
+            info: HashMap::new(),
+            request: None,
+            request_pttl: -2,
+            lock: Some("no-nonce".into()),
+        }
+        .interpret(Kind::WxCardTicket);
+        assert!(v.stored);
+        assert_eq!(v.ttl_ms, None);
+        assert_eq!(v.fence, None);
+        assert_eq!(v.locked_by.as_deref(), Some("no-nonce"));
+        assert_eq!(
+            ValueStatus {
+                stored: false,
+                locked_by: None,
+                token_prefix: None,
+                ..v
+            },
+            ValueStatus::unknown(Kind::WxCardTicket)
+        );
+    }
+
+    #[test]
+    fn status_hash_is_parsed_and_pauses_end() {
+        let h = hash(&[
+            (status::APPID, "wx1"),
+            (status::MODE, "stable"),
+            (status::LAST_OK_AT_MS, "100"),
+            (status::LAST_ERROR, "access_token: errcode 40164"),
+            (status::LAST_ERRCODE, "40164"),
+            (status::LAST_ERROR_AT_MS, "200"),
+            (status::PAUSED_UNTIL_MS, "1000"),
+            (status::REPLICA, "r1"),
+        ]);
+        let s = Status::from_hash(&h, 999);
+        assert_eq!(s.appid.as_deref(), Some("wx1"));
+        assert_eq!(s.mode.as_deref(), Some("stable"));
+        assert_eq!(s.last_errcode, Some(40164));
+        assert_eq!(s.replica.as_deref(), Some("r1"));
+        assert!(s.paused && s.failing());
+        assert!(!Status::from_hash(&h, 1000).paused);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["status_replica"], "r1");
+        assert_eq!(json["paused_until_ms"], 1000);
+
+        let empty = Status::from_hash(&HashMap::new(), 0);
+        assert_eq!(empty, Status::default());
+        assert!(!empty.paused && !empty.failing());
+        let garbage = Status::from_hash(&hash(&[(status::LAST_ERRCODE, "x")]), 0);
+        assert_eq!(garbage.last_errcode, None);
+    }
+
+    #[test]
+    fn an_error_counts_until_a_later_success() {
+        let s = |error: Option<&str>, error_at: Option<u64>, ok_at: Option<u64>| Status {
+            last_error: error.map(str::to_owned),
+            last_error_at_ms: error_at,
+            last_ok_at_ms: ok_at,
+            ..Status::default()
+        };
+        assert!(!s(None, None, None).failing());
+        assert!(!s(None, Some(5), Some(4)).failing());
+        assert!(s(Some("x"), Some(5), Some(4)).failing());
+        assert!(!s(Some("x"), Some(4), Some(5)).failing());
+        assert!(!s(Some("x"), Some(5), Some(5)).failing());
+        assert!(s(Some("x"), Some(4), None).failing());
+        assert!(s(Some("x"), None, None).failing());
+        assert!(!s(Some("x"), None, Some(5)).failing());
+    }
+}

@@ -1,0 +1,266 @@
+//! The operator's snapshot against a real redis-server: what the fenced
+//! write, the status hash, refresh requests and locks leave behind is read
+//! back in one round trip, by the Redis clock, with no whole token in it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wxtoken_schema::snapshot::{self, PendingRequest, ValueStatus};
+use wxtoken_schema::{
+    acquire_lock, registry_key, request_refresh, status, write_token, CredentialKeys, Kind,
+    TokenWrite, WriteOutcome, FORCE_REQUEST, KINDS,
+};
+use wxtoken_testkit::RedisServer;
+
+mod common;
+use common::connect;
+
+const NS: &str = "wxtoken";
+const TOKEN: &str = "86_abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// Locks `kind`, writes `token` through the fenced script, keeps the lock.
+async fn store(
+    con: &mut redis::aio::MultiplexedConnection,
+    keys: &CredentialKeys,
+    kind: Kind,
+    token: &str,
+) -> u64 {
+    let owner = "refresher-1#0011223344556677";
+    let fence = acquire_lock(con, keys, kind, owner, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let w = TokenWrite {
+        kind,
+        owner,
+        fence,
+        token,
+        ttl: Duration::from_secs(7000),
+        expires_in: 7200,
+        replica: "refresher-1",
+    };
+    assert!(matches!(
+        write_token(con, keys, &w).await.unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    fence
+}
+
+fn kind(c: &snapshot::Credential, kind: Kind) -> &ValueStatus {
+    c.kinds.iter().find(|v| v.kind == kind).unwrap()
+}
+
+#[tokio::test]
+async fn one_read_shows_values_status_requests_and_locks() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let main = CredentialKeys::new(NS, "oa-main").unwrap();
+    let idle = CredentialKeys::new(NS, "idle").unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(registry_key(NS))
+        .arg(&["oa-main", "zz-elsewhere"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let fence = store(&mut con, &main, Kind::AccessToken, TOKEN).await;
+    // A report about the stored token is pending; a force for the ticket too.
+    request_refresh(
+        &mut con,
+        &main,
+        Kind::AccessToken,
+        TOKEN,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    request_refresh(
+        &mut con,
+        &main,
+        Kind::JsapiTicket,
+        FORCE_REQUEST,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+    let paused_until = secs * 1000 + 60_000;
+    let _: () = redis::cmd("HSET")
+        .arg(main.status())
+        .arg(&[
+            (status::APPID, "wx0000000000000001".to_owned()),
+            (status::MODE, "classic".to_owned()),
+            (status::LAST_OK_AT_MS, "100".to_owned()),
+            (status::LAST_ERROR, "access_token: errcode 45009".to_owned()),
+            (status::LAST_ERRCODE, "45009".to_owned()),
+            (status::LAST_ERROR_AT_MS, "200".to_owned()),
+            (status::PAUSED_UNTIL_MS, paused_until.to_string()),
+            (status::REPLICA, "refresher-2".to_owned()),
+        ])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let local_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let snap = snapshot::read(&mut con, NS, [&main, &idle]).await.unwrap();
+    assert!(snap.now_ms.abs_diff(local_ms) < 5_000, "Redis clock");
+    assert_eq!(snap.registered, ["oa-main", "zz-elsewhere"]);
+    assert_eq!(snap.credentials.len(), 2);
+
+    let c = &snap.credentials[0];
+    assert_eq!(c.id, "oa-main");
+    assert_eq!(c.status.appid.as_deref(), Some("wx0000000000000001"));
+    assert_eq!(c.status.last_errcode, Some(45009));
+    assert_eq!(c.status.paused_until_ms, Some(paused_until));
+    assert!(c.status.paused && c.status.failing());
+    assert_eq!(c.status.replica.as_deref(), Some("refresher-2"));
+    assert_eq!(
+        c.kinds.iter().map(|v| v.kind).collect::<Vec<_>>(),
+        KINDS.to_vec()
+    );
+
+    let at = kind(c, Kind::AccessToken);
+    assert!(at.stored);
+    assert!(at.ttl_ms.is_some_and(|t| t > 6_900_000 && t <= 7_000_000));
+    assert_eq!(at.expires_in, Some(7200));
+    assert_eq!(at.fence, Some(fence));
+    assert_eq!(at.replica.as_deref(), Some("refresher-1"));
+    let refreshed = at.refreshed_at_ms.unwrap();
+    assert!(refreshed <= snap.now_ms && snap.now_ms - refreshed < 5_000);
+    assert_eq!(at.expires_at_ms, Some(refreshed + 7_000_000));
+    assert_eq!(at.locked_by.as_deref(), Some("refresher-1"));
+    assert_eq!(at.token_prefix.as_deref(), Some("86_abcde"));
+    let request = at.refresh_request.unwrap();
+    assert!(!request.force);
+    assert!(request.ttl_ms.is_some_and(|t| t > 590_000 && t <= 600_000));
+
+    let ticket = kind(c, Kind::JsapiTicket);
+    assert!(!ticket.stored && ticket.ttl_ms.is_none() && ticket.token_prefix.is_none());
+    assert!(ticket.refresh_request.is_some_and(|r| r.force));
+    assert_eq!(
+        kind(c, Kind::WxCardTicket),
+        &ValueStatus::unknown(Kind::WxCardTicket)
+    );
+
+    // Asked about, never seen: all absent.
+    let c = &snap.credentials[1];
+    assert_eq!(c.id, "idle");
+    assert_eq!(c.status, Default::default());
+    for v in &c.kinds {
+        assert_eq!(v, &ValueStatus::unknown(v.kind));
+    }
+
+    // The JSON carries the documented names and no token.
+    let json = serde_json::to_value(&snap).unwrap();
+    let text = json.to_string();
+    assert!(!text.contains("86_abcde"), "{text}");
+    let c = &json["credentials"][0];
+    for field in [
+        "id",
+        "appid",
+        "mode",
+        "last_ok_at_ms",
+        "last_error",
+        "last_errcode",
+        "last_error_at_ms",
+        "paused_until_ms",
+        "paused",
+        "status_replica",
+        "kinds",
+    ] {
+        assert!(c.get(field).is_some(), "{field} missing: {c}");
+    }
+    let k = &c["kinds"][0];
+    let fields: Vec<&str> = k.as_object().unwrap().keys().map(String::as_str).collect();
+    for field in [
+        "kind",
+        "stored",
+        "ttl_ms",
+        "expires_at_ms",
+        "expires_in",
+        "refreshed_at_ms",
+        "replica",
+        "fence",
+        "refresh_request",
+        "locked_by",
+    ] {
+        assert!(fields.contains(&field), "{field} missing: {k}");
+    }
+    assert_eq!(fields.len(), 10, "{k}");
+    assert_eq!(k["refresh_request"]["force"], false);
+}
+
+#[tokio::test]
+async fn a_replaced_token_makes_an_old_report_moot() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = CredentialKeys::new(NS, "app").unwrap();
+    store(&mut con, &keys, Kind::AccessToken, "first-token").await;
+    // The report lands as a plain SET (another language), then the token is
+    // replaced without the request being answered.
+    let _: () = redis::cmd("SET")
+        .arg(keys.refresh_request(Kind::AccessToken))
+        .arg("first-token")
+        .arg("PX")
+        .arg(600_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let read = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        let keys = keys.clone();
+        async move {
+            let snap = snapshot::read(&mut con, NS, [&keys]).await.unwrap();
+            snap.credentials[0].kinds[0].refresh_request
+        }
+    };
+    assert!(matches!(
+        read(&mut con).await,
+        Some(PendingRequest { force: false, .. })
+    ));
+    let _: () = redis::cmd("SET")
+        .arg(keys.value(Kind::AccessToken))
+        .arg("second-token")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(read(&mut con).await, None);
+}
+
+#[tokio::test]
+async fn the_registry_lists_sorted_ids_and_an_empty_read_still_has_the_clock() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    assert!(snapshot::registered(&mut con, NS).await.unwrap().is_empty());
+    let _: () = redis::cmd("SADD")
+        .arg(registry_key(NS))
+        .arg(&["b", "a", "c"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshot::registered(&mut con, NS).await.unwrap(),
+        ["a", "b", "c"]
+    );
+    assert!(snapshot::registered(&mut con, "other")
+        .await
+        .unwrap()
+        .is_empty());
+    let snap = snapshot::read(&mut con, NS, []).await.unwrap();
+    assert!(snap.now_ms > 1_600_000_000_000);
+    assert_eq!(snap.registered, ["a", "b", "c"]);
+    assert!(snap.credentials.is_empty());
+
+    // A key of the wrong type is an error, not a silent blank.
+    let keys = CredentialKeys::new(NS, "broken").unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(keys.status())
+        .arg("not a hash")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(snapshot::read(&mut con, NS, [&keys]).await.is_err());
+}
