@@ -13,7 +13,6 @@ mod common;
 
 use common::{Env, Setup};
 use futures_util::StreamExt;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use wxtoken_schema::events_channel;
 use wxtoken_sim::{Endpoint, FetchOutcome};
@@ -21,21 +20,6 @@ use wxtoken_sim::{Endpoint, FetchOutcome};
 const CREDENTIALS: usize = 20;
 const LIFETIME: Duration = Duration::from_secs(6);
 const MEASURE: Duration = Duration::from_secs(30);
-
-fn commandstats(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split(',')
-                .next()?
-                .strip_prefix("calls=")?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -106,7 +90,7 @@ async fn main() {
         }
     }
     refreshes -= before;
-    let mut stats = commandstats(&stats);
+    let mut stats = common::commandstats(&stats);
     stats.remove("info");
     stats.remove("config|resetstat");
     let total: u64 = stats.values().sum();

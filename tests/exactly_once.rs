@@ -7,7 +7,7 @@ mod common;
 
 use common::{business_call, Env, Setup};
 use futures_util::StreamExt;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use wxtoken_schema::{events_channel, Kind, UpdateEvent};
 use wxtoken_sim::{Endpoint, FetchOutcome};
@@ -154,19 +154,7 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
     );
 
     // Numbers for BENCHMARKS.md.
-    let cmd_calls: BTreeMap<String, u64> = stats
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split(',')
-                .next()?
-                .strip_prefix("calls=")?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect();
+    let cmd_calls = common::commandstats(&stats);
     println!(
         "fetches: {total_fetches} for {} credentials, {:.3} WeChat calls per stored token; \
          {} samples, 0 failed; redis commands: {cmd_calls:?}",

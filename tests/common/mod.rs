@@ -432,3 +432,19 @@ pub async fn business_call(http: &reqwest::Client, base: &str, token: &str) -> R
         Some(code) => Err(code),
     }
 }
+
+/// Calls per command from `INFO commandstats`.
+pub fn commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
