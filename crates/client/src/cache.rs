@@ -10,7 +10,8 @@
 //! - the *epoch* is bumped whenever events may have been missed (the
 //!   subscription came back, or an event could not be understood). An entry
 //!   is trusted while subscribed only if it was confirmed in the current
-//!   epoch; [`STALE`] marks a single entry for one re-read;
+//!   epoch; [`STALE`] marks a single entry to be read again (every time,
+//!   until Redis or an event replaces it);
 //! - the *sequence* orders cache updates, so that a Redis read never replaces
 //!   a value an event stored while the read was in flight.
 
@@ -169,7 +170,8 @@ impl Cache {
     }
 
     /// The cached value if it has not expired yet, fresh or not: what to serve
-    /// when Redis cannot be asked.
+    /// when Redis cannot be asked, or answers that it has nothing (it may have
+    /// lost its data). Never an expired value.
     pub(crate) fn unexpired(&self, id: &str, kind: Kind, now: Instant) -> Option<Arc<Entry>> {
         let map = self.entries.load();
         let entry = map.get(id)?[slot(kind)].as_ref()?;
@@ -190,10 +192,17 @@ impl Cache {
 
     /// Merges what a Redis read found and returns the entry now in effect.
     ///
-    /// Redis is the authority — its answer replaces the cached value even
-    /// when the fence is lower (Redis lost its data and the fence counter
-    /// started over) or when it found nothing — unless an event stored a
-    /// value at least as new while the read was in flight.
+    /// Redis is the authority for the values it returns: its answer replaces
+    /// the cached value even when the fence is lower (Redis lost its data and
+    /// the fence counter started over) — unless an event stored a value at
+    /// least as new while the read was in flight.
+    ///
+    /// When the read found nothing, an expired cached value is dropped, but
+    /// one that has not expired is kept, marked [`STALE`]: Redis may have
+    /// lost its data (a restart) while the value is still valid at WeChat, so
+    /// it stays available to [`Cache::unexpired`] — and is read again every
+    /// time, never trusted as fresh. `None` is returned then, as Redis had
+    /// nothing.
     pub(crate) fn apply_read(
         &self,
         id: &str,
@@ -212,21 +221,38 @@ impl Cache {
                 seq: start.seq,
             })
         });
+        let now = Instant::now();
         let mut in_effect = None;
         self.entries.rcu(|map| {
             let current = map.get(id).and_then(|slots| slots[i].clone());
-            if let Some(current) = current {
+            if let Some(current) = &current {
                 let newer_event = current.seq > start.seq
                     && new.as_ref().is_none_or(|n| current.fence >= n.fence);
                 if newer_event {
-                    in_effect = Some(current);
+                    in_effect = Some(Arc::clone(current));
                     return Arc::clone(map);
                 }
             }
             in_effect = new.clone();
+            let replacement = match (&new, current) {
+                (Some(entry), _) => Some(Arc::clone(entry)),
+                (None, None) => return Arc::clone(map),
+                // Nothing in Redis, but the cached value is still valid:
+                // keep it for when Redis cannot vouch for anything, and ask
+                // again every time.
+                (None, Some(current)) if current.deadline.is_none_or(|d| d > now) => {
+                    if current.epoch == STALE {
+                        return Arc::clone(map);
+                    }
+                    let mut stale = Entry::clone(&current);
+                    stale.epoch = STALE;
+                    Some(Arc::new(stale))
+                }
+                (None, Some(_)) => None,
+            };
             let mut map = Map::clone(map);
-            match &new {
-                Some(entry) => slots_mut(&mut map, id)[i] = Some(Arc::clone(entry)),
+            match replacement {
+                Some(entry) => slots_mut(&mut map, id)[i] = Some(entry),
                 None => {
                     if let Some(slots) = map.get_mut(id) {
                         slots[i] = None;
@@ -485,13 +511,101 @@ mod tests {
             .unwrap();
         assert_eq!(&*e.value, "AFTER");
         assert_eq!(fresh_value(&c).as_deref(), Some("AFTER"));
+    }
+
+    #[test]
+    fn a_read_that_finds_nothing_keeps_an_unexpired_value_stale() {
+        // Redis restarted empty while the cached value is still valid.
+        let c = cache();
+        let start = c.start_read();
+        c.apply_read("app", Kind::AccessToken, &start, stored("A", 9, 3600 * SEC));
+        c.apply_read("app", Kind::JsapiTicket, &start, stored("J", 9, 3600 * SEC));
+        let start = c.start_read();
+        assert!(
+            c.apply_read("app", Kind::AccessToken, &start, None)
+                .is_none(),
+            "Redis had nothing"
+        );
+        assert!(fresh_value(&c).is_none(), "never trusted as fresh");
+        let kept = c
+            .unexpired("app", Kind::AccessToken, Instant::now())
+            .expect("kept while unexpired");
+        assert_eq!((&*kept.value, kept.fence), ("A", 9));
+        // Other kinds are untouched.
+        assert!(c.fresh("app", Kind::JsapiTicket, Instant::now()).is_some());
+
+        // Every read asks again; it stays stale while Redis has nothing, even
+        // once subscribed in a new epoch (STALE is not an epoch).
+        c.invalidate_all();
         let start = c.start_read();
         assert!(c
             .apply_read("app", Kind::AccessToken, &start, None)
             .is_none());
+        assert!(fresh_value(&c).is_none());
+        assert!(c
+            .unexpired("app", Kind::AccessToken, Instant::now())
+            .is_some());
+        // But never past its expiry.
+        assert!(c
+            .unexpired("app", Kind::AccessToken, start.sent + 3601 * SEC)
+            .is_none());
+
+        // An event with a lower fence (the counter started over) does not
+        // replace it, but leaves it stale for the next read…
+        assert_eq!(
+            c.apply_event(event("NEW", 1, T0 + 60_000)),
+            EventOutcome::Older
+        );
+        assert!(fresh_value(&c).is_none());
+        // …whose value, from Redis, replaces it despite the lower fence.
+        let start = c.start_read();
+        let e = c
+            .apply_read("app", Kind::AccessToken, &start, stored("NEW", 1, 60 * SEC))
+            .unwrap();
+        assert_eq!((&*e.value, e.fence), ("NEW", 1));
+        assert_eq!(fresh_value(&c).as_deref(), Some("NEW"));
+    }
+
+    #[test]
+    fn a_stale_value_is_replaced_by_an_event_at_least_as_new() {
+        let c = cache();
+        c.apply_event(event("A", 3, T0 + 60_000));
+        let start = c.start_read();
+        c.apply_read("app", Kind::AccessToken, &start, None);
+        assert!(fresh_value(&c).is_none());
+        assert_eq!(
+            c.apply_event(event("B", 3, T0 + 60_000)),
+            EventOutcome::Applied
+        );
+        assert_eq!(fresh_value(&c).as_deref(), Some("B"));
+    }
+
+    #[test]
+    fn a_read_that_finds_nothing_drops_an_expired_value() {
+        let c = cache();
+        // Expired a second ago by the Redis clock.
+        c.apply_event(event("OLD", 4, T0 - 1_000));
         assert!(c
             .unexpired("app", Kind::AccessToken, Instant::now())
             .is_none());
+        let start = c.start_read();
+        assert!(c
+            .apply_read("app", Kind::AccessToken, &start, None)
+            .is_none());
+        assert!(fresh_value(&c).is_none());
+        assert!(c
+            .unexpired("app", Kind::AccessToken, Instant::now())
+            .is_none());
+        assert!(
+            c.entries.load().get("app").is_none(),
+            "the expired entry is gone"
+        );
+        // Nothing cached, nothing found: nothing changes.
+        let start = c.start_read();
+        assert!(c
+            .apply_read("app", Kind::AccessToken, &start, None)
+            .is_none());
+        assert!(c.entries.load().is_empty());
     }
 
     #[test]

@@ -166,10 +166,13 @@ impl Client {
     /// The value of `kind` for credential `id`, with its fence and time left.
     ///
     /// Served from memory while fresh; otherwise read from Redis in one round
-    /// trip. When nothing is stored, waits up to
-    /// [`Options::wait_for_token`] for a refresher to store it, then fails
-    /// with [`Error::NotAvailable`]. When Redis fails, a cached value that has
-    /// not expired yet is served instead of the error.
+    /// trip. When Redis fails, or has nothing stored (e.g. it restarted
+    /// empty), a cached value that has not expired yet is served instead —
+    /// and read again from Redis on every call until Redis has a value. When
+    /// nothing usable is cached either, a Redis failure is returned as
+    /// [`Error::Redis`], and a value that is not stored is waited for up to
+    /// [`Options::wait_for_token`], then fails with [`Error::NotAvailable`].
+    /// An expired value is never served.
     pub async fn get(&self, id: &str, kind: Kind) -> Result<Token, Error> {
         validate_name("credential id", id)?;
         let now = Instant::now();
@@ -234,7 +237,8 @@ impl Client {
         let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
         let cache = &self.inner.cache;
         let started = Instant::now();
-        let give_up = started + timeout;
+        // Too far ahead to represent: wait for as long as it takes.
+        let give_up = started.checked_add(timeout);
         let mut changes = cache.changes();
         loop {
             changes.borrow_and_update();
@@ -246,14 +250,15 @@ impl Client {
                 return Ok(Token::from_entry(&entry, Instant::now()));
             }
             let now = Instant::now();
-            if now >= give_up {
+            if give_up.is_some_and(|give_up| now >= give_up) {
                 return Err(Error::NotReplaced {
                     id: id.to_owned(),
                     kind,
                     waited: started.elapsed(),
                 });
             }
-            let next_read = (now + MISS_RECHECK).min(give_up);
+            let next_read = now + MISS_RECHECK;
+            let next_read = give_up.map_or(next_read, |give_up| next_read.min(give_up));
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep_until(next_read.into()) => {}
@@ -282,7 +287,19 @@ impl Client {
             changes.borrow_and_update();
             match self.read(&keys, kind).await {
                 Ok(Some(entry)) => return Ok(Token::from_entry(&entry, Instant::now())),
-                Ok(None) => {}
+                Ok(None) => {
+                    // Redis may have lost its data (restarted empty) while the
+                    // cached value is still valid at WeChat: serve it rather
+                    // than wait. It stays stale, so the next call asks again.
+                    let now = Instant::now();
+                    if let Some(entry) = cache.unexpired(id, kind, now) {
+                        tracing::debug!(
+                            %id, %kind,
+                            "nothing stored in Redis; serving the cached value, which has not expired"
+                        );
+                        return Ok(Token::from_entry(&entry, now));
+                    }
+                }
                 Err(source) => {
                     let now = Instant::now();
                     if let Some(entry) = cache.unexpired(id, kind, now) {

@@ -28,8 +28,9 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
-    /// Nothing was stored for this credential and kind, and nothing arrived
-    /// within [`Options::wait_for_token`](crate::Options::wait_for_token).
+    /// Nothing was stored for this credential and kind, no unexpired value was
+    /// cached, and nothing arrived within
+    /// [`Options::wait_for_token`](crate::Options::wait_for_token).
     #[error(
         "no {kind} of credential {id:?} in Redis after waiting {waited:?} \
          (is a wxtoken refresher managing this credential in this namespace?)"

@@ -37,10 +37,12 @@
 //!   reconnects with capped backoff (100 ms → 5 s) and, once back, every
 //!   cached value is read again once, since events may have been missed.
 //! - A value that is not cached (or not fresh) is read with one pipelined
-//!   round trip. If none is stored, the read waits up to
-//!   [`Options::wait_for_token`] for one, then fails with
-//!   [`Error::NotAvailable`]. If Redis fails, a cached value that has not
-//!   expired yet is served rather than the error.
+//!   round trip. If Redis fails, or has nothing stored (it may have restarted
+//!   empty), a cached value that has not expired yet is served rather than
+//!   the error — and read again on every call until Redis has a value; an
+//!   expired value is never served. With nothing usable cached, a read of a
+//!   value that is not stored waits up to [`Options::wait_for_token`] for one,
+//!   then fails with [`Error::NotAvailable`].
 //!
 //! # Passive refresh
 //!
@@ -77,8 +79,4 @@ pub use error::Error;
 pub use options::Options;
 pub use wxtoken_schema::{InvalidName, Kind, RequestOutcome};
 
-/// The first characters of a token, for logs. Tokens never appear whole.
-pub(crate) fn token_prefix(token: &str) -> String {
-    let head: String = token.chars().take(8).collect();
-    format!("{head}…")
-}
+pub(crate) use wxtoken_schema::token_prefix;

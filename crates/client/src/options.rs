@@ -22,7 +22,8 @@ pub struct Options {
     /// Key namespace the refreshers write under. Default `"wxtoken"`.
     pub namespace: String,
     /// How long a read waits when no value is stored yet (a refresher that
-    /// just started, or Redis that just lost its data). Default 5 s.
+    /// just started, or Redis that just lost its data) and no unexpired value
+    /// is cached to serve instead. Default 5 s.
     pub wait_for_token: Duration,
     /// While the update-event subscription is down, cached values older than
     /// this are read again from Redis. Keep it well under WeChat's 5-minute

@@ -361,15 +361,13 @@ async fn the_client_survives_a_redis_restart() {
         !client.subscribed()
     })
     .await;
-    // While Redis is down: the cached (unexpired) value or an error.
+    // While Redis is down, the cached value has not expired: it is served
+    // (from memory within the poll interval, then instead of the error).
     let down_until = Instant::now() + Duration::from_millis(800);
     while Instant::now() < down_until {
         match client.access_token("app").await {
             Ok(value) => assert_eq!(value, "AT-1"),
-            Err(Error::Redis { id, kind, .. }) => {
-                assert_eq!((id.as_str(), kind), ("app", Kind::AccessToken));
-            }
-            Err(other) => panic!("unexpected error while Redis is down: {other:?}"),
+            Err(err) => panic!("the unexpired cached value must be served, got {err:?}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -397,6 +395,92 @@ async fn the_client_survives_a_redis_restart() {
         matches!(client.access_token("app").await.as_deref(), Ok("AT-3"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_cached_token_is_served_while_redis_comes_back_empty() {
+    let mut server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    for token in ["AT-a", "AT-1"] {
+        refresher.write("app", Kind::AccessToken, token, HOUR).await;
+    }
+    let wait = Duration::from_secs(5);
+    let client = client(&server, Options::default().wait_for_token(wait)).await;
+    let before = client.get("app", Kind::AccessToken).await.unwrap();
+    assert_eq!((before.value.as_str(), before.fence), ("AT-1", 2));
+
+    // Redis loses its data; the token is still valid at WeChat for an hour.
+    server.restart().unwrap();
+    let mut admin = connect(&server).await;
+    // Until the client has actually asked the empty Redis (its cached value
+    // may still count as fresh for a moment), and once more after that:
+    // every call returns the cached token at once, without waiting for one.
+    let mut calls_after_a_read = 0;
+    eventually("reads of the empty Redis", LIMIT, async || {
+        let started = Instant::now();
+        let got = client.access_token("app").await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(got.as_deref(), Ok("AT-1")),
+            "the unexpired cached token must be served, got {got:?}"
+        );
+        assert!(elapsed < wait, "waited {elapsed:?} for a token it had");
+        if read_commands(&mut admin).await > 0 {
+            calls_after_a_read += 1;
+        }
+        calls_after_a_read >= 2
+    })
+    .await;
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut admin).await.unwrap();
+    assert_eq!(keys, 0, "Redis is still empty");
+
+    // A new token (its fence counter started over, below the cached one) is
+    // taken on the next read: the kept value is not trusted as fresh.
+    let mut refresher = Refresher::new(&server).await;
+    let fence = refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+    assert!(fence < before.fence);
+    let token = client.get("app", Kind::AccessToken).await.unwrap();
+    assert_eq!((token.value.as_str(), token.fence), ("AT-2", fence));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_waits_without_bound_for_duration_max() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    let client = client(&server, Options::default()).await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+
+    // Already replaced: returns at once.
+    let token = tokio::time::timeout(
+        LIMIT,
+        client.replaced("app", Kind::AccessToken, "AT-0", Duration::MAX),
+    )
+    .await
+    .expect("returns at once")
+    .unwrap();
+    assert_eq!(token.value, "AT-1");
+
+    // Not yet replaced: waits (no overflow) until it is.
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        refresher
+            .write("app", Kind::AccessToken, "AT-2", HOUR)
+            .await;
+    });
+    let token = tokio::time::timeout(
+        LIMIT,
+        client.replaced("app", Kind::AccessToken, "AT-1", Duration::MAX),
+    )
+    .await
+    .expect("returns once the value is replaced")
+    .unwrap();
+    assert_eq!(token.value, "AT-2");
+    writer.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,15 +213,35 @@ pub struct Credential {
 }
 
 /// Prints a Redis URL with any password replaced by `***`.
+/// Masks both places a redis-rs URL can carry one: the userinfo
+/// (`redis://user:pw@host`) and a `pass`/`password` query parameter
+/// (`redis+unix:///sock?pass=pw`).
 pub fn redacted_url(url: &SecretString) -> String {
     let raw = url.expose_secret();
-    match (raw.find("://"), raw.rfind('@')) {
+    let masked = match (raw.find("://"), raw.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &raw[scheme_end + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
             format!("{}{}:***{}", &raw[..scheme_end + 3], user, &raw[at..])
         }
         _ => raw.to_owned(),
+    };
+    match masked.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => masked,
     }
 }
 
@@ -443,7 +463,21 @@ fn validate(
     // [wechat]
     let base_url = raw.wechat.base_url.trim_end_matches('/').to_owned();
     match reqwest::Url::parse(&base_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+        Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+            // The classic token API carries the AppSecret in its URL.
+            let loopback = u.host_str().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if !loopback {
+                warnings.push(format!(
+                    "wechat.base_url {base_url:?} is plain http: AppSecrets cross the network unencrypted; use https unless this is a trusted proxy"
+                ));
+            }
+        }
         Ok(_) => {
             return Err(invalid(
                 "wechat.base_url",
@@ -609,10 +643,9 @@ fn validate(
                 ))
             }
         };
-        let mut tickets = c.tickets;
-        let before = tickets.len();
-        tickets.dedup();
-        if tickets.len() != before {
+        let tickets = c.tickets;
+        let distinct: std::collections::HashSet<_> = tickets.iter().collect();
+        if distinct.len() != tickets.len() {
             return Err(invalid(&at("tickets"), "lists a ticket twice".into()));
         }
         credentials.push(Credential {
@@ -906,6 +939,56 @@ secret_env = "MINI_SECRET"
         assert_eq!(c.warnings.len(), 1);
         assert!(c.warnings[0].contains("inline"));
         assert!(!c.warnings[0].contains("inline-secret"));
+    }
+
+    #[test]
+    fn redacted_url_masks_userinfo_and_query_passwords() {
+        let r = |u: &str| redacted_url(&SecretString::from(u.to_owned()));
+        assert_eq!(r("redis://:pw1@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(r("redis://user:pw2@h:1"), "redis://user:***@h:1");
+        assert_eq!(
+            r("redis+unix:///run/redis.sock?db=2&pass=pw3"),
+            "redis+unix:///run/redis.sock?db=2&pass=***"
+        );
+        assert_eq!(r("redis://h:1/?password=pw4"), "redis://h:1/?password=***");
+        assert_eq!(r("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn tickets_listed_twice_are_refused_even_apart() {
+        let e = error_of(
+            "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"S\"\ntickets = [\"jsapi\", \"wx_card\", \"jsapi\"]\n",
+        );
+        assert!(
+            e.contains("credential[0].tickets: lists a ticket twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_host_warns() {
+        let c = Config::parse(
+            "[wechat]\nbase_url = \"http://proxy.corp:8080\"\n",
+            "x.toml",
+            &env_with(&[]),
+        )
+        .unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("plain http")),
+            "{:?}",
+            c.warnings
+        );
+        let c = Config::parse(
+            "[wechat]\nbase_url = \"http://127.0.0.1:8090\"\n",
+            "x.toml",
+            &env_with(&[]),
+        )
+        .unwrap();
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("plain http")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

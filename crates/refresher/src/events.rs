@@ -27,10 +27,42 @@ pub async fn listen(
     let requests = requests_channel(&namespace);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        let session = async {
+        let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&[&channel, &requests]).await?;
-            tracing::debug!(%channel, %requests, "subscribed to update events and refresh requests");
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let pubsub = match pubsub {
+            Ok(Ok(pubsub)) => {
+                if failures > 0 {
+                    tracing::info!(%channel, "update event subscription is back");
+                }
+                pubsub
+            }
+            failed => {
+                failures += 1;
+                if failures == 1 {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {SUBSCRIBE_TIMEOUT:?}"),
+                    };
+                    tracing::warn!(%error, "cannot subscribe to update events; retrying (loops fall back to check_interval)");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(Duration::from_millis(200), Duration::from_secs(5), failures)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        tracing::debug!(%channel, %requests, "subscribed to update events and refresh requests");
+        let (requests, wakers) = (&requests, &wakers);
+        let session = async move {
+            let mut pubsub = pubsub;
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {
                 if msg.get_channel_name() == requests {
@@ -70,13 +102,9 @@ pub async fn listen(
             Ok::<(), redis::RedisError>(())
         };
         tokio::select! {
-            r = session => {
-                failures += 1;
-                if let Err(e) = r {
-                    if failures == 1 {
-                        tracing::warn!(error = %e, "update event subscription failed; retrying");
-                    }
-                }
+            _ = session => {
+                failures = 1;
+                tracing::warn!(%channel, "update event subscription lost; resubscribing (loops fall back to check_interval)");
             }
             _ = shutdown.cancelled() => break,
         }
@@ -86,3 +114,6 @@ pub async fn listen(
         }
     }
 }
+
+/// Longest wait for a (re)subscription before trying again.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -67,11 +67,7 @@ pub(crate) struct Shared {
     metrics: Arc<metrics::Metrics>,
 }
 
-/// The first characters of a token, for logs. Tokens never appear whole.
-pub fn token_prefix(token: &str) -> String {
-    let head: String = token.chars().take(8).collect();
-    format!("{head}…")
-}
+pub use wxtoken_schema::token_prefix;
 
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()

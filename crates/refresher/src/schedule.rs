@@ -4,11 +4,11 @@
 //! A replica that just started learns the schedule from Redis (the value's
 //! TTL), so it knows at once what is due. The loop sleeps until the value's
 //! remaining life drops under the margin (less a random jitter), never longer
-//! than `check_interval`, and wakes early on an update event. Failures are
-//! classified into backoff, slow retry or pause. It never calls WeChat itself
-//! (see `attempt`).
+//! than `check_interval`, and wakes early on an update event. It honours the
+//! pause and shared backoff recorded in Redis, and classifies failures into
+//! backoff, slow retry or pause. It never calls WeChat itself (see `attempt`).
 
-use crate::attempt::{self, Attempt, AttemptError};
+use crate::attempt::{self, Attempt, AttemptError, Failed};
 use crate::config::{Credential, RefreshConfig};
 use crate::store::{self, bounded, Request};
 use crate::wechat::ErrorClass;
@@ -30,8 +30,8 @@ struct Slot {
     cred: Arc<Credential>,
     /// Random part of the threshold, redrawn after each refresh.
     jitter: Duration,
-    /// Consecutive failures, for backoff.
-    failures: u32,
+    /// Consecutive fenced-off writes, for backoff.
+    rejections: u32,
     /// Consecutive Redis failures, for backoff.
     redis_failures: u32,
     /// Last error logged loudly, so repeats are quiet.
@@ -56,7 +56,7 @@ pub async fn run(sh: Arc<Shared>, cred: Arc<Credential>, kind: Kind, wake: Arc<N
         kind,
         cred,
         jitter: Duration::ZERO,
-        failures: 0,
+        rejections: 0,
         redis_failures: 0,
         last_loud: None,
         not_before: None,
@@ -123,6 +123,16 @@ fn decide(
     stored: &store::Stored,
     jitter: Duration,
 ) -> Result<Reason, Duration> {
+    // A pause (quota) or the shared backoff after a failure holds everything,
+    // forced requests included: every replica honours it, under the lock too.
+    let hold = [stored.paused_until_ms, stored.retry_after_ms]
+        .into_iter()
+        .flatten()
+        .filter(|until| *until > stored.now_ms)
+        .max();
+    if let Some(until) = hold {
+        return Err(Duration::from_millis(until - stored.now_ms));
+    }
     if stored.request == Request::Forced {
         return Ok(Reason::Forced);
     }
@@ -152,13 +162,11 @@ fn decide(
 /// One look at Redis and, if due, one attempt. Returns how long to wait.
 async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
     let t = sh.redis_timeout;
-    // One pooled connection per step: the pool checks each checkout with a
-    // round trip, so the read, the attempt and the status write share it.
-    let mut con = match bounded(t, sh.pool.get()).await {
-        Ok(con) => con,
-        Err(e) => return redis_failed(slot, e),
+    let read = async {
+        let mut con = bounded(t, sh.pool.get()).await?;
+        bounded(t, store::read(&mut con, &slot.keys, slot.kind)).await
     };
-    let stored = match bounded(t, store::read(&mut con, &slot.keys, slot.kind)).await {
+    let stored = match read.await {
         Ok(s) => {
             sh.metrics.redis_up.set(1);
             sh.metrics
@@ -171,35 +179,29 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
             slot.redis_failures = 0;
             s
         }
-        Err(e) => return redis_failed(slot, e),
+        Err(e) => return redis_failed(sh, slot, e),
     };
 
-    // Status times use the Redis clock, like every other time in Redis.
-    let read_at = Instant::now();
-    let redis_now = || stored.now_ms + read_at.elapsed().as_millis() as u64;
     let reason = match decide(&sh.refresh, &stored, slot.jitter) {
         Ok(reason) => reason,
         Err(wait) => return wait.min(sh.refresh.check_interval),
     };
-    if let Some(until) = stored.paused_until_ms.filter(|u| *u > stored.now_ms) {
-        return Duration::from_millis(until - stored.now_ms).min(sh.refresh.check_interval);
-    }
     if let Some(nb) = slot.not_before.filter(|_| reason == Reason::Expiring) {
         let now = Instant::now();
         if nb > now {
             return (nb - now).min(sh.refresh.check_interval);
         }
     }
-    tracing::debug!(id = slot.keys.id(), kind = %slot.kind, ?reason, "due");
+    tracing::debug!(id = slot.keys.id(), kind = %slot.kind, reason = reason.as_str(), "due");
 
-    let result = attempt::run(sh, &mut con, &slot.cred, &slot.keys, slot.kind, |s| {
+    let result = attempt::run(sh, &slot.cred, &slot.keys, slot.kind, |s| {
         decide(&sh.refresh, s, Duration::ZERO).ok()
     })
     .await;
     count(sh, slot, reason, &result);
     match result {
         Ok(Attempt::Refreshed { remaining, .. }) => {
-            slot.failures = 0;
+            slot.rejections = 0;
             slot.last_loud = None;
             slot.jitter = draw_jitter(sh, remaining);
             let margin = sh.refresh.margin_for(remaining);
@@ -207,37 +209,64 @@ async fn step(sh: &Shared, slot: &mut Slot) -> Duration {
                 tracing::warn!(id = slot.keys.id(), kind = %slot.kind, ?remaining, "WeChat returned a value that is already within the refresh margin");
                 Instant::now() + remaining / 2
             });
-            record_ok(sh, &mut con, slot, redis_now()).await;
             Duration::ZERO
         }
-        Ok(Attempt::AlreadyFresh) | Ok(Attempt::Rejected(_)) => Duration::ZERO,
+        Ok(Attempt::AlreadyFresh) => Duration::ZERO,
+        Ok(Attempt::Rejected(_)) => {
+            // Another replica's newer write won; never retry in a tight loop.
+            slot.rejections += 1;
+            backoff(
+                sh.refresh.retry_initial,
+                sh.refresh.retry_max,
+                slot.rejections,
+            )
+        }
         Ok(Attempt::Busy) => BUSY_RECHECK,
-        Err(e) => failed(sh, &mut con, slot, e, redis_now()).await,
+        Err(failed) => log_failure(sh, slot, failed),
     }
 }
 
-async fn failed(
-    sh: &Shared,
-    con: &mut deadpool_redis::Connection,
-    slot: &mut Slot,
-    e: AttemptError,
-    now_ms: u64,
-) -> Duration {
-    if matches!(e, AttemptError::NoAccessToken) {
-        // Not a failure: the ticket waits for its access token, whose write
-        // also wakes this loop.
-        tracing::debug!(id = slot.keys.id(), kind = %slot.kind, "waiting for the access token");
-        return sh.refresh.retry_initial;
+/// The wait every replica honours after a WeChat failure, by its class and
+/// the credential's shared count of consecutive failures.
+pub fn retry_after(cfg: &RefreshConfig, class: ErrorClass, failures: u32) -> Duration {
+    match class {
+        ErrorClass::Config => cfg.config_error_retry,
+        ErrorClass::Quota => cfg.quota_pause,
+        ErrorClass::Retryable | ErrorClass::TokenInvalid => {
+            backoff(cfg.retry_initial, cfg.retry_max, failures)
+        }
     }
-    slot.failures += 1;
-    let (class, errcode) = match &e {
-        AttemptError::Wechat(w) => (w.class(slot.kind != Kind::AccessToken), w.errcode()),
-        _ => (ErrorClass::Retryable, None),
-    };
-    let message = e.to_string();
+}
+
+/// Logs a failed attempt (configuration faults loudly, once) and returns
+/// the wait it was given.
+fn log_failure(sh: &Shared, slot: &mut Slot, failed: Failed) -> Duration {
+    let Failed { error, retry_in } = failed;
     let id = slot.keys.id().to_owned();
     let kind = slot.kind;
-    let (wait, paused_for) = match class {
+    let message = error.to_string();
+    match &error {
+        AttemptError::NoAccessToken => {
+            // Not a failure: the ticket waits for its access token, whose
+            // write also wakes this loop.
+            tracing::debug!(%id, %kind, "waiting for the access token");
+            return retry_in;
+        }
+        AttemptError::LockLapsed => {
+            tracing::warn!(%id, %kind, "refresh lock lapsed before the WeChat call (stalled?); not calling");
+            return retry_in;
+        }
+        AttemptError::Redis(e) => {
+            tracing::warn!(%id, %kind, error = %e, "Redis failed during a refresh; retrying");
+            return retry_in;
+        }
+        AttemptError::Wechat(_) | AttemptError::StillRefused => {}
+    }
+    let errcode = match &error {
+        AttemptError::Wechat(w) => w.errcode(),
+        _ => None,
+    };
+    match error.class(kind) {
         ErrorClass::Config => {
             // Loud once per distinct fault (by errcode: WeChat's messages
             // carry a fresh request id each time).
@@ -250,31 +279,20 @@ async fn failed(
             } else {
                 tracing::debug!(%id, %kind, error = %message, "configuration fault persists");
             }
-            (sh.refresh.config_error_retry, None)
         }
         ErrorClass::Quota => {
             tracing::error!(%id, %kind, error = %message, "daily API quota exhausted; pausing this credential for {}",
-                humantime::format_duration(sh.refresh.quota_pause));
-            (sh.refresh.quota_pause, Some(sh.refresh.quota_pause))
+                humantime::format_duration(retry_in));
         }
         ErrorClass::Retryable | ErrorClass::TokenInvalid => {
-            let wait = backoff(
-                sh.refresh.retry_initial,
-                sh.refresh.retry_max,
-                slot.failures,
-            );
-            tracing::warn!(%id, %kind, error = %message, attempt = slot.failures, retry_in = ?wait, "refresh failed; backing off");
-            (wait, None)
+            tracing::warn!(%id, %kind, error = %message, retry_in = ?retry_in, "refresh failed; backing off (shared by all replicas)");
         }
-    };
-    if !matches!(e, AttemptError::Redis(_)) {
-        record_error(sh, con, slot, &message, errcode, paused_for, now_ms).await;
     }
-    wait
+    retry_in
 }
 
 /// Records an attempt's outcome in this replica's metrics.
-fn count(sh: &Shared, slot: &Slot, reason: Reason, result: &Result<Attempt, AttemptError>) {
+fn count(sh: &Shared, slot: &Slot, reason: Reason, result: &Result<Attempt, Failed>) {
     let m = &sh.metrics;
     let value = metrics::value(slot.keys.id(), slot.kind);
     let (outcome, errcode) = match result {
@@ -287,14 +305,16 @@ fn count(sh: &Shared, slot: &Slot, reason: Reason, result: &Result<Attempt, Atte
             m.lock_contention.get_or_create(&value).inc();
             return;
         }
-        Ok(Attempt::AlreadyFresh) | Err(AttemptError::NoAccessToken) => return,
-        Err(AttemptError::Redis(_)) => {
-            m.redis_up.set(0);
-            return;
-        }
-        Err(AttemptError::StillRefused) => ("still_refused", None),
-        Err(AttemptError::Wechat(w)) => ("error", w.errcode()),
-        Err(AttemptError::LockLapsed) => ("error", None),
+        Ok(Attempt::AlreadyFresh) => return,
+        Err(failed) => match &failed.error {
+            AttemptError::NoAccessToken | AttemptError::LockLapsed => return,
+            AttemptError::Redis(_) => {
+                m.redis_up.set(0);
+                return;
+            }
+            AttemptError::StillRefused => ("still_refused", None),
+            AttemptError::Wechat(w) => ("error", w.errcode()),
+        },
     };
     m.refreshes
         .get_or_create(&metrics::OutcomeLabels {
@@ -307,7 +327,8 @@ fn count(sh: &Shared, slot: &Slot, reason: Reason, result: &Result<Attempt, Atte
         .inc();
 }
 
-fn redis_failed(slot: &mut Slot, e: store::RedisError) -> Duration {
+fn redis_failed(sh: &Shared, slot: &mut Slot, e: store::RedisError) -> Duration {
+    sh.metrics.redis_up.set(0);
     slot.redis_failures += 1;
     if slot.redis_failures == 1 {
         tracing::warn!(id = slot.keys.id(), kind = %slot.kind, error = %e, "cannot read Redis; retrying");
@@ -324,60 +345,6 @@ fn redis_failed(slot: &mut Slot, e: store::RedisError) -> Duration {
 pub fn backoff(initial: Duration, max: Duration, n: u32) -> Duration {
     let exp = initial.saturating_mul(1u32 << n.saturating_sub(1).min(20));
     exp.min(max).mul_f64(0.5 + rand::random::<f64>() / 2.0)
-}
-
-async fn record_ok(sh: &Shared, con: &mut deadpool_redis::Connection, slot: &Slot, now: u64) {
-    let r = async {
-        bounded(
-            sh.redis_timeout,
-            store::record_ok(
-                con,
-                &slot.keys,
-                slot.kind,
-                &slot.cred.appid,
-                slot.cred.mode.as_str(),
-                &sh.replica,
-                now,
-            ),
-        )
-        .await
-    }
-    .await;
-    if let Err(e) = r {
-        tracing::debug!(id = slot.keys.id(), error = %e, "could not record status");
-    }
-}
-
-async fn record_error(
-    sh: &Shared,
-    con: &mut deadpool_redis::Connection,
-    slot: &Slot,
-    message: &str,
-    errcode: Option<i64>,
-    paused_for: Option<Duration>,
-    now: u64,
-) {
-    let r = async {
-        let paused_until = paused_for.map(|d| now + d.as_millis() as u64);
-        let message = format!("{}: {message}", slot.kind);
-        bounded(
-            sh.redis_timeout,
-            store::record_error(
-                con,
-                &slot.keys,
-                &sh.replica,
-                &message,
-                errcode,
-                paused_until,
-                now,
-            ),
-        )
-        .await
-    }
-    .await;
-    if let Err(e) = r {
-        tracing::debug!(id = slot.keys.id(), error = %e, "could not record status");
-    }
 }
 
 #[cfg(test)]
@@ -402,6 +369,7 @@ mod tests {
             expires_in: Some(7200),
             refreshed_at_ms: Some(now_ms - refreshed_ago_s * 1000),
             paused_until_ms: None,
+            retry_after_ms: None,
             request,
             now_ms,
         }
@@ -446,6 +414,15 @@ mod tests {
             decide(&c, &stored(Some(3600), 1, Request::Forced), j),
             Ok(Reason::Forced)
         );
+        // A pause or the shared backoff holds everything, forced requests too.
+        let mut held = stored(None, 1, Request::Forced);
+        held.retry_after_ms = Some(held.now_ms + 1500);
+        assert_eq!(decide(&c, &held, j), Err(Duration::from_millis(1500)));
+        held.paused_until_ms = Some(held.now_ms + 9000);
+        assert_eq!(decide(&c, &held, j), Err(Duration::from_millis(9000)));
+        held.retry_after_ms = Some(held.now_ms - 1);
+        held.paused_until_ms = Some(held.now_ms - 1);
+        assert_eq!(decide(&c, &held, j), Ok(Reason::Forced));
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Stored {
     pub refreshed_at_ms: Option<u64>,
     /// Unix ms until which the credential is paused, if it is.
     pub paused_until_ms: Option<u64>,
+    /// Unix ms before which no replica may call WeChat (shared backoff).
+    pub retry_after_ms: Option<u64>,
     /// A pending refresh request.
     pub request: Request,
     /// The Redis server's clock, Unix ms.
@@ -79,11 +81,11 @@ pub async fn read(
     kind: Kind,
 ) -> Result<Stored, redis::RedisError> {
     #[allow(clippy::type_complexity)]
-    let (value, pttl, (expires_in, refreshed_at_ms), paused, request, time): (
+    let (value, pttl, (expires_in, refreshed_at_ms), (paused, retry_after), request, time): (
         Option<String>,
         i64,
         (Option<u64>, Option<u64>),
-        Option<u64>,
+        (Option<u64>, Option<u64>),
         Option<String>,
         (u64, u64),
     ) = redis::pipe()
@@ -92,7 +94,9 @@ pub async fn read(
         .cmd("HMGET")
         .arg(keys.info(kind))
         .arg(&[info::EXPIRES_IN, info::REFRESHED_AT_MS])
-        .hget(keys.status(), status::PAUSED_UNTIL_MS)
+        .cmd("HMGET")
+        .arg(keys.status())
+        .arg(&[status::PAUSED_UNTIL_MS, status::RETRY_AFTER_MS])
         .get(keys.refresh_request(kind))
         .cmd("TIME")
         .query_async(con)
@@ -111,6 +115,7 @@ pub async fn read(
         expires_in,
         refreshed_at_ms,
         paused_until_ms: paused,
+        retry_after_ms: retry_after,
         request,
         now_ms: time.0 * 1000 + time.1 / 1000,
     })
@@ -149,10 +154,17 @@ pub async fn register(
         .await
 }
 
-/// Records a successful fetch of `kind`, clears the pause and any error this
-/// kind recorded (errors are recorded as `"<kind>: …"`), and re-registers the
-/// credential (Redis may have restarted empty since start-up).
-#[allow(clippy::too_many_arguments)]
+/// The Redis server's clock, Unix ms.
+async fn redis_now(con: &mut deadpool_redis::Connection) -> Result<u64, redis::RedisError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(con).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// Records a successful fetch of `kind` and re-registers the credential
+/// (Redis may have restarted empty since start-up). An access-token success
+/// sets `last_ok_at_ms`. The error, pause and shared backoff are cleared when
+/// the recorded error is this kind's (errors are recorded as `"<kind>: …"`)
+/// or there is none: a ticket success must not hide a failing access token.
 pub async fn record_ok(
     con: &mut deadpool_redis::Connection,
     keys: &CredentialKeys,
@@ -160,36 +172,37 @@ pub async fn record_ok(
     appid: &str,
     mode: &str,
     replica: &str,
-    now_ms: u64,
 ) -> Result<(), redis::RedisError> {
+    let now_ms = redis_now(con).await?;
     let last_error: Option<String> = redis::cmd("HGET")
         .arg(keys.status())
         .arg(status::LAST_ERROR)
         .query_async(con)
         .await?;
-    let own_error = last_error.is_some_and(|e| e.starts_with(&format!("{kind}:")));
+    let clears = last_error.is_none_or(|e| e.starts_with(&format!("{kind}:")));
+    let mut fields = vec![
+        (status::APPID, appid.to_owned()),
+        (status::MODE, mode.to_owned()),
+        (status::REPLICA, replica.to_owned()),
+    ];
+    if kind == Kind::AccessToken {
+        fields.push((status::LAST_OK_AT_MS, now_ms.to_string()));
+    }
     let mut pipe = redis::pipe();
     pipe.sadd(registry_key(keys.namespace()), keys.id())
         .ignore()
-        .hset_multiple(
-            keys.status(),
-            &[
-                (status::APPID, appid.to_owned()),
-                (status::MODE, mode.to_owned()),
-                (status::LAST_OK_AT_MS, now_ms.to_string()),
-                (status::REPLICA, replica.to_owned()),
-            ],
-        )
-        .ignore()
-        .hdel(keys.status(), status::PAUSED_UNTIL_MS)
+        .hset_multiple(keys.status(), &fields)
         .ignore();
-    if own_error {
+    if clears {
         pipe.hdel(
             keys.status(),
             &[
                 status::LAST_ERROR,
                 status::LAST_ERRCODE,
                 status::LAST_ERROR_AT_MS,
+                status::PAUSED_UNTIL_MS,
+                status::RETRY_AFTER_MS,
+                status::FAILURES,
             ],
         )
         .ignore();
@@ -200,26 +213,45 @@ pub async fn record_ok(
         .await
 }
 
-/// Records a failure (and, for quota exhaustion, the pause).
+/// Counts one more consecutive WeChat failure of the credential (shared by
+/// all replicas); returns the new count.
+pub async fn count_failure(
+    con: &mut deadpool_redis::Connection,
+    keys: &CredentialKeys,
+) -> Result<u32, redis::RedisError> {
+    let (n,): (u32,) = redis::pipe()
+        .hincr(keys.status(), status::FAILURES, 1)
+        .expire(keys.status(), STATUS_TTL_SECS as i64)
+        .ignore()
+        .query_async(con)
+        .await?;
+    Ok(n)
+}
+
+/// Records a failure and the time before which no replica calls WeChat
+/// again (`wait` from now); with `paused`, that is also shown as a pause.
 pub async fn record_error(
     con: &mut deadpool_redis::Connection,
     keys: &CredentialKeys,
     replica: &str,
     message: &str,
     errcode: Option<i64>,
-    paused_until_ms: Option<u64>,
-    now_ms: u64,
+    wait: Duration,
+    paused: bool,
 ) -> Result<(), redis::RedisError> {
+    let now_ms = redis_now(con).await?;
+    let until = (now_ms + wait.as_millis() as u64).to_string();
     let mut fields = vec![
         (status::LAST_ERROR, message.to_owned()),
         (status::LAST_ERROR_AT_MS, now_ms.to_string()),
         (status::REPLICA, replica.to_owned()),
+        (status::RETRY_AFTER_MS, until.clone()),
     ];
     if let Some(code) = errcode {
         fields.push((status::LAST_ERRCODE, code.to_string()));
     }
-    if let Some(until) = paused_until_ms {
-        fields.push((status::PAUSED_UNTIL_MS, until.to_string()));
+    if paused {
+        fields.push((status::PAUSED_UNTIL_MS, until));
     }
     let mut pipe = redis::pipe();
     pipe.hset_multiple(keys.status(), &fields).ignore();

@@ -137,6 +137,9 @@ impl Wechat {
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .user_agent(concat!("wxtoken/", env!("CARGO_PKG_VERSION")))
+            // Never follow a redirect: the classic token URL carries the
+            // AppSecret, which must go to the configured host only.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| WechatError::Transport(e.without_url().to_string()))?;
         Ok(Wechat {
@@ -212,9 +215,14 @@ impl Wechat {
         if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
             return Err(WechatError::Malformed("body too large".into()));
         }
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
-        if body.len() > MAX_BODY {
-            return Err(WechatError::Malformed("body too large".into()));
+        // Read at most MAX_BODY bytes, whatever Content-Length said.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(WechatError::Malformed("body too large".into()));
+            }
+            body.extend_from_slice(&chunk);
         }
         parse(&body, field, sent_at)
     }

@@ -52,7 +52,7 @@ pub mod status {
     pub const APPID: &str = "appid";
     /// `classic` or `stable`.
     pub const MODE: &str = "mode";
-    /// Unix ms of the last successful WeChat fetch of any kind.
+    /// Unix ms of the last successful access-token fetch.
     pub const LAST_OK_AT_MS: &str = "last_ok_at_ms";
     /// Human-readable description of the last failure (never contains secrets).
     pub const LAST_ERROR: &str = "last_error";
@@ -62,6 +62,11 @@ pub mod status {
     pub const LAST_ERROR_AT_MS: &str = "last_error_at_ms";
     /// Unix ms until which refreshes are paused (daily quota exhausted).
     pub const PAUSED_UNTIL_MS: &str = "paused_until_ms";
+    /// Unix ms before which no replica calls WeChat again for this
+    /// credential (the backoff after a failure, shared by all replicas).
+    pub const RETRY_AFTER_MS: &str = "retry_after_ms";
+    /// Consecutive WeChat failures, shared by all replicas (sets the backoff).
+    pub const FAILURES: &str = "failures";
     /// Replica that wrote this status last.
     pub const REPLICA: &str = "replica";
 }
@@ -69,9 +74,20 @@ pub mod status {
 /// How long the status hash lives after its last update, in seconds.
 pub const STATUS_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// How many characters of a token logs, pages and `Debug` output may show.
+pub const TOKEN_PREFIX_CHARS: usize = 8;
+
+/// The first [`TOKEN_PREFIX_CHARS`] characters of a token followed by `…`:
+/// the only form in which tokens appear in logs and diagnostics.
+pub fn token_prefix(token: &str) -> String {
+    let head: String = token.chars().take(TOKEN_PREFIX_CHARS).collect();
+    format!("{head}…")
+}
+
 /// The message published on [`events_channel`] each time a token or ticket is
 /// written. JSON; `token` is included so subscribers switch without a read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Its `Debug` shows only a prefix of the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateEvent {
     /// Schema version of the message.
     pub v: u32,
@@ -87,6 +103,20 @@ pub struct UpdateEvent {
     pub fence: u64,
     /// Replica that fetched it.
     pub replica: String,
+}
+
+impl std::fmt::Debug for UpdateEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateEvent")
+            .field("v", &self.v)
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("token", &token_prefix(&self.token))
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("fence", &self.fence)
+            .field("replica", &self.replica)
+            .finish()
+    }
 }
 
 impl UpdateEvent {

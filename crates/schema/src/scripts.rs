@@ -11,11 +11,22 @@ use std::time::Duration;
 
 /// `SET lock owner NX PX ttl`; on success `INCR fence` and return the new
 /// fence number, else 0. Atomic, so every grant gets a unique, larger fence.
+/// Should the counter have been lost (evicted, deleted) while a value written
+/// under a higher fence is still stored, the counter is first raised past
+/// that fence: otherwise every later write would be refused as stale.
+///
+/// KEYS: lock, fence counter, info of the locked kind. ARGV: owner, ttl_ms.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  local fence = redis.call('INCR', KEYS[2])
+  local stored = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
+  if fence <= stored then
+    fence = stored + 1
+    redis.call('SET', KEYS[2], fence)
+  end
+  return fence
 end
 return 0
 ",
@@ -129,6 +140,7 @@ pub async fn acquire_lock<C: ConnectionLike>(
     let fence: u64 = ACQUIRE
         .key(keys.lock(kind))
         .key(keys.fence())
+        .key(keys.info(kind))
         .arg(owner)
         .arg(millis(ttl))
         .invoke_async(con)
@@ -170,8 +182,9 @@ pub async fn release_lock<C: ConnectionLike>(
     Ok(n == 1)
 }
 
-/// A value to store with [`write_token`].
-#[derive(Debug, Clone)]
+/// A value to store with [`write_token`]. Its `Debug` shows only a prefix of
+/// the token.
+#[derive(Clone)]
 pub struct TokenWrite<'a> {
     /// What is being written.
     pub kind: Kind,
@@ -188,6 +201,20 @@ pub struct TokenWrite<'a> {
     pub expires_in: u64,
     /// Id of the writing replica.
     pub replica: &'a str,
+}
+
+impl std::fmt::Debug for TokenWrite<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenWrite")
+            .field("kind", &self.kind)
+            .field("owner", &self.owner)
+            .field("fence", &self.fence)
+            .field("token", &crate::token_prefix(self.token))
+            .field("ttl", &self.ttl)
+            .field("expires_in", &self.expires_in)
+            .field("replica", &self.replica)
+            .finish()
+    }
 }
 
 /// What [`write_token`] did.

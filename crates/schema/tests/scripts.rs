@@ -304,3 +304,60 @@ async fn refresh_requests_compare_with_the_stored_value_and_are_answered_by_the_
         RequestOutcome::Requested
     );
 }
+
+#[tokio::test]
+async fn a_lost_fence_counter_is_raised_past_the_stored_fence() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = CredentialKeys::new("wxtoken", "app").unwrap();
+    let kind = Kind::AccessToken;
+    let ttl = Duration::from_secs(5);
+    let mut last = 0;
+    for i in 0..3 {
+        let owner = format!("a#{i}");
+        last = acquire_lock(&mut con, &keys, kind, &owner, ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        let outcome = write_token(&mut con, &keys, &write(&owner, last, "T"))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
+        release_lock(&mut con, &keys, kind, &owner).await.unwrap();
+    }
+    // The counter is evicted or deleted; the stored value keeps its fence.
+    let _: () = con.del(keys.fence()).await.unwrap();
+    let fence = acquire_lock(&mut con, &keys, kind, "b#1", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(fence > last, "fence {fence} must exceed the stored {last}");
+    let outcome = write_token(&mut con, &keys, &write("b#1", fence, "NEW"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Written { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn debug_output_shows_only_a_token_prefix() {
+    let token = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let w = write("a#1", 1, token);
+    assert!(!format!("{w:?}").contains(token));
+    let ev = UpdateEvent {
+        v: 1,
+        id: "app".into(),
+        kind: Kind::AccessToken,
+        token: token.into(),
+        expires_at_ms: 0,
+        fence: 1,
+        replica: "r".into(),
+    };
+    let shown = format!("{ev:?}");
+    assert!(
+        !shown.contains(token) && shown.contains("ABCDEFGH…"),
+        "{shown}"
+    );
+}
