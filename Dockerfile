@@ -11,4 +11,5 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/wxtoken /usr/local/bin/wxtoken
 USER wxtoken
 ENTRYPOINT ["wxtoken"]
-CMD ["run"]
+# Mount a config there (see config.example.toml), or override the command.
+CMD ["run", "--config", "/etc/wxtoken/config.toml"]

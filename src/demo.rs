@@ -1,15 +1,21 @@
 //! `wxtoken demo`: the quick start. Starts a throwaway `redis-server` (or uses
-//! `$REDIS_URL`), the WeChat simulator in-process, and several refresher
-//! replicas as child processes of this binary; then prints every token write
+//! `$WXTOKEN_REDIS_URL` / `$REDIS_URL`, in namespace `wxtoken-demo` so a real
+//! registry is left alone), the WeChat simulator in-process, and several
+//! refresher replicas as child processes of this binary; then prints every token write
 //! as it happens (which replica fetched what) and, at the end, how many WeChat
 //! calls each credential cost. Nothing here is used by the refresher itself.
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
+use secrecy::SecretString;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wxtoken_schema::{events_channel, info, CredentialKeys, Kind, UpdateEvent};
+use wxtoken_refresher::config::{redacted_url, ENV_CONFIG, ENV_REDIS_URL};
+use wxtoken_schema::{
+    events_channel, info, registry_key, CredentialKeys, Kind, UpdateEvent, DEFAULT_NAMESPACE, KINDS,
+};
 use wxtoken_sim::{Endpoint, SimConfig, Simulator};
 
 #[derive(clap::Args)]
@@ -28,7 +34,46 @@ pub struct Args {
     duration: Option<Duration>,
 }
 
-const NAMESPACE: &str = "wxtoken";
+/// The namespace in a Redis the demo did not start: keeps its keys apart
+/// from a real registry's (`wxtoken`).
+const SHARED_REDIS_NAMESPACE: &str = "wxtoken-demo";
+
+/// Where the demo keeps its keys.
+struct Redis {
+    /// The URL, password included (for the replicas' config only).
+    url: String,
+    /// The URL with any password shown as `***`, for printing.
+    shown: String,
+    /// The key namespace.
+    namespace: &'static str,
+    /// The throwaway redis-server, when the demo started one.
+    local: Option<wxtoken_testkit::RedisServer>,
+}
+
+impl Redis {
+    /// `$WXTOKEN_REDIS_URL`, else `$REDIS_URL` (namespace `wxtoken-demo`),
+    /// else a fresh local redis-server (namespace `wxtoken`).
+    fn pick() -> Result<Redis> {
+        let given = [ENV_REDIS_URL, "REDIS_URL"]
+            .into_iter()
+            .find_map(|var| std::env::var(var).ok().filter(|url| !url.is_empty()));
+        let (url, namespace, local) = match given {
+            Some(url) => (url, SHARED_REDIS_NAMESPACE, None),
+            None => {
+                let server = wxtoken_testkit::RedisServer::start().with_context(|| {
+                    format!("starting a local redis-server (or set {ENV_REDIS_URL} or REDIS_URL)")
+                })?;
+                (server.url(), DEFAULT_NAMESPACE, Some(server))
+            }
+        };
+        Ok(Redis {
+            shown: redacted_url(&SecretString::from(url.clone())),
+            url,
+            namespace,
+            local,
+        })
+    }
+}
 
 struct Replicas(Vec<Child>);
 
@@ -55,18 +100,8 @@ pub async fn run(args: Args) -> Result<()> {
         bail!("--lifetime must be at least 8s");
     }
 
-    // Redis: $REDIS_URL, else a fresh local redis-server.
-    let mut _local_redis = None;
-    let redis_url = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            let server = wxtoken_testkit::RedisServer::start()
-                .context("starting a local redis-server (or set REDIS_URL)")?;
-            let url = server.url();
-            _local_redis = Some(server);
-            url
-        }
-    };
+    let redis = Redis::pick()?;
+    let namespace = redis.namespace;
 
     // The simulator, with one app per credential.
     let mut sim_cfg = SimConfig::default();
@@ -88,9 +123,10 @@ pub async fn run(args: Args) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("wxtoken.toml");
     let mut config = format!(
-        "[redis]\nurl = \"{redis_url}\"\nnamespace = \"{NAMESPACE}\"\n\n\
+        "[redis]\nurl = \"{}\"\nnamespace = \"{namespace}\"\n\n\
          [wechat]\nbase_url = \"{}\"\nrequest_timeout = \"5s\"\n\n\
          [refresh]\njitter = \"2s\"\nlock_ttl = \"10s\"\ncheck_interval = \"5s\"\n",
+        redis.url,
         sim.base_url()
     );
     for (i, (id, appid, _)) in secrets.iter().enumerate() {
@@ -110,12 +146,24 @@ pub async fn run(args: Args) -> Result<()> {
     .context("writing the demo config")?;
 
     // Subscribe before the replicas start, so no write is missed.
-    let client = redis::Client::open(redis_url.as_str()).context("Redis URL")?;
+    let client = redis::Client::open(redis.url.as_str())
+        .with_context(|| format!("Redis URL {}", redis.shown))?;
     let mut pubsub = client
         .get_async_pubsub()
         .await
-        .with_context(|| format!("connecting to Redis at {redis_url}"))?;
-    pubsub.subscribe(events_channel(NAMESPACE)).await?;
+        .with_context(|| format!("connecting to Redis at {}", redis.shown))?;
+    pubsub.subscribe(events_channel(namespace)).await?;
+    if redis.local.is_none() {
+        // Tokens an earlier demo stored are still "fresh" but unknown to this
+        // run's simulator: start from an empty namespace.
+        let mut con = client.get_multiplexed_async_connection().await?;
+        let cleared = clear_namespace(&mut con, namespace).await?;
+        if cleared > 0 {
+            println!(
+                "(removed {cleared} credentials an earlier demo left in namespace {namespace})"
+            );
+        }
+    }
 
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut children = Replicas(Vec::new());
@@ -134,6 +182,9 @@ pub async fn run(args: Args) -> Result<()> {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            // The config file says everything.
+            .env_remove(ENV_REDIS_URL)
+            .env_remove(ENV_CONFIG)
             .stdin(Stdio::null());
         for (i, (_, _, secret)) in secrets.iter().enumerate() {
             cmd.env(format!("WXTOKEN_DEMO_SECRET_{i}"), secret);
@@ -144,16 +195,17 @@ pub async fn run(args: Args) -> Result<()> {
     }
 
     println!("wxtoken demo");
-    println!("  redis      {redis_url}");
+    println!("  redis      {}  (namespace {namespace})", redis.shown);
     println!(
         "  simulator  {}  (admin: {}/_sim/evidence)",
         sim.base_url(),
         sim.base_url()
     );
     println!(
-        "  replicas   {} × `wxtoken run --config {}`",
+        "  replicas   {} × `{} run --config {}`",
         args.replicas,
-        config_path.display()
+        shell_word(&exe.display().to_string()),
+        shell_word(&config_path.display().to_string())
     );
     println!("  status     {status_url}  (served by replica-1; also /metrics, /healthz)");
     println!(
@@ -180,7 +232,7 @@ pub async fn run(args: Args) -> Result<()> {
             msg = messages.next() => {
                 let Some(msg) = msg else { bail!("lost the Redis connection") };
                 let Ok(ev) = UpdateEvent::parse(msg.get_payload_bytes()) else { continue };
-                let now_ms = wxtoken_refresher_now_ms();
+                let now_ms = unix_ms();
                 println!(
                     "{:>7.1}s  {:<10}  {:<10}  {:<14}  {:>5}  {}  {}s",
                     started.elapsed().as_secs_f64(),
@@ -194,7 +246,7 @@ pub async fn run(args: Args) -> Result<()> {
                 seen.insert((ev.id.clone(), ev.kind), ev);
                 if !shown_help && seen.len() == wanted {
                     shown_help = true;
-                    print_help(&redis_url);
+                    print_help(&redis, &exe)?;
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -213,7 +265,7 @@ pub async fn run(args: Args) -> Result<()> {
     );
     println!("credential  WeChat token calls  fetched by   token in Redis works?");
     for (id, appid, _) in &secrets {
-        let keys = CredentialKeys::new(NAMESPACE, id)?;
+        let keys = CredentialKeys::new(namespace, id)?;
         let token: Option<String> = redis::cmd("GET")
             .arg(keys.value(Kind::AccessToken))
             .query_async(&mut con)
@@ -241,24 +293,89 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn print_help(redis_url: &str) {
-    let port = redis_url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .unwrap_or("6379");
-    println!("\n  every token is in Redis; look with redis-cli:");
-    println!("    redis-cli -p {port} GET 'wxtoken:{{demo-1}}:access_token'");
-    println!("    redis-cli -p {port} PTTL 'wxtoken:{{demo-1}}:access_token'");
-    println!("    redis-cli -p {port} HGETALL 'wxtoken:{{demo-1}}:access_token:info'");
-    println!("    redis-cli -p {port} SUBSCRIBE wxtoken:events");
-    println!("  or ask wxtoken:");
-    println!("    wxtoken status --redis-url {redis_url}");
-    println!("    wxtoken refresh demo-1 --redis-url {redis_url}\n");
+/// Deletes every registered credential's keys in `namespace`, and the
+/// registry; returns how many credentials there were. Only for the demo's
+/// own namespace in a Redis it did not start.
+async fn clear_namespace(
+    con: &mut redis::aio::MultiplexedConnection,
+    namespace: &str,
+) -> Result<usize> {
+    let registry = registry_key(namespace);
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&registry)
+        .query_async(con)
+        .await?;
+    for id in &ids {
+        let Ok(keys) = CredentialKeys::new(namespace, id) else {
+            continue;
+        };
+        // One credential's keys share a hash slot: one DEL, even on a cluster.
+        let mut del = redis::cmd("DEL");
+        for kind in KINDS {
+            del.arg(keys.value(kind))
+                .arg(keys.info(kind))
+                .arg(keys.lock(kind))
+                .arg(keys.refresh_request(kind));
+        }
+        del.arg(keys.fence()).arg(keys.status());
+        let _: i64 = del.query_async(con).await?;
+    }
+    let _: i64 = redis::cmd("DEL").arg(&registry).query_async(con).await?;
+    Ok(ids.len())
 }
 
-fn wxtoken_refresher_now_ms() -> u64 {
+/// How to look for yourself: redis-cli and `wxtoken` command lines for this
+/// demo's Redis and namespace.
+fn print_help(redis: &Redis, exe: &Path) -> Result<()> {
+    let keys = CredentialKeys::new(redis.namespace, "demo-1")?;
+    let cli = match &redis.local {
+        Some(server) => format!("redis-cli -p {}", server.port()),
+        None => format!("redis-cli -u {}", shell_word(&redis.shown)),
+    };
+    let value = shell_word(&keys.value(Kind::AccessToken));
+    println!("\n  every token is in Redis; look with redis-cli:");
+    println!("    {cli} GET {value}");
+    println!("    {cli} PTTL {value}");
+    println!(
+        "    {cli} HGETALL {}",
+        shell_word(&keys.info(Kind::AccessToken))
+    );
+    println!(
+        "    {cli} SUBSCRIBE {}",
+        shell_word(&events_channel(redis.namespace))
+    );
+    let mut target = format!("--redis-url {}", shell_word(&redis.shown));
+    if redis.namespace != DEFAULT_NAMESPACE {
+        target.push_str(&format!(" --namespace {}", redis.namespace));
+    }
+    let wxtoken = shell_word(&exe.display().to_string());
+    println!("  or ask wxtoken:");
+    println!("    {wxtoken} status {target}");
+    println!("    {wxtoken} refresh demo-1 {target}");
+    if redis.shown != redis.url {
+        println!("  (put the Redis password in place of ***)");
+    }
+    println!();
+    Ok(())
+}
+
+/// `word` as one shell word: as is when that is safe, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b));
+    if safe {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Now, Unix ms, by this host's clock (close enough to the Redis clock for a
+/// column of whole seconds).
+fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

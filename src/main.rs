@@ -91,10 +91,14 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,reqwest=warn,hyper=warn,hyper_util=warn,h2=warn")
     });
+    // A closed stderr (a log pipe whose reader went away) must not take the
+    // replica down: by default the fmt layer reports a failed write with
+    // `eprintln!`, which panics on EPIPE, in whichever task was logging.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -109,11 +113,14 @@ fn shutdown_on_signals() -> Result<CancellationToken> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let t = token.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight work, releasing locks"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing in-flight work, releasing locks"),
-        }
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        // Cancel first: nothing that happens while logging may keep the
+        // signal from taking effect.
         t.cancel();
+        tracing::info!("{name}: finishing in-flight work, releasing locks");
     });
     Ok(token)
 }
@@ -124,17 +131,24 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report(format_args!("error: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(format_args!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a line to stderr, ignoring a closed stderr (unlike `eprintln!`,
+/// which would panic and turn exit code 1 into 101).
+fn report(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Runs the command; `Ok` carries the exit code (some commands report

@@ -191,7 +191,7 @@ async fn status_lists_credentials_and_reports_faults() {
                 .arg(status::LAST_ERRCODE)
                 .query_async(&mut con)
                 .await
-                .unwrap_or(None);
+                .expect("redis");
             code.as_deref() == Some("40164")
         }
     })

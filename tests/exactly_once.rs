@@ -1,4 +1,4 @@
-//! Three replicas, fifty credentials, short lifetimes, six or more refresh
+//! Three replicas, fifty credentials, short lifetimes, five or more refresh
 //! cycles: every credential is fetched exactly once per cycle, every fetched
 //! token is the one stored, and a business call made with the token read from
 //! Redis succeeds at every sampled instant.
@@ -117,9 +117,11 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
             "{}: a fetch failed: {fetches:?}",
             c.id
         );
-        // Six cycles or more, and never two fetches in one cycle: the period
-        // is lifetime − margin (3–3.5 s), so consecutive fetches are ≥ 2.5 s apart.
-        assert!(issued.len() >= 7, "{}: only {} fetches", c.id, issued.len());
+        // The first fetch and at least five refresh cycles (21 s at a period
+        // of lifetime − margin, 3–3.5 s, makes six or seven; the rest is room
+        // for a loaded machine), and never two fetches in one cycle:
+        // consecutive fetches are ≥ 2.5 s apart.
+        assert!(issued.len() >= 6, "{}: only {} fetches", c.id, issued.len());
         for pair in issued.windows(2) {
             let gap = pair[1].0 - pair[0].0;
             assert!(

@@ -330,6 +330,66 @@ async fn replaced(env: &Env, old: &str) {
     .await;
 }
 
+/// A bodiless POST while nothing is stored asks for whatever comes next
+/// (the `*` request `wxtoken refresh` files), not for the value `""`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_refresh_with_nothing_stored_files_a_force_request() {
+    let (section, base) = http_section(true);
+    let mut setup = long_lived(1, false);
+    setup.extra_config.push_str(&section);
+    let env = Env::start(setup).await;
+    let appid = env.creds[0].appid.clone();
+    env.admin.set_ip_whitelisted(&appid, false);
+    let replica = env.spawn_replica_with("replica-1", None, &[(TOKEN_ENV, TOKEN)]);
+    wait_http(&base, &replica).await;
+    let keys = env.keys("app-0");
+    let con = env.redis_con().await;
+    eventually(Duration::from_secs(10), "40164 recorded", || {
+        let (mut con, key) = (con.clone(), keys.status());
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg(status::LAST_ERRCODE)
+                .query_async::<Option<i64>>(&mut con)
+                .await
+                .expect("redis")
+                == Some(40164)
+        }
+    })
+    .await;
+    let mut con = con;
+    assert_eq!(
+        common::stored(&mut con, &keys, Kind::AccessToken).await,
+        None
+    );
+
+    let (code, body) = post(&base, "/refresh/app-0", Some(&bearer()), None).await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["outcome"], "requested");
+    let request: Option<String> = redis::cmd("GET")
+        .arg(keys.refresh_request(Kind::AccessToken))
+        .query_async(&mut con)
+        .await
+        .expect("redis");
+    assert_eq!(request.as_deref(), Some(wxtoken_schema::FORCE_REQUEST));
+
+    // Once WeChat answers, the stored value answers the request too.
+    env.admin.set_ip_whitelisted(&appid, true);
+    env.wait_all_stored(Duration::from_secs(10)).await;
+    eventually(Duration::from_secs(5), "the request is served", || {
+        let (mut con, key) = (con.clone(), keys.refresh_request(Kind::AccessToken));
+        async move {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<i64>(&mut con)
+                .await
+                .expect("redis")
+                == 0
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_post_refresh_is_forbidden() {
     let (env, _replica, base) = start(long_lived(1, false), false).await;

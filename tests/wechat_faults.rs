@@ -36,7 +36,7 @@ async fn status_field(
         .arg(field)
         .query_async(con)
         .await
-        .unwrap_or(None)
+        .expect("redis")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,9 +180,12 @@ async fn ip_whitelist_refusal_is_a_loud_slow_retried_configuration_fault() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    // Slow retry: about every 2 s, not a tight loop.
+    // Slow retry: about every 2 s, not a tight loop. The first call, then
+    // two or three retries in the 4.5 s (more if the 40164 was noticed
+    // late); transient-fault backoff (≤ 800 ms) would make 7 or more, a
+    // tight loop dozens.
     let calls = env.admin.fetches(&appid, Endpoint::Token).len();
-    assert!((2..=4).contains(&calls), "{calls} calls in ~5 s");
+    assert!((2..=5).contains(&calls), "{calls} calls in ~5 s");
     let logs = r.logs();
     assert_eq!(logs.matches("CONFIGURATION FAULT").count(), 1, "{logs}");
     assert!(!logs.contains(&env.creds[0].secret));

@@ -168,6 +168,22 @@ impl Env {
         redis_url: Option<&str>,
         extra_env: &[(&str, &str)],
     ) -> Replica {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        self.spawn_replica_stderr(name, redis_url, extra_env, stderr.into())
+            .0
+    }
+
+    /// Like [`Env::spawn_replica_with`], with stderr connected to `stderr`
+    /// instead of the replica's log file (so [`Replica::logs`] is empty).
+    /// Returns the child's stderr pipe if `stderr` was `Stdio::piped()`.
+    pub fn spawn_replica_stderr(
+        &self,
+        name: &str,
+        redis_url: Option<&str>,
+        extra_env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> (Replica, Option<std::process::ChildStderr>) {
         let url = redis_url.map_or_else(|| self.redis.url(), str::to_owned);
         let config = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, self.config_text(&url)).unwrap();
@@ -180,18 +196,21 @@ impl Env {
             .env_remove("WXTOKEN_REDIS_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(stderr);
         for (i, c) in self.creds.iter().enumerate() {
             cmd.env(format!("WXT_SECRET_{i}"), &c.secret);
         }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        Replica {
+        let mut child = cmd.spawn().expect("spawning wxtoken run");
+        let pipe = child.stderr.take();
+        let replica = Replica {
             name: name.to_owned(),
-            child: Some(cmd.spawn().expect("spawning wxtoken run")),
+            child: Some(child),
             log,
-        }
+        };
+        (replica, pipe)
     }
 
     pub async fn redis_con(&self) -> redis::aio::MultiplexedConnection {
@@ -245,6 +264,11 @@ impl Env {
     }
 }
 
+// The readers below panic on a Redis error: `None` means the key or field is
+// really absent, never "Redis did not answer". A test that reads during an
+// outage must query Redis itself and handle the error.
+
+/// The stored value of `kind`, if any.
 pub async fn stored(
     con: &mut redis::aio::MultiplexedConnection,
     keys: &CredentialKeys,
@@ -254,9 +278,10 @@ pub async fn stored(
         .arg(keys.value(kind))
         .query_async(con)
         .await
-        .unwrap_or(None)
+        .expect("redis")
 }
 
+/// The fence of the stored `kind`, if any.
 pub async fn fence_of(
     con: &mut redis::aio::MultiplexedConnection,
     keys: &CredentialKeys,
@@ -267,9 +292,10 @@ pub async fn fence_of(
         .arg(info::FENCE)
         .query_async(con)
         .await
-        .unwrap_or(None)
+        .expect("redis")
 }
 
+/// The replica that wrote the stored `kind`, if any.
 pub async fn replica_of(
     con: &mut redis::aio::MultiplexedConnection,
     keys: &CredentialKeys,
@@ -280,7 +306,7 @@ pub async fn replica_of(
         .arg(info::REPLICA)
         .query_async(con)
         .await
-        .unwrap_or(None)
+        .expect("redis")
 }
 
 /// Polls `check` every 20 ms until it returns true or `limit` passes.

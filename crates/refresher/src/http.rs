@@ -286,7 +286,8 @@ enum Report {
     Refused(String),
     /// Whatever is stored (operators).
     Force,
-    /// The value stored right now.
+    /// The value stored right now, or whatever comes next when nothing is
+    /// stored.
     Stored,
 }
 
@@ -322,8 +323,10 @@ async fn accept(
     query: Result<Query<RefreshParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(String, Kind, RequestOutcome), ApiError> {
+    // Debug, not warn: anyone who can reach the port can send failed
+    // attempts, and must not be able to flood the logs with them.
     authorize(app.token.as_ref(), headers).inspect_err(|e| {
-        tracing::warn!(%peer, error = %e, "refused POST /refresh");
+        tracing::debug!(%peer, error = %e, "refused POST /refresh");
     })?;
     let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -412,7 +415,7 @@ fn parse_report(body: &[u8], force: bool) -> Result<Report, ApiError> {
 }
 
 /// Records the request; returns its outcome and, for the log, what was
-/// reported (a token prefix, `*` for force, `none` when nothing is stored).
+/// reported (a token prefix, or `*` for force and when nothing is stored).
 async fn request(
     sh: &Shared,
     keys: &CredentialKeys,
@@ -424,13 +427,13 @@ async fn request(
         let reported = match report {
             Report::Refused(t) => t,
             Report::Force => FORCE_REQUEST.to_owned(),
-            // Nothing stored: any reported value asks for one (the
-            // refreshers are fetching it anyway).
+            // Nothing stored: ask for whatever comes next, as `wxtoken
+            // refresh` does (the refreshers are fetching it anyway).
             Report::Stored => redis::cmd("GET")
                 .arg(keys.value(kind))
                 .query_async::<Option<String>>(&mut con)
                 .await?
-                .unwrap_or_default(),
+                .unwrap_or_else(|| FORCE_REQUEST.to_owned()),
         };
         let outcome = request_refresh(
             &mut con,
@@ -442,7 +445,6 @@ async fn request(
         .await?;
         let shown = match reported.as_str() {
             FORCE_REQUEST => FORCE_REQUEST.to_owned(),
-            "" => "none".to_owned(),
             t => token_prefix(t),
         };
         Ok::<_, RedisError>((outcome, shown))
