@@ -43,7 +43,11 @@ async fn status_field(
 async fn transient_faults_keep_the_good_token_back_off_and_recover() {
     let env = Env::start(setup()).await;
     let appid = env.creds[0].appid.clone();
-    let _r = env.spawn_replica("replica-1", None);
+    // Three replicas: the backoff is shared through Redis, so the retries
+    // below are spaced as if one replica made them all.
+    let _replicas: Vec<_> = (1..=3)
+        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
+        .collect();
     env.wait_all_stored(Duration::from_secs(10)).await;
     let mut con = env.redis_con().await;
     let good = env.token(&mut con, 0).await.unwrap();
@@ -113,7 +117,10 @@ async fn quota_exhaustion_pauses_the_credential() {
     })
     .await;
     let appid = env.creds[0].appid.clone();
-    let r = env.spawn_replica("replica-1", None);
+    // Three replicas: the pause is recorded in Redis and every one honours it.
+    let replicas: Vec<_> = (1..=3)
+        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
+        .collect();
     env.wait_all_stored(Duration::from_secs(10)).await;
     let mut con = env.redis_con().await;
     let good = env.token(&mut con, 0).await.unwrap();
@@ -155,7 +162,20 @@ async fn quota_exhaustion_pauses_the_credential() {
         status_field(&env, &mut con, status::PAUSED_UNTIL_MS).await,
         None
     );
-    assert!(r.logs().contains("daily API quota exhausted"));
+    // One 45009 for three replicas: the pause was shared, not rediscovered.
+    let refusals = env
+        .admin
+        .fetches(&appid, Endpoint::Token)
+        .iter()
+        .filter(|f| matches!(f.outcome, FetchOutcome::Error { errcode: 45009 }))
+        .count();
+    assert_eq!(
+        refusals, 1,
+        "each replica hit the exhausted quota on its own"
+    );
+    assert!(replicas
+        .iter()
+        .any(|r| r.logs().contains("daily API quota exhausted")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
