@@ -39,9 +39,7 @@ async fn main() {
         ..Setup::default()
     })
     .await;
-    let _replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let _replicas = env.spawn_replicas(3);
     env.wait_all_stored(Duration::from_secs(20)).await;
 
     let mut con = env.redis_con().await;

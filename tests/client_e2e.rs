@@ -50,9 +50,7 @@ fn issued(env: &Env) -> usize {
 async fn storm_of_reports_from_100_clients_costs_one_call_and_all_get_the_new_token() {
     let env = Env::start(setup()).await;
     let id = env.creds[0].id.clone();
-    let _replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let _replicas = env.spawn_replicas(3);
     let clients = clients(&env, 100, Duration::from_secs(30)).await;
     let bad = clients[0].access_token(&id).await.unwrap();
     for c in &clients {

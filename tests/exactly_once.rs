@@ -43,9 +43,7 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
         seen
     });
 
-    let replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let replicas = env.spawn_replicas(3);
     env.wait_all_stored(Duration::from_secs(15)).await;
 
     // Sample: read a token from Redis, use it at once.

@@ -45,9 +45,7 @@ async fn killed_lock_holder_is_replaced_within_the_lock_ttl_and_no_token_lapses(
     // test binaries; it still fails a takeover that waits for the token to
     // run out, and `lapses` below checks that readers never noticed.
     let takeover_limit = Duration::from_millis(2000 + 1000 + 1500) + Duration::from_millis(3500);
-    let mut replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let mut replicas = env.spawn_replicas(3);
     env.wait_all_stored(Duration::from_secs(10)).await;
     let mut con = env.redis_con().await;
     let first = env.token(&mut con, 0).await.unwrap();

@@ -54,9 +54,7 @@ async fn a_storm_of_reports_about_one_bad_token_costs_one_call() {
     })
     .await;
     let appid = env.creds[0].appid.clone();
-    let _replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let _replicas = env.spawn_replicas(3);
     env.wait_all_stored(Duration::from_secs(10)).await;
     let mut con = env.redis_con().await;
     let bad = env.token(&mut con, 0).await.unwrap();

@@ -15,9 +15,7 @@ async fn three_replicas_with_tokens() -> (Env, Vec<Replica>) {
         ..Setup::default()
     })
     .await;
-    let replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let replicas = env.spawn_replicas(3);
     env.wait_all_stored(Duration::from_secs(10)).await;
     (env, replicas)
 }

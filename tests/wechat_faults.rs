@@ -45,9 +45,7 @@ async fn transient_faults_keep_the_good_token_back_off_and_recover() {
     let appid = env.creds[0].appid.clone();
     // Three replicas: the backoff is shared through Redis, so the retries
     // below are spaced as if one replica made them all.
-    let _replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let _replicas = env.spawn_replicas(3);
     env.wait_all_stored(Duration::from_secs(10)).await;
     let mut con = env.redis_con().await;
     let good = env.token(&mut con, 0).await.unwrap();
@@ -118,9 +116,7 @@ async fn quota_exhaustion_pauses_the_credential() {
     .await;
     let appid = env.creds[0].appid.clone();
     // Three replicas: the pause is recorded in Redis and every one honours it.
-    let replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), None))
-        .collect();
+    let replicas = env.spawn_replicas(3);
     env.wait_all_stored(Duration::from_secs(10)).await;
     let mut con = env.redis_con().await;
     let good = env.token(&mut con, 0).await.unwrap();

@@ -157,6 +157,13 @@ impl Env {
         text
     }
 
+    /// Starts `n` replicas named `replica-1` … `replica-n` against the test Redis.
+    pub fn spawn_replicas(&self, n: usize) -> Vec<Replica> {
+        (1..=n)
+            .map(|r| self.spawn_replica(&format!("replica-{r}"), None))
+            .collect()
+    }
+
     /// Starts `wxtoken run` as replica `name` against `redis_url` (default: the test Redis).
     pub fn spawn_replica(&self, name: &str, redis_url: Option<&str>) -> Replica {
         self.spawn_replica_with(name, redis_url, &[])
