@@ -193,11 +193,44 @@ async fn run(config: PathBuf, replica_id: Option<String>) -> Result<()> {
         .unwrap_or_else(wxtoken_refresher::default_replica_id);
     wxtoken_schema::validate_name("replica id", &replica)?;
     let shutdown = shutdown_on_signals()?;
+    let reloads = reload_on_sighup(config, shutdown.clone())?;
     let span = tracing::info_span!("replica", id = %replica);
-    wxtoken_refresher::run(cfg, replica, shutdown)
+    wxtoken_refresher::run(cfg, replica, shutdown, reloads)
         .instrument(span)
         .await
         .context("refresher")
+}
+
+/// On SIGHUP, reads `path` again and passes the config on. An invalid file
+/// is reported (naming the field) and changes nothing.
+fn reload_on_sighup(
+    path: PathBuf,
+    shutdown: CancellationToken,
+) -> Result<tokio::sync::mpsc::Receiver<wxtoken_refresher::Config>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match wxtoken_refresher::Config::load(&path) {
+                Ok(cfg) => {
+                    for w in &cfg.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading the credentials");
+                    if tx.send(cfg).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the config file is invalid; keeping the credentials in use"),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn sim(

@@ -134,8 +134,6 @@ pub struct RedisConfig {
     pub url: SecretString,
     /// First segment of every key.
     pub namespace: String,
-    /// Connections in the pool.
-    pub pool_size: usize,
     /// Upper bound for any single Redis operation.
     pub timeout: Duration,
 }
@@ -149,6 +147,13 @@ pub struct WechatConfig {
     pub connect_timeout: Duration,
     /// Whole-request timeout.
     pub request_timeout: Duration,
+    /// WeChat calls one replica makes at once, at most.
+    pub max_concurrent_calls: usize,
+    /// WeChat calls per second to this host, shared by all replicas of the
+    /// namespace; 0 = no limit.
+    pub calls_per_second: f64,
+    /// Calls that may start at once after a quiet spell.
+    pub burst: u32,
 }
 
 /// `[refresh]`.
@@ -269,7 +274,8 @@ struct RawConfig {
 struct RawRedis {
     url: String,
     namespace: String,
-    pool_size: usize,
+    /// No longer used (one multiplexed connection); accepted with a warning.
+    pool_size: Option<usize>,
     #[serde(with = "humantime_serde")]
     timeout: Duration,
 }
@@ -279,7 +285,7 @@ impl Default for RawRedis {
         RawRedis {
             url: "redis://127.0.0.1:6379".into(),
             namespace: wxtoken_schema::DEFAULT_NAMESPACE.into(),
-            pool_size: 8,
+            pool_size: None,
             timeout: Duration::from_secs(2),
         }
     }
@@ -293,6 +299,9 @@ struct RawWechat {
     connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     request_timeout: Duration,
+    max_concurrent_calls: usize,
+    calls_per_second: f64,
+    burst: u32,
 }
 
 impl Default for RawWechat {
@@ -301,6 +310,9 @@ impl Default for RawWechat {
             base_url: "https://api.weixin.qq.com".into(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
+            max_concurrent_calls: 32,
+            calls_per_second: 200.0,
+            burst: 50,
         }
     }
 }
@@ -453,8 +465,26 @@ fn validate(
     }
     validate_name("namespace", &raw.redis.namespace)
         .map_err(|e| invalid("redis.namespace", e.to_string()))?;
-    if raw.redis.pool_size == 0 {
-        return Err(invalid("redis.pool_size", "must be at least 1".into()));
+    if raw.redis.pool_size.is_some() {
+        warnings.push(
+            "redis.pool_size is no longer used (each replica multiplexes one connection); remove it"
+                .into(),
+        );
+    }
+    if raw.wechat.max_concurrent_calls == 0 {
+        return Err(invalid(
+            "wechat.max_concurrent_calls",
+            "must be at least 1".into(),
+        ));
+    }
+    if !(raw.wechat.calls_per_second.is_finite() && raw.wechat.calls_per_second >= 0.0) {
+        return Err(invalid(
+            "wechat.calls_per_second",
+            "must be a number of calls per second, 0 for no limit".into(),
+        ));
+    }
+    if raw.wechat.burst == 0 {
+        return Err(invalid("wechat.burst", "must be at least 1".into()));
     }
     if raw.redis.timeout.is_zero() {
         return Err(invalid("redis.timeout", "must be more than 0".into()));
@@ -661,13 +691,15 @@ fn validate(
         redis: RedisConfig {
             url,
             namespace: raw.redis.namespace,
-            pool_size: raw.redis.pool_size,
             timeout: raw.redis.timeout,
         },
         wechat: WechatConfig {
             base_url,
             connect_timeout: raw.wechat.connect_timeout,
             request_timeout: raw.wechat.request_timeout,
+            max_concurrent_calls: raw.wechat.max_concurrent_calls,
+            calls_per_second: raw.wechat.calls_per_second,
+            burst: raw.wechat.burst,
         },
         refresh: RefreshConfig {
             margin: r.margin,

@@ -1,31 +1,43 @@
-//! Listens to the namespace's update events and refresh requests so that
-//! waiting loops re-check at once when another replica writes or a business
-//! server reports a refused token. Reconnects with backoff; while the
-//! subscription is down the loops fall back to their `check_interval`.
-//! Events are hints only: correctness never depends on receiving one.
+//! Listens to the namespace's refresh requests and update events.
+//!
+//! A request (`"<id> <kind>"` on the requests channel) puts the value on the
+//! scheduler's agenda as due now; the claim then checks with the queue
+//! whether it really is. An update event sets the value's expiry metric. A
+//! (re)subscription asks the scheduler for a rescan, since requests may have
+//! been missed while it was down; until then the periodic rescan
+//! (`check_interval`) covers for it. Events are hints only: correctness
+//! never depends on receiving one. Messages for values this replica does not
+//! hold are dropped at once.
 
-use crate::schedule::backoff;
+use crate::policy::backoff;
+use crate::registry::Registry;
+use crate::scheduler::Inbox;
+use crate::Shared;
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use wxtoken_schema::{events_channel, requests_channel, Kind, UpdateEvent, KINDS};
+use wxtoken_schema::{events_channel, parse_member, requests_channel, UpdateEvent};
 
-/// Wakers of the loops, by credential id and kind.
-pub type Wakers = HashMap<(String, Kind), Arc<Notify>>;
+/// Longest wait for a (re)subscription before trying again.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Subscribes until `shutdown`, waking the loop each event names.
-pub async fn listen(
-    client: redis::Client,
-    namespace: String,
-    wakers: Arc<Wakers>,
-    shutdown: CancellationToken,
-) {
-    let channel = events_channel(&namespace);
-    let requests = requests_channel(&namespace);
+/// Longest message looked at; longer ones are not wxtoken's.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Subscribes until shutdown, passing requests on to the scheduler.
+pub async fn listen(sh: Arc<Shared>, client: redis::Client, inbox: Arc<Inbox>) {
+    let channel = events_channel(&sh.namespace);
+    let requests = requests_channel(&sh.namespace);
+    let shutdown = sh.shutdown.clone();
     let mut failures = 0u32;
+    let pause = |failures| {
+        backoff(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            failures,
+            rand::random::<f64>(),
+        )
+    };
     while !shutdown.is_cancelled() {
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -39,7 +51,7 @@ pub async fn listen(
         let pubsub = match pubsub {
             Ok(Ok(pubsub)) => {
                 if failures > 0 {
-                    tracing::info!(%channel, "update event subscription is back");
+                    tracing::info!(%channel, "event subscription is back");
                 }
                 pubsub
             }
@@ -50,70 +62,68 @@ pub async fn listen(
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("no answer within {SUBSCRIBE_TIMEOUT:?}"),
                     };
-                    tracing::warn!(%error, "cannot subscribe to update events; retrying (loops fall back to check_interval)");
+                    tracing::warn!(%error, "cannot subscribe to refresh requests; retrying (the scheduler rescans every check_interval)");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff(Duration::from_millis(200), Duration::from_secs(5), failures)) => {}
+                    _ = tokio::time::sleep(pause(failures)) => {}
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
             }
         };
         tracing::debug!(%channel, %requests, "subscribed to update events and refresh requests");
-        let (requests, wakers) = (&requests, &wakers);
-        let session = async move {
+        inbox.rescan();
+        let session = async {
             let mut pubsub = pubsub;
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {
-                if msg.get_channel_name() == requests {
-                    // "<id> <kind>"
-                    let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
-                    let mut parts = payload.split_whitespace();
-                    let (Some(id), kind) = (parts.next(), parts.next()) else {
-                        continue;
-                    };
-                    for k in KINDS
-                        .iter()
-                        .filter(|k| kind.is_none_or(|n| n == k.as_str()))
-                    {
-                        if let Some(n) = wakers.get(&(id.to_owned(), *k)) {
-                            n.notify_one();
-                        }
-                    }
+                let payload = msg.get_payload_bytes();
+                if payload.len() > MAX_MESSAGE {
                     continue;
                 }
-                match UpdateEvent::parse(msg.get_payload_bytes()) {
-                    Ok(ev) => {
-                        // A new access token also wakes the credential's
-                        // ticket loops, which may be waiting for it.
-                        let kinds: &[Kind] = match ev.kind {
-                            Kind::AccessToken => &KINDS,
-                            _ => std::slice::from_ref(&ev.kind),
-                        };
-                        for kind in kinds {
-                            if let Some(n) = wakers.get(&(ev.id.clone(), *kind)) {
-                                n.notify_one();
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "ignoring unparsable event"),
+                if msg.get_channel_name() == requests {
+                    on_request(&sh.registry, &inbox, payload);
+                } else {
+                    on_update(&sh, payload);
                 }
             }
-            Ok::<(), redis::RedisError>(())
         };
         tokio::select! {
             _ = session => {
                 failures = 1;
-                tracing::warn!(%channel, "update event subscription lost; resubscribing (loops fall back to check_interval)");
+                tracing::warn!(%channel, "event subscription lost; resubscribing (the scheduler rescans every check_interval)");
             }
             _ = shutdown.cancelled() => break,
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff(Duration::from_millis(200), Duration::from_secs(5), failures)) => {}
+            _ = tokio::time::sleep(pause(failures)) => {}
             _ = shutdown.cancelled() => break,
         }
     }
 }
 
-/// Longest wait for a (re)subscription before trying again.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `"<id> <kind>"`: due now, if this replica holds it.
+fn on_request(registry: &Registry, inbox: &Inbox, payload: &[u8]) {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return;
+    };
+    if let Some((id, _)) = parse_member(text) {
+        if registry.get(id).is_some() {
+            inbox.due_now(text.to_owned());
+        }
+    }
+}
+
+/// An update event: the value's expiry, for the metrics.
+fn on_update(sh: &Shared, payload: &[u8]) {
+    match UpdateEvent::parse(payload) {
+        Ok(ev) if sh.registry.get(&ev.id).is_some() => {
+            sh.metrics
+                .expires_at
+                .get_or_create(&crate::metrics::value(&ev.id, ev.kind))
+                .set(ev.expires_at_ms as f64 / 1000.0);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "ignoring unparsable event"),
+    }
+}

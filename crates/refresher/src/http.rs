@@ -16,8 +16,8 @@
 mod page;
 mod snapshot;
 
-use crate::config::{Credential, HttpConfig};
-use crate::store::{self, RedisError};
+use crate::config::HttpConfig;
+use crate::conn::RedisError;
 use crate::{token_prefix, Shared, StartError};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -66,7 +66,27 @@ pub(crate) struct Managed {
 struct AppState {
     sh: Arc<Shared>,
     token: Option<SecretString>,
-    creds: Vec<Managed>,
+}
+
+impl AppState {
+    /// The credentials this replica refreshes right now (they change on
+    /// reload), by id.
+    fn managed(&self) -> Vec<Managed> {
+        let mut managed: Vec<Managed> = self
+            .sh
+            .registry
+            .all()
+            .values()
+            .map(|h| Managed {
+                keys: h.keys.clone(),
+                appid: h.cred.appid.clone(),
+                mode: h.cred.mode.as_str(),
+                kinds: h.kinds(),
+            })
+            .collect();
+        managed.sort_by(|a, b| a.keys.id().cmp(b.keys.id()));
+        managed
+    }
 }
 
 type App = Arc<AppState>;
@@ -80,11 +100,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// Binds `cfg.listen`. Failing to bind is a start-up error.
-    pub(crate) async fn bind(
-        cfg: &HttpConfig,
-        sh: Arc<Shared>,
-        creds: &[Credential],
-    ) -> Result<Server, StartError> {
+    pub(crate) async fn bind(cfg: &HttpConfig, sh: Arc<Shared>) -> Result<Server, StartError> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Http {
@@ -92,29 +108,12 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().unwrap_or(cfg.listen);
-        let mut managed: Vec<Managed> = Vec::with_capacity(creds.len());
-        for c in creds {
-            // Ids and the namespace were validated with the config.
-            let Ok(keys) = CredentialKeys::new(&sh.namespace, &c.id) else {
-                tracing::error!(id = %c.id, "invalid key names; not shown over HTTP");
-                continue;
-            };
-            managed.push(Managed {
-                keys,
-                appid: c.appid.clone(),
-                mode: c.mode.as_str(),
-                kinds: std::iter::once(Kind::AccessToken)
-                    .chain(c.tickets.iter().map(|t| t.kind()))
-                    .collect(),
-            });
-        }
         Ok(Server {
             listener,
             addr,
             app: Arc::new(AppState {
                 sh,
                 token: cfg.token.clone(),
-                creds: managed,
             }),
         })
     }
@@ -172,18 +171,14 @@ async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-/// PINGs Redis through the pool, the whole exchange bounded by the Redis
-/// timeout. The error text comes from the Redis client and holds no URL.
+/// PINGs Redis, bounded by the Redis timeout. The error text comes from
+/// the Redis client and holds no URL.
 async fn ping(sh: &Shared) -> Result<Duration, RedisError> {
     let started = Instant::now();
-    store::bounded(sh.redis_timeout, async {
-        let mut con = sh.pool.get().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut con)
-            .await
-            .map_err(RedisError::from)
-    })
-    .await?;
+    let mut con = sh.redis.con();
+    sh.redis
+        .step(redis::cmd("PING").query_async::<String>(&mut con))
+        .await?;
     Ok(started.elapsed())
 }
 
@@ -198,7 +193,7 @@ async fn metrics(State(app): State<App>) -> Response {
 // ---- status page ----------------------------------------------------------
 
 async fn status_page(State(app): State<App>) -> Response {
-    let snap = snapshot::take(&app.sh, &app.creds).await;
+    let snap = snapshot::take(&app.sh, &app.managed()).await;
     (
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -211,7 +206,7 @@ async fn status_page(State(app): State<App>) -> Response {
 }
 
 async fn status_json(State(app): State<App>) -> Response {
-    let snap = snapshot::take(&app.sh, &app.creds).await;
+    let snap = snapshot::take(&app.sh, &app.managed()).await;
     ([(CACHE_CONTROL, "no-store")], Json(snap)).into_response()
 }
 
@@ -334,11 +329,11 @@ async fn accept(
     let kind = parse_kind(params.kind.as_deref())?;
     let report = parse_report(&body, params.force)?;
     let cred = app
-        .creds
-        .iter()
-        .find(|c| c.keys.id() == id)
+        .sh
+        .registry
+        .get(&id)
         .ok_or_else(|| ApiError::UnknownCredential(id.chars().take(64).collect()))?;
-    if !cred.kinds.contains(&kind) {
+    if !cred.kinds().contains(&kind) {
         return Err(ApiError::UnknownKind { id, kind });
     }
     let (outcome, reported) = request(&app.sh, &cred.keys, kind, report).await?;
@@ -422,34 +417,35 @@ async fn request(
     kind: Kind,
     report: Report,
 ) -> Result<(RequestOutcome, String), RedisError> {
-    store::bounded(sh.redis_timeout, async {
-        let mut con = sh.pool.get().await?;
-        let reported = match report {
-            Report::Refused(t) => t,
-            Report::Force => FORCE_REQUEST.to_owned(),
-            // Nothing stored: ask for whatever comes next, as `wxtoken
-            // refresh` does (the refreshers are fetching it anyway).
-            Report::Stored => redis::cmd("GET")
-                .arg(keys.value(kind))
-                .query_async::<Option<String>>(&mut con)
-                .await?
-                .unwrap_or_else(|| FORCE_REQUEST.to_owned()),
-        };
-        let outcome = request_refresh(
-            &mut con,
-            keys,
-            kind,
-            &reported,
-            Duration::from_secs(REQUEST_TTL_SECS),
-        )
-        .await?;
-        let shown = match reported.as_str() {
-            FORCE_REQUEST => FORCE_REQUEST.to_owned(),
-            t => token_prefix(t),
-        };
-        Ok::<_, RedisError>((outcome, shown))
-    })
-    .await
+    let mut con = sh.redis.con();
+    sh.redis
+        .step(async {
+            let reported = match report {
+                Report::Refused(t) => t,
+                Report::Force => FORCE_REQUEST.to_owned(),
+                // Nothing stored: ask for whatever comes next, as `wxtoken
+                // refresh` does (the refreshers are fetching it anyway).
+                Report::Stored => redis::cmd("GET")
+                    .arg(keys.value(kind))
+                    .query_async::<Option<String>>(&mut con)
+                    .await?
+                    .unwrap_or_else(|| FORCE_REQUEST.to_owned()),
+            };
+            let outcome = request_refresh(
+                &mut con,
+                keys,
+                kind,
+                &reported,
+                Duration::from_secs(REQUEST_TTL_SECS),
+            )
+            .await?;
+            let shown = match reported.as_str() {
+                FORCE_REQUEST => FORCE_REQUEST.to_owned(),
+                t => token_prefix(t),
+            };
+            Ok::<_, redis::RedisError>((outcome, shown))
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -2,44 +2,51 @@
 //! token (and tickets) fresh in Redis, cooperating with any number of replicas
 //! so that exactly one of them calls WeChat per refresh.
 //!
+//! Entry point: [`run`]. Inside, in the order data flows:
+//!
+//! - `registry`: the credentials this replica holds secrets for (config,
+//!   reloaded at run time), their registration in Redis, the heartbeat that
+//!   notices a Redis that lost its data;
+//! - `scheduler`: the one due-queue loop — claims due values within the
+//!   concurrency limit and the shared call rate;
+//! - `lease`: the refresh protocol of one value (claim → decide → confirm →
+//!   call while renewing → fenced write or finish);
+//! - `policy`: pure decisions (why refresh, when due, backoff);
+//! - `events`: refresh requests and update events from Redis pub/sub;
+//! - `conn`: the one multiplexed Redis connection and its bounded steps;
 //! - `config`: the TOML file, validated at start-up;
 //! - `wechat`: HTTP calls to WeChat and classification of failures;
-//! - `attempt`: one locked, fenced refresh;
-//! - `schedule`: when to attempt, backoff and pauses;
-//! - `events`: wake-ups from other replicas' writes;
-//! - `store`: Redis reads and status writes;
-//! - `metrics`: this replica's Prometheus metrics;
-//! - `human`: durations and instants for people (status page, CLI);
-//! - `http`: the optional HTTP surface (probes, metrics, status page,
-//!   refresh requests).
+//! - `metrics`, `human`, `http`: the operator's view.
 //!
 //! The key layout and Lua scripts come from `wxtoken_schema`; this crate must
 //! not build key names or scripts of its own.
 
-mod attempt;
 pub mod config;
+mod conn;
 mod events;
 mod http;
 pub mod human;
+mod lease;
 pub mod metrics;
-mod schedule;
-mod store;
+mod policy;
+mod registry;
+mod scheduler;
 pub mod wechat;
 
 pub use config::{Config, ConfigError};
 
 use secrecy::ExposeSecret;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use wxtoken_schema::RateLimit;
 
 /// Why the refresher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The Redis URL or pool settings were refused.
-    #[error("cannot set up the Redis pool: {0}")]
+    /// The Redis URL was refused.
+    #[error("cannot set up the Redis connection: {0}")]
     Redis(String),
     /// The HTTP client could not be built.
     #[error("cannot set up the WeChat HTTP client: {0}")]
@@ -55,16 +62,19 @@ pub enum StartError {
     },
 }
 
-/// What every loop shares.
+/// What every task of a replica shares.
 pub(crate) struct Shared {
-    pool: deadpool_redis::Pool,
+    redis: conn::Redis,
     wechat: wechat::Wechat,
     refresh: config::RefreshConfig,
-    redis_timeout: Duration,
+    /// The shared WeChat call rate (`None`: no limit).
+    rate: Option<RateLimit>,
+    max_concurrent_calls: usize,
     namespace: String,
     replica: String,
     shutdown: CancellationToken,
     metrics: Arc<metrics::Metrics>,
+    registry: registry::Registry,
 }
 
 pub use wxtoken_schema::token_prefix;
@@ -102,41 +112,44 @@ pub fn default_replica_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Runs the refresher until `shutdown` is cancelled. Loops finish the attempt
-/// they are in (bounded by the WeChat and Redis timeouts), release their
-/// locks and stop; then this returns. Redis being down at start or later is
-/// not an error: the loops retry until it is back.
+/// Runs the refresher until `shutdown` is cancelled. Each config sent on
+/// `reloads` replaces the credentials this replica refreshes (other
+/// sections take effect at the next start). Leases in flight end (bounded
+/// by the WeChat and Redis timeouts) and release their locks before this
+/// returns. Redis being down at start or later is not an error: everything
+/// retries until it is back.
 pub async fn run(
     config: Config,
     replica: String,
     shutdown: CancellationToken,
+    mut reloads: mpsc::Receiver<Config>,
 ) -> Result<(), StartError> {
-    let redis_url = config.redis.url.expose_secret().to_owned();
-    let mut pool_cfg = deadpool_redis::Config::from_url(redis_url.clone());
-    pool_cfg.pool = Some(deadpool_redis::PoolConfig {
-        max_size: config.redis.pool_size,
-        timeouts: deadpool_redis::Timeouts {
-            wait: Some(config.redis.timeout),
-            create: Some(config.redis.timeout),
-            recycle: Some(config.redis.timeout),
-        },
-        ..Default::default()
-    });
-    let pool = pool_cfg
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+    let client = redis::Client::open(config.redis.url.expose_secret())
+        .map_err(|e| StartError::Redis(format!("{:?}", e.kind())))?;
+    let redis = conn::Redis::new(client.clone(), config.redis.timeout)
         .map_err(|e| StartError::Redis(e.to_string()))?;
-    let client =
-        redis::Client::open(redis_url).map_err(|e| StartError::Redis(format!("{:?}", e.kind())))?;
-    let shared = Arc::new(Shared {
-        pool,
+    let rate = (config.wechat.calls_per_second > 0.0).then(|| RateLimit {
+        key: wxtoken_schema::rate_key(
+            &config.redis.namespace,
+            &wechat_host(&config.wechat.base_url),
+        ),
+        interval: Duration::from_secs_f64(1.0 / config.wechat.calls_per_second),
+        burst: config.wechat.burst,
+    });
+    let sh = Arc::new(Shared {
+        redis,
         wechat: wechat::Wechat::new(&config.wechat)?,
         refresh: config.refresh.clone(),
-        redis_timeout: config.redis.timeout,
+        rate,
+        max_concurrent_calls: config.wechat.max_concurrent_calls,
         namespace: config.redis.namespace.clone(),
         replica: replica.clone(),
         shutdown: shutdown.clone(),
         metrics: Arc::new(metrics::Metrics::new()),
+        registry: registry::Registry::new(&config.redis.namespace),
     });
+    sh.registry.replace(config.credentials.clone());
+    sh.metrics.credentials.set(config.credentials.len() as i64);
     tracing::info!(
         %replica,
         redis = %config::redacted_url(&config.redis.url),
@@ -146,41 +159,33 @@ pub async fn run(
         "refresher starting"
     );
     let http = match &config.http {
-        Some(h) => Some(http::Server::bind(h, shared.clone(), &config.credentials).await?),
+        Some(h) => Some(http::Server::bind(h, sh.clone()).await?),
         None => None,
     };
 
-    let mut wakers: events::Wakers = HashMap::new();
-    let mut slots = Vec::new();
-    for cred in config.credentials {
-        let cred = Arc::new(cred);
-        let kinds = std::iter::once(wxtoken_schema::Kind::AccessToken)
-            .chain(cred.tickets.iter().map(|t| t.kind()));
-        for kind in kinds {
-            let wake = Arc::new(Notify::new());
-            wakers.insert((cred.id.clone(), kind), wake.clone());
-            slots.push((cred.clone(), kind, wake));
-        }
-    }
-    let wakers = Arc::new(wakers);
-
+    let inbox = Arc::new(scheduler::Inbox::default());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(register_all(
-        shared.clone(),
-        slots.iter().map(|s| s.0.clone()).collect(),
-    ));
-    tasks.spawn(events::listen(
-        client,
-        shared.namespace.clone(),
-        wakers,
-        shutdown.clone(),
-    ));
-    for (cred, kind, wake) in slots {
-        tasks.spawn(schedule::run(shared.clone(), cred, kind, wake));
-    }
+    tasks.spawn(events::listen(sh.clone(), client, inbox.clone()));
+    tasks.spawn(heartbeat(sh.clone(), inbox.clone()));
     if let Some(server) = http {
         tasks.spawn(server.serve());
     }
+    let reloader = {
+        let (sh, inbox) = (sh.clone(), inbox.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = reloads.recv() => match next {
+                        Some(cfg) => reload(&sh, &inbox, cfg).await,
+                        None => sh.shutdown.cancelled().await,
+                    },
+                    _ = sh.shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+    scheduler::run(sh.clone(), inbox).await;
+    let _ = reloader.await;
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
             if e.is_panic() {
@@ -188,43 +193,118 @@ pub async fn run(
             }
         }
     }
+    registry::retire(&sh).await;
     tracing::info!(%replica, "refresher stopped");
     Ok(())
 }
 
-/// Adds every credential to the registry (for `wxtoken status`), retrying
-/// until Redis answers or shutdown.
-async fn register_all(sh: Arc<Shared>, creds: Vec<Arc<config::Credential>>) {
-    let mut seen = std::collections::HashSet::new();
-    let creds: Vec<_> = creds
-        .into_iter()
-        .filter(|c| seen.insert(c.id.clone()))
-        .collect();
-    let mut failures = 0;
+/// The host (and port, if any) of the WeChat base URL, naming the shared
+/// rate.
+fn wechat_host(base_url: &str) -> String {
+    reqwest::Url::parse(base_url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            Some(match u.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            })
+        })
+        .unwrap_or_else(|| "wechat".into())
+}
+
+/// Marks the replica alive every [`registry::HEARTBEAT`]; when Redis did not
+/// know it (first start, Redis lost its data, taken for dead), registers
+/// every held credential again and has the scheduler rescan.
+async fn heartbeat(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>) {
+    let mut failures = 0u32;
+    let mut registered = false;
     while !sh.shutdown.is_cancelled() {
         let r = async {
-            let mut con = store::bounded(sh.redis_timeout, sh.pool.get()).await?;
-            for c in &creds {
-                let keys = wxtoken_schema::CredentialKeys::new(&sh.namespace, &c.id)
-                    .map_err(|e| store::RedisError(e.to_string()))?;
-                store::bounded(
-                    sh.redis_timeout,
-                    store::register(&mut con, &sh.namespace, &keys, &c.appid, c.mode.as_str()),
-                )
-                .await?;
+            let forgotten = registry::heartbeat(&sh).await?;
+            if forgotten || !registered {
+                let held: Vec<_> = sh.registry.all().values().cloned().collect();
+                let queued = registry::register(&sh, &held).await?;
+                if registered {
+                    tracing::warn!(credentials = held.len(), queued, "Redis did not know this replica (data lost, or taken for dead): registered every credential again");
+                } else {
+                    tracing::info!(credentials = held.len(), queued, "registered credentials");
+                }
+                inbox.rescan();
             }
-            Ok::<(), store::RedisError>(())
+            Ok::<_, conn::RedisError>(())
+        }
+        .await;
+        let wait = match r {
+            Ok(()) => {
+                registered = true;
+                failures = 0;
+                registry::HEARTBEAT
+            }
+            Err(e) => {
+                failures += 1;
+                sh.metrics.redis_up.set(0);
+                if failures == 1 {
+                    tracing::warn!(error = %e, "heartbeat failed; retrying");
+                }
+                registry::HEARTBEAT.min(policy::backoff(
+                    Duration::from_millis(200),
+                    Duration::from_secs(5),
+                    failures,
+                    rand::random::<f64>(),
+                ))
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = sh.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Applies a reloaded config: new credentials are registered (due at
+/// once), dropped ones unregistered. Retries Redis until it answers.
+async fn reload(sh: &Shared, inbox: &scheduler::Inbox, cfg: Config) {
+    let n = cfg.credentials.len();
+    let changes = sh.registry.replace(cfg.credentials);
+    sh.metrics.credentials.set(n as i64);
+    tracing::info!(
+        credentials = n,
+        added = changes.added.len(),
+        removed = changes.removed.len(),
+        "config reloaded"
+    );
+    let mut failures = 0;
+    loop {
+        let r = async {
+            registry::register(sh, &changes.added).await?;
+            for keys in &changes.removed {
+                let deleted = registry::unregister(sh, keys).await?;
+                tracing::info!(
+                    id = keys.id(),
+                    deleted,
+                    "no longer refreshing this credential here{}",
+                    if deleted {
+                        "; no other replica holds it, so its keys were deleted"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok::<_, conn::RedisError>(())
         }
         .await;
         match r {
-            Ok(()) => return,
-            Err(_) => {
+            Ok(()) => break,
+            Err(e) => {
                 failures += 1;
+                tracing::warn!(error = %e, "cannot apply the reloaded credentials to Redis; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(schedule::backoff(Duration::from_millis(200), Duration::from_secs(5), failures)) => {}
+                    _ = tokio::time::sleep(policy::backoff(Duration::from_millis(200), Duration::from_secs(5), failures, rand::random::<f64>())) => {}
                     _ = sh.shutdown.cancelled() => return,
                 }
             }
         }
     }
+    inbox.rescan();
 }

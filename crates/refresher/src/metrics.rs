@@ -122,8 +122,14 @@ pub struct Metrics {
     pub lock_contention: Family<ValueLabels, Counter>,
     /// `wxtoken_fence_rejections_total`: a fetched value lost to a newer fence.
     pub fence_rejections: Family<ValueLabels, Counter>,
-    /// `wxtoken_time_left_seconds` as last seen in Redis (0 when missing).
-    pub time_left: Family<ValueLabels, Gauge<f64, AtomicU64>>,
+    /// `wxtoken_expires_at_seconds`: when the stored value expires (Unix
+    /// seconds, Redis clock), from every update event this replica sees.
+    pub expires_at: Family<ValueLabels, Gauge<f64, AtomicU64>>,
+    /// `wxtoken_credentials`: credentials this replica holds the secret of.
+    pub credentials: Gauge,
+    /// `wxtoken_due_values`: values found due at this replica's last look
+    /// at the due-queue (capped by the scan window).
+    pub due_values: Gauge,
     /// `wxtoken_wechat_call_duration_seconds`.
     pub wechat_latency: Family<EndpointLabels, Histogram>,
     /// `wxtoken_redis_up`: 1 when the last Redis operation succeeded.
@@ -160,11 +166,23 @@ impl Metrics {
             "Fetched values not stored because the lock was lost or a newer fence wrote",
             fence_rejections.clone(),
         );
-        let time_left = Family::<ValueLabels, Gauge<f64, AtomicU64>>::default();
+        let expires_at = Family::<ValueLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
-            "time_left_seconds",
-            "Time left on the stored value when this replica last looked",
-            time_left.clone(),
+            "expires_at_seconds",
+            "When the stored value expires, Unix seconds (from update events)",
+            expires_at.clone(),
+        );
+        let credentials = Gauge::default();
+        registry.register(
+            "credentials",
+            "Credentials this replica holds the secret of",
+            credentials.clone(),
+        );
+        let due_values = Gauge::default();
+        registry.register(
+            "due_values",
+            "Values found due at this replica's last look at the due-queue",
+            due_values.clone(),
         );
         let wechat_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
@@ -185,7 +203,9 @@ impl Metrics {
             refreshes,
             lock_contention,
             fence_rejections,
-            time_left,
+            expires_at,
+            credentials,
+            due_values,
             wechat_latency,
             redis_up,
             started_at: SystemTime::now(),
@@ -234,16 +254,18 @@ mod tests {
                 errcode: "40164".into(),
             })
             .inc();
-        m.time_left
+        m.expires_at
             .get_or_create(&value("oa", wxtoken_schema::Kind::AccessToken))
-            .set(42.5);
+            .set(1_800_000_000.5);
         m.wechat_call("token", Duration::from_millis(30));
         let text = m.render();
         assert!(text.contains(
             r#"wxtoken_refresh_total{id="oa",kind="access_token",outcome="error",reason="expiring",errcode="40164"} 1"#
         ), "{text}");
         assert!(
-            text.contains(r#"wxtoken_time_left_seconds{id="oa",kind="access_token"} 42.5"#),
+            text.contains(
+                r#"wxtoken_expires_at_seconds{id="oa",kind="access_token"} 1800000000.5"#
+            ),
             "{text}"
         );
         assert!(

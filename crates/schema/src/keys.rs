@@ -32,6 +32,13 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// The kind named `name` (as in [`Kind::as_str`]).
+    pub fn parse(name: &str) -> Option<Kind> {
+        KINDS.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -129,6 +136,80 @@ impl CredentialKeys {
     pub fn refresh_request(&self, kind: Kind) -> String {
         format!("{}:refresh_request:{}", self.prefix, kind.as_str())
     }
+
+    /// SET: ids of the refresher replicas whose config lists this
+    /// credential (its secret's holders). The credential's keys are deleted
+    /// when the last live holder drops it.
+    pub fn holders(&self) -> String {
+        format!("{}:holders", self.prefix)
+    }
+
+    /// ZSET: the due-queue shard this credential's values are queued in.
+    pub fn due(&self) -> String {
+        due_key(&self.namespace, shard_of(&self.id))
+    }
+
+    /// The due-queue member of one value: `"<id> <kind>"`, the same text as
+    /// a message on the requests channel.
+    pub fn member(&self, kind: Kind) -> String {
+        format!("{} {}", self.id, kind.as_str())
+    }
+}
+
+/// Number of due-queue shards. Part of the key contract: a value of
+/// credential `id` is queued in shard [`shard_of`]`(id)`.
+pub const DUE_SHARDS: u32 = 16;
+
+/// The due-queue shard of credential `id`: 32-bit FNV-1a of the id's bytes,
+/// modulo [`DUE_SHARDS`].
+pub fn shard_of(id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % DUE_SHARDS
+}
+
+/// ZSET: one shard of the due-queue. Members are `"<id> <kind>"`, scores
+/// the Unix ms (Redis clock) at which the value is due for a refresh. Its
+/// hash tag (`{due/07}`) holds a `/`, which no credential id may contain,
+/// so shards and credentials never share a tag; Redis Cluster can spread
+/// the shards over nodes.
+pub fn due_key(namespace: &str, shard: u32) -> String {
+    format!("{namespace}:{{due/{shard:02}}}:queue")
+}
+
+/// Splits a due-queue member (or a requests-channel message) into the
+/// credential id and kind; `None` when it is not one.
+pub fn parse_member(member: &str) -> Option<(&str, Kind)> {
+    let (id, kind) = member.split_once(' ')?;
+    validate_name("credential id", id).ok()?;
+    Some((id, Kind::parse(kind)?))
+}
+
+/// ZSET: live refresher replicas, scored by their last heartbeat (Unix ms,
+/// Redis clock). A replica whose entry is older than the liveness window is
+/// taken for dead.
+pub fn replicas_key(namespace: &str) -> String {
+    format!("{namespace}:replicas")
+}
+
+/// STRING: the shared WeChat call-rate state (GCRA's theoretical arrival
+/// time, Unix µs) of one WeChat host, e.g. `api.weixin.qq.com`.
+pub fn rate_key(namespace: &str, host: &str) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    format!("{namespace}:rate:{host}")
 }
 
 #[cfg(test)]
@@ -159,6 +240,35 @@ mod tests {
         ] {
             assert!(key.contains("{oa-main}"), "{key} must carry the hash tag");
         }
+    }
+
+    #[test]
+    fn queue_members_and_shards() {
+        let k = CredentialKeys::new("wxtoken", "oa-main").unwrap();
+        assert_eq!(k.member(Kind::JsapiTicket), "oa-main jsapi_ticket");
+        assert_eq!(
+            parse_member("oa-main jsapi_ticket"),
+            Some(("oa-main", Kind::JsapiTicket))
+        );
+        for bad in [
+            "oa-main",
+            "oa-main nope",
+            "a:b access_token",
+            " access_token",
+        ] {
+            assert_eq!(parse_member(bad), None, "{bad:?}");
+        }
+        assert_eq!(k.due(), due_key("wxtoken", shard_of("oa-main")));
+        assert!(k.due().starts_with("wxtoken:{due/"));
+        // The shard function is part of the contract: fixed values.
+        assert_eq!(shard_of(""), 0x811c_9dc5 % DUE_SHARDS);
+        let spread: std::collections::HashSet<u32> =
+            (0..1000).map(|i| shard_of(&format!("app-{i}"))).collect();
+        assert_eq!(spread.len(), DUE_SHARDS as usize);
+        assert_eq!(
+            rate_key("wx", "api.weixin.qq.com:443"),
+            "wx:rate:api.weixin.qq.com_443"
+        );
     }
 
     #[test]

@@ -13,13 +13,17 @@
 //! (chosen by the operator), appids, tokens and bookkeeping live in Redis.
 
 mod keys;
+pub mod registry;
 mod scripts;
 pub mod snapshot;
 
-pub use keys::{validate_name, CredentialKeys, InvalidName, Kind, KINDS};
+pub use keys::{
+    due_key, parse_member, rate_key, replicas_key, shard_of, validate_name, CredentialKeys,
+    InvalidName, Kind, DUE_SHARDS, KINDS,
+};
 pub use scripts::{
-    acquire_lock, release_lock, renew_lock, request_refresh, write_token, RequestOutcome,
-    TokenWrite, WriteOutcome,
+    claim, finish, renew_lock, request_refresh, write_token, Claim, Failure, RateLimit, Request,
+    RequestOutcome, TokenWrite, ValueState, WriteOutcome,
 };
 
 use serde::{Deserialize, Serialize};
@@ -132,7 +136,8 @@ pub fn events_channel(namespace: &str) -> String {
 }
 
 /// The pub/sub channel that wakes refreshers when a refresh is requested.
-/// Messages are plain text `"<id> <kind>"`, e.g. `oa-main access_token`.
+/// Messages are plain text `"<id> <kind>"`, e.g. `oa-main access_token`
+/// (a due-queue member).
 pub fn requests_channel(namespace: &str) -> String {
     format!("{namespace}:requests")
 }

@@ -1,34 +1,96 @@
-//! The Lua scripts that change wxtoken's keys, and typed calls to run them on
-//! a caller's connection. Each script touches the keys of one credential only
-//! (one hash tag, one cluster slot). This module owns no connection.
+//! The lease protocol's Lua scripts and typed calls to run them on a
+//! caller's connection: claim a due value (lock + fence + read, atomically),
+//! renew the lease, write under the fence (and release), finish without a
+//! write (and release), and the compare-and-request of passive refresh.
+//!
+//! Every script of a lease touches the keys of one credential plus the
+//! credential's due-queue shard (and, for a claim, the shared rate key).
+//! Scripts take their times from Redis `TIME`, so replicas' clocks never
+//! matter. This module owns no connection.
 
 use crate::keys::{CredentialKeys, Kind};
-use crate::{events_channel, requests_channel};
+use crate::{events_channel, requests_channel, FORCE_REQUEST, STATUS_TTL_SECS};
 use redis::aio::ConnectionLike;
-use redis::{RedisResult, Script};
+use redis::{RedisResult, Script, Value};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// `SET lock owner NX PX ttl`; on success `INCR fence` and return the new
-/// fence number, else 0. Atomic, so every grant gets a unique, larger fence.
-/// Should the counter have been lost (evicted, deleted) while a value written
-/// under a higher fence is still stored, the counter is first raised past
-/// that fence: otherwise every later write would be refused as stale.
+/// The claim of one due value.
 ///
-/// KEYS: lock, fence counter, info of the locked kind. ARGV: owner, ttl_ms.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+/// In order: the value must still be queued (else `-1`: unregistered) and
+/// due (else `-2, due_at`); its lock must be free (else `-3, lock expiry`,
+/// and the queue entry moves to the lock's expiry); the credential must not
+/// be paused or backing off (else `-4, until`, entry moved there); the
+/// shared call rate must allow a call now (else `-5, wait µs`; a generic
+/// cell rate: `tat` is the theoretical arrival time in µs, `burst` calls may
+/// start at once). Then: `SET lock owner PX ttl`, `INCR fence` (raised past
+/// a stored value's fence should the counter have been lost), the entry is
+/// moved to the lock's expiry (so nobody else sees it due while it is
+/// held), and everything the holder needs to decide is returned.
+///
+/// KEYS: lock, fence, info, due shard, value, status, request, access token
+/// value, rate. ARGV: owner, ttl_ms, member, rate interval µs (0 = no
+/// limit), burst.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local fence = redis.call('INCR', KEYS[2])
-  local stored = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
-  if fence <= stored then
-    fence = stored + 1
-    redis.call('SET', KEYS[2], fence)
-  end
-  return fence
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[4], ARGV[3])
+if not score then return {-1} end
+score = tonumber(score) or 0
+if score > now then return {-2, score} end
+local ttl = tonumber(ARGV[2])
+local lpttl = redis.call('PTTL', KEYS[1])
+if lpttl == -1 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  lpttl = ttl
 end
-return 0
+if lpttl > 0 then
+  redis.call('ZADD', KEYS[4], 'XX', now + lpttl, ARGV[3])
+  return {-3, now + lpttl}
+end
+local st = redis.call('TYPE', KEYS[6])['ok']
+if st == 'hash' then
+  local h = redis.call('HMGET', KEYS[6], 'paused_until_ms', 'retry_after_ms')
+  local hold = math.max(tonumber(h[1]) or 0, tonumber(h[2]) or 0)
+  if hold > now then
+    redis.call('ZADD', KEYS[4], 'XX', hold, ARGV[3])
+    return {-4, hold}
+  end
+end
+local interval = tonumber(ARGV[4]) or 0
+if interval > 0 then
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
+  if tat < now_us then tat = now_us end
+  local allowance = interval * (tonumber(ARGV[5]) or 1)
+  if tat - now_us >= allowance then
+    return {-5, tat - now_us - allowance + interval}
+  end
+  redis.call('SET', KEYS[9], string.format('%d', tat + interval),
+    'PX', math.floor((allowance + interval) / 1000) + 1000)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+local fence = redis.call('INCR', KEYS[2])
+local info = {false, false, false}
+if redis.call('TYPE', KEYS[3])['ok'] == 'hash' then
+  info = redis.call('HMGET', KEYS[3], 'fence', 'expires_in', 'refreshed_at_ms')
+end
+local stored = tonumber(info[1] or '0') or 0
+if fence <= stored then
+  fence = stored + 1
+  redis.call('SET', KEYS[2], fence)
+end
+redis.call('ZADD', KEYS[4], 'XX', now + ttl, ARGV[3])
+local function str(key)
+  if redis.call('TYPE', key)['ok'] == 'string' then return redis.call('GET', key) end
+  return false
+end
+local failures = false
+if st == 'hash' then failures = redis.call('HGET', KEYS[6], 'failures') end
+return {fence, now, str(KEYS[5]), redis.call('PTTL', KEYS[5]), info[2], info[3],
+  str(KEYS[7]), failures, str(KEYS[8])}
 ",
     )
 });
@@ -45,28 +107,24 @@ return 0
     )
 });
 
-/// Compare-and-delete: `DEL lock` only while `GET lock == owner`.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-",
-    )
-});
-
-/// The fenced write. Stores the value and its info hash, both expiring at the
-/// token's real expiry, and publishes the update event — only if the lock is
-/// still held by `owner` and no write with a newer fence has landed. Times
-/// come from the Redis clock so replicas' clocks do not matter.
+/// The fenced write, which also ends the lease. Stores the value and its
+/// info hash, both expiring at the token's real expiry, answers a pending
+/// refresh request, records the success in the status hash, queues the
+/// value's next refresh, releases the lock and publishes the update event —
+/// only if the lock is still held by `owner` and no write with a newer
+/// fence has landed.
 ///
-/// A pending refresh request for the value is answered by the write, so it
-/// is deleted in the same step.
+/// The status hash's error, pause and backoff are cleared when the recorded
+/// error is this kind's (errors are recorded as `"<kind>: …"`) or there is
+/// none: a ticket success must not hide a failing access token.
 ///
-/// KEYS: value, info, lock, refresh request.
-/// ARGV: owner, fence, token, ttl_ms, expires_in, replica, channel, id, kind.
+/// A new access token also brings the credential's queued tickets that are
+/// not stored to the front of the queue (they were waiting for it).
+///
+/// KEYS: value, info, lock, request, status, due shard, then (for an
+/// access token) the ticket values. ARGV: owner, fence, token, ttl_ms,
+/// expires_in, replica, channel, id, kind, member, next due in ms, status
+/// ttl s, then the tickets' members.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -74,7 +132,10 @@ if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return {0, 'lock_lost'}
 end
 local fence = tonumber(ARGV[2])
-local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
+local stored = 0
+if redis.call('TYPE', KEYS[2])['ok'] == 'hash' then
+  stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0') or 0
+end
 if stored > fence then
   return {0, 'stale_fence'}
 end
@@ -95,6 +156,26 @@ redis.call('HSET', KEYS[2],
   'replica', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('DEL', KEYS[4])
+if redis.call('TYPE', KEYS[5])['ok'] ~= 'hash' then
+  redis.call('DEL', KEYS[5])
+end
+local last = redis.call('HGET', KEYS[5], 'last_error')
+if (not last) or string.sub(last, 1, #ARGV[9] + 1) == ARGV[9] .. ':' then
+  redis.call('HDEL', KEYS[5], 'last_error', 'last_errcode', 'last_error_at_ms',
+    'paused_until_ms', 'retry_after_ms', 'failures')
+end
+redis.call('HSET', KEYS[5], 'replica', ARGV[6])
+if ARGV[9] == 'access_token' then
+  redis.call('HSET', KEYS[5], 'last_ok_at_ms', string.format('%d', now))
+end
+redis.call('EXPIRE', KEYS[5], ARGV[12])
+redis.call('ZADD', KEYS[6], 'XX', now + tonumber(ARGV[11]), ARGV[10])
+for i = 7, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('ZADD', KEYS[6], 'XX', 'LT', now, ARGV[i + 6])
+  end
+end
+redis.call('DEL', KEYS[3])
 redis.call('PUBLISH', ARGV[7], string.format(
   '{"v":1,"id":%s,"kind":%s,"token":%s,"expires_at_ms":%s,"fence":%s,"replica":%s}',
   cjson.encode(ARGV[8]), cjson.encode(ARGV[9]), cjson.encode(ARGV[3]),
@@ -104,21 +185,75 @@ return {1, exp}
     )
 });
 
-/// Compare-and-request: records a passive refresh request for the value
-/// only if the stored value is still the reported one (or is gone), and wakes
-/// the refreshers. A report about an already replaced value changes nothing,
-/// so a storm of reports about one bad token leads to one refresh.
+/// Ends a lease without a write: queues the value's next look `delay` from
+/// now and releases the lock — only while `owner` still holds it (a lapsed
+/// lease has left the queue entry at the lock's expiry, where it is looked
+/// at again). With a failure, it is recorded in the status hash first: one
+/// more consecutive failure, the error, and `retry_after_ms` (and with
+/// `paused`, `paused_until_ms`) at the same instant as the queue entry.
 ///
-/// KEYS: value, refresh request. ARGV: reported, ttl_ms, channel, id, kind.
+/// KEYS: lock, due shard, status. ARGV: owner, member, delay_ms, failure
+/// (0/1), message, errcode ('' = none), paused (0/1), replica, status ttl s.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = now + tonumber(ARGV[3])
+if ARGV[4] == '1' then
+  if redis.call('TYPE', KEYS[3])['ok'] ~= 'hash' then
+    redis.call('DEL', KEYS[3])
+  end
+  if not tonumber(redis.call('HGET', KEYS[3], 'failures') or '0') then
+    redis.call('HDEL', KEYS[3], 'failures')
+  end
+  redis.call('HINCRBY', KEYS[3], 'failures', 1)
+  redis.call('HSET', KEYS[3], 'last_error', ARGV[5],
+    'last_error_at_ms', string.format('%d', now),
+    'replica', ARGV[8], 'retry_after_ms', string.format('%d', due))
+  if ARGV[6] == '' then
+    redis.call('HDEL', KEYS[3], 'last_errcode')
+  else
+    redis.call('HSET', KEYS[3], 'last_errcode', ARGV[6])
+  end
+  if ARGV[7] == '1' then
+    redis.call('HSET', KEYS[3], 'paused_until_ms', string.format('%d', due))
+  end
+  redis.call('EXPIRE', KEYS[3], ARGV[9])
+end
+redis.call('ZADD', KEYS[2], 'XX', due, ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1
+",
+    )
+});
+
+/// Compare-and-request: records a passive refresh request for the value
+/// only if the stored value is still the reported one (or is gone), moves
+/// the value to the front of the due-queue (if it is queued) and wakes the
+/// refreshers. A report about an already replaced value changes nothing, so
+/// a storm of reports about one bad token leads to one refresh.
+///
+/// KEYS: value, refresh request, due shard. ARGV: reported, ttl_ms, channel,
+/// member.
 static REQUEST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local cur = redis.call('GET', KEYS[1])
+local cur = false
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
+  cur = redis.call('GET', KEYS[1])
+end
 if cur and ARGV[1] ~= '*' and cur ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[3], 'XX', 'LT', now, ARGV[4])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ",
     )
@@ -128,24 +263,211 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Tries to take the refresh lock of `kind`. Returns the fence number of the
-/// grant, or `None` when another owner holds the lock.
-pub async fn acquire_lock<C: ConnectionLike>(
+/// The shared limit on WeChat calls a claim must fit in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The rate key ([`crate::rate_key`]).
+    pub key: String,
+    /// Time between two calls at the sustained rate.
+    pub interval: Duration,
+    /// Calls that may start at once after a quiet spell (at least 1).
+    pub burst: u32,
+}
+
+/// A pending passive-refresh request, compared with what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// None pending, or one about a value that was already replaced.
+    None,
+    /// A report that the stored value is refused by WeChat.
+    Reported,
+    /// An operator's request to replace whatever is stored.
+    Forced,
+}
+
+impl Request {
+    /// Interprets a request key's value against the stored value: a report
+    /// counts only while it names what is stored (or nothing is stored).
+    pub fn interpret(request: Option<&str>, stored: Option<&str>) -> Request {
+        match request {
+            Some(FORCE_REQUEST) => Request::Forced,
+            Some(r) if stored.is_none_or(|v| v == r) => Request::Reported,
+            _ => Request::None,
+        }
+    }
+}
+
+/// What Redis held for one value at the instant its lease was granted.
+/// Its `Debug` shows tokens only as prefixes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ValueState {
+    /// The value itself (`None` when missing or not a valid string).
+    pub value: Option<String>,
+    /// Time left; `None` when the value is missing or has no TTL (which
+    /// wxtoken never writes, and treats as missing).
+    pub remaining: Option<Duration>,
+    /// The lifetime WeChat announced for it, seconds.
+    pub expires_in: Option<u64>,
+    /// When it was written, Unix ms (Redis clock).
+    pub refreshed_at_ms: Option<u64>,
+    /// A pending refresh request.
+    pub request: Request,
+    /// Consecutive WeChat failures of the credential (shared backoff).
+    pub failures: u32,
+    /// The credential's stored access token (tickets are fetched with it).
+    pub access_token: Option<String>,
+    /// The Redis clock at the claim, Unix ms.
+    pub now_ms: u64,
+}
+
+impl std::fmt::Debug for ValueState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueState")
+            .field("value", &self.value.as_deref().map(crate::token_prefix))
+            .field("remaining", &self.remaining)
+            .field("expires_in", &self.expires_in)
+            .field("refreshed_at_ms", &self.refreshed_at_ms)
+            .field("request", &self.request)
+            .field("failures", &self.failures)
+            .field(
+                "access_token",
+                &self.access_token.as_deref().map(crate::token_prefix),
+            )
+            .field("now_ms", &self.now_ms)
+            .finish()
+    }
+}
+
+/// What [`claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is ours, under this fence; the value as it was then.
+    Granted {
+        /// The fence number of the grant.
+        fence: u64,
+        /// What Redis held.
+        state: ValueState,
+    },
+    /// The value is not queued (its credential was removed).
+    Unregistered,
+    /// Not due until this Unix ms (someone refreshed or rescheduled it).
+    NotDue(u64),
+    /// Another owner holds the lease until this Unix ms.
+    Busy(u64),
+    /// The credential is paused or backing off until this Unix ms.
+    Held(u64),
+    /// The shared call rate allows the next claim in this long.
+    RateLimited(Duration),
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+        Value::SimpleString(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn unexpected(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected script answer",
+        what.to_owned(),
+    ))
+}
+
+/// Claims `kind` of a credential if it is due: see the script's comment.
+pub async fn claim<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
     kind: Kind,
     owner: &str,
     ttl: Duration,
-) -> RedisResult<Option<u64>> {
-    let fence: u64 = ACQUIRE
+    rate: Option<&RateLimit>,
+) -> RedisResult<Claim> {
+    let (rate_key, interval_us, burst) = match rate {
+        Some(r) => (
+            r.key.clone(),
+            u64::try_from(r.interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            r.burst.max(1),
+        ),
+        None => (format!("{}:rate:none", keys.namespace()), 0, 1),
+    };
+    let answer: Vec<Value> = CLAIM
         .key(keys.lock(kind))
         .key(keys.fence())
         .key(keys.info(kind))
+        .key(keys.due())
+        .key(keys.value(kind))
+        .key(keys.status())
+        .key(keys.refresh_request(kind))
+        .key(keys.value(Kind::AccessToken))
+        .key(rate_key)
         .arg(owner)
         .arg(millis(ttl))
+        .arg(keys.member(kind))
+        .arg(interval_us)
+        .arg(burst)
         .invoke_async(con)
         .await?;
-    Ok((fence > 0).then_some(fence))
+    let first = answer
+        .first()
+        .and_then(int)
+        .ok_or_else(|| unexpected("claim"))?;
+    let at = || {
+        answer
+            .get(1)
+            .and_then(int)
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .ok_or_else(|| unexpected("claim time"))
+    };
+    Ok(match first {
+        -1 => Claim::Unregistered,
+        -2 => Claim::NotDue(at()?),
+        -3 => Claim::Busy(at()?),
+        -4 => Claim::Held(at()?),
+        -5 => Claim::RateLimited(Duration::from_micros(at()?)),
+        fence if fence > 0 && answer.len() == 9 => {
+            let opt_u64 = |i: usize| {
+                answer
+                    .get(i)
+                    .and_then(int)
+                    .and_then(|n| u64::try_from(n).ok())
+            };
+            let value = text(&answer[2]);
+            let request = text(&answer[6]);
+            let pttl = answer.get(3).and_then(int).unwrap_or(-2);
+            Claim::Granted {
+                fence: fence as u64,
+                state: ValueState {
+                    request: Request::interpret(request.as_deref(), value.as_deref()),
+                    remaining: value
+                        .as_ref()
+                        .and_then(|_| u64::try_from(pttl).ok())
+                        .filter(|ms| *ms > 0)
+                        .map(Duration::from_millis),
+                    value,
+                    expires_in: opt_u64(4),
+                    refreshed_at_ms: opt_u64(5),
+                    failures: opt_u64(7).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+                    access_token: text(&answer[8]),
+                    now_ms: opt_u64(1).unwrap_or(0),
+                },
+            }
+        }
+        _ => return Err(unexpected("claim")),
+    })
 }
 
 /// Extends the lock to `ttl` from now if `owner` still holds it; `false`
@@ -166,31 +488,15 @@ pub async fn renew_lock<C: ConnectionLike>(
     Ok(n == 1)
 }
 
-/// Deletes the lock if `owner` still holds it; `false` means it had already
-/// expired or passed to someone else.
-pub async fn release_lock<C: ConnectionLike>(
-    con: &mut C,
-    keys: &CredentialKeys,
-    kind: Kind,
-    owner: &str,
-) -> RedisResult<bool> {
-    let n: i64 = RELEASE
-        .key(keys.lock(kind))
-        .arg(owner)
-        .invoke_async(con)
-        .await?;
-    Ok(n == 1)
-}
-
 /// A value to store with [`write_token`]. Its `Debug` shows only a prefix of
 /// the token.
 #[derive(Clone)]
 pub struct TokenWrite<'a> {
     /// What is being written.
     pub kind: Kind,
-    /// The lock owner string used to acquire the lock.
+    /// The lock owner string used to claim the lease.
     pub owner: &'a str,
-    /// The fence number the lock grant returned.
+    /// The fence number the claim returned.
     pub fence: u64,
     /// The token or ticket.
     pub token: &'a str,
@@ -201,6 +507,8 @@ pub struct TokenWrite<'a> {
     pub expires_in: u64,
     /// Id of the writing replica.
     pub replica: &'a str,
+    /// When the value is due for its next refresh, from now.
+    pub next_due: Duration,
 }
 
 impl std::fmt::Debug for TokenWrite<'_> {
@@ -213,6 +521,7 @@ impl std::fmt::Debug for TokenWrite<'_> {
             .field("ttl", &self.ttl)
             .field("expires_in", &self.expires_in)
             .field("replica", &self.replica)
+            .field("next_due", &self.next_due)
             .finish()
     }
 }
@@ -240,11 +549,18 @@ pub async fn write_token<C: ConnectionLike>(
     w: &TokenWrite<'_>,
 ) -> RedisResult<WriteOutcome> {
     let ttl_ms = u64::try_from(w.ttl.as_millis()).unwrap_or(u64::MAX);
-    let (ok, detail): (i64, String) = WRITE
-        .key(keys.value(w.kind))
+    let tickets: &[Kind] = if w.kind == Kind::AccessToken {
+        &[Kind::JsapiTicket, Kind::WxCardTicket]
+    } else {
+        &[]
+    };
+    let mut inv = WRITE.prepare_invoke();
+    inv.key(keys.value(w.kind))
         .key(keys.info(w.kind))
         .key(keys.lock(w.kind))
         .key(keys.refresh_request(w.kind))
+        .key(keys.status())
+        .key(keys.due())
         .arg(w.owner)
         .arg(w.fence)
         .arg(w.token)
@@ -254,8 +570,13 @@ pub async fn write_token<C: ConnectionLike>(
         .arg(events_channel(keys.namespace()))
         .arg(keys.id())
         .arg(w.kind.as_str())
-        .invoke_async(con)
-        .await?;
+        .arg(keys.member(w.kind))
+        .arg(u64::try_from(w.next_due.as_millis()).unwrap_or(u64::MAX))
+        .arg(STATUS_TTL_SECS);
+    for t in tickets {
+        inv.key(keys.value(*t)).arg(keys.member(*t));
+    }
+    let (ok, detail): (i64, String) = inv.invoke_async(con).await?;
     Ok(match (ok, detail.as_str()) {
         (1, exp) => WriteOutcome::Written {
             expires_at_ms: exp.parse().unwrap_or(0),
@@ -264,6 +585,57 @@ pub async fn write_token<C: ConnectionLike>(
         (_, "expired") => WriteOutcome::Expired,
         _ => WriteOutcome::LockLost,
     })
+}
+
+/// A failure to record with [`finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure<'a> {
+    /// What went wrong, in words (`"<kind>: …"`, never a secret).
+    pub message: &'a str,
+    /// WeChat's errcode, when it gave one.
+    pub errcode: Option<i64>,
+    /// The daily quota is exhausted: also shown as a pause.
+    pub paused: bool,
+    /// The replica recording it.
+    pub replica: &'a str,
+}
+
+/// Ends a lease without a write, queueing the next look `delay` from now
+/// and recording `failure` if any. `false` when the lease had already
+/// lapsed (nothing changed).
+pub async fn finish<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    owner: &str,
+    delay: Duration,
+    failure: Option<&Failure<'_>>,
+) -> RedisResult<bool> {
+    let n: i64 = FINISH
+        .key(keys.lock(kind))
+        .key(keys.due())
+        .key(keys.status())
+        .arg(owner)
+        .arg(keys.member(kind))
+        .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+        .arg(if failure.is_some() { "1" } else { "0" })
+        .arg(failure.map_or("", |f| f.message))
+        .arg(
+            failure
+                .and_then(|f| f.errcode)
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        )
+        .arg(if failure.is_some_and(|f| f.paused) {
+            "1"
+        } else {
+            "0"
+        })
+        .arg(failure.map_or("", |f| f.replica))
+        .arg(STATUS_TTL_SECS)
+        .invoke_async(con)
+        .await?;
+    Ok(n == 1)
 }
 
 /// What [`request_refresh`] did.
@@ -290,11 +662,11 @@ pub async fn request_refresh<C: ConnectionLike>(
     let n: i64 = REQUEST
         .key(keys.value(kind))
         .key(keys.refresh_request(kind))
+        .key(keys.due())
         .arg(reported)
         .arg(millis(ttl))
         .arg(requests_channel(keys.namespace()))
-        .arg(keys.id())
-        .arg(kind.as_str())
+        .arg(keys.member(kind))
         .invoke_async(con)
         .await?;
     Ok(if n == 1 {

@@ -12,16 +12,13 @@
 
 use super::Managed;
 use crate::config::RefreshConfig;
+use crate::conn::RedisError;
 use crate::metrics::{self, Refreshes, ValueLabels};
-use crate::store::{self, RedisError};
 use crate::Shared;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 use wxtoken_schema::snapshot::{self as redis_view, Status, ValueStatus};
-
-/// Lifetime assumed when Redis holds no announced `expires_in`.
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(7200);
 
 /// This replica and its credentials, at one instant.
 #[derive(Debug, Clone, Serialize)]
@@ -130,7 +127,7 @@ impl Health {
 /// Takes a snapshot. Never fails: a Redis failure is part of the result.
 pub(crate) async fn take(sh: &Shared, creds: &[Managed]) -> Snapshot {
     let started = Instant::now();
-    let read = store::bounded(sh.redis_timeout, read(sh, creds)).await;
+    let read = read(sh, creds).await;
     let latency = started.elapsed();
     let refreshes = sh.metrics.refreshes.by_value();
     let local_now = crate::unix_ms();
@@ -195,8 +192,14 @@ pub(crate) async fn take(sh: &Shared, creds: &[Managed]) -> Snapshot {
 
 /// Everything in one round trip, read-only.
 async fn read(sh: &Shared, creds: &[Managed]) -> Result<redis_view::Snapshot, RedisError> {
-    let mut con = sh.pool.get().await?;
-    Ok(redis_view::read(&mut con, &sh.namespace, creds.iter().map(|c| &c.keys)).await?)
+    let mut con = sh.redis.con();
+    sh.redis
+        .step(redis_view::read(
+            &mut con,
+            &sh.namespace,
+            creds.iter().map(|c| &c.keys),
+        ))
+        .await
 }
 
 /// `c` as configured here, with what Redis holds (`None`: Redis down).
@@ -236,8 +239,7 @@ fn credential(
 
 /// The refresh margin for a value announced to live `expires_in` seconds.
 fn margin_ms(refresh: &RefreshConfig, expires_in: Option<u64>) -> u64 {
-    let lifetime = expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs);
-    refresh.margin_for(lifetime).as_millis() as u64
+    crate::policy::margin(refresh, expires_in).as_millis() as u64
 }
 
 #[cfg(test)]

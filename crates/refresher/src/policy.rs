@@ -1,0 +1,217 @@
+//! Refresh policy: pure functions of the configuration and of what Redis
+//! held, no I/O. Whether a claimed value needs a WeChat call and why, when
+//! a value is due next, how long to back off after a failure.
+//!
+//! Everything that decides *when* lives here; `lease` (the protocol) and
+//! `scheduler` (the due-queue loop) only carry the decisions out.
+
+use crate::config::RefreshConfig;
+use crate::wechat::ErrorClass;
+use std::time::Duration;
+use wxtoken_schema::{Request, ValueState};
+
+/// Lifetime assumed when Redis holds no announced `expires_in`.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(7200);
+
+/// Why a value is refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Nothing stored (first start, Redis lost its data, or it expired).
+    Missing,
+    /// Less than the margin left (proactive refresh).
+    Expiring,
+    /// A business server reported the stored value refused (passive refresh).
+    Reported,
+    /// An operator asked for a refresh whatever is stored.
+    Forced,
+}
+
+impl Reason {
+    /// Lower-case name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Expiring => "expiring",
+            Reason::Reported => "reported",
+            Reason::Forced => "forced",
+        }
+    }
+
+    /// A business server or an operator asked for it (the stored value is
+    /// suspect, so WeChat handing it back is not good enough).
+    pub fn is_passive(self) -> bool {
+        matches!(self, Reason::Reported | Reason::Forced)
+    }
+}
+
+/// The refresh margin for a value announced to live `expires_in` seconds.
+pub fn margin(cfg: &RefreshConfig, expires_in: Option<u64>) -> Duration {
+    cfg.margin_for(expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs))
+}
+
+/// Whether the claimed value needs a WeChat call now, and why; otherwise
+/// how long until it will. Pauses and the shared backoff were honoured by
+/// the claim already.
+pub fn decide(cfg: &RefreshConfig, state: &ValueState) -> Result<Reason, Duration> {
+    if state.request == Request::Forced {
+        return Ok(Reason::Forced);
+    }
+    let threshold = margin(cfg, state.expires_in);
+    let left = match state.remaining {
+        None => return Ok(Reason::Missing),
+        Some(left) if left <= threshold => return Ok(Reason::Expiring),
+        Some(left) => left,
+    };
+    let scheduled = left - threshold;
+    if state.request == Request::Reported {
+        // Passive refresh, but never sooner than min_interval after the last
+        // refresh: a token refused for another reason must not loop.
+        let since = Duration::from_millis(
+            state
+                .refreshed_at_ms
+                .map_or(u64::MAX, |at| state.now_ms.saturating_sub(at)),
+        );
+        return match cfg.min_interval.checked_sub(since) {
+            None | Some(Duration::ZERO) => Ok(Reason::Reported),
+            Some(wait) => Err(wait.min(scheduled)),
+        };
+    }
+    Err(scheduled)
+}
+
+/// When a value just written with `remaining` time to live is due again:
+/// `remaining − margin − jitter`, where `jitter` is `spread` (0..1) of the
+/// configured jitter, at most half the margin. A value that came back with
+/// no more than its margin (a stable token near its end) is looked at again
+/// after half its time, never at once.
+pub fn next_due(
+    cfg: &RefreshConfig,
+    remaining: Duration,
+    expires_in: u64,
+    spread: f64,
+) -> Duration {
+    let margin = cfg.margin_for(Duration::from_secs(expires_in).max(remaining));
+    if remaining <= margin {
+        return remaining / 2;
+    }
+    let jitter = cfg.jitter.min(margin / 2).mul_f64(spread.clamp(0.0, 1.0));
+    remaining - margin - jitter
+}
+
+/// The wait every replica honours after a WeChat failure, by its class and
+/// the credential's shared count of consecutive failures (this one
+/// included).
+pub fn retry_after(cfg: &RefreshConfig, class: ErrorClass, failures: u32, spread: f64) -> Duration {
+    match class {
+        ErrorClass::Config => cfg.config_error_retry,
+        ErrorClass::Quota => cfg.quota_pause,
+        ErrorClass::Retryable | ErrorClass::TokenInvalid => {
+            backoff(cfg.retry_initial, cfg.retry_max, failures, spread)
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter in the upper half:
+/// `initial * 2^(n-1)`, capped at `max`, then scaled by `0.5 + spread/2`
+/// (`spread` in 0..1, drawn at random by the caller).
+pub fn backoff(initial: Duration, max: Duration, n: u32, spread: f64) -> Duration {
+    let exp = initial.saturating_mul(1u32 << n.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.5 + spread.clamp(0.0, 1.0) / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RefreshConfig {
+        crate::Config::parse(
+            "[refresh]\nmargin = \"300s\"\nmin_interval = \"60s\"\njitter = \"30s\"\n",
+            "t",
+            &|_| None,
+        )
+        .unwrap()
+        .refresh
+    }
+
+    fn state(left_s: Option<u64>, refreshed_ago_s: u64, request: Request) -> ValueState {
+        let now_ms = 1_000_000_000;
+        ValueState {
+            value: left_s.map(|_| "T".into()),
+            remaining: left_s.map(Duration::from_secs),
+            expires_in: Some(7200),
+            refreshed_at_ms: Some(now_ms - refreshed_ago_s * 1000),
+            request,
+            failures: 0,
+            access_token: None,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn decide_proactive_passive_and_forced() {
+        let c = cfg();
+        assert_eq!(
+            decide(&c, &state(None, 0, Request::None)),
+            Ok(Reason::Missing)
+        );
+        assert_eq!(
+            decide(&c, &state(Some(250), 0, Request::None)),
+            Ok(Reason::Expiring)
+        );
+        assert_eq!(
+            decide(&c, &state(Some(300), 0, Request::None)),
+            Ok(Reason::Expiring)
+        );
+        assert_eq!(
+            decide(&c, &state(Some(3600), 0, Request::None)),
+            Err(Duration::from_secs(3300))
+        );
+        // A report is served once min_interval has passed since the last refresh.
+        assert_eq!(
+            decide(&c, &state(Some(3600), 61, Request::Reported)),
+            Ok(Reason::Reported)
+        );
+        assert_eq!(
+            decide(&c, &state(Some(3600), 15, Request::Reported)),
+            Err(Duration::from_secs(45))
+        );
+        // An operator's force skips the interval.
+        assert_eq!(
+            decide(&c, &state(Some(3600), 1, Request::Forced)),
+            Ok(Reason::Forced)
+        );
+    }
+
+    #[test]
+    fn next_due_leaves_the_margin_and_spreads_by_jitter() {
+        let c = cfg();
+        let two_h = Duration::from_secs(7200);
+        assert_eq!(next_due(&c, two_h, 7200, 0.0), Duration::from_secs(6900));
+        assert_eq!(next_due(&c, two_h, 7200, 1.0), Duration::from_secs(6870));
+        // The margin is clamped to a fraction of a short lifetime.
+        let short = Duration::from_secs(60);
+        assert_eq!(next_due(&c, short, 60, 0.0), Duration::from_secs(45));
+        // A value handed back inside its margin is looked at after half its life.
+        assert_eq!(
+            next_due(&c, Duration::from_secs(200), 7200, 0.5),
+            Duration::from_secs(100)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let i = Duration::from_secs(1);
+        let m = Duration::from_secs(60);
+        for n in 1..=30 {
+            let full = (i * 2u32.pow((n - 1).min(20))).min(m);
+            assert_eq!(backoff(i, m, n, 0.0), full / 2);
+            assert_eq!(backoff(i, m, n, 1.0), full);
+        }
+        let c = cfg();
+        assert_eq!(retry_after(&c, ErrorClass::Quota, 1, 0.0), c.quota_pause);
+        assert_eq!(
+            retry_after(&c, ErrorClass::Config, 9, 0.0),
+            c.config_error_retry
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! The registry of credentials and the due-queue: which credentials the
+//! refreshers in a namespace keep, which replicas hold each one's secret,
+//! which replicas are alive, and when each value is due.
+//!
+//! - [`register`] adds a credential (to the registry set, with its public
+//!   facts in the status hash) and queues each of its values, due now if
+//!   it was not queued yet; the calling replica becomes one of its holders.
+//! - [`unregister`] takes the calling replica off a credential's holders;
+//!   when no live holder is left, the credential's keys and queue entries
+//!   are deleted.
+//! - [`heartbeat`] marks a replica alive and tells it when it was last seen:
+//!   never (first start, or Redis lost its data) or too long ago means it
+//!   must register its credentials again.
+//! - [`scan`] reads the earliest entries of every due-queue shard.
+//!
+//! These scripts touch the registry set, the replica set and a due-queue
+//! shard beside a credential's keys: they run on a single Redis (Redis
+//! Cluster support splits them; see ARCHITECTURE.md).
+
+use crate::keys::{due_key, replicas_key, CredentialKeys, Kind, DUE_SHARDS};
+use crate::{registry_key, STATUS_TTL_SECS};
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// KEYS: registry, status, holders, replicas, due shard. ARGV: id, appid,
+/// mode, replica, status ttl s, liveness window ms, then pairs of member
+/// and delay ms (when a newly queued value is first due).
+static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'hash' then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'mode', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if redis.call('TYPE', KEYS[3])['ok'] ~= 'set' then redis.call('DEL', KEYS[3]) end
+local window = tonumber(ARGV[6])
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local seen = tonumber(redis.call('ZSCORE', KEYS[4], h) or '0') or 0
+  if seen < now - window then redis.call('SREM', KEYS[3], h) end
+end
+redis.call('SADD', KEYS[3], ARGV[4])
+local added = 0
+for i = 7, #ARGV, 2 do
+  added = added + redis.call('ZADD', KEYS[5], 'NX', now + tonumber(ARGV[i + 1]), ARGV[i])
+end
+return added
+",
+    )
+});
+
+/// KEYS: registry, holders, replicas, due shard, then every other key of
+/// the credential. ARGV: id, replica, liveness window ms, members…
+static UNREGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('TYPE', KEYS[2])['ok'] == 'set' then
+  redis.call('SREM', KEYS[2], ARGV[2])
+  local window = tonumber(ARGV[3])
+  for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local seen = tonumber(redis.call('ZSCORE', KEYS[3], h) or '0') or 0
+    if seen < now - window then redis.call('SREM', KEYS[2], h) end
+  end
+  if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+for i = 4, #ARGV do redis.call('ZREM', KEYS[4], ARGV[i]) end
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[2])
+return 1
+",
+    )
+});
+
+/// KEYS: replicas. ARGV: replica. Returns {now, previous heartbeat or -1}.
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then redis.call('DEL', KEYS[1]) end
+local prev = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '-1') or -1
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
+return {now, prev}
+",
+    )
+});
+
+/// A credential's public facts, as registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration<'a> {
+    /// The WeChat appid (public).
+    pub appid: &'a str,
+    /// `classic` or `stable`.
+    pub mode: &'a str,
+    /// The values refreshers keep for it (the access token first).
+    pub kinds: &'a [Kind],
+    /// When a newly queued ticket is first due. Its access token is due at
+    /// once, and writing it brings missing tickets forward, so this only
+    /// matters if the access token cannot be had.
+    pub ticket_delay: Duration,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Registers credentials held by `replica` (see the module docs) in one
+/// round trip. Returns how many values were newly queued.
+pub async fn register<C: ConnectionLike>(
+    con: &mut C,
+    credentials: &[(CredentialKeys, Registration<'_>)],
+    replica: &str,
+    liveness: Duration,
+) -> RedisResult<u32> {
+    if credentials.is_empty() {
+        return Ok(0);
+    }
+    let invocations: Vec<_> = credentials
+        .iter()
+        .map(|(keys, facts)| {
+            let mut inv = REGISTER.prepare_invoke();
+            inv.key(registry_key(keys.namespace()))
+                .key(keys.status())
+                .key(keys.holders())
+                .key(replicas_key(keys.namespace()))
+                .key(keys.due())
+                .arg(keys.id())
+                .arg(facts.appid)
+                .arg(facts.mode)
+                .arg(replica)
+                .arg(STATUS_TTL_SECS)
+                .arg(millis(liveness));
+            for kind in facts.kinds {
+                let delay = match kind {
+                    Kind::AccessToken => Duration::ZERO,
+                    _ => facts.ticket_delay,
+                };
+                inv.arg(keys.member(*kind)).arg(millis(delay));
+            }
+            inv
+        })
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.load_script(&REGISTER).ignore();
+    for inv in &invocations {
+        pipe.invoke_script(inv);
+    }
+    let added: Vec<u32> = pipe.query_async(con).await?;
+    Ok(added.iter().sum())
+}
+
+/// Drops `replica` from the credential's holders; when no live holder is
+/// left, deletes the credential (registry entry, queue entries and every
+/// key). Returns whether it was deleted.
+pub async fn unregister<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    replica: &str,
+    liveness: Duration,
+) -> RedisResult<bool> {
+    let mut inv = UNREGISTER.prepare_invoke();
+    inv.key(registry_key(keys.namespace()))
+        .key(keys.holders())
+        .key(replicas_key(keys.namespace()))
+        .key(keys.due());
+    for kind in crate::KINDS {
+        inv.key(keys.value(kind))
+            .key(keys.info(kind))
+            .key(keys.lock(kind))
+            .key(keys.refresh_request(kind));
+    }
+    inv.key(keys.fence()).key(keys.status());
+    inv.arg(keys.id()).arg(replica).arg(millis(liveness));
+    for kind in crate::KINDS {
+        inv.arg(keys.member(kind));
+    }
+    let n: i64 = inv.invoke_async(con).await?;
+    Ok(n == 1)
+}
+
+/// Marks `replica` alive. Returns the Redis clock and when the replica was
+/// last seen (`None`: never, e.g. Redis lost its data), both Unix ms.
+pub async fn heartbeat<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    replica: &str,
+) -> RedisResult<(u64, Option<u64>)> {
+    let (now, prev): (i64, i64) = HEARTBEAT
+        .key(replicas_key(namespace))
+        .arg(replica)
+        .invoke_async(con)
+        .await?;
+    Ok((u64::try_from(now).unwrap_or(0), u64::try_from(prev).ok()))
+}
+
+/// Takes `replica` off the live set (on a clean shutdown).
+pub async fn retire<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    replica: &str,
+) -> RedisResult<()> {
+    redis::cmd("ZREM")
+        .arg(replicas_key(namespace))
+        .arg(replica)
+        .query_async(con)
+        .await
+}
+
+/// One due-queue entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Due {
+    /// When it is due, Unix ms (Redis clock).
+    pub at_ms: u64,
+    /// `"<id> <kind>"` (see [`crate::parse_member`]).
+    pub member: String,
+}
+
+/// Reads entries of the due-queue shards `shards` in one round trip: for
+/// each, the `limit` earliest entries after skipping `offset` of them, and
+/// the Redis clock (Unix ms). Entries whose member is not valid UTF-8 are
+/// left out.
+pub async fn scan<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    shards: &[(u32, usize)],
+    limit: usize,
+) -> RedisResult<(u64, Vec<Vec<Due>>)> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("TIME");
+    for (shard, offset) in shards {
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(due_key(namespace, *shard % DUE_SHARDS))
+            .arg("-inf")
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(*offset)
+            .arg(limit);
+    }
+    let mut answers: Vec<redis::Value> = pipe.query_async(con).await?;
+    if answers.len() != shards.len() + 1 {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected scan answer",
+        )));
+    }
+    let rest = answers.split_off(1);
+    let (secs, micros): (u64, u64) = redis::from_redis_value(answers.remove(0))?;
+    let mut out = Vec::with_capacity(rest.len());
+    for v in rest {
+        let pairs: Vec<(Vec<u8>, f64)> = redis::from_redis_value(v)?;
+        out.push(
+            pairs
+                .into_iter()
+                .filter_map(|(m, s)| {
+                    Some(Due {
+                        member: String::from_utf8(m).ok()?,
+                        at_ms: if s.is_finite() && s > 0.0 {
+                            s as u64
+                        } else {
+                            0
+                        },
+                    })
+                })
+                .collect(),
+        );
+    }
+    Ok((secs * 1000 + micros / 1000, out))
+}
