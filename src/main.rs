@@ -226,7 +226,9 @@ fn reload_on_sighup(
                         return;
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "SIGHUP: the config file is invalid; keeping the credentials in use"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the config file is invalid; keeping the credentials in use")
+                }
             }
         }
     });

@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Duration;
 use wxtoken_client::{Client, Options};
-use wxtoken_schema::{acquire_lock, write_token, CredentialKeys, Kind, TokenWrite};
+use wxtoken_schema::{CredentialKeys, Kind};
 use wxtoken_testkit::RedisServer;
 
 fn reads(c: &mut Criterion) {
@@ -24,28 +24,13 @@ fn reads(c: &mut Criterion) {
             .await
             .expect("connect");
         let keys = CredentialKeys::new("wxtoken", "bench").expect("keys");
-        let fence = acquire_lock(
+        wxtoken_schema::testing::store(
             &mut con,
             &keys,
             Kind::AccessToken,
-            "bench#1",
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("lock")
-        .expect("free");
-        write_token(
-            &mut con,
-            &keys,
-            &TokenWrite {
-                kind: Kind::AccessToken,
-                owner: "bench#1",
-                fence,
-                token: &token,
-                ttl: Duration::from_secs(7200),
-                expires_in: 7200,
-                replica: "bench",
-            },
+            &token,
+            Duration::from_secs(7200),
+            "bench",
         )
         .await
         .expect("write");

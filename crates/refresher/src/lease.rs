@@ -76,6 +76,8 @@ pub enum Outcome {
     Refreshed {
         /// When it is due again, from now.
         next_due: Duration,
+        /// The credential's tickets that were waiting for this access token.
+        tickets_due: Vec<Kind>,
     },
     /// Under the lock, no call was needed; looked at again after `next`.
     NotNeeded {
@@ -254,7 +256,7 @@ impl<'a> Lease<'a> {
             })
             .await;
         match written {
-            Ok(WriteOutcome::Written { .. }) => {
+            Ok(WriteOutcome::Written { tickets_due, .. }) => {
                 tracing::info!(
                     id = self.keys.id(),
                     kind = %self.kind,
@@ -264,7 +266,10 @@ impl<'a> Lease<'a> {
                     reason = reason.as_str(),
                     "stored new value"
                 );
-                Outcome::Refreshed { next_due }
+                Outcome::Refreshed {
+                    next_due,
+                    tickets_due,
+                }
             }
             Ok(rejected) => {
                 tracing::warn!(

@@ -431,8 +431,16 @@ fn settle(
         Ok(Ok((reason, outcome))) => {
             sh.metrics.redis_up.set(1);
             let next = match &outcome {
-                Outcome::Refreshed { next_due, .. } => {
+                Outcome::Refreshed {
+                    next_due,
+                    tickets_due,
+                } => {
                     loud.remove(&member);
+                    if let Some(h) = sh.registry.get(&id) {
+                        for t in tickets_due {
+                            agenda.set(h.keys.member(*t), now_ms);
+                        }
+                    }
                     *next_due
                 }
                 Outcome::NotNeeded { next } => *next,

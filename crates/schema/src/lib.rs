@@ -16,6 +16,8 @@ mod keys;
 pub mod registry;
 mod scripts;
 pub mod snapshot;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use keys::{
     due_key, parse_member, rate_key, replicas_key, shard_of, validate_name, CredentialKeys,

@@ -64,9 +64,9 @@ if interval > 0 then
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local tat = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
   if tat < now_us then tat = now_us end
-  local allowance = interval * (tonumber(ARGV[5]) or 1)
-  if tat - now_us >= allowance then
-    return {-5, tat - now_us - allowance + interval}
+  local allowance = interval * math.max((tonumber(ARGV[5]) or 1) - 1, 0)
+  if tat - now_us > allowance then
+    return {-5, tat - now_us - allowance}
   end
   redis.call('SET', KEYS[9], string.format('%d', tat + interval),
     'PX', math.floor((allowance + interval) / 1000) + 1000)
@@ -170,9 +170,12 @@ if ARGV[9] == 'access_token' then
 end
 redis.call('EXPIRE', KEYS[5], ARGV[12])
 redis.call('ZADD', KEYS[6], 'XX', now + tonumber(ARGV[11]), ARGV[10])
+local pulled = {}
 for i = 7, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('ZADD', KEYS[6], 'XX', 'LT', now, ARGV[i + 6])
+    if redis.call('ZADD', KEYS[6], 'XX', 'LT', 'CH', now, ARGV[i + 6]) == 1 then
+      table.insert(pulled, ARGV[i + 6])
+    end
   end
 end
 redis.call('DEL', KEYS[3])
@@ -180,7 +183,7 @@ redis.call('PUBLISH', ARGV[7], string.format(
   '{"v":1,"id":%s,"kind":%s,"token":%s,"expires_at_ms":%s,"fence":%s,"replica":%s}',
   cjson.encode(ARGV[8]), cjson.encode(ARGV[9]), cjson.encode(ARGV[3]),
   exp, ARGV[2], cjson.encode(ARGV[6])))
-return {1, exp}
+return {1, exp, unpack(pulled)}
 "#,
     )
 });
@@ -527,12 +530,15 @@ impl std::fmt::Debug for TokenWrite<'_> {
 }
 
 /// What [`write_token`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// Stored and published; expires at this Unix ms (Redis clock).
     Written {
         /// Absolute expiry, Unix ms.
         expires_at_ms: u64,
+        /// Tickets of the credential that were waiting for this access
+        /// token (not stored) and are due now.
+        tickets_due: Vec<Kind>,
     },
     /// Rejected: the lock is no longer held by this owner.
     LockLost,
@@ -576,10 +582,18 @@ pub async fn write_token<C: ConnectionLike>(
     for t in tickets {
         inv.key(keys.value(*t)).arg(keys.member(*t));
     }
-    let (ok, detail): (i64, String) = inv.invoke_async(con).await?;
-    Ok(match (ok, detail.as_str()) {
-        (1, exp) => WriteOutcome::Written {
+    let answer: Vec<String> = inv.invoke_async(con).await?;
+    let (ok, detail) = match answer.as_slice() {
+        [ok, detail, ..] => (ok.as_str(), detail.as_str()),
+        _ => return Err(unexpected("write")),
+    };
+    Ok(match (ok, detail) {
+        ("1", exp) => WriteOutcome::Written {
             expires_at_ms: exp.parse().unwrap_or(0),
+            tickets_due: answer[2..]
+                .iter()
+                .filter_map(|m| crate::parse_member(m).map(|(_, k)| k))
+                .collect(),
         },
         (_, "stale_fence") => WriteOutcome::StaleFence,
         (_, "expired") => WriteOutcome::Expired,

@@ -1,17 +1,21 @@
-//! The Lua scripts against a real redis-server: lock grants are exclusive and
-//! fenced, renew/release are owner-checked, and the fenced write refuses
-//! writers that lost their lock or carry an older fence.
+//! The lease scripts against a real redis-server: claims are exclusive,
+//! fenced and honour the due-queue, holds and the shared rate; renew and
+//! finish are owner-checked; the fenced write refuses writers that lost
+//! their lock or carry an older fence, and queues the next refresh.
 
 use redis::AsyncCommands;
 use std::time::Duration;
+use wxtoken_schema::registry::{self, Registration};
 use wxtoken_schema::{
-    acquire_lock, events_channel, info, release_lock, renew_lock, write_token, CredentialKeys,
-    Kind, TokenWrite, UpdateEvent, WriteOutcome,
+    claim, events_channel, finish, info, renew_lock, status, write_token, Claim, CredentialKeys,
+    Failure, Kind, RateLimit, Request, TokenWrite, UpdateEvent, ValueState, WriteOutcome,
 };
 use wxtoken_testkit::RedisServer;
 
 mod common;
 use common::connect;
+
+type Con = redis::aio::MultiplexedConnection;
 
 fn write<'a>(owner: &'a str, fence: u64, token: &'a str) -> TokenWrite<'a> {
     TokenWrite {
@@ -22,107 +26,205 @@ fn write<'a>(owner: &'a str, fence: u64, token: &'a str) -> TokenWrite<'a> {
         ttl: Duration::from_secs(60),
         expires_in: 7200,
         replica: "r1",
+        next_due: Duration::from_secs(50),
     }
 }
 
+/// Registers `keys`' credential with `kinds`, all due now.
+async fn queue(con: &mut Con, keys: &CredentialKeys, kinds: &[Kind]) {
+    let facts = Registration {
+        appid: "wx1",
+        mode: "classic",
+        kinds,
+        ticket_delay: Duration::ZERO,
+    };
+    registry::heartbeat(con, keys.namespace(), "r1")
+        .await
+        .unwrap();
+    registry::register(con, &[(keys.clone(), facts)], "r1", Duration::from_secs(15))
+        .await
+        .unwrap();
+}
+
+/// Claims and expects a grant.
+async fn grant(
+    con: &mut Con,
+    keys: &CredentialKeys,
+    kind: Kind,
+    owner: &str,
+    ttl: Duration,
+) -> (u64, ValueState) {
+    match claim(con, keys, kind, owner, ttl, None).await.unwrap() {
+        Claim::Granted { fence, state } => (fence, state),
+        other => panic!("claim of {kind} by {owner} not granted: {other:?}"),
+    }
+}
+
+async fn due_at(con: &mut Con, keys: &CredentialKeys, kind: Kind) -> Option<u64> {
+    let s: Option<f64> = con.zscore(keys.due(), keys.member(kind)).await.unwrap();
+    s.map(|s| s as u64)
+}
+
+async fn redis_now(con: &mut Con) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(con).await.unwrap();
+    s * 1000 + us / 1000
+}
+
 #[tokio::test]
-async fn lock_is_exclusive_and_each_grant_gets_a_larger_fence() {
+async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
     let server = RedisServer::start().unwrap();
     let mut con = connect(&server).await;
     let keys = CredentialKeys::new("wxtoken", "app").unwrap();
     let ttl = Duration::from_secs(5);
 
-    let f1 = acquire_lock(&mut con, &keys, Kind::AccessToken, "a#1", ttl)
-        .await
-        .unwrap()
-        .expect("free lock is granted");
+    // Not queued: nothing to claim.
     assert_eq!(
-        acquire_lock(&mut con, &keys, Kind::AccessToken, "b#1", ttl)
+        claim(&mut con, &keys, Kind::AccessToken, "a#1", ttl, None)
             .await
             .unwrap(),
-        None,
-        "held lock is not granted twice"
+        Claim::Unregistered
     );
-    // Tickets have their own lock but share the fence counter.
-    let ft = acquire_lock(&mut con, &keys, Kind::JsapiTicket, "b#2", ttl)
+    queue(&mut con, &keys, &[Kind::AccessToken, Kind::JsapiTicket]).await;
+
+    let (f1, state) = grant(&mut con, &keys, Kind::AccessToken, "a#1", ttl).await;
+    assert_eq!(state.value, None);
+    assert_eq!(state.remaining, None);
+    assert_eq!(state.request, Request::None);
+    // While held, the entry sits at the lock's expiry: not due for others.
+    let now = redis_now(&mut con).await;
+    let at = due_at(&mut con, &keys, Kind::AccessToken).await.unwrap();
+    assert!(at > now + 4000 && at <= now + 5000, "due {at}, now {now}");
+    match claim(&mut con, &keys, Kind::AccessToken, "b#1", ttl, None)
         .await
         .unwrap()
-        .unwrap();
-    assert!(ft > f1);
-
-    assert!(!release_lock(&mut con, &keys, Kind::AccessToken, "b#1")
+    {
+        Claim::NotDue(until) => assert_eq!(until, at),
+        other => panic!("{other:?}"),
+    }
+    // Moved to now by hand (a request, say), it is still busy, and the
+    // claim puts it back at the lock's expiry.
+    let _: () = con
+        .zadd(keys.due(), keys.member(Kind::AccessToken), 0)
         .await
-        .unwrap());
+        .unwrap();
+    assert!(matches!(
+        claim(&mut con, &keys, Kind::AccessToken, "b#1", ttl, None)
+            .await
+            .unwrap(),
+        Claim::Busy(_)
+    ));
+    assert!(due_at(&mut con, &keys, Kind::AccessToken).await.unwrap() > now);
+
+    // Tickets have their own lock but share the fence counter.
+    let (ft, _) = grant(&mut con, &keys, Kind::JsapiTicket, "b#2", ttl).await;
+    assert!(ft > f1);
     assert!(!renew_lock(&mut con, &keys, Kind::AccessToken, "b#1", ttl)
         .await
         .unwrap());
     assert!(renew_lock(&mut con, &keys, Kind::AccessToken, "a#1", ttl)
         .await
         .unwrap());
-    assert!(release_lock(&mut con, &keys, Kind::AccessToken, "a#1")
-        .await
-        .unwrap());
-    let f2 = acquire_lock(&mut con, &keys, Kind::AccessToken, "b#3", ttl)
-        .await
-        .unwrap()
-        .unwrap();
+    // Finish is owner-checked, releases and reschedules.
+    assert!(!finish(
+        &mut con,
+        &keys,
+        Kind::AccessToken,
+        "b#1",
+        Duration::ZERO,
+        None
+    )
+    .await
+    .unwrap());
+    assert!(finish(
+        &mut con,
+        &keys,
+        Kind::AccessToken,
+        "a#1",
+        Duration::ZERO,
+        None
+    )
+    .await
+    .unwrap());
+    let lock: Option<String> = con.get(keys.lock(Kind::AccessToken)).await.unwrap();
+    assert_eq!(lock, None);
+    let (f2, _) = grant(&mut con, &keys, Kind::AccessToken, "b#3", ttl).await;
     assert!(f2 > ft);
 }
 
 #[tokio::test]
-async fn lock_lapses_after_its_ttl() {
+async fn a_lapsed_lease_is_due_again_at_its_expiry() {
     let server = RedisServer::start().unwrap();
     let mut con = connect(&server).await;
     let keys = CredentialKeys::new("wxtoken", "app").unwrap();
-    acquire_lock(
+    queue(&mut con, &keys, &[Kind::AccessToken]).await;
+    grant(
         &mut con,
         &keys,
         Kind::AccessToken,
         "a#1",
         Duration::from_millis(100),
     )
-    .await
-    .unwrap()
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(acquire_lock(
-        &mut con,
-        &keys,
-        Kind::AccessToken,
-        "b#1",
-        Duration::from_secs(5)
-    )
-    .await
-    .unwrap()
-    .is_some());
+    .await;
+    // Poll the condition rather than sleeping a fixed time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match claim(
+            &mut con,
+            &keys,
+            Kind::AccessToken,
+            "b#1",
+            Duration::from_secs(5),
+            None,
+        )
+        .await
+        .unwrap()
+        {
+            Claim::Granted { .. } => break,
+            Claim::NotDue(_) | Claim::Busy(_) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "lease never lapsed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
-async fn write_stores_plain_value_with_real_ttl_and_info_and_publishes() {
+async fn write_stores_value_info_status_and_next_due_releases_and_publishes() {
     let server = RedisServer::start().unwrap();
     let mut con = connect(&server).await;
     let keys = CredentialKeys::new("ns", "app").unwrap();
+    queue(&mut con, &keys, &[Kind::AccessToken, Kind::JsapiTicket]).await;
+    // The ticket waits for its access token.
+    let _: () = con
+        .zadd(keys.due(), keys.member(Kind::JsapiTicket), u64::MAX / 2)
+        .await
+        .unwrap();
 
     let client = redis::Client::open(server.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(events_channel("ns")).await.unwrap();
 
-    let fence = acquire_lock(
+    let (fence, _) = grant(
         &mut con,
         &keys,
         Kind::AccessToken,
         "a#1",
         Duration::from_secs(5),
     )
-    .await
-    .unwrap()
-    .unwrap();
+    .await;
     let outcome = write_token(&mut con, &keys, &write("a#1", fence, "TOKEN-1/\"x"))
         .await
         .unwrap();
-    let WriteOutcome::Written { expires_at_ms } = outcome else {
+    let WriteOutcome::Written {
+        expires_at_ms,
+        tickets_due,
+    } = outcome
+    else {
         panic!("write rejected: {outcome:?}")
     };
+    assert_eq!(tickets_due, vec![Kind::JsapiTicket]);
+    let now = redis_now(&mut con).await;
+    assert!(due_at(&mut con, &keys, Kind::JsapiTicket).await.unwrap() <= now);
 
     let value: String = con.get(keys.value(Kind::AccessToken)).await.unwrap();
     assert_eq!(value, "TOKEN-1/\"x", "GET returns the token as is");
@@ -133,6 +235,14 @@ async fn write_stores_plain_value_with_real_ttl_and_info_and_publishes() {
         (55_000..=60_000).contains(&info_pttl),
         "info pttl {info_pttl}"
     );
+    let lock: Option<String> = con.get(keys.lock(Kind::AccessToken)).await.unwrap();
+    assert_eq!(lock, None, "the write releases the lock");
+    let due = due_at(&mut con, &keys, Kind::AccessToken).await.unwrap();
+    let refreshed: u64 = con
+        .hget(keys.info(Kind::AccessToken), info::REFRESHED_AT_MS)
+        .await
+        .unwrap();
+    assert_eq!(due, refreshed + 50_000, "next due = write time + next_due");
 
     let stored_fence: u64 = con
         .hget(keys.info(Kind::AccessToken), info::FENCE)
@@ -144,21 +254,17 @@ async fn write_stores_plain_value_with_real_ttl_and_info_and_publishes() {
         .await
         .unwrap();
     assert_eq!(stored_exp, expires_at_ms);
-    let refreshed: u64 = con
-        .hget(keys.info(Kind::AccessToken), info::REFRESHED_AT_MS)
-        .await
-        .unwrap();
     assert_eq!(expires_at_ms - refreshed, 60_000);
-    let replica: String = con
-        .hget(keys.info(Kind::AccessToken), info::REPLICA)
-        .await
-        .unwrap();
-    assert_eq!(replica, "r1");
     let expires_in: u64 = con
         .hget(keys.info(Kind::AccessToken), info::EXPIRES_IN)
         .await
         .unwrap();
     assert_eq!(expires_in, 7200);
+    let last_ok: u64 = con
+        .hget(keys.status(), status::LAST_OK_AT_MS)
+        .await
+        .unwrap();
+    assert_eq!(last_ok, refreshed);
 
     use futures_util::StreamExt;
     let msg = tokio::time::timeout(Duration::from_secs(2), pubsub.on_message().next())
@@ -178,6 +284,22 @@ async fn write_stores_plain_value_with_real_ttl_and_info_and_publishes() {
             replica: "r1".into(),
         }
     );
+
+    // Claimed again now, it is not due: the claim says until when.
+    match claim(
+        &mut con,
+        &keys,
+        Kind::AccessToken,
+        "b#1",
+        Duration::from_secs(5),
+        None,
+    )
+    .await
+    .unwrap()
+    {
+        Claim::NotDue(at) => assert_eq!(at, due),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -186,18 +308,14 @@ async fn write_is_refused_after_the_lock_is_lost_or_by_an_older_fence() {
     let mut con = connect(&server).await;
     let keys = CredentialKeys::new("wxtoken", "app").unwrap();
     let kind = Kind::AccessToken;
+    queue(&mut con, &keys, &[kind]).await;
 
     // A takes the lock, then stalls past its TTL.
-    let fa = acquire_lock(&mut con, &keys, kind, "a#1", Duration::from_millis(100))
-        .await
-        .unwrap()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (fa, _) = grant(&mut con, &keys, kind, "a#1", Duration::from_millis(100)).await;
+    let _: () = con.del(keys.lock(kind)).await.unwrap();
+    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
     // B takes over and writes the newer token.
-    let fb = acquire_lock(&mut con, &keys, kind, "b#1", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
+    let (fb, _) = grant(&mut con, &keys, kind, "b#1", Duration::from_secs(5)).await;
     let outcome = write_token(&mut con, &keys, &write("b#1", fb, "NEW"))
         .await
         .unwrap();
@@ -213,7 +331,6 @@ async fn write_is_refused_after_the_lock_is_lost_or_by_an_older_fence() {
         WriteOutcome::LockLost
     );
     // Even holding the lock again under its old owner string, the old fence loses.
-    release_lock(&mut con, &keys, kind, "b#1").await.unwrap();
     let _: () = con.set(keys.lock(kind), "a#1").await.unwrap();
     assert_eq!(
         write_token(&mut con, &keys, &write("a#1", fa, "OLD"))
@@ -236,26 +353,24 @@ async fn write_is_refused_after_the_lock_is_lost_or_by_an_older_fence() {
 }
 
 #[tokio::test]
-async fn refresh_requests_compare_with_the_stored_value_and_are_answered_by_the_write() {
+async fn refresh_requests_compare_move_the_value_forward_and_are_answered_by_the_write() {
     use wxtoken_schema::{request_refresh, requests_channel, RequestOutcome, FORCE_REQUEST};
     let server = RedisServer::start().unwrap();
     let mut con = connect(&server).await;
     let keys = CredentialKeys::new("wxtoken", "app").unwrap();
     let kind = Kind::AccessToken;
     let ttl = Duration::from_secs(60);
+    queue(&mut con, &keys, &[kind]).await;
 
     let client = redis::Client::open(server.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(requests_channel("wxtoken")).await.unwrap();
 
-    let fence = acquire_lock(&mut con, &keys, kind, "a#1", ttl)
-        .await
-        .unwrap()
-        .unwrap();
+    let (fence, _) = grant(&mut con, &keys, kind, "a#1", ttl).await;
     write_token(&mut con, &keys, &write("a#1", fence, "CURRENT"))
         .await
         .unwrap();
-    release_lock(&mut con, &keys, kind, "a#1").await.unwrap();
+    let scheduled = due_at(&mut con, &keys, kind).await.unwrap();
 
     // A report about an older token changes nothing.
     assert_eq!(
@@ -266,8 +381,10 @@ async fn refresh_requests_compare_with_the_stored_value_and_are_answered_by_the_
     );
     let pending: Option<String> = con.get(keys.refresh_request(kind)).await.unwrap();
     assert_eq!(pending, None);
+    assert_eq!(due_at(&mut con, &keys, kind).await, Some(scheduled));
 
-    // A report about the stored token is recorded, durably, and announced.
+    // A report about the stored token is recorded, durably, moves the
+    // value to the front of the queue, and is announced.
     assert_eq!(
         request_refresh(&mut con, &keys, kind, "CURRENT", ttl)
             .await
@@ -278,6 +395,7 @@ async fn refresh_requests_compare_with_the_stored_value_and_are_answered_by_the_
     assert_eq!(pending.as_deref(), Some("CURRENT"));
     let pttl: i64 = con.pttl(keys.refresh_request(kind)).await.unwrap();
     assert!(pttl > 0 && pttl <= 60_000);
+    assert!(due_at(&mut con, &keys, kind).await.unwrap() <= redis_now(&mut con).await);
     use futures_util::StreamExt;
     let msg = tokio::time::timeout(Duration::from_secs(2), pubsub.on_message().next())
         .await
@@ -285,11 +403,10 @@ async fn refresh_requests_compare_with_the_stored_value_and_are_answered_by_the_
         .unwrap();
     assert_eq!(msg.get_payload::<String>().unwrap(), "app access_token");
 
-    // The next write answers the request.
-    let fence = acquire_lock(&mut con, &keys, kind, "b#1", ttl)
-        .await
-        .unwrap()
-        .unwrap();
+    // The claim sees the report; the next write answers it.
+    let (fence, state) = grant(&mut con, &keys, kind, "b#1", ttl).await;
+    assert_eq!(state.request, Request::Reported);
+    assert_eq!(state.value.as_deref(), Some("CURRENT"));
     write_token(&mut con, &keys, &write("b#1", fence, "NEWER"))
         .await
         .unwrap();
@@ -303,6 +420,8 @@ async fn refresh_requests_compare_with_the_stored_value_and_are_answered_by_the_
             .unwrap(),
         RequestOutcome::Requested
     );
+    let (_, state) = grant(&mut con, &keys, kind, "c#1", ttl).await;
+    assert_eq!(state.request, Request::Forced);
 }
 
 #[tokio::test]
@@ -312,25 +431,21 @@ async fn a_lost_fence_counter_is_raised_past_the_stored_fence() {
     let keys = CredentialKeys::new("wxtoken", "app").unwrap();
     let kind = Kind::AccessToken;
     let ttl = Duration::from_secs(5);
+    queue(&mut con, &keys, &[kind]).await;
     let mut last = 0;
     for i in 0..3 {
         let owner = format!("a#{i}");
-        last = acquire_lock(&mut con, &keys, kind, &owner, ttl)
-            .await
-            .unwrap()
-            .unwrap();
+        let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+        last = grant(&mut con, &keys, kind, &owner, ttl).await.0;
         let outcome = write_token(&mut con, &keys, &write(&owner, last, "T"))
             .await
             .unwrap();
         assert!(matches!(outcome, WriteOutcome::Written { .. }));
-        release_lock(&mut con, &keys, kind, &owner).await.unwrap();
     }
     // The counter is evicted or deleted; the stored value keeps its fence.
     let _: () = con.del(keys.fence()).await.unwrap();
-    let fence = acquire_lock(&mut con, &keys, kind, "b#1", ttl)
-        .await
-        .unwrap()
-        .unwrap();
+    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let (fence, _) = grant(&mut con, &keys, kind, "b#1", ttl).await;
     assert!(fence > last, "fence {fence} must exceed the stored {last}");
     let outcome = write_token(&mut con, &keys, &write("b#1", fence, "NEW"))
         .await
@@ -339,6 +454,133 @@ async fn a_lost_fence_counter_is_raised_past_the_stored_fence() {
         matches!(outcome, WriteOutcome::Written { .. }),
         "{outcome:?}"
     );
+}
+
+#[tokio::test]
+async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = CredentialKeys::new("wxtoken", "app").unwrap();
+    let kind = Kind::AccessToken;
+    let ttl = Duration::from_secs(5);
+    queue(&mut con, &keys, &[kind]).await;
+    let (_, state) = grant(&mut con, &keys, kind, "a#1", ttl).await;
+    assert_eq!(state.failures, 0);
+    let failure = Failure {
+        message: "access_token: WeChat errcode 45009",
+        errcode: Some(45009),
+        paused: true,
+        replica: "r1",
+    };
+    assert!(finish(
+        &mut con,
+        &keys,
+        kind,
+        "a#1",
+        Duration::from_secs(60),
+        Some(&failure)
+    )
+    .await
+    .unwrap());
+    let h: std::collections::HashMap<String, String> = con.hgetall(keys.status()).await.unwrap();
+    assert_eq!(h[status::FAILURES], "1");
+    assert_eq!(h[status::LAST_ERRCODE], "45009");
+    assert_eq!(h[status::PAUSED_UNTIL_MS], h[status::RETRY_AFTER_MS]);
+    let until: u64 = h[status::RETRY_AFTER_MS].parse().unwrap();
+    assert_eq!(due_at(&mut con, &keys, kind).await, Some(until));
+
+    // A request moves the value forward, but the claim honours the hold
+    // (no lock taken, entry back at the hold's end).
+    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    assert_eq!(
+        claim(&mut con, &keys, kind, "b#1", ttl, None)
+            .await
+            .unwrap(),
+        Claim::Held(until)
+    );
+    let lock: Option<String> = con.get(keys.lock(kind)).await.unwrap();
+    assert_eq!(lock, None);
+    assert_eq!(due_at(&mut con, &keys, kind).await, Some(until));
+
+    // Once over, a claim returns the shared failure count.
+    let _: () = con
+        .hset(keys.status(), status::RETRY_AFTER_MS, 1)
+        .await
+        .unwrap();
+    let _: () = con
+        .hset(keys.status(), status::PAUSED_UNTIL_MS, 1)
+        .await
+        .unwrap();
+    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let (_, state) = grant(&mut con, &keys, kind, "b#1", ttl).await;
+    assert_eq!(state.failures, 1);
+}
+
+#[tokio::test]
+async fn the_shared_rate_refuses_claims_beyond_the_burst_without_taking_locks() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let rate = RateLimit {
+        key: wxtoken_schema::rate_key("wxtoken", "api.weixin.qq.com"),
+        interval: Duration::from_secs(10),
+        burst: 2,
+    };
+    let ttl = Duration::from_secs(5);
+    let mut outcomes = Vec::new();
+    for i in 0..3 {
+        let keys = CredentialKeys::new("wxtoken", &format!("app-{i}")).unwrap();
+        queue(&mut con, &keys, &[Kind::AccessToken]).await;
+        let c = claim(&mut con, &keys, Kind::AccessToken, "a#1", ttl, Some(&rate))
+            .await
+            .unwrap();
+        let lock: Option<String> = con.get(keys.lock(Kind::AccessToken)).await.unwrap();
+        outcomes.push((c, lock.is_some()));
+    }
+    assert!(matches!(outcomes[0], (Claim::Granted { .. }, true)));
+    assert!(matches!(outcomes[1], (Claim::Granted { .. }, true)));
+    match &outcomes[2] {
+        (Claim::RateLimited(wait), false) => {
+            assert!(
+                *wait > Duration::from_secs(9) && *wait <= Duration::from_secs(10),
+                "{wait:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hostile_values_do_not_stop_a_claim() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = CredentialKeys::new("wxtoken", "app").unwrap();
+    let kind = Kind::AccessToken;
+    queue(&mut con, &keys, &[kind]).await;
+    // A list where the token belongs, garbage in the info hash's place, a
+    // lock without expiry.
+    let _: () = con.rpush(keys.value(kind), "x").await.unwrap();
+    let _: () = con.set(keys.info(kind), "not a hash").await.unwrap();
+    let _: () = con.set(keys.lock(kind), "stuck").await.unwrap();
+    let c = claim(&mut con, &keys, kind, "a#1", Duration::from_secs(5), None)
+        .await
+        .unwrap();
+    assert!(matches!(c, Claim::Busy(_)), "{c:?}");
+    let pttl: i64 = con.pttl(keys.lock(kind)).await.unwrap();
+    assert!(pttl > 0, "a lock without expiry is given one");
+    let _: () = con.del(keys.lock(kind)).await.unwrap();
+    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let (_, state) = grant(&mut con, &keys, kind, "a#1", Duration::from_secs(5)).await;
+    assert_eq!(state.value, None);
+    // Non-UTF-8 bytes are not a token either.
+    let _: () = con.del(keys.value(kind)).await.unwrap();
+    let _: () = con
+        .set(keys.value(kind), &[0xffu8, 0xfe, 0x00][..])
+        .await
+        .unwrap();
+    let _: () = con.del(keys.lock(kind)).await.unwrap();
+    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let (_, state) = grant(&mut con, &keys, kind, "b#1", Duration::from_secs(5)).await;
+    assert_eq!(state.value, None);
 }
 
 #[test]

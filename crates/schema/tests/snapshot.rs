@@ -3,9 +3,10 @@
 //! back in one round trip, by the Redis clock, with no whole token in it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wxtoken_schema::registry::{self, Registration};
 use wxtoken_schema::snapshot::{self, PendingRequest, ValueStatus};
 use wxtoken_schema::{
-    acquire_lock, registry_key, request_refresh, status, write_token, CredentialKeys, Kind,
+    claim, registry_key, request_refresh, status, write_token, Claim, CredentialKeys, Kind,
     TokenWrite, WriteOutcome, FORCE_REQUEST, KINDS,
 };
 use wxtoken_testkit::RedisServer;
@@ -16,7 +17,8 @@ use common::connect;
 const NS: &str = "wxtoken";
 const TOKEN: &str = "86_abcdefghijklmnopqrstuvwxyz0123456789";
 
-/// Locks `kind`, writes `token` through the fenced script, keeps the lock.
+/// Queues `kind`, claims it, writes `token` through the fenced script, and
+/// takes the lock again (a refresh in progress).
 async fn store(
     con: &mut redis::aio::MultiplexedConnection,
     keys: &CredentialKeys,
@@ -24,10 +26,26 @@ async fn store(
     token: &str,
 ) -> u64 {
     let owner = "refresher-1#0011223344556677";
-    let fence = acquire_lock(con, keys, kind, owner, Duration::from_secs(30))
+    let facts = Registration {
+        appid: "wx1",
+        mode: "classic",
+        kinds: &[kind],
+        ticket_delay: Duration::ZERO,
+    };
+    registry::register(
+        con,
+        &[(keys.clone(), facts)],
+        "refresher-1",
+        Duration::from_secs(15),
+    )
+    .await
+    .unwrap();
+    let Claim::Granted { fence, .. } = claim(con, keys, kind, owner, Duration::from_secs(30), None)
         .await
         .unwrap()
-        .unwrap();
+    else {
+        panic!("not granted")
+    };
     let w = TokenWrite {
         kind,
         owner,
@@ -36,11 +54,20 @@ async fn store(
         ttl: Duration::from_secs(7000),
         expires_in: 7200,
         replica: "refresher-1",
+        next_due: Duration::from_secs(6000),
     };
     assert!(matches!(
         write_token(con, keys, &w).await.unwrap(),
         WriteOutcome::Written { .. }
     ));
+    let _: () = redis::cmd("SET")
+        .arg(keys.lock(kind))
+        .arg(owner)
+        .arg("PX")
+        .arg(30_000)
+        .query_async(con)
+        .await
+        .unwrap();
     fence
 }
 

@@ -6,11 +6,8 @@
 #![allow(dead_code)]
 
 use redis::aio::MultiplexedConnection;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use wxtoken_schema::{
-    acquire_lock, release_lock, write_token, CredentialKeys, Kind, TokenWrite, WriteOutcome,
-};
+use wxtoken_schema::{CredentialKeys, Kind, WriteOutcome};
 use wxtoken_testkit::RedisServer;
 
 pub const NS: &str = "wxtoken";
@@ -30,7 +27,6 @@ pub struct Refresher {
     namespace: String,
 }
 
-static OWNER: AtomicU64 = AtomicU64::new(0);
 
 impl Refresher {
     pub async fn new(server: &RedisServer) -> Refresher {
@@ -47,33 +43,14 @@ impl Refresher {
     /// Stores `token` for `id`/`kind` with `ttl` left; returns its fence.
     pub async fn write(&mut self, id: &str, kind: Kind, token: &str, ttl: Duration) -> u64 {
         let keys = CredentialKeys::new(&self.namespace, id).unwrap();
-        let owner = format!("test#{}", OWNER.fetch_add(1, Ordering::Relaxed));
-        let fence = acquire_lock(&mut self.con, &keys, kind, &owner, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("the lock is free in tests");
-        let outcome = write_token(
-            &mut self.con,
-            &keys,
-            &TokenWrite {
-                kind,
-                owner: &owner,
-                fence,
-                token,
-                ttl,
-                expires_in: ttl.as_secs(),
-                replica: "test-replica",
-            },
-        )
-        .await
-        .unwrap();
+        let (outcome, fence) =
+            wxtoken_schema::testing::store(&mut self.con, &keys, kind, token, ttl, "test-replica")
+                .await
+                .unwrap();
         assert!(
             matches!(outcome, WriteOutcome::Written { .. }),
             "write refused: {outcome:?}"
         );
-        assert!(release_lock(&mut self.con, &keys, kind, &owner)
-            .await
-            .unwrap());
         fence
     }
 
