@@ -3,6 +3,12 @@
 //! requests — as an aligned table or a stable JSON document, with an exit
 //! code for monitoring (0 healthy, 3 unhealthy).
 //!
+//! Built for 100,000 credentials: the table starts with a summary (counts by
+//! kind and state), lists unhealthy credentials first and stops after
+//! `--limit` credentials; `--id`, `--prefix` and `--problems` select. The
+//! summary and the exit code cover every selected credential, whatever the
+//! limit.
+//!
 //! Redis is read and interpreted by `wxtoken_schema::snapshot`, the reader
 //! the replicas' status page uses too; this module only picks the kinds to
 //! show, judges health (`registered`, `configured`, `healthy`, `problems`)
@@ -12,24 +18,71 @@
 
 use super::target::{Target, TargetArgs};
 use super::EXIT_UNHEALTHY;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
+use wxtoken_refresher::config::RefreshConfig;
 use wxtoken_refresher::human;
 use wxtoken_schema::snapshot::{self, Status, ValueStatus};
-use wxtoken_schema::{CredentialKeys, Kind};
+use wxtoken_schema::{CredentialKeys, Kind, KINDS};
+
+/// Table rows (credentials) shown when `--limit` is not given.
+pub const DEFAULT_LIMIT: usize = 200;
+
+/// The refreshers' default `refresh.margin` and `max_margin_fraction`, used
+/// to call a value "due" when no `--config` says otherwise.
+const DEFAULT_MARGIN: Duration = Duration::from_secs(300);
+const DEFAULT_MAX_MARGIN_FRACTION: f64 = 0.25;
+/// Lifetime assumed when Redis holds no announced `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(7200);
 
 /// `wxtoken status` flags.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Print a JSON array of credential objects (fields in the README)
-    /// instead of a table.
+    /// instead of a table: every selected credential, ignoring --limit.
     #[arg(long)]
     json: bool,
+    /// Only unhealthy credentials (the summary still counts every selected
+    /// one).
+    #[arg(long)]
+    problems: bool,
+    /// Only this credential (repeatable). With --prefix, credentials
+    /// matching either are selected.
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<String>,
+    /// Only credentials whose id starts with P.
+    #[arg(long, value_name = "P")]
+    prefix: Option<String>,
+    /// Show at most N credentials in the table (unhealthy ones first), and a
+    /// line saying how many were left out; 0 shows all.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT)]
+    limit: usize,
     #[command(flatten)]
     target: TargetArgs,
+}
+
+/// Which credentials `--id` and `--prefix` select (all when neither is
+/// given).
+#[derive(Debug, Default)]
+struct Selection {
+    ids: BTreeSet<String>,
+    prefix: Option<String>,
+}
+
+impl Selection {
+    fn is_all(&self) -> bool {
+        self.ids.is_empty() && self.prefix.is_none()
+    }
+
+    fn matches(&self, id: &str) -> bool {
+        self.is_all()
+            || self.ids.contains(id)
+            || self.prefix.as_deref().is_some_and(|p| id.starts_with(p))
+    }
 }
 
 /// One credential, as printed by `status --json`: what Redis holds
@@ -57,43 +110,79 @@ pub struct CredentialStatus {
 /// Runs `wxtoken status`.
 pub async fn run(args: Args) -> Result<ExitCode> {
     let target = args.target.resolve()?;
+    let selection = Selection {
+        ids: args.ids.iter().cloned().collect(),
+        prefix: args.prefix.clone(),
+    };
+    for id in &selection.ids {
+        CredentialKeys::new(&target.namespace, id).map_err(|e| anyhow!("--id {id:?}: {e}"))?;
+    }
     let mut con = target.connect().await?;
-    let (now_ms, report) = gather(&target, &mut con)
+    let gathered = gather(&target, &mut con, &selection)
         .await
         .map_err(|e| target.failed("reading the status", &e))?;
-    let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&report).context("encoding JSON")?;
-        s.push('\n');
-        s
-    } else {
-        render(&report, now_ms)
-    };
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .context("writing to stdout")?;
+    let Gathered {
+        now_ms,
+        report,
+        in_namespace,
+    } = gathered;
+    let unhealthy = report.iter().filter(|c| !c.healthy).count();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        let shown: Vec<&CredentialStatus> = report
+            .iter()
+            .filter(|c| !args.problems || !c.healthy)
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &shown).context("writing JSON to stdout")?;
+        out.write_all(b"\n").context("writing to stdout")?;
+    } else if !report.is_empty() {
+        let margin = Margin(target.refresh.clone());
+        let text = render_all(&report, now_ms, &margin, &args, &selection, in_namespace);
+        out.write_all(text.as_bytes())
+            .context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")?;
     if report.is_empty() {
         // Nothing to monitor is a finding too: most likely the wrong Redis
         // or namespace.
-        eprintln!(
-            "no credentials in namespace {} at {}: no refresher has registered one (wrong --redis-url or --namespace? --config lists the configured ones)",
-            target.namespace,
-            target.redacted_url(),
-        );
+        if in_namespace == 0 {
+            eprintln!(
+                "no credentials in namespace {} at {}: no refresher has registered one (wrong --redis-url or --namespace? --config lists the configured ones)",
+                target.namespace,
+                target.redacted_url(),
+            );
+        } else {
+            eprintln!(
+                "no credentials match --id/--prefix among the {in_namespace} in namespace {} at {}",
+                target.namespace,
+                target.redacted_url(),
+            );
+        }
     }
-    Ok(if report.is_empty() || report.iter().any(|c| !c.healthy) {
+    Ok(if report.is_empty() || unhealthy > 0 {
         ExitCode::from(EXIT_UNHEALTHY)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// Reads the registry, then the Redis clock and every registered or
-/// configured credential in one round trip.
+/// What [`gather`] found.
+struct Gathered {
+    /// The Redis clock, Unix ms.
+    now_ms: u64,
+    /// Every selected credential, sorted by id.
+    report: Vec<CredentialStatus>,
+    /// Credentials registered or configured, selected or not.
+    in_namespace: usize,
+}
+
+/// Reads the registry, then the Redis clock and every selected registered
+/// or configured credential (and every `--id`, known or not), in chunks.
 async fn gather(
     target: &Target,
     con: &mut redis::aio::MultiplexedConnection,
-) -> Result<(u64, Vec<CredentialStatus>)> {
+    selection: &Selection,
+) -> Result<Gathered> {
     let registered = snapshot::registered(con, &target.namespace)
         .await
         .context("reading the registry")?;
@@ -105,6 +194,12 @@ async fn gather(
     for c in &target.configured {
         ids.entry(c.id.clone()).or_default().1 = Some(c.kinds.clone());
     }
+    let in_namespace = ids.len();
+    // Asked about by name: shown even if nothing knows it (then unhealthy).
+    for id in &selection.ids {
+        ids.entry(id.clone()).or_default();
+    }
+    ids.retain(|id, _| selection.matches(id));
     let mut keys = Vec::with_capacity(ids.len());
     let mut found = Vec::with_capacity(ids.len());
     for (id, found_as) in ids {
@@ -125,7 +220,11 @@ async fn gather(
         .zip(found)
         .map(|(c, (registered, configured))| judge(c, registered, configured.as_deref()))
         .collect();
-    Ok((snap.now_ms, report))
+    Ok(Gathered {
+        now_ms: snap.now_ms,
+        report,
+        in_namespace,
+    })
 }
 
 /// Picks the kinds worth showing and says what is wrong.
@@ -185,8 +284,183 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
-/// The table, then one line per failing or paused credential.
-fn render(report: &[CredentialStatus], now_ms: u64) -> String {
+/// The refresh margin values are judged by: `--config`'s `[refresh]`, else
+/// the refreshers' defaults.
+struct Margin(Option<RefreshConfig>);
+
+impl Margin {
+    /// Refreshers replace a value living `expires_in` seconds when less than
+    /// this is left, ms.
+    fn ms(&self, expires_in: Option<u64>) -> u64 {
+        let lifetime = expires_in
+            .filter(|s| *s > 0)
+            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        let margin = match &self.0 {
+            Some(refresh) => refresh.margin_for(lifetime),
+            None => DEFAULT_MARGIN.min(lifetime.mul_f64(DEFAULT_MAX_MARGIN_FRACTION)),
+        };
+        u64::try_from(margin.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The state one shown value is counted under in the summary: the first
+/// that applies, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueState {
+    /// Nothing stored.
+    Missing,
+    /// Stored, but the credential's refreshes are paused.
+    Paused,
+    /// Stored, but the credential's last refresh attempt failed.
+    Failing,
+    /// Stored, within the refresh margin: a refresh is due.
+    Due,
+    /// Stored, more than the margin left.
+    Ok,
+}
+
+/// Summary columns, in order.
+const STATES: [(ValueState, &str); 5] = [
+    (ValueState::Ok, "OK"),
+    (ValueState::Due, "DUE"),
+    (ValueState::Missing, "MISSING"),
+    (ValueState::Failing, "FAILING"),
+    (ValueState::Paused, "PAUSED"),
+];
+
+fn value_state(c: &CredentialStatus, v: &ValueStatus, margin: &Margin) -> ValueState {
+    if !v.stored {
+        ValueState::Missing
+    } else if c.status.paused {
+        ValueState::Paused
+    } else if c.status.failing() {
+        ValueState::Failing
+    } else if v.ttl_ms.is_some_and(|t| t <= margin.ms(v.expires_in)) {
+        ValueState::Due
+    } else {
+        ValueState::Ok
+    }
+}
+
+/// Counts of the selected credentials: how many, how many unhealthy, and
+/// each shown value by kind and state.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Summary {
+    credentials: usize,
+    unhealthy: usize,
+    /// Per kind (in [`KINDS`] order): values shown, then counts in
+    /// [`STATES`] order.
+    kinds: [(usize, [usize; STATES.len()]); KINDS.len()],
+}
+
+impl Summary {
+    fn of(report: &[CredentialStatus], margin: &Margin) -> Summary {
+        let mut s = Summary {
+            credentials: report.len(),
+            unhealthy: report.iter().filter(|c| !c.healthy).count(),
+            ..Summary::default()
+        };
+        for c in report {
+            for v in &c.kinds {
+                let (Some(k), Some(col)) = (
+                    KINDS.iter().position(|k| *k == v.kind),
+                    STATES
+                        .iter()
+                        .position(|(st, _)| *st == value_state(c, v, margin)),
+                ) else {
+                    continue;
+                };
+                s.kinds[k].0 += 1;
+                s.kinds[k].1[col] += 1;
+            }
+        }
+        s
+    }
+
+    fn render(&self, selected_of: Option<usize>) -> String {
+        let of = match selected_of {
+            Some(n) => format!(" selected (of {n})"),
+            None => String::new(),
+        };
+        let mut out = format!(
+            "{} credentials{of}: {} healthy, {} unhealthy\n",
+            self.credentials,
+            self.credentials - self.unhealthy,
+            self.unhealthy
+        );
+        let mut rows = vec![std::iter::once("KIND")
+            .chain(std::iter::once("TOTAL"))
+            .chain(STATES.iter().map(|(_, name)| *name))
+            .map(String::from)
+            .collect::<Vec<_>>()];
+        for (kind, (total, counts)) in KINDS.iter().zip(&self.kinds) {
+            if *total == 0 && *kind != Kind::AccessToken {
+                continue;
+            }
+            rows.push(
+                [kind.to_string(), total.to_string()]
+                    .into_iter()
+                    .chain(counts.iter().map(usize::to_string))
+                    .collect(),
+            );
+        }
+        out.push_str(&table(&rows));
+        out
+    }
+}
+
+/// The summary, the table (unhealthy credentials first, at most `--limit`),
+/// a line about what the limit left out, then details of the shown ones.
+fn render_all(
+    report: &[CredentialStatus],
+    now_ms: u64,
+    margin: &Margin,
+    args: &Args,
+    selection: &Selection,
+    in_namespace: usize,
+) -> String {
+    let summary = Summary::of(report, margin);
+    let mut out = summary.render((!selection.is_all()).then_some(in_namespace));
+    out.push('\n');
+    // Unhealthy first; `report` is sorted by id, and the sort is stable.
+    let mut shown: Vec<&CredentialStatus> = report
+        .iter()
+        .filter(|c| !args.problems || !c.healthy)
+        .collect();
+    shown.sort_by_key(|c| c.healthy);
+    if shown.is_empty() {
+        out.push_str("no unhealthy credentials\n");
+        return out;
+    }
+    let matching = shown.len();
+    if args.limit > 0 {
+        shown.truncate(args.limit);
+    }
+    let left_out = matching - shown.len();
+    let footer = (left_out > 0).then(|| {
+        let unhealthy_left = shown.last().is_some_and(|c| !c.healthy);
+        format!(
+            "… {left_out} more {}credentials not shown (--limit {}; --limit 0 shows all{})\n",
+            if args.problems || unhealthy_left {
+                ""
+            } else {
+                "healthy "
+            },
+            args.limit,
+            if args.problems {
+                ""
+            } else {
+                ", --problems only the unhealthy"
+            },
+        )
+    });
+    out.push_str(&render(&shown, now_ms, footer.as_deref()));
+    out
+}
+
+/// The table, `footer` (if any), then one line per failing or paused
+/// credential.
+fn render(report: &[&CredentialStatus], now_ms: u64, footer: Option<&str>) -> String {
     let mut rows = vec![[
         "CREDENTIAL",
         "KIND",
@@ -202,7 +476,7 @@ fn render(report: &[CredentialStatus], now_ms: u64) -> String {
     .map(String::from)
     .to_vec()];
     let mut details = Vec::new();
-    for c in report {
+    for c in report.iter().copied() {
         let st = &c.status;
         let mut state = Vec::new();
         if c.kinds.iter().any(|k| missing(k, c.configured)) {
@@ -271,6 +545,9 @@ fn render(report: &[CredentialStatus], now_ms: u64) -> String {
     } else {
         table(&rows)
     };
+    if let Some(footer) = footer {
+        out.push_str(footer);
+    }
     if !details.is_empty() {
         out.push('\n');
         for d in details {
@@ -394,8 +671,47 @@ mod tests {
         ] {
             assert!(json.get(field).is_some(), "{field}: {json}");
         }
-        let text = render(&[c], 1_000);
+        let text = render(&[&c], 1_000, None);
         assert!(text.contains("missing") && text.contains("error"), "{text}");
         assert!(text.contains("oa: refreshes paused"), "{text}");
+    }
+
+    #[test]
+    fn due_means_within_the_margin_clamped_to_the_lifetime() {
+        let defaults = Margin(None);
+        assert_eq!(defaults.ms(Some(7200)), 300_000);
+        assert_eq!(defaults.ms(None), 300_000);
+        assert_eq!(defaults.ms(Some(0)), 300_000);
+        // A quarter of a short lifetime.
+        assert_eq!(defaults.ms(Some(20)), 5_000);
+
+        let c = judge(
+            credential(vec![value(Kind::AccessToken, true)], Status::default()),
+            true,
+            None,
+        );
+        let at = |ttl_ms: u64| ValueStatus {
+            ttl_ms: Some(ttl_ms),
+            expires_in: Some(7200),
+            ..value(Kind::AccessToken, true)
+        };
+        assert_eq!(value_state(&c, &at(300_000), &defaults), ValueState::Due);
+        assert_eq!(value_state(&c, &at(300_001), &defaults), ValueState::Ok);
+        assert_eq!(
+            value_state(&c, &value(Kind::AccessToken, false), &defaults),
+            ValueState::Missing
+        );
+        let paused_and_failing = CredentialStatus {
+            status: Status {
+                last_error: Some("x".into()),
+                paused: true,
+                ..Status::default()
+            },
+            ..c
+        };
+        assert_eq!(
+            value_state(&paused_and_failing, &at(1), &defaults),
+            ValueState::Paused
+        );
     }
 }

@@ -14,7 +14,7 @@ use redis::IntoConnectionInfo;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::time::Duration;
-use wxtoken_refresher::config::{redacted_url, ENV_REDIS_URL};
+use wxtoken_refresher::config::{redacted_url, RefreshConfig, ENV_REDIS_URL};
 use wxtoken_schema::{Kind, DEFAULT_NAMESPACE};
 
 /// Used when neither the flags, the environment nor a config name a Redis.
@@ -56,6 +56,8 @@ pub struct Target {
     pub namespace: String,
     /// Credentials from `--config`, if one was given.
     pub configured: Vec<Configured>,
+    /// The `[refresh]` settings of `--config`, if one was given.
+    pub refresh: Option<RefreshConfig>,
 }
 
 impl TargetArgs {
@@ -77,6 +79,7 @@ impl TargetArgs {
             (None, None) => DEFAULT_NAMESPACE.to_owned(),
         };
         wxtoken_schema::validate_name("namespace", &namespace)?;
+        let refresh = config.as_ref().map(|cfg| cfg.refresh.clone());
         let configured = config
             .map(|cfg| {
                 cfg.credentials
@@ -94,6 +97,7 @@ impl TargetArgs {
             url,
             namespace,
             configured,
+            refresh,
         })
     }
 }
@@ -168,6 +172,7 @@ mod tests {
             url: SecretString::from(url.to_owned()),
             namespace: DEFAULT_NAMESPACE.into(),
             configured: Vec::new(),
+            refresh: None,
         }
     }
 

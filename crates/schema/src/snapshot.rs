@@ -4,7 +4,10 @@
 //! interpreted once, here, for `wxtoken status` and the replicas' status page.
 //!
 //! Plain data (serialized with the field names of `wxtoken status --json`)
-//! and one read on the caller's connection. It must not write to Redis or
+//! and reads on the caller's connection: one MULTI/EXEC round trip per
+//! [`READ_CHUNK`] credentials, so 100,000 credentials are read in 200
+//! moderate transactions instead of one that would block Redis and buffer
+//! millions of replies at once. It must not write to Redis or
 //! own a connection, and must never hand out a whole token or a request's
 //! reported value: a stored value leaves here only as an 8-character prefix
 //! (not serialized; the caller decides whether to show it), a request only
@@ -20,10 +23,15 @@ use std::collections::HashMap;
 /// Characters of a stored value kept in [`ValueStatus::token_prefix`].
 pub const PREFIX_CHARS: usize = 8;
 
-/// What Redis held at one instant.
+/// Credentials [`read`] asks about per MULTI/EXEC round trip (each costs 19
+/// commands: the status hash, then six per kind).
+pub const READ_CHUNK: usize = 500;
+
+/// What Redis held: at one instant per [`READ_CHUNK`] credentials.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
-    /// The Redis clock (which every stored time uses), Unix ms.
+    /// The Redis clock (which every stored time uses) when the read began,
+    /// Unix ms. Later chunks judge `paused` by their own clock reading.
     pub now_ms: u64,
     /// The namespace's registry set of credential ids, sorted.
     pub registered: Vec<String>,
@@ -225,17 +233,58 @@ pub async fn registered<C: ConnectionLike>(
 }
 
 /// Reads the Redis clock, the registry of `namespace` and every credential
-/// in `creds` (keys of that namespace) in one MULTI/EXEC round trip, so all
-/// of it is one instant. Read-only.
+/// in `creds` (keys of that namespace), [`READ_CHUNK`] credentials per
+/// MULTI/EXEC round trip: each credential (and each chunk) is read at one
+/// instant. Credentials come back in the order given. Read-only.
 pub async fn read<'a, C: ConnectionLike>(
     con: &mut C,
     namespace: &str,
     creds: impl IntoIterator<Item = &'a CredentialKeys>,
 ) -> RedisResult<Snapshot> {
+    read_chunked(con, namespace, creds, READ_CHUNK).await
+}
+
+/// [`read`] with `chunk` credentials per round trip (at least 1).
+pub async fn read_chunked<'a, C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    creds: impl IntoIterator<Item = &'a CredentialKeys>,
+    chunk: usize,
+) -> RedisResult<Snapshot> {
     let creds: Vec<&CredentialKeys> = creds.into_iter().collect();
+    let chunk = chunk.max(1);
+    let mut chunks = creds.chunks(chunk);
+    // The first round trip also reads the registry.
+    let first = chunks.next().unwrap_or_default();
     let mut pipe = redis::pipe();
     pipe.atomic().cmd("TIME").smembers(registry_key(namespace));
-    for keys in &creds {
+    ask_about(&mut pipe, first);
+    let replies: Vec<Value> = pipe.query_async(con).await?;
+    let mut r = Replies(replies.into_iter());
+    let now_ms = r.now_ms()?;
+    let mut registered: Vec<String> = r.next()?;
+    registered.sort();
+    let mut credentials = Vec::with_capacity(creds.len());
+    take_answers(&mut r, first, now_ms, &mut credentials)?;
+    for keys in chunks {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("TIME");
+        ask_about(&mut pipe, keys);
+        let replies: Vec<Value> = pipe.query_async(con).await?;
+        let mut r = Replies(replies.into_iter());
+        let chunk_now_ms = r.now_ms()?;
+        take_answers(&mut r, keys, chunk_now_ms, &mut credentials)?;
+    }
+    Ok(Snapshot {
+        now_ms,
+        registered,
+        credentials,
+    })
+}
+
+/// Adds the reads of `creds` to `pipe`: per credential, 1 + 6 per kind.
+fn ask_about(pipe: &mut redis::Pipeline, creds: &[&CredentialKeys]) {
+    for keys in creds {
         pipe.hgetall(keys.status());
         for kind in KINDS {
             pipe.get(keys.value(kind))
@@ -246,13 +295,15 @@ pub async fn read<'a, C: ConnectionLike>(
                 .get(keys.lock(kind));
         }
     }
-    let replies: Vec<Value> = pipe.query_async(con).await?;
-    let mut r = Replies(replies.into_iter());
-    let (secs, micros): (u64, u64) = r.next()?;
-    let now_ms = secs * 1000 + micros / 1000;
-    let mut registered: Vec<String> = r.next()?;
-    registered.sort();
-    let mut credentials = Vec::with_capacity(creds.len());
+}
+
+/// Interprets the replies [`ask_about`] asked for, seen at `now_ms`.
+fn take_answers(
+    r: &mut Replies,
+    creds: &[&CredentialKeys],
+    now_ms: u64,
+    out: &mut Vec<Credential>,
+) -> RedisResult<()> {
     for keys in creds {
         let status = Status::from_hash(&r.next()?, now_ms);
         let mut kinds = Vec::with_capacity(KINDS.len());
@@ -267,17 +318,13 @@ pub async fn read<'a, C: ConnectionLike>(
             };
             kinds.push(raw.interpret(kind));
         }
-        credentials.push(Credential {
+        out.push(Credential {
             id: keys.id().to_owned(),
             status,
             kinds,
         });
     }
-    Ok(Snapshot {
-        now_ms,
-        registered,
-        credentials,
-    })
+    Ok(())
 }
 
 /// The replies of a pipeline, taken one typed reply at a time.
@@ -290,6 +337,12 @@ impl Replies {
             "Redis answered fewer replies than asked",
         ))?;
         Ok(redis::from_redis_value(v)?)
+    }
+
+    /// A `TIME` reply as Unix ms.
+    fn now_ms(&mut self) -> RedisResult<u64> {
+        let (secs, micros): (u64, u64) = self.next()?;
+        Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
     }
 }
 

@@ -291,3 +291,119 @@ async fn the_registry_lists_sorted_ids_and_an_empty_read_still_has_the_clock() {
         .unwrap();
     assert!(snapshot::read(&mut con, NS, [&keys]).await.is_err());
 }
+
+/// Credential `i` of the chunking test: stored access token (fence `100 + i`)
+/// for even `i`, nothing for odd ones; a paused status for every third.
+async fn seed_numbered(con: &mut redis::aio::MultiplexedConnection, n: usize, now_ms: u64) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let keys = CredentialKeys::new(NS, &format!("c-{i:03}")).unwrap();
+        pipe.sadd(registry_key(NS), keys.id()).ignore();
+        pipe.hset(keys.status(), status::APPID, format!("wx{i}"))
+            .ignore();
+        if i % 3 == 0 {
+            pipe.hset(keys.status(), status::PAUSED_UNTIL_MS, now_ms + 3_600_000)
+                .ignore();
+        }
+        if i % 2 == 0 {
+            let value = keys.value(Kind::AccessToken);
+            pipe.cmd("SET")
+                .arg(&value)
+                .arg(format!("token-{i:03}-abcdefgh"))
+                .arg("PX")
+                .arg(7_000_000)
+                .ignore();
+            pipe.hset(keys.info(Kind::AccessToken), "fence", 100 + i)
+                .ignore();
+        }
+    }
+    let () = pipe.query_async(con).await.unwrap();
+}
+
+#[tokio::test]
+async fn chunked_reads_keep_order_and_every_answer_with_its_credential() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    const N: usize = 23;
+    seed_numbered(&mut con, N, now_ms).await;
+    // Asked in reverse order, so the order given (not the registry's) must come back.
+    let keys: Vec<CredentialKeys> = (0..N)
+        .rev()
+        .map(|i| CredentialKeys::new(NS, &format!("c-{i:03}")).unwrap())
+        .collect();
+
+    // Chunks of 1, a size that does not divide N, exactly N, more than N, and the default.
+    for chunk in [1, 5, N, 1000, snapshot::READ_CHUNK] {
+        let snap = snapshot::read_chunked(&mut con, NS, &keys, chunk)
+            .await
+            .unwrap();
+        assert_eq!(snap.registered.len(), N, "chunk {chunk}");
+        assert_eq!(snap.credentials.len(), N, "chunk {chunk}");
+        for (c, i) in snap.credentials.iter().zip((0..N).rev()) {
+            assert_eq!(c.id, format!("c-{i:03}"), "chunk {chunk}");
+            assert_eq!(c.status.appid, Some(format!("wx{i}")), "chunk {chunk}");
+            assert_eq!(c.status.paused, i % 3 == 0, "chunk {chunk}: {}", c.id);
+            let at = kind(c, Kind::AccessToken);
+            assert_eq!(at.stored, i % 2 == 0, "chunk {chunk}: {}", c.id);
+            assert_eq!(at.fence, (i % 2 == 0).then_some(100 + i as u64));
+            let want_prefix = format!("token-{i:03}")[..8].to_owned();
+            assert_eq!(
+                at.token_prefix,
+                (i % 2 == 0).then_some(want_prefix),
+                "chunk {chunk}"
+            );
+        }
+    }
+    // `read` is the default chunking.
+    let snap = snapshot::read(&mut con, NS, &keys).await.unwrap();
+    assert_eq!(snap.credentials.len(), N);
+    assert_eq!(snap.credentials[0].id, "c-022");
+}
+
+#[tokio::test]
+async fn a_large_read_is_split_into_moderate_transactions() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    const N: usize = 1_234;
+    seed_numbered(&mut con, N, now_ms).await;
+    let keys: Vec<CredentialKeys> = (0..N)
+        .map(|i| CredentialKeys::new(NS, &format!("c-{i:03}")).unwrap())
+        .collect();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let snap = snapshot::read(&mut con, NS, &keys).await.unwrap();
+    assert_eq!(snap.credentials.len(), N);
+    assert_eq!(
+        snap.credentials.iter().filter(|c| c.status.paused).count(),
+        N.div_ceil(3)
+    );
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let calls = |cmd: &str| -> u64 {
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let chunks = N.div_ceil(snapshot::READ_CHUNK) as u64;
+    assert_eq!(calls("exec"), chunks, "{info}");
+    assert_eq!(calls("time"), chunks, "{info}");
+    assert_eq!(calls("smembers"), 1, "{info}");
+    assert_eq!(calls("hgetall"), (N * (1 + KINDS.len())) as u64, "{info}");
+}

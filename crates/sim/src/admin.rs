@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::AppConfig;
-use crate::evidence::{AppEvidence, Endpoint, Evidence, FetchRecord};
+use crate::evidence::{AppEvidence, Endpoint, Evidence, FetchCounts, FetchRecord, SimCounts};
 use crate::fault::Fault;
 use crate::state::{AppState, Shared};
 
@@ -203,19 +203,54 @@ impl Admin {
         }
     }
 
-    /// Evidence for every app.
+    /// Evidence for every app. This copies every fetch record of every app while holding the
+    /// simulator's lock: with many apps, prefer [`Admin::counts`] (O(1)),
+    /// [`Admin::counts_per_app`] or [`Admin::app_evidence`].
     pub fn evidence(&self) -> Evidence {
         let now = self.shared.now();
         let mut inner = self.shared.lock();
-        let appids: Vec<String> = inner.apps.keys().cloned().collect();
+        let appids: Vec<Arc<str>> = inner.apps.keys().cloned().collect();
         let apps: BTreeMap<String, AppEvidence> = appids
             .into_iter()
             .filter_map(|appid| {
                 let ev = inner.app_evidence(&appid, &now)?;
-                Some((appid, ev))
+                Some((appid.to_string(), ev))
             })
             .collect();
         Evidence { apps }
+    }
+
+    /// How many apps there are and how many fetches all of them made, by endpoint and
+    /// outcome. O(1): kept as counters.
+    pub fn counts(&self) -> SimCounts {
+        let inner = self.shared.lock();
+        SimCounts {
+            apps: u64::try_from(inner.apps.len()).unwrap_or(u64::MAX),
+            fetches: inner.totals,
+            per_app: None,
+        }
+    }
+
+    /// [`Admin::counts`] plus the counts of every app that made at least one fetch, by appid.
+    /// O(apps).
+    pub fn counts_per_app(&self) -> SimCounts {
+        let inner = self.shared.lock();
+        let per_app = inner
+            .apps
+            .iter()
+            .filter(|(_, app)| !app.counts.total().is_zero())
+            .map(|(appid, app)| (appid.to_string(), app.counts))
+            .collect();
+        SimCounts {
+            apps: u64::try_from(inner.apps.len()).unwrap_or(u64::MAX),
+            fetches: inner.totals,
+            per_app: Some(per_app),
+        }
+    }
+
+    /// One app's fetch counts, `None` if it does not exist. O(1).
+    pub fn app_counts(&self, appid: &str) -> Option<FetchCounts> {
+        self.shared.lock().apps.get(appid).map(|app| app.counts)
     }
 
     /// Evidence for one app, `None` if it does not exist.
@@ -275,8 +310,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/evidence", get(evidence))
+        .route("/counts", get(counts))
         .route("/apps", post(add_app))
         .route("/apps/{appid}/evidence", get(app_evidence))
+        .route("/apps/{appid}/counts", get(app_counts))
         .route(
             "/apps/{appid}/faults",
             post(inject).get(list_faults).delete(clear_faults),
@@ -331,6 +368,26 @@ async fn healthz() -> Response {
 
 async fn evidence(State(shared): State<Arc<Shared>>) -> Response {
     Json(Admin::new(shared).evidence()).into_response()
+}
+
+/// `GET /_sim/counts[?per_app=true]`
+async fn counts(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    let admin = Admin::new(shared);
+    match crate::wire::query_param(query.as_deref(), "per_app").as_deref() {
+        None | Some("false") => Json(admin.counts()).into_response(),
+        Some("true") => Json(admin.counts_per_app()).into_response(),
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            format!("per_app must be true or false, not {other:?}"),
+        ),
+    }
+}
+
+async fn app_counts(State(shared): State<Arc<Shared>>, Path(appid): Path<String>) -> Response {
+    match Admin::new(shared).app_counts(&appid) {
+        Some(counts) => Json(counts).into_response(),
+        None => admin_error(AdminError::UnknownApp(appid)),
+    }
 }
 
 async fn app_evidence(State(shared): State<Arc<Shared>>, Path(appid): Path<String>) -> Response {

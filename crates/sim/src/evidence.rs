@@ -33,6 +33,16 @@ impl Endpoint {
         Endpoint::Business,
     ];
 
+    /// Position in [`Endpoint::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Endpoint::Token => 0,
+            Endpoint::StableToken => 1,
+            Endpoint::Ticket => 2,
+            Endpoint::Business => 3,
+        }
+    }
+
     /// The snake_case name used on the wire (`"stable_token"`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -167,4 +177,100 @@ pub struct LiveToken {
     pub expires_in_ms: u64,
     /// Whether a newer one of the same kind has been issued.
     pub replaced: bool,
+}
+
+/// How the calls of one endpoint were answered. Kept as counters, so reading them is O(1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Every call (what [`AppEvidence::fetches`] records).
+    pub calls: u64,
+    /// Calls that issued a new token or ticket.
+    pub issued: u64,
+    /// Calls answered with the current token (stable normal mode, early force refresh).
+    pub reused: u64,
+    /// Calls answered with an errcode by WeChat's rules.
+    pub errors: u64,
+    /// Calls answered by a scripted fault.
+    pub faults: u64,
+}
+
+impl Counts {
+    /// No calls at all.
+    pub fn is_zero(&self) -> bool {
+        self.calls == 0
+    }
+
+    fn add(&mut self, outcome: &FetchOutcome) {
+        self.calls += 1;
+        match outcome {
+            FetchOutcome::Issued { reused: false, .. } => self.issued += 1,
+            FetchOutcome::Issued { reused: true, .. } => self.reused += 1,
+            FetchOutcome::Error { .. } => self.errors += 1,
+            FetchOutcome::Fault { .. } => self.faults += 1,
+        }
+    }
+
+    fn plus(self, other: Counts) -> Counts {
+        Counts {
+            calls: self.calls + other.calls,
+            issued: self.issued + other.issued,
+            reused: self.reused + other.reused,
+            errors: self.errors + other.errors,
+            faults: self.faults + other.faults,
+        }
+    }
+}
+
+/// Fetch counts by endpoint (for one app, or all apps together). Endpoints never called are
+/// left out of the JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchCounts {
+    /// Classic `GET /cgi-bin/token`.
+    #[serde(default, skip_serializing_if = "Counts::is_zero")]
+    pub token: Counts,
+    /// `POST /cgi-bin/stable_token`.
+    #[serde(default, skip_serializing_if = "Counts::is_zero")]
+    pub stable_token: Counts,
+    /// `GET /cgi-bin/ticket/getticket`.
+    #[serde(default, skip_serializing_if = "Counts::is_zero")]
+    pub ticket: Counts,
+}
+
+impl FetchCounts {
+    /// The counts of one endpoint (`None` for [`Endpoint::Business`], which is not a fetch).
+    pub fn of(&self, endpoint: Endpoint) -> Option<&Counts> {
+        match endpoint {
+            Endpoint::Token => Some(&self.token),
+            Endpoint::StableToken => Some(&self.stable_token),
+            Endpoint::Ticket => Some(&self.ticket),
+            Endpoint::Business => None,
+        }
+    }
+
+    /// All endpoints together.
+    pub fn total(&self) -> Counts {
+        self.token.plus(self.stable_token).plus(self.ticket)
+    }
+
+    pub(crate) fn add(&mut self, endpoint: Endpoint, outcome: &FetchOutcome) {
+        match endpoint {
+            Endpoint::Token => self.token.add(outcome),
+            Endpoint::StableToken => self.stable_token.add(outcome),
+            Endpoint::Ticket => self.ticket.add(outcome),
+            Endpoint::Business => {}
+        }
+    }
+}
+
+/// The whole simulator's fetch counts (`GET /_sim/counts`): cheap at any number of apps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimCounts {
+    /// How many apps the simulator knows.
+    pub apps: u64,
+    /// Fetches of all apps together, by endpoint.
+    pub fetches: FetchCounts,
+    /// Per-app counts (appid → counts), only when asked for (`?per_app=true`,
+    /// [`crate::Admin::counts_per_app`]); apps never called are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_app: Option<BTreeMap<String, FetchCounts>>,
 }

@@ -64,7 +64,7 @@ impl Simulator {
             // Either an explicit stop or the sender being dropped.
             let _ = stopped.await;
         }));
-        tracing::info!(%addr, apps = config.apps.len(), "wechat simulator listening");
+        tracing::info!(%addr, apps = config.app_count(), "wechat simulator listening");
         Ok(Simulator {
             addr,
             admin,
@@ -117,7 +117,7 @@ pub async fn serve(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, apps = config.apps.len(), "wechat simulator listening");
+    tracing::info!(addr = %local, apps = config.app_count(), "wechat simulator listening");
     let shared = Arc::new(Shared::new(&config));
     run(listener, router(shared), shutdown).await;
     tracing::info!(addr = %local, "wechat simulator stopped");

@@ -5,13 +5,19 @@
 //! this module only keeps the books they need (issue/replace/check tokens, count quota, record
 //! fetches). Must not: hold the lock across an `.await`, store secrets anywhere but
 //! `AppState::secret`, or log whole tokens (8-character prefixes only).
+//!
+//! Scale: every per-request operation is a hash lookup (apps by appid, tokens by value) plus
+//! an append; nothing scans all apps or all tokens. Only the admin API's whole-simulator
+//! reads ([`crate::Admin::evidence`], per-app counts) visit every app. Each issued token is
+//! stored once (`Arc<str>`, shared by the token index and its app), and fetch counts are kept
+//! as counters so totals are O(1).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{SimConfig, Timing};
-use crate::evidence::{AppEvidence, Endpoint, FetchOutcome, FetchRecord, LiveToken};
+use crate::evidence::{AppEvidence, Endpoint, FetchCounts, FetchOutcome, FetchRecord, LiveToken};
 use crate::fault::Fault;
 use crate::wire;
 
@@ -34,10 +40,12 @@ pub(crate) struct Now {
 }
 
 pub(crate) struct Inner {
-    pub(crate) apps: BTreeMap<String, AppState>,
+    pub(crate) apps: HashMap<Arc<str>, AppState>,
     /// Every token and ticket ever issued (they are never forgotten, so an old token keeps
     /// answering 42001/40001 rather than becoming "unknown"). Growth is bounded by the quotas.
-    pub(crate) tokens: HashMap<String, TokenEntry>,
+    pub(crate) tokens: HashMap<Arc<str>, TokenEntry>,
+    /// Fetch counts of all apps together (the sum of every app's `counts`).
+    pub(crate) totals: FetchCounts,
 }
 
 pub(crate) struct AppState {
@@ -48,11 +56,13 @@ pub(crate) struct AppState {
     pub(crate) quota: Quota,
     /// When the last effective stable force refresh happened.
     pub(crate) last_force: Option<Instant>,
-    /// The newest token of each kind.
-    current: BTreeMap<TokenKind, String>,
+    /// The newest token of each kind, indexed by [`TokenKind::index`].
+    current: [Option<Arc<str>>; TokenKind::COUNT],
     /// Every token and ticket of this app, in issue order.
-    issued: Vec<String>,
+    issued: Vec<Arc<str>>,
     pub(crate) fetches: Vec<FetchRecord>,
+    /// `fetches` counted by endpoint and outcome.
+    pub(crate) counts: FetchCounts,
     pub(crate) rejected_business_calls: BTreeMap<i64, u64>,
     pub(crate) business_ok: u64,
 }
@@ -61,7 +71,8 @@ pub(crate) struct AppState {
 #[derive(Debug, Default)]
 pub(crate) struct Quota {
     day: u64,
-    used: BTreeMap<Endpoint, u32>,
+    /// Indexed by [`Endpoint::index`].
+    used: [u32; Endpoint::ALL.len()],
     pub(crate) force_refreshes: u32,
 }
 
@@ -76,20 +87,20 @@ impl Quota {
     }
 
     pub(crate) fn used(&self, endpoint: Endpoint) -> u32 {
-        self.used.get(&endpoint).copied().unwrap_or(0)
+        self.used[endpoint.index()]
     }
 
     pub(crate) fn add(&mut self, endpoint: Endpoint) {
-        let used = self.used.entry(endpoint).or_insert(0);
+        let used = &mut self.used[endpoint.index()];
         *used = used.saturating_add(1);
     }
 
     pub(crate) fn set(&mut self, endpoint: Endpoint, used: u32) {
-        self.used.insert(endpoint, used);
+        self.used[endpoint.index()] = used;
     }
 
     pub(crate) fn reset(&mut self) {
-        self.used.clear();
+        self.used = [0; Endpoint::ALL.len()];
         self.force_refreshes = 0;
     }
 }
@@ -104,6 +115,18 @@ pub(crate) enum TokenKind {
 }
 
 impl TokenKind {
+    const COUNT: usize = 4;
+
+    /// Position in `AppState::current`.
+    fn index(self) -> usize {
+        match self {
+            TokenKind::AccessToken => 0,
+            TokenKind::StableAccessToken => 1,
+            TokenKind::JsapiTicket => 2,
+            TokenKind::WxCardTicket => 3,
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             TokenKind::AccessToken => "access_token",
@@ -132,7 +155,7 @@ impl TokenKind {
 /// replacement (its overlap ended before its natural expiry) answers 40001 from the end of the
 /// overlap on, forever; a token that lived its full natural life answers 42001 after it.
 pub(crate) struct TokenEntry {
-    pub(crate) appid: String,
+    pub(crate) appid: Arc<str>,
     pub(crate) kind: TokenKind,
     expires_at: Instant,
     /// End of the overlap after a replacement; only set when earlier than `expires_at`.
@@ -187,9 +210,9 @@ pub(crate) struct Issued {
 impl Shared {
     pub(crate) fn new(config: &SimConfig) -> Shared {
         let started_unix_ms = unix_ms(SystemTime::now());
-        let mut apps = BTreeMap::new();
-        for app in &config.apps {
-            apps.insert(app.appid.clone(), AppState::new(&app.secret));
+        let mut apps = HashMap::with_capacity(config.app_count());
+        for app in config.all_apps() {
+            apps.insert(Arc::from(app.appid), AppState::new(&app.secret));
         }
         Shared {
             timing: config.timing.clone(),
@@ -198,6 +221,7 @@ impl Shared {
             inner: Mutex::new(Inner {
                 apps,
                 tokens: HashMap::new(),
+                totals: FetchCounts::default(),
             }),
         }
     }
@@ -236,9 +260,10 @@ impl AppState {
             faults: VecDeque::new(),
             quota: Quota::default(),
             last_force: None,
-            current: BTreeMap::new(),
+            current: Default::default(),
             issued: Vec::new(),
             fetches: Vec::new(),
+            counts: FetchCounts::default(),
             rejected_business_calls: BTreeMap::new(),
             business_ok: 0,
         }
@@ -262,7 +287,7 @@ impl Inner {
                 false
             }
             None => {
-                self.apps.insert(appid.to_string(), AppState::new(secret));
+                self.apps.insert(Arc::from(appid), AppState::new(secret));
                 true
             }
         }
@@ -278,14 +303,19 @@ impl Inner {
         timing: &Timing,
         now: &Now,
     ) -> Option<Issued> {
+        let (owner, _) = self.apps.get_key_value(appid)?;
+        let owner = Arc::clone(owner);
         let app = self.apps.get_mut(appid)?;
-        let token = loop {
+        let token: Arc<str> = loop {
             let t = wire::random_token(kind.len());
-            if !self.tokens.contains_key(&t) {
-                break t;
+            if !self.tokens.contains_key(t.as_str()) {
+                break Arc::from(t);
             }
         };
-        if let Some(old) = app.current.get(&kind).and_then(|t| self.tokens.get_mut(t)) {
+        if let Some(old) = app.current[kind.index()]
+            .as_deref()
+            .and_then(|t| self.tokens.get_mut(t))
+        {
             let dies = match previous {
                 Previous::DiesAfterOverlap => now.at + timing.overlap,
                 Previous::DiesAtOwnExpiry => old.expires_at,
@@ -293,9 +323,9 @@ impl Inner {
             old.replace(dies);
         }
         self.tokens.insert(
-            token.clone(),
+            Arc::clone(&token),
             TokenEntry {
-                appid: appid.to_string(),
+                appid: owner,
                 kind,
                 expires_at: now.at + timing.expires_in,
                 killed_at: None,
@@ -303,8 +333,8 @@ impl Inner {
                 revoked: false,
             },
         );
-        app.current.insert(kind, token.clone());
-        app.issued.push(token.clone());
+        app.current[kind.index()] = Some(Arc::clone(&token));
+        app.issued.push(Arc::clone(&token));
         let expires_in = wire::wire_secs(timing.expires_in);
         tracing::debug!(
             appid,
@@ -313,7 +343,10 @@ impl Inner {
             expires_in,
             "issued"
         );
-        Some(Issued { token, expires_in })
+        Some(Issued {
+            token: token.to_string(),
+            expires_in,
+        })
     }
 
     /// The app's current token of `kind` and its remaining life, if it is still valid.
@@ -323,18 +356,18 @@ impl Inner {
         kind: TokenKind,
         now: &Now,
     ) -> Option<(String, Duration)> {
-        let token = self.apps.get(appid)?.current.get(&kind)?;
+        let token = self.apps.get(appid)?.current[kind.index()].as_deref()?;
         let entry = self.tokens.get(token)?;
         entry.check(now.at).ok()?;
         Some((
-            token.clone(),
+            token.to_string(),
             entry.dies_at().saturating_duration_since(now.at),
         ))
     }
 
     /// The app owning a token or ticket, if the simulator ever issued it.
-    pub(crate) fn owner_of(&self, token: &str) -> Option<String> {
-        self.tokens.get(token).map(|e| e.appid.clone())
+    pub(crate) fn owner_of(&self, token: &str) -> Option<Arc<str>> {
+        self.tokens.get(token).map(|e| Arc::clone(&e.appid))
     }
 
     /// The business API's check of an access token (classic or stable). Tickets and unknown
@@ -353,13 +386,15 @@ impl Inner {
             return false;
         };
         for token in &app.issued {
-            if let Some(entry) = self.tokens.get_mut(token) {
+            if let Some(entry) = self.tokens.get_mut(token.as_ref()) {
                 if entry.kind.is_access_token() {
                     entry.revoked = true;
                 }
             }
         }
-        app.current.retain(|kind, _| !kind.is_access_token());
+        for kind in [TokenKind::AccessToken, TokenKind::StableAccessToken] {
+            app.current[kind.index()] = None;
+        }
         tracing::debug!(appid, "revoked all access tokens");
         true
     }
@@ -374,6 +409,8 @@ impl Inner {
         now: &Now,
     ) {
         if let Some(app) = self.apps.get_mut(appid) {
+            app.counts.add(endpoint, &outcome);
+            self.totals.add(endpoint, &outcome);
             app.fetches.push(FetchRecord {
                 endpoint,
                 at_unix_ms: now.unix_ms,
@@ -392,7 +429,7 @@ impl Inner {
             .issued
             .iter()
             .filter_map(|t| {
-                let entry = self.tokens.get(t)?;
+                let entry = self.tokens.get(t.as_ref())?;
                 entry.check(now.at).ok()?;
                 let left = entry.dies_at().saturating_duration_since(now.at);
                 Some(LiveToken {
@@ -423,7 +460,7 @@ mod tests {
 
     fn entry(expires_at: Instant) -> TokenEntry {
         TokenEntry {
-            appid: "wx".into(),
+            appid: Arc::from("wx"),
             kind: TokenKind::AccessToken,
             expires_at,
             killed_at: None,

@@ -11,6 +11,7 @@ mod classic;
 mod config;
 mod evidence;
 mod faults;
+mod generated;
 mod lifecycle;
 mod stable;
 mod ticket;
