@@ -260,7 +260,7 @@ async fn sim(
     }
     cfg.validate()?;
     let shutdown = shutdown_on_signals()?;
-    tracing::info!(%listen, apps = cfg.apps.len(), "WeChat simulator listening; admin API under /_sim/");
+    tracing::info!(%listen, apps = cfg.app_count(), "WeChat simulator listening; admin API under /_sim/");
     wxtoken_sim::serve(cfg, listen, shutdown.cancelled_owned())
         .await
         .with_context(|| format!("simulator on {listen}"))

@@ -157,9 +157,10 @@ async fn probes_and_metrics() {
         "{text}"
     );
     assert!(
-        text.contains(r#"wxtoken_time_left_seconds{id="app-0",kind="access_token"}"#),
+        text.contains(r#"wxtoken_expires_at_seconds{id="app-0",kind="access_token"}"#),
         "{text}"
     );
+    assert!(text.contains("wxtoken_credentials 2\n"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
 
     // Redis goes away: not ready (bounded by the Redis timeout), still alive.

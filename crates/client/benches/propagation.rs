@@ -90,4 +90,3 @@ async fn main() {
         .await
         .expect("ping");
 }
-

@@ -78,6 +78,8 @@ pub enum Outcome {
         next_due: Duration,
         /// The credential's tickets that were waiting for this access token.
         tickets_due: Vec<Kind>,
+        /// When the stored value expires, Unix ms (Redis clock).
+        expires_at_ms: u64,
     },
     /// Under the lock, no call was needed; looked at again after `next`.
     NotNeeded {
@@ -256,7 +258,10 @@ impl<'a> Lease<'a> {
             })
             .await;
         match written {
-            Ok(WriteOutcome::Written { tickets_due, .. }) => {
+            Ok(WriteOutcome::Written {
+                tickets_due,
+                expires_at_ms,
+            }) => {
                 tracing::info!(
                     id = self.keys.id(),
                     kind = %self.kind,
@@ -269,6 +274,7 @@ impl<'a> Lease<'a> {
                 Outcome::Refreshed {
                     next_due,
                     tickets_due,
+                    expires_at_ms,
                 }
             }
             Ok(rejected) => {

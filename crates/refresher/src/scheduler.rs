@@ -434,6 +434,7 @@ fn settle(
                 Outcome::Refreshed {
                     next_due,
                     tickets_due,
+                    ..
                 } => {
                     loud.remove(&member);
                     if let Some(h) = sh.registry.get(&id) {
@@ -524,7 +525,12 @@ fn log_failure(
 fn count(sh: &Shared, value: &metrics::ValueLabels, reason: Reason, outcome: &Outcome) {
     let m = &sh.metrics;
     let (outcome, errcode) = match outcome {
-        Outcome::Refreshed { .. } => ("ok", None),
+        Outcome::Refreshed { expires_at_ms, .. } => {
+            m.expires_at
+                .get_or_create(value)
+                .set(*expires_at_ms as f64 / 1000.0);
+            ("ok", None)
+        }
         Outcome::Rejected => {
             m.fence_rejections.get_or_create(value).inc();
             ("fenced", None)

@@ -25,7 +25,13 @@ pub async fn store<C: ConnectionLike>(
         kinds: &[kind],
         ticket_delay: Duration::ZERO,
     };
-    registry::register(con, &[(keys.clone(), facts)], replica, Duration::from_secs(15)).await?;
+    registry::register(
+        con,
+        &[(keys.clone(), facts)],
+        replica,
+        Duration::from_secs(15),
+    )
+    .await?;
     redis::cmd("ZADD")
         .arg(keys.due())
         .arg("XX")

@@ -27,7 +27,6 @@ pub struct Refresher {
     namespace: String,
 }
 
-
 impl Refresher {
     pub async fn new(server: &RedisServer) -> Refresher {
         Refresher::in_namespace(server, NS).await

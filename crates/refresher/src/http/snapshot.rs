@@ -190,7 +190,7 @@ pub(crate) async fn take(sh: &Shared, creds: &[Managed]) -> Snapshot {
     }
 }
 
-/// Everything in one round trip, read-only.
+/// Everything, read-only (one round trip per 500 credentials).
 async fn read(sh: &Shared, creds: &[Managed]) -> Result<redis_view::Snapshot, RedisError> {
     let mut con = sh.redis.con();
     sh.redis
