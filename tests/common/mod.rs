@@ -36,6 +36,10 @@ pub struct Setup {
     pub quota_pause: Duration,
     pub check_interval: Duration,
     pub min_interval: Duration,
+    /// `wechat.calls_per_second` (the shared rate), if not the default.
+    pub calls_per_second: Option<f64>,
+    /// `wechat.burst`, if not the default.
+    pub burst: Option<u32>,
     /// Appended to the generated config text (e.g. an `[http]` section).
     pub extra_config: String,
 }
@@ -60,6 +64,8 @@ impl Default for Setup {
             quota_pause: Duration::from_secs(2),
             check_interval: Duration::from_secs(1),
             min_interval: Duration::from_millis(500),
+            calls_per_second: None,
+            burst: None,
             extra_config: String::new(),
         }
     }
@@ -121,6 +127,13 @@ impl Env {
 
     /// The config file text for a replica talking to `redis_url`.
     pub fn config_text(&self, redis_url: &str) -> String {
+        let all: Vec<usize> = (0..self.creds.len()).collect();
+        self.config_text_for(redis_url, &all)
+    }
+
+    /// The config file text for a replica that holds only credentials `held`
+    /// (indices into `creds`).
+    pub fn config_text_for(&self, redis_url: &str, held: &[usize]) -> String {
         let s = &self.setup;
         let mut text = format!(
             "[redis]\nurl = \"{redis_url}\"\ntimeout = \"{}\"\n\n\
@@ -142,7 +155,17 @@ impl Env {
             ms(s.check_interval),
             ms(s.min_interval),
         );
-        for (i, c) in self.creds.iter().enumerate() {
+        if let Some(rate) = s.calls_per_second {
+            text = text.replace(
+                "[wechat]\n",
+                &format!("[wechat]\ncalls_per_second = {rate}\n"),
+            );
+        }
+        if let Some(burst) = s.burst {
+            text = text.replace("[wechat]\n", &format!("[wechat]\nburst = {burst}\n"));
+        }
+        for &i in held {
+            let c = &self.creds[i];
             text.push_str(&format!(
                 "\n[[credential]]\nid = \"{}\"\nappid = \"{}\"\nsecret_env = \"WXT_SECRET_{i}\"\nmode = \"{}\"\n",
                 c.id,
@@ -155,6 +178,21 @@ impl Env {
         }
         text.push_str(&s.extra_config);
         text
+    }
+
+    /// Rewrites replica `name`'s config file to hold only credentials `held`
+    /// (indices into `creds`); the replica reads it on SIGHUP.
+    pub fn write_config(&self, name: &str, held: &[usize]) {
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, self.config_text_for(&self.redis.url(), held)).unwrap();
+    }
+
+    /// Starts replica `name` holding only credentials `held`.
+    pub fn spawn_replica_holding(&self, name: &str, held: &[usize]) -> Replica {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        self.write_config(name, held);
+        self.spawn_configured(name, &[], stderr.into()).0
     }
 
     /// Starts `n` replicas named `replica-1` … `replica-n` against the test Redis.
@@ -194,6 +232,17 @@ impl Env {
         let url = redis_url.map_or_else(|| self.redis.url(), str::to_owned);
         let config = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, self.config_text(&url)).unwrap();
+        self.spawn_configured(name, extra_env, stderr)
+    }
+
+    /// Starts replica `name` with the config file already written for it.
+    fn spawn_configured(
+        &self,
+        name: &str,
+        extra_env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> (Replica, Option<std::process::ChildStderr>) {
+        let config = self.dir.path().join(format!("{name}.toml"));
         let log = self.dir.path().join(format!("{name}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxtoken"));
         cmd.args(["run", "--config"])
