@@ -175,7 +175,9 @@ impl<'a> Lease<'a> {
                 return (None, Outcome::NotNeeded { next });
             }
         };
-        tracing::debug!(id = self.keys.id(), kind = %self.kind, reason = reason.as_str(), "claimed");
+        let late = self.state.now_ms.saturating_sub(self.state.due_at_ms);
+        self.sh.metrics.lateness.observe(late as f64 / 1000.0);
+        tracing::debug!(id = self.keys.id(), kind = %self.kind, reason = reason.as_str(), late_ms = late, "claimed");
         let outcome = match self.fetch(reason).await {
             Ok(fetched) => self.store(reason, fetched).await,
             Err(error) => self.failed(error).await,

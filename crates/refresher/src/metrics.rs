@@ -130,6 +130,9 @@ pub struct Metrics {
     /// `wxtoken_due_values`: values found due at this replica's last look
     /// at the due-queue (capped by the scan window).
     pub due_values: Gauge,
+    /// `wxtoken_refresh_lateness_seconds`: from when a value was due to
+    /// when this replica claimed it for a WeChat call.
+    pub lateness: Histogram,
     /// `wxtoken_wechat_call_duration_seconds`.
     pub wechat_latency: Family<EndpointLabels, Histogram>,
     /// `wxtoken_redis_up`: 1 when the last Redis operation succeeded.
@@ -184,6 +187,14 @@ impl Metrics {
             "Values found due at this replica's last look at the due-queue",
             due_values.clone(),
         );
+        let lateness = Histogram::new([
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        ]);
+        registry.register(
+            "refresh_lateness_seconds",
+            "From when a value was due to when this replica claimed it for a WeChat call",
+            lateness.clone(),
+        );
         let wechat_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
@@ -206,6 +217,7 @@ impl Metrics {
             expires_at,
             credentials,
             due_values,
+            lateness,
             wechat_latency,
             redis_up,
             started_at: SystemTime::now(),

@@ -144,6 +144,7 @@ mod tests {
             failures: 0,
             access_token: None,
             now_ms,
+            due_at_ms: now_ms,
         }
     }
 

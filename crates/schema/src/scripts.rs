@@ -90,7 +90,7 @@ end
 local failures = false
 if st == 'hash' then failures = redis.call('HGET', KEYS[6], 'failures') end
 return {fence, now, str(KEYS[5]), redis.call('PTTL', KEYS[5]), info[2], info[3],
-  str(KEYS[7]), failures, str(KEYS[8])}
+  str(KEYS[7]), failures, str(KEYS[8]), score}
 ",
     )
 });
@@ -321,6 +321,8 @@ pub struct ValueState {
     pub access_token: Option<String>,
     /// The Redis clock at the claim, Unix ms.
     pub now_ms: u64,
+    /// When the value was due (its queue score at the claim), Unix ms.
+    pub due_at_ms: u64,
 }
 
 impl std::fmt::Debug for ValueState {
@@ -337,6 +339,7 @@ impl std::fmt::Debug for ValueState {
                 &self.access_token.as_deref().map(crate::token_prefix),
             )
             .field("now_ms", &self.now_ms)
+            .field("due_at_ms", &self.due_at_ms)
             .finish()
     }
 }
@@ -441,7 +444,7 @@ pub async fn claim<C: ConnectionLike>(
         -3 => Claim::Busy(at()?),
         -4 => Claim::Held(at()?),
         -5 => Claim::RateLimited(Duration::from_micros(at()?)),
-        fence if fence > 0 && answer.len() == 9 => {
+        fence if fence > 0 && answer.len() == 10 => {
             let opt_u64 = |i: usize| {
                 answer
                     .get(i)
@@ -466,6 +469,7 @@ pub async fn claim<C: ConnectionLike>(
                     failures: opt_u64(7).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
                     access_token: text(&answer[8]),
                     now_ms: opt_u64(1).unwrap_or(0),
+                    due_at_ms: opt_u64(9).unwrap_or(0),
                 },
             }
         }
