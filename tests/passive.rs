@@ -258,3 +258,45 @@ async fn reports_wait_for_the_minimum_interval_after_a_refresh() {
     assert!(stored_at.elapsed() >= Duration::from_millis(2500));
     assert_eq!(issued(&env.admin.fetches(&appid, Endpoint::Token)), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_set_and_publish_from_any_language_is_served_once() {
+    let env = Env::start(setup()).await;
+    let appid = env.creds[0].appid.clone();
+    let _replicas = env.spawn_replicas(3);
+    env.wait_all_stored(Duration::from_secs(10)).await;
+    let mut con = env.redis_con().await;
+    let bad = env.token(&mut con, 0).await.unwrap();
+    env.admin.revoke_tokens(&appid);
+    // Past min_interval since the first fetch.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // The README's two commands, as a PHP or Python server would send them.
+    let keys = env.keys(&env.creds[0].id);
+    let _: () = redis::cmd("SET")
+        .arg(keys.refresh_request(Kind::AccessToken))
+        .arg(&bad)
+        .arg("PX")
+        .arg(600_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("PUBLISH")
+        .arg(wxtoken_schema::requests_channel("wxtoken"))
+        .arg(keys.member(Kind::AccessToken))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "the token is replaced", || {
+        let (env, mut con, bad) = (&env, con.clone(), bad.clone());
+        async move { env.token(&mut con, 0).await.is_some_and(|t| t != bad) }
+    })
+    .await;
+    let fresh = env.token(&mut con, 0).await.unwrap();
+    let http = reqwest::Client::new();
+    assert_eq!(
+        business_call(&http, &env.sim.base_url(), &fresh).await,
+        Ok(())
+    );
+    assert_eq!(issued(&env.admin.fetches(&appid, Endpoint::Token)), 2);
+}

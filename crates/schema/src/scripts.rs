@@ -18,7 +18,9 @@ use std::time::Duration;
 /// The claim of one due value.
 ///
 /// In order: the value must still be queued (else `-1`: unregistered) and
-/// due (else `-2, due_at`); its lock must be free (else `-3, lock expiry`,
+/// due — its queue entry's time has come, or a refresh request that would be
+/// served is pending (a plain `SET` of the request key from any language) —
+/// (else `-2, due_at`); its lock must be free (else `-3, lock expiry`,
 /// and the queue entry moves to the lock's expiry); the credential must not
 /// be paused or backing off (else `-4, until`, entry moved there); the
 /// shared call rate must allow a call now (else `-5, wait µs`; a generic
@@ -34,12 +36,22 @@ use std::time::Duration;
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local function str(key)
+  if redis.call('TYPE', key)['ok'] == 'string' then return redis.call('GET', key) end
+  return false
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[4], ARGV[3])
 if not score then return {-1} end
 score = tonumber(score) or 0
-if score > now then return {-2, score} end
+if score > now then
+  local req = str(KEYS[7])
+  local cur = str(KEYS[5])
+  if not (req and (req == '*' or (not cur) or cur == req)) then
+    return {-2, score}
+  end
+end
 local ttl = tonumber(ARGV[2])
 local lpttl = redis.call('PTTL', KEYS[1])
 if lpttl == -1 then
@@ -83,10 +95,6 @@ if fence <= stored then
   redis.call('SET', KEYS[2], fence)
 end
 redis.call('ZADD', KEYS[4], 'XX', now + ttl, ARGV[3])
-local function str(key)
-  if redis.call('TYPE', key)['ok'] == 'string' then return redis.call('GET', key) end
-  return false
-end
 local failures = false
 if st == 'hash' then failures = redis.call('HGET', KEYS[6], 'failures') end
 return {fence, now, str(KEYS[5]), redis.call('PTTL', KEYS[5]), info[2], info[3],
