@@ -8,7 +8,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,11 +57,12 @@ pub enum ConfigError {
 }
 
 /// How access tokens are fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// `GET /cgi-bin/token`: every fetch invalidates the previous token
     /// after WeChat's overlap (5 minutes).
+    #[default]
     Classic,
     /// `POST /cgi-bin/stable_token` in normal mode: returns the current token
     /// while it has time left; isolated from classic tokens.
@@ -138,14 +139,18 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
-/// `[wechat]`.
-#[derive(Debug, Clone)]
+/// `[wechat]`, deserialized as written (missing keys from [`Default`]);
+/// validation only trims `base_url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WechatConfig {
     /// API base URL, no trailing slash.
     pub base_url: String,
     /// TCP/TLS connect timeout.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Whole-request timeout.
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// WeChat calls one replica makes at once, at most.
     pub max_concurrent_calls: usize,
@@ -156,31 +161,71 @@ pub struct WechatConfig {
     pub burst: u32,
 }
 
-/// `[refresh]`.
-#[derive(Debug, Clone)]
+impl Default for WechatConfig {
+    fn default() -> Self {
+        WechatConfig {
+            base_url: "https://api.weixin.qq.com".into(),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_calls: 32,
+            calls_per_second: 200.0,
+            burst: 50,
+        }
+    }
+}
+
+/// `[refresh]`, deserialized as written (missing keys from [`Default`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RefreshConfig {
     /// Refresh when less than this is left…
+    #[serde(with = "humantime_serde")]
     pub margin: Duration,
     /// …but never more than this fraction of the token's lifetime.
     pub max_margin_fraction: f64,
     /// Random extra delay spread over replicas and credentials (at most half the margin).
+    #[serde(with = "humantime_serde")]
     pub jitter: Duration,
     /// Lock lease; renewed every third of it while WeChat is being called.
+    #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
     /// First retry delay after a transient failure; doubles up to `retry_max`.
+    #[serde(with = "humantime_serde")]
     pub retry_initial: Duration,
     /// Cap of the transient-failure backoff.
+    #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
     /// Retry delay after a configuration fault (wrong secret, IP whitelist…).
+    #[serde(with = "humantime_serde")]
     pub config_error_retry: Duration,
     /// Pause after WeChat reports the daily quota exhausted (45009).
+    #[serde(with = "humantime_serde")]
     pub quota_pause: Duration,
     /// Longest sleep between two looks at Redis, whatever the schedule says.
+    #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
     /// Minimum time between a refresh and a refresh requested by a report
     /// (passive refresh), so a token that WeChat keeps refusing for another
     /// reason cannot cause a refresh loop.
+    #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            margin: Duration::from_secs(300),
+            max_margin_fraction: 0.25,
+            jitter: Duration::from_secs(30),
+            lock_ttl: Duration::from_secs(30),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            config_error_retry: Duration::from_secs(300),
+            quota_pause: Duration::from_secs(600),
+            check_interval: Duration::from_secs(30),
+            min_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 impl RefreshConfig {
@@ -250,29 +295,29 @@ pub fn redacted_url(url: &SecretString) -> String {
     }
 }
 
-// ---- raw file shape ------------------------------------------------------
+// ---- file shape ----------------------------------------------------------
+//
+// `[wechat]` and `[refresh]` deserialize straight into their public structs.
+// The sections below hold what validation still has to resolve: an env
+// override and a deprecated key (`[redis]`), a socket address and a token
+// (`[http]`), secrets (`[[credential]]`).
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    redis: RawRedis,
-    #[serde(default)]
-    wechat: RawWechat,
-    #[serde(default)]
-    refresh: RawRefresh,
-    #[serde(default)]
-    replica: RawReplica,
-    #[serde(default, rename = "credential")]
-    credentials: Vec<RawCredential>,
-    #[serde(default)]
-    http: RawHttp,
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    redis: RedisSection,
+    wechat: WechatConfig,
+    refresh: RefreshConfig,
+    replica: ReplicaSection,
+    #[serde(rename = "credential")]
+    credentials: Vec<CredentialSection>,
+    http: HttpSection,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct RawRedis {
-    url: String,
+struct RedisSection {
+    url: SecretString,
     namespace: String,
     /// No longer used (one multiplexed connection); accepted with a warning.
     pool_size: Option<usize>,
@@ -280,10 +325,10 @@ struct RawRedis {
     timeout: Duration,
 }
 
-impl Default for RawRedis {
+impl Default for RedisSection {
     fn default() -> Self {
-        RawRedis {
-            url: "redis://127.0.0.1:6379".into(),
+        RedisSection {
+            url: SecretString::from("redis://127.0.0.1:6379"),
             namespace: wxtoken_schema::DEFAULT_NAMESPACE.into(),
             pool_size: None,
             timeout: Duration::from_secs(2),
@@ -291,103 +336,97 @@ impl Default for RawRedis {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawWechat {
-    base_url: String,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    request_timeout: Duration,
-    max_concurrent_calls: usize,
-    calls_per_second: f64,
-    burst: u32,
-}
-
-impl Default for RawWechat {
-    fn default() -> Self {
-        RawWechat {
-            base_url: "https://api.weixin.qq.com".into(),
-            connect_timeout: Duration::from_secs(3),
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_calls: 32,
-            calls_per_second: 200.0,
-            burst: 50,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawRefresh {
-    #[serde(with = "humantime_serde")]
-    margin: Duration,
-    max_margin_fraction: f64,
-    #[serde(with = "humantime_serde")]
-    jitter: Duration,
-    #[serde(with = "humantime_serde")]
-    lock_ttl: Duration,
-    #[serde(with = "humantime_serde")]
-    retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    retry_max: Duration,
-    #[serde(with = "humantime_serde")]
-    config_error_retry: Duration,
-    #[serde(with = "humantime_serde")]
-    quota_pause: Duration,
-    #[serde(with = "humantime_serde")]
-    check_interval: Duration,
-    #[serde(with = "humantime_serde")]
-    min_interval: Duration,
-}
-
-impl Default for RawRefresh {
-    fn default() -> Self {
-        RawRefresh {
-            margin: Duration::from_secs(300),
-            max_margin_fraction: 0.25,
-            jitter: Duration::from_secs(30),
-            lock_ttl: Duration::from_secs(30),
-            retry_initial: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            config_error_retry: Duration::from_secs(300),
-            quota_pause: Duration::from_secs(600),
-            check_interval: Duration::from_secs(30),
-            min_interval: Duration::from_secs(60),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawReplica {
+struct ReplicaSection {
     id: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHttp {
+struct HttpSection {
     listen: Option<String>,
     token_env: Option<String>,
     token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCredential {
+struct CredentialSection {
     id: String,
     appid: String,
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
     secret: Option<SecretString>,
-    #[serde(default = "default_mode")]
+    #[serde(default)]
     mode: Mode,
     #[serde(default)]
     tickets: Vec<Ticket>,
 }
 
-fn default_mode() -> Mode {
-    Mode::Classic
+// ---- secrets -------------------------------------------------------------
+
+/// Where a secret (an AppSecret, the HTTP bearer token) comes from: exactly
+/// one of its `*_env`, `*_file` or inline keys.
+enum SecretSource {
+    /// The name of an environment variable holding it.
+    Env(String),
+    /// A file holding it.
+    File(PathBuf),
+    /// The secret itself, written in the config file.
+    Inline(SecretString),
+}
+
+// The keys a secret is written under (env, file, inline), to name them in
+// errors. `[http]` has no inline key: `token` is refused as an unknown key.
+const CREDENTIAL_SECRET: [&str; 3] = ["secret_env", "secret_file", "secret"];
+const HTTP_TOKEN: [&str; 3] = ["token_env", "token_file", "token"];
+
+/// More than one of a secret's keys is set.
+struct SeveralSources;
+
+impl SecretSource {
+    /// The source given by the keys that are set: `None` if none is.
+    fn from_keys(
+        env: Option<String>,
+        file: Option<PathBuf>,
+        inline: Option<SecretString>,
+    ) -> Result<Option<SecretSource>, SeveralSources> {
+        match (env, file, inline) {
+            (None, None, None) => Ok(None),
+            (Some(var), None, None) => Ok(Some(SecretSource::Env(var))),
+            (None, Some(path), None) => Ok(Some(SecretSource::File(path))),
+            (None, None, Some(secret)) => Ok(Some(SecretSource::Inline(secret))),
+            _ => Err(SeveralSources),
+        }
+    }
+
+    /// Reads the secret: from the environment or the file trimmed, inline as
+    /// written; an empty one is an error. The error names the key at fault
+    /// and never contains the secret.
+    fn resolve(
+        self,
+        [env_key, file_key, inline_key]: [&'static str; 3],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SecretString, (&'static str, String)> {
+        let trimmed = |v: String| SecretString::from(v.trim().to_owned());
+        match self {
+            SecretSource::Env(var) => match env(&var) {
+                Some(v) if !v.trim().is_empty() => Ok(trimmed(v)),
+                Some(_) => Err((env_key, format!("environment variable {var} is empty"))),
+                None => Err((env_key, format!("environment variable {var} is not set"))),
+            },
+            SecretSource::File(path) => match std::fs::read_to_string(&path) {
+                Ok(v) if !v.trim().is_empty() => Ok(trimmed(v)),
+                Ok(_) => Err((file_key, format!("{} is empty", path.display()))),
+                Err(e) => Err((file_key, format!("cannot read {}: {e}", path.display()))),
+            },
+            SecretSource::Inline(s) if s.expose_secret().trim().is_empty() => {
+                Err((inline_key, "is empty".into()))
+            }
+            SecretSource::Inline(s) => Ok(s),
+        }
+    }
 }
 
 // ---- loading -------------------------------------------------------------
@@ -411,7 +450,7 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             // Only the parser's message, never its snippet of the file: the
             // offending line could hold an inline secret.
@@ -422,7 +461,29 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
-        validate(raw, origin, env)
+        let mut check = Check {
+            origin,
+            env,
+            warnings: Vec::new(),
+        };
+        let redis = check.redis(file.redis)?;
+        let wechat = check.wechat(file.wechat)?;
+        check.refresh(&file.refresh, &wechat)?;
+        if let Some(id) = &file.replica.id {
+            validate_name("replica id", id)
+                .map_err(|e| check.invalid("replica.id", e.to_string()))?;
+        }
+        let http = check.http(file.http)?;
+        let credentials = check.credentials(file.credentials)?;
+        Ok(Config {
+            redis,
+            wechat,
+            refresh: file.refresh,
+            replica_id: file.replica.id,
+            credentials,
+            http,
+            warnings: check.warnings,
+        })
     }
 }
 
@@ -433,373 +494,298 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn validate(
-    raw: RawConfig,
-    origin: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
-    let invalid = |field: &str, message: String| ConfigError::Invalid {
-        path: origin.to_owned(),
-        field: field.to_owned(),
-        message,
-    };
-    let mut warnings = Vec::new();
-
-    // [redis]
-    let url = env(ENV_REDIS_URL).unwrap_or(raw.redis.url);
-    let url_field = if env(ENV_REDIS_URL).is_some() {
-        ENV_REDIS_URL
-    } else {
-        "redis.url"
-    };
-    let url = SecretString::from(url);
-    if let Err(e) = redis::Client::open(url.expose_secret()) {
-        return Err(invalid(
-            url_field,
-            format!(
-                "{} is not a usable Redis URL ({:?}); expected redis://[user:password@]host:port[/db]",
-                redacted_url(&url),
-                e.kind()
-            ),
-        ));
-    }
-    validate_name("namespace", &raw.redis.namespace)
-        .map_err(|e| invalid("redis.namespace", e.to_string()))?;
-    if raw.redis.pool_size.is_some() {
-        warnings.push(
-            "redis.pool_size is no longer used (each replica multiplexes one connection); remove it"
-                .into(),
-        );
-    }
-    if raw.wechat.max_concurrent_calls == 0 {
-        return Err(invalid(
-            "wechat.max_concurrent_calls",
-            "must be at least 1".into(),
-        ));
-    }
-    if !(raw.wechat.calls_per_second.is_finite() && raw.wechat.calls_per_second >= 0.0) {
-        return Err(invalid(
-            "wechat.calls_per_second",
-            "must be a number of calls per second, 0 for no limit".into(),
-        ));
-    }
-    if raw.wechat.burst == 0 {
-        return Err(invalid("wechat.burst", "must be at least 1".into()));
-    }
-    if raw.redis.timeout.is_zero() {
-        return Err(invalid("redis.timeout", "must be more than 0".into()));
-    }
-
-    // [wechat]
-    let base_url = raw.wechat.base_url.trim_end_matches('/').to_owned();
-    match reqwest::Url::parse(&base_url) {
-        Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
-        Ok(u) if u.scheme() == "http" && u.host().is_some() => {
-            // The classic token API carries the AppSecret in its URL.
-            let loopback = u.host_str().is_some_and(|h| {
-                h == "localhost"
-                    || h.trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            });
-            if !loopback {
-                warnings.push(format!(
-                    "wechat.base_url {base_url:?} is plain http: AppSecrets cross the network unencrypted; use https unless this is a trusted proxy"
-                ));
-            }
-        }
-        Ok(_) => {
-            return Err(invalid(
-                "wechat.base_url",
-                format!("{base_url:?} must be an http:// or https:// URL with a host"),
-            ))
-        }
-        Err(e) => {
-            return Err(invalid(
-                "wechat.base_url",
-                format!("{base_url:?} is not a URL: {e}"),
-            ))
-        }
-    }
-    if raw.wechat.request_timeout.is_zero() || raw.wechat.connect_timeout.is_zero() {
-        return Err(invalid(
-            "wechat.request_timeout",
-            "timeouts must be more than 0".into(),
-        ));
-    }
-
-    // [refresh]
-    let r = raw.refresh;
-    if !(r.max_margin_fraction > 0.0 && r.max_margin_fraction < 1.0) {
-        return Err(invalid(
-            "refresh.max_margin_fraction",
-            format!(
-                "{} must be between 0 and 1 (exclusive)",
-                r.max_margin_fraction
-            ),
-        ));
-    }
-    if r.margin.is_zero() {
-        return Err(invalid("refresh.margin", "must be more than 0".into()));
-    }
-    if r.lock_ttl <= raw.wechat.request_timeout {
-        return Err(invalid(
-            "refresh.lock_ttl",
-            format!(
-                "{} must be longer than wechat.request_timeout ({}), so a lock outlives the call it guards",
-                humantime::format_duration(r.lock_ttl),
-                humantime::format_duration(raw.wechat.request_timeout)
-            ),
-        ));
-    }
-    for (field, d) in [
-        ("refresh.retry_initial", r.retry_initial),
-        ("refresh.retry_max", r.retry_max),
-        ("refresh.config_error_retry", r.config_error_retry),
-        ("refresh.quota_pause", r.quota_pause),
-        ("refresh.check_interval", r.check_interval),
-    ] {
-        if d.is_zero() {
-            return Err(invalid(field, "must be more than 0".into()));
-        }
-    }
-    if r.retry_max < r.retry_initial {
-        return Err(invalid(
-            "refresh.retry_max",
-            "must not be shorter than refresh.retry_initial".into(),
-        ));
-    }
-
-    // [replica]
-    if let Some(id) = &raw.replica.id {
-        validate_name("replica id", id).map_err(|e| invalid("replica.id", e.to_string()))?;
-    }
-
-    // [http]
-    let http = validate_http(raw.http, &invalid, env, &mut warnings)?;
-
-    // [[credential]]
-    if raw.credentials.is_empty() {
-        warnings.push("no [[credential]] configured: this replica has nothing to refresh".into());
-    }
-    let mut ids: HashMap<String, usize> = HashMap::new();
-    let mut appids: HashMap<(String, Mode), String> = HashMap::new();
-    let mut credentials = Vec::with_capacity(raw.credentials.len());
-    for (i, c) in raw.credentials.into_iter().enumerate() {
-        let at = |f: &str| format!("credential[{i}].{f}");
-        validate_name("credential id", &c.id).map_err(|e| invalid(&at("id"), e.to_string()))?;
-        if let Some(prev) = ids.insert(c.id.clone(), i) {
-            return Err(invalid(
-                &at("id"),
-                format!("duplicate id {:?} (also credential[{prev}])", c.id),
-            ));
-        }
-        if c.appid.trim().is_empty() || c.appid.chars().any(char::is_whitespace) {
-            return Err(invalid(
-                &at("appid"),
-                format!("{:?} is not an appid", c.appid),
-            ));
-        }
-        if let Some(other) = appids.insert((c.appid.clone(), c.mode), c.id.clone()) {
-            return Err(invalid(
-                &at("appid"),
-                format!(
-                    "{} is already used by credential {other:?} in {} mode; two refreshers of one appid and mode would invalidate each other's tokens",
-                    c.appid,
-                    c.mode.as_str()
-                ),
-            ));
-        }
-        let sources = [
-            c.secret_env.is_some(),
-            c.secret_file.is_some(),
-            c.secret.is_some(),
-        ];
-        let secret = match (c.secret_env, c.secret_file, c.secret) {
-            _ if sources.iter().filter(|s| **s).count() > 1 => {
-                return Err(invalid(
-                    &at("secret_env"),
-                    "give exactly one of secret_env, secret_file, secret".into(),
-                ))
-            }
-            (Some(var), None, None) => match env(&var) {
-                Some(v) if !v.trim().is_empty() => SecretString::from(v.trim().to_owned()),
-                Some(_) => {
-                    return Err(invalid(
-                        &at("secret_env"),
-                        format!("environment variable {var} is empty"),
-                    ))
-                }
-                None => {
-                    return Err(invalid(
-                        &at("secret_env"),
-                        format!("environment variable {var} is not set"),
-                    ))
-                }
-            },
-            (None, Some(file), None) => match std::fs::read_to_string(&file) {
-                Ok(v) if !v.trim().is_empty() => SecretString::from(v.trim().to_owned()),
-                Ok(_) => {
-                    return Err(invalid(
-                        &at("secret_file"),
-                        format!("{} is empty", file.display()),
-                    ))
-                }
-                Err(e) => {
-                    return Err(invalid(
-                        &at("secret_file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    ))
-                }
-            },
-            (None, None, Some(inline)) => {
-                if inline.expose_secret().trim().is_empty() {
-                    return Err(invalid(&at("secret"), "is empty".into()));
-                }
-                warnings.push(format!(
-                    "{}: the secret of credential {:?} is written inline in the config file; prefer secret_env or secret_file",
-                    at("secret"),
-                    c.id
-                ));
-                inline
-            }
-            _ => {
-                return Err(invalid(
-                    &at("secret_env"),
-                    format!(
-                        "credential {:?} has no secret: set secret_env or secret_file",
-                        c.id
-                    ),
-                ))
-            }
-        };
-        let tickets = c.tickets;
-        let distinct: std::collections::HashSet<_> = tickets.iter().collect();
-        if distinct.len() != tickets.len() {
-            return Err(invalid(&at("tickets"), "lists a ticket twice".into()));
-        }
-        credentials.push(Credential {
-            id: c.id,
-            appid: c.appid,
-            secret,
-            mode: c.mode,
-            tickets,
-        });
-    }
-
-    Ok(Config {
-        redis: RedisConfig {
-            url,
-            namespace: raw.redis.namespace,
-            timeout: raw.redis.timeout,
-        },
-        wechat: WechatConfig {
-            base_url,
-            connect_timeout: raw.wechat.connect_timeout,
-            request_timeout: raw.wechat.request_timeout,
-            max_concurrent_calls: raw.wechat.max_concurrent_calls,
-            calls_per_second: raw.wechat.calls_per_second,
-            burst: raw.wechat.burst,
-        },
-        refresh: RefreshConfig {
-            margin: r.margin,
-            max_margin_fraction: r.max_margin_fraction,
-            jitter: r.jitter,
-            lock_ttl: r.lock_ttl,
-            retry_initial: r.retry_initial,
-            retry_max: r.retry_max,
-            config_error_retry: r.config_error_retry,
-            quota_pause: r.quota_pause,
-            check_interval: r.check_interval,
-            min_interval: r.min_interval,
-        },
-        replica_id: raw.replica.id,
-        credentials,
-        http,
-        warnings,
-    })
-}
+/// Ids of credentials with inline secrets named in the one warning about them.
+const INLINE_IDS_SHOWN: usize = 3;
 
 /// Tokens shorter than this get a start-up warning.
 const SHORT_HTTP_TOKEN: usize = 16;
 
-fn validate_http(
-    raw: RawHttp,
-    invalid: &dyn Fn(&str, String) -> ConfigError,
-    env: &dyn Fn(&str) -> Option<String>,
-    warnings: &mut Vec<String>,
-) -> Result<Option<HttpConfig>, ConfigError> {
-    let Some(listen) = raw.listen else {
-        if raw.token_env.is_some() || raw.token_file.is_some() {
-            warnings.push(
-                "http: a token is configured but http.listen is not: the HTTP surface is off"
+/// Validation of one file: where errors point, how secrets are looked up,
+/// what to warn about.
+struct Check<'a> {
+    origin: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    warnings: Vec<String>,
+}
+
+impl Check<'_> {
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_owned(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn redis(&mut self, r: RedisSection) -> Result<RedisConfig, ConfigError> {
+        let (url, url_field) = match (self.env)(ENV_REDIS_URL) {
+            Some(url) => (SecretString::from(url), ENV_REDIS_URL),
+            None => (r.url, "redis.url"),
+        };
+        if let Err(e) = redis::Client::open(url.expose_secret()) {
+            return Err(self.invalid(
+                url_field,
+                format!(
+                    "{} is not a usable Redis URL ({:?}); expected redis://[user:password@]host:port[/db]",
+                    redacted_url(&url),
+                    e.kind()
+                ),
+            ));
+        }
+        validate_name("namespace", &r.namespace)
+            .map_err(|e| self.invalid("redis.namespace", e.to_string()))?;
+        if r.pool_size.is_some() {
+            self.warnings.push(
+                "redis.pool_size is no longer used (each replica multiplexes one connection); remove it"
                     .into(),
             );
         }
-        return Ok(None);
-    };
-    let listen: SocketAddr = listen.trim().parse().map_err(|_| {
-        invalid(
-            "http.listen",
-            format!("{listen:?} is not a socket address; expected e.g. \"127.0.0.1:9100\" or \"[::]:9100\""),
-        )
-    })?;
-    let token = match (raw.token_env, raw.token_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "http.token_env",
-                "give at most one of token_env, token_file".into(),
-            ))
+        if r.timeout.is_zero() {
+            return Err(self.invalid("redis.timeout", "must be more than 0"));
         }
-        (Some(var), None) => match env(&var) {
-            Some(v) if !v.trim().is_empty() => Some(SecretString::from(v.trim().to_owned())),
-            Some(_) => {
-                return Err(invalid(
-                    "http.token_env",
-                    format!("environment variable {var} is empty"),
-                ))
+        Ok(RedisConfig {
+            url,
+            namespace: r.namespace,
+            timeout: r.timeout,
+        })
+    }
+
+    fn wechat(&mut self, mut w: WechatConfig) -> Result<WechatConfig, ConfigError> {
+        if w.max_concurrent_calls == 0 {
+            return Err(self.invalid("wechat.max_concurrent_calls", "must be at least 1"));
+        }
+        if !(w.calls_per_second.is_finite() && w.calls_per_second >= 0.0) {
+            return Err(self.invalid(
+                "wechat.calls_per_second",
+                "must be a number of calls per second, 0 for no limit",
+            ));
+        }
+        if w.burst == 0 {
+            return Err(self.invalid("wechat.burst", "must be at least 1"));
+        }
+        w.base_url = w.base_url.trim_end_matches('/').to_owned();
+        let base_url = &w.base_url;
+        match reqwest::Url::parse(base_url) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+                // The classic token API carries the AppSecret in its URL.
+                let loopback = u.host_str().is_some_and(|h| {
+                    h == "localhost"
+                        || h.trim_matches(['[', ']'])
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                });
+                if !loopback {
+                    self.warnings.push(format!(
+                        "wechat.base_url {base_url:?} is plain http: AppSecrets cross the network unencrypted; use https unless this is a trusted proxy"
+                    ));
+                }
             }
-            None => {
-                return Err(invalid(
-                    "http.token_env",
-                    format!("environment variable {var} is not set"),
-                ))
-            }
-        },
-        (None, Some(file)) => match std::fs::read_to_string(&file) {
-            Ok(v) if !v.trim().is_empty() => Some(SecretString::from(v.trim().to_owned())),
             Ok(_) => {
-                return Err(invalid(
-                    "http.token_file",
-                    format!("{} is empty", file.display()),
+                return Err(self.invalid(
+                    "wechat.base_url",
+                    format!("{base_url:?} must be an http:// or https:// URL with a host"),
                 ))
             }
             Err(e) => {
-                return Err(invalid(
-                    "http.token_file",
-                    format!("cannot read {}: {e}", file.display()),
-                ))
+                return Err(
+                    self.invalid("wechat.base_url", format!("{base_url:?} is not a URL: {e}"))
+                )
             }
-        },
-        (None, None) => None,
-    };
-    match &token {
-        None if !listen.ip().is_loopback() => {
-            return Err(invalid(
-                "http.listen",
-                format!(
-                    "{listen} is not a loopback address; refusing to expose POST /refresh without a token: set http.token_env or http.token_file"
-                ),
-            ))
         }
-        Some(t) if t.expose_secret().chars().count() < SHORT_HTTP_TOKEN => {
-            warnings.push(format!(
-                "http: the bearer token is shorter than {SHORT_HTTP_TOKEN} characters; use a long random one (e.g. `openssl rand -hex 32`)"
+        if w.request_timeout.is_zero() || w.connect_timeout.is_zero() {
+            return Err(self.invalid("wechat.request_timeout", "timeouts must be more than 0"));
+        }
+        Ok(w)
+    }
+
+    fn refresh(&self, r: &RefreshConfig, wechat: &WechatConfig) -> Result<(), ConfigError> {
+        if !(r.max_margin_fraction > 0.0 && r.max_margin_fraction < 1.0) {
+            return Err(self.invalid(
+                "refresh.max_margin_fraction",
+                format!(
+                    "{} must be between 0 and 1 (exclusive)",
+                    r.max_margin_fraction
+                ),
             ));
         }
-        _ => {}
+        if r.margin.is_zero() {
+            return Err(self.invalid("refresh.margin", "must be more than 0"));
+        }
+        if r.lock_ttl <= wechat.request_timeout {
+            return Err(self.invalid(
+                "refresh.lock_ttl",
+                format!(
+                    "{} must be longer than wechat.request_timeout ({}), so a lock outlives the call it guards",
+                    humantime::format_duration(r.lock_ttl),
+                    humantime::format_duration(wechat.request_timeout)
+                ),
+            ));
+        }
+        for (field, d) in [
+            ("refresh.retry_initial", r.retry_initial),
+            ("refresh.retry_max", r.retry_max),
+            ("refresh.config_error_retry", r.config_error_retry),
+            ("refresh.quota_pause", r.quota_pause),
+            ("refresh.check_interval", r.check_interval),
+        ] {
+            if d.is_zero() {
+                return Err(self.invalid(field, "must be more than 0"));
+            }
+        }
+        if r.retry_max < r.retry_initial {
+            return Err(self.invalid(
+                "refresh.retry_max",
+                "must not be shorter than refresh.retry_initial",
+            ));
+        }
+        Ok(())
     }
-    Ok(Some(HttpConfig { listen, token }))
+
+    fn http(&mut self, h: HttpSection) -> Result<Option<HttpConfig>, ConfigError> {
+        let Some(listen) = h.listen else {
+            if h.token_env.is_some() || h.token_file.is_some() {
+                self.warnings.push(
+                    "http: a token is configured but http.listen is not: the HTTP surface is off"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        let listen: SocketAddr = listen.trim().parse().map_err(|_| {
+            self.invalid(
+                "http.listen",
+                format!("{listen:?} is not a socket address; expected e.g. \"127.0.0.1:9100\" or \"[::]:9100\""),
+            )
+        })?;
+        let token = match SecretSource::from_keys(h.token_env, h.token_file, None) {
+            Err(SeveralSources) => {
+                return Err(self.invalid(
+                    "http.token_env",
+                    "give at most one of token_env, token_file",
+                ))
+            }
+            Ok(None) => None,
+            Ok(Some(source)) => Some(
+                source
+                    .resolve(HTTP_TOKEN, self.env)
+                    .map_err(|(key, why)| self.invalid(format!("http.{key}"), why))?,
+            ),
+        };
+        match &token {
+            None if !listen.ip().is_loopback() => {
+                return Err(self.invalid(
+                    "http.listen",
+                    format!(
+                        "{listen} is not a loopback address; refusing to expose POST /refresh without a token: set http.token_env or http.token_file"
+                    ),
+                ))
+            }
+            Some(t) if t.expose_secret().chars().count() < SHORT_HTTP_TOKEN => {
+                self.warnings.push(format!(
+                    "http: the bearer token is shorter than {SHORT_HTTP_TOKEN} characters; use a long random one (e.g. `openssl rand -hex 32`)"
+                ));
+            }
+            _ => {}
+        }
+        Ok(Some(HttpConfig { listen, token }))
+    }
+
+    /// Linear in the number of credentials: duplicates are found by hashing.
+    fn credentials(
+        &mut self,
+        entries: Vec<CredentialSection>,
+    ) -> Result<Vec<Credential>, ConfigError> {
+        if entries.is_empty() {
+            self.warnings
+                .push("no [[credential]] configured: this replica has nothing to refresh".into());
+        }
+        let mut ids: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+        let mut appids: HashMap<(String, Mode), String> = HashMap::with_capacity(entries.len());
+        let mut inline = (0usize, Vec::new()); // count, first ids
+        let mut credentials = Vec::with_capacity(entries.len());
+        for (i, c) in entries.into_iter().enumerate() {
+            let at = |f: &str| format!("credential[{i}].{f}");
+            validate_name("credential id", &c.id)
+                .map_err(|e| self.invalid(at("id"), e.to_string()))?;
+            if let Some(prev) = ids.insert(c.id.clone(), i) {
+                return Err(self.invalid(
+                    at("id"),
+                    format!("duplicate id {:?} (also credential[{prev}])", c.id),
+                ));
+            }
+            if c.appid.trim().is_empty() || c.appid.chars().any(char::is_whitespace) {
+                return Err(self.invalid(at("appid"), format!("{:?} is not an appid", c.appid)));
+            }
+            if let Some(other) = appids.insert((c.appid.clone(), c.mode), c.id.clone()) {
+                return Err(self.invalid(
+                    at("appid"),
+                    format!(
+                        "{} is already used by credential {other:?} in {} mode; two refreshers of one appid and mode would invalidate each other's tokens",
+                        c.appid,
+                        c.mode.as_str()
+                    ),
+                ));
+            }
+            let source = match SecretSource::from_keys(c.secret_env, c.secret_file, c.secret) {
+                Ok(Some(source)) => source,
+                Ok(None) => {
+                    return Err(self.invalid(
+                        at("secret_env"),
+                        format!(
+                            "credential {:?} has no secret: set secret_env or secret_file",
+                            c.id
+                        ),
+                    ))
+                }
+                Err(SeveralSources) => {
+                    return Err(self.invalid(
+                        at("secret_env"),
+                        "give exactly one of secret_env, secret_file, secret",
+                    ))
+                }
+            };
+            let is_inline = matches!(source, SecretSource::Inline(_));
+            let secret = source
+                .resolve(CREDENTIAL_SECRET, self.env)
+                .map_err(|(key, why)| self.invalid(at(key), why))?;
+            if is_inline {
+                inline.0 += 1;
+                if inline.1.len() < INLINE_IDS_SHOWN {
+                    inline.1.push(c.id.clone());
+                }
+            }
+            let distinct: HashSet<_> = c.tickets.iter().collect();
+            if distinct.len() != c.tickets.len() {
+                return Err(self.invalid(at("tickets"), "lists a ticket twice"));
+            }
+            credentials.push(Credential {
+                id: c.id,
+                appid: c.appid,
+                secret,
+                mode: c.mode,
+                tickets: c.tickets,
+            });
+        }
+        // One warning for all of them: a generated config may have 100,000.
+        let (count, shown) = inline;
+        if count > 0 {
+            let noun = if count == 1 {
+                "credential has its"
+            } else {
+                "credentials have their"
+            };
+            let more = match count - shown.len() {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            self.warnings.push(format!(
+                "{count} {noun} secret written inline in the config file ({}{more}); prefer secret_env or secret_file",
+                shown.join(", ")
+            ));
+        }
+        Ok(credentials)
+    }
 }
 
 #[cfg(test)]
@@ -971,6 +957,33 @@ secret_env = "MINI_SECRET"
         assert_eq!(c.warnings.len(), 1);
         assert!(c.warnings[0].contains("inline"));
         assert!(!c.warnings[0].contains("inline-secret"));
+    }
+
+    #[test]
+    fn many_inline_secrets_parse_with_one_warning() {
+        let n = 20_000;
+        let text: String = (0..n)
+            .map(|i| {
+                format!(
+                    "[[credential]]\nid = \"app-{i}\"\nappid = \"wx{i:016}\"\nsecret = \"inline-secret-{i}\"\n"
+                )
+            })
+            .collect();
+        let c = Config::parse(&text, "big.toml", &env_with(&[])).unwrap();
+        assert_eq!(c.credentials.len(), n);
+        assert_eq!(
+            c.credentials[n - 1].secret.expose_secret(),
+            "inline-secret-19999"
+        );
+        let inline: Vec<_> = c.warnings.iter().filter(|w| w.contains("inline")).collect();
+        assert_eq!(inline.len(), 1, "{:?}", c.warnings);
+        assert!(
+            inline[0].starts_with("20000 credentials have their secret written inline")
+                && inline[0].contains("(app-0, app-1, app-2 and 19997 more)"),
+            "{}",
+            inline[0]
+        );
+        assert!(!inline[0].contains("inline-secret"), "{}", inline[0]);
     }
 
     #[test]
