@@ -187,6 +187,11 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
     let mut next_scan = Instant::now();
     let mut last_scan = Instant::now();
     let mut rate_gate = Instant::now();
+    // The shared rate refused the last claim: claim one at a time (a
+    // probe) until one is granted, so that a saturated rate costs one
+    // refused claim per replica and slot, not one per permit.
+    let mut probing = false;
+    let mut probe_out = false;
     let mut redis_failures = 0u32;
     let mut loud: HashMap<String, String> = HashMap::new();
 
@@ -235,7 +240,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
         }
 
         // Claim what is due, as far as permits and the shared rate allow.
-        while Instant::now() >= rate_gate {
+        while Instant::now() >= rate_gate && !(probing && probe_out) {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 break;
             };
@@ -250,6 +255,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
                 agenda.in_flight.remove(&member);
                 continue;
             };
+            probe_out = probing;
             let sh = sh.clone();
             tasks.spawn(async move {
                 let result = attempt(&sh, &held, kind).await;
@@ -265,7 +271,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
 
         // Wake for the next due entry only if it could be claimed then (a
         // finished task wakes the loop when permits are all taken).
-        let can_claim = permits.available_permits() > 0;
+        let can_claim = permits.available_permits() > 0 && !(probing && probe_out);
         let idle = agenda.due_count(clock.now_ms()) == 0;
         let wake = [
             Some(next_scan),
@@ -286,8 +292,14 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 match done {
                     Ok(done) => {
-                        if let Some(gate) = settle(&sh, &mut agenda, &clock, &mut loud, done) {
-                            rate_gate = rate_gate.max(gate);
+                        probe_out = false;
+                        match settle(&sh, &mut agenda, &clock, &mut loud, done) {
+                            Rate::Refused(gate) => {
+                                probing = true;
+                                rate_gate = rate_gate.max(gate);
+                            }
+                            Rate::Passed => probing = false,
+                            Rate::Unknown => {}
                         }
                     }
                     Err(e) if e.is_panic() => tracing::error!(error = %e, "a refresh task panicked"),
@@ -299,7 +311,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
     }
     while let Some(done) = tasks.join_next().await {
         if let Ok(done) = done {
-            settle(&sh, &mut agenda, &clock, &mut loud, done);
+            let _ = settle(&sh, &mut agenda, &clock, &mut loud, done);
         }
     }
 }
@@ -389,15 +401,24 @@ async fn rescan_all(sh: &Shared, agenda: &mut Agenda) -> Result<Clock, RedisErro
     }))
 }
 
-/// Applies a finished task to the agenda, metrics and logs. Returns a new
-/// rate gate when the shared rate refused the claim.
+/// What a finished claim says about the shared call rate.
+enum Rate {
+    /// It refused the claim: no claim before this instant.
+    Refused(Instant),
+    /// It let the claim through.
+    Passed,
+    /// The claim ended before the rate was checked.
+    Unknown,
+}
+
+/// Applies a finished task to the agenda, metrics and logs.
 fn settle(
     sh: &Shared,
     agenda: &mut Agenda,
     clock: &Clock,
     loud: &mut HashMap<String, String>,
     done: Done,
-) -> Option<Instant> {
+) -> Rate {
     let Done {
         member,
         id,
@@ -424,7 +445,9 @@ fn settle(
             Claim::RateLimited(wait) => {
                 agenda.set(member, now_ms);
                 let spread = sh.rate.as_ref().map_or(Duration::ZERO, |r| r.interval);
-                return Some(Instant::now() + wait + spread.mul_f64(rand::random::<f64>()));
+                return Rate::Refused(
+                    Instant::now() + wait + spread.mul_f64(rand::random::<f64>()),
+                );
             }
             Claim::Granted { .. } => {}
         },
@@ -455,9 +478,10 @@ fn settle(
                 log_failure(sh, loud, &member, &id, kind, error, *retry_in);
             }
             agenda.set(member, after(next));
+            return Rate::Passed;
         }
     }
-    None
+    Rate::Unknown
 }
 
 /// Logs a failed lease (configuration faults loudly, once per fault).
