@@ -30,15 +30,25 @@ use std::time::Duration;
 /// moved to the lock's expiry (so nobody else sees it due while it is
 /// held), and everything the holder needs to decide is returned.
 ///
+/// Values of the wrong type (hostile or corrupt data) read as absent; a
+/// fence counter that is not a number is started again (and raised past the
+/// stored value's fence).
+///
 /// KEYS: lock, fence, info, due shard, value, status, request, access token
 /// value, rate. ARGV: owner, ttl_ms, member, rate interval µs (0 = no
-/// limit), burst.
+/// limit), burst, whether the access token is needed (1/0).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local function str(key)
-  if redis.call('TYPE', key)['ok'] == 'string' then return redis.call('GET', key) end
+local function get(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then return v end
   return false
+end
+local function hmget(key, ...)
+  local v = redis.pcall('HMGET', key, ...)
+  if type(v) == 'table' and not v.err then return v end
+  return {}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,8 +56,8 @@ local score = redis.call('ZSCORE', KEYS[4], ARGV[3])
 if not score then return {-1} end
 score = tonumber(score) or 0
 if score > now then
-  local req = str(KEYS[7])
-  local cur = str(KEYS[5])
+  local req = get(KEYS[7])
+  local cur = get(KEYS[5])
   if not (req and (req == '*' or (not cur) or cur == req)) then
     return {-2, score}
   end
@@ -62,19 +72,16 @@ if lpttl > 0 then
   redis.call('ZADD', KEYS[4], 'XX', now + lpttl, ARGV[3])
   return {-3, now + lpttl}
 end
-local st = redis.call('TYPE', KEYS[6])['ok']
-if st == 'hash' then
-  local h = redis.call('HMGET', KEYS[6], 'paused_until_ms', 'retry_after_ms')
-  local hold = math.max(tonumber(h[1]) or 0, tonumber(h[2]) or 0)
-  if hold > now then
-    redis.call('ZADD', KEYS[4], 'XX', hold, ARGV[3])
-    return {-4, hold}
-  end
+local st = hmget(KEYS[6], 'paused_until_ms', 'retry_after_ms', 'failures')
+local hold = math.max(tonumber(st[1]) or 0, tonumber(st[2]) or 0)
+if hold > now then
+  redis.call('ZADD', KEYS[4], 'XX', hold, ARGV[3])
+  return {-4, hold}
 end
 local interval = tonumber(ARGV[4]) or 0
 if interval > 0 then
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tat = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
+  local tat = tonumber(get(KEYS[9]) or '0') or 0
   if tat < now_us then tat = now_us end
   local allowance = interval * math.max((tonumber(ARGV[5]) or 1) - 1, 0)
   if tat - now_us > allowance then
@@ -84,21 +91,25 @@ if interval > 0 then
     'PX', math.floor((allowance + interval) / 1000) + 1000)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-local fence = redis.call('INCR', KEYS[2])
-local info = {false, false, false}
-if redis.call('TYPE', KEYS[3])['ok'] == 'hash' then
-  info = redis.call('HMGET', KEYS[3], 'fence', 'expires_in', 'refreshed_at_ms')
+local fence = redis.pcall('INCR', KEYS[2])
+if type(fence) ~= 'number' then
+  redis.call('DEL', KEYS[2])
+  fence = redis.call('INCR', KEYS[2])
 end
+local info = hmget(KEYS[3], 'fence', 'expires_in', 'refreshed_at_ms')
 local stored = tonumber(info[1] or '0') or 0
 if fence <= stored then
   fence = stored + 1
   redis.call('SET', KEYS[2], fence)
 end
 redis.call('ZADD', KEYS[4], 'XX', now + ttl, ARGV[3])
-local failures = false
-if st == 'hash' then failures = redis.call('HGET', KEYS[6], 'failures') end
-return {fence, now, str(KEYS[5]), redis.call('PTTL', KEYS[5]), info[2], info[3],
-  str(KEYS[7]), failures, str(KEYS[8]), score}
+local value = get(KEYS[5])
+local pttl = -2
+if value then pttl = redis.call('PTTL', KEYS[5]) end
+local access = false
+if ARGV[6] == '1' then access = get(KEYS[8]) end
+return {fence, now, value, pttl, info[2] or false, info[3] or false,
+  get(KEYS[7]), st[3] or false, access, score}
 ",
     )
 });
@@ -140,10 +151,9 @@ if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return {0, 'lock_lost'}
 end
 local fence = tonumber(ARGV[2])
-local stored = 0
-if redis.call('TYPE', KEYS[2])['ok'] == 'hash' then
-  stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0') or 0
-end
+local stored = redis.pcall('HGET', KEYS[2], 'fence')
+if type(stored) ~= 'string' then stored = '0' end
+stored = tonumber(stored) or 0
 if stored > fence then
   return {0, 'stale_fence'}
 end
@@ -164,10 +174,11 @@ redis.call('HSET', KEYS[2],
   'replica', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('DEL', KEYS[4])
-if redis.call('TYPE', KEYS[5])['ok'] ~= 'hash' then
+local last = redis.pcall('HGET', KEYS[5], 'last_error')
+if type(last) == 'table' and last.err then
   redis.call('DEL', KEYS[5])
+  last = false
 end
-local last = redis.call('HGET', KEYS[5], 'last_error')
 if (not last) or string.sub(last, 1, #ARGV[9] + 1) == ARGV[9] .. ':' then
   redis.call('HDEL', KEYS[5], 'last_error', 'last_errcode', 'last_error_at_ms',
     'paused_until_ms', 'retry_after_ms', 'failures')
@@ -215,13 +226,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[3])
 if ARGV[4] == '1' then
-  if redis.call('TYPE', KEYS[3])['ok'] ~= 'hash' then
-    redis.call('DEL', KEYS[3])
+  if type(redis.pcall('HINCRBY', KEYS[3], 'failures', 1)) ~= 'number' then
+    local f = redis.pcall('HGET', KEYS[3], 'failures')
+    if type(f) == 'table' then redis.call('DEL', KEYS[3]) end
+    redis.call('HSET', KEYS[3], 'failures', 1)
   end
-  if not tonumber(redis.call('HGET', KEYS[3], 'failures') or '0') then
-    redis.call('HDEL', KEYS[3], 'failures')
-  end
-  redis.call('HINCRBY', KEYS[3], 'failures', 1)
   redis.call('HSET', KEYS[3], 'last_error', ARGV[5],
     'last_error_at_ms', string.format('%d', now),
     'replica', ARGV[8], 'retry_after_ms', string.format('%d', due))
@@ -253,10 +262,8 @@ return 1
 static REQUEST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local cur = false
-if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
-  cur = redis.call('GET', KEYS[1])
-end
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) ~= 'string' then cur = false end
 if cur and ARGV[1] ~= '*' and cur ~= ARGV[1] then
   return 0
 end
@@ -433,6 +440,7 @@ pub async fn claim<C: ConnectionLike>(
         .arg(keys.member(kind))
         .arg(interval_us)
         .arg(burst)
+        .arg(if kind == Kind::AccessToken { "0" } else { "1" })
         .invoke_async(con)
         .await?;
     let first = answer
