@@ -4,8 +4,10 @@
 //! - `/metrics` is Prometheus text with refresh outcomes and time left;
 //! - `POST /refresh/{id}` needs the bearer token, knows only configured ids,
 //!   and costs exactly one WeChat call per accepted request;
-//! - the status page and `/status.json` show every credential and never a
-//!   secret or a whole token; headless Chromium renders the page.
+//! - the status page and `/status.json` summarize every credential, list
+//!   them problems first, page and filter them, and never show a secret or
+//!   a whole token; headless Chromium renders the page. (Thousands of
+//!   credentials: `tests/status_scale.rs`.)
 
 mod common;
 
@@ -505,9 +507,31 @@ async fn status_page_and_json_show_every_credential_and_no_secret() {
     assert!(v["refreshes"]["ok"].as_u64().unwrap() >= 6, "{v}");
     let creds = v["credentials"].as_array().unwrap();
     assert_eq!(creds.len(), 3);
-    assert_eq!(creds[1]["last_errcode"], 40164);
-    for (c, want) in creds.iter().zip(&env.creds) {
-        assert_eq!(c["id"], want.id.as_str());
+    // Problems first (app-1's error is newer than its last success), then
+    // the others by id.
+    let ids: Vec<&str> = creds.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["app-1", "app-0", "app-2"]);
+    assert_eq!(creds[0]["last_errcode"], 40164);
+    assert_eq!(creds[0]["problem"], true);
+    assert_eq!(creds[1]["problem"], false);
+    let summary = &v["summary"];
+    assert_eq!(
+        summary["credentials"],
+        serde_json::json!({"total": 3, "with_problems": 1, "failing": 1, "paused": 0}),
+        "{summary}"
+    );
+    assert_eq!(summary["values"]["total"], 6);
+    assert_eq!(summary["values"]["fresh"], 6);
+    assert_eq!(summary["by_kind"][1]["kind"], "jsapi_ticket");
+    assert_eq!(summary["by_kind"][1]["fresh"], 3);
+    assert_eq!(
+        v["page"],
+        serde_json::json!({"offset": 0, "limit": 500, "total_matching": 3})
+    );
+    assert_eq!(v["other_credentials_total"], 0);
+    for c in creds {
+        let want = env.creds.iter().find(|w| c["id"] == w.id.as_str()).unwrap();
+        assert_eq!(c["appid"], want.appid.as_str());
         assert_eq!(c["mode"], "classic");
         let kinds = c["kinds"].as_array().unwrap();
         assert_eq!(kinds.len(), 2, "{c}");
@@ -523,6 +547,41 @@ async fn status_page_and_json_show_every_credential_and_no_secret() {
             assert!(k["fence"].as_u64().unwrap() >= 1);
         }
     }
+
+    // Filters and pages.
+    let filtered = |query: &'static str| {
+        let base = base.clone();
+        async move {
+            let res = get(&base, &format!("/status.json?{query}")).await;
+            assert_eq!(res.status(), 200, "{query}");
+            let v: serde_json::Value = res.json().await.unwrap();
+            let ids: Vec<String> = v["credentials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect();
+            (ids, v["page"]["total_matching"].as_u64().unwrap())
+        }
+    };
+    assert_eq!(filtered("problems=true").await, (vec!["app-1".into()], 1));
+    assert_eq!(
+        filtered("offset=1&limit=1").await,
+        (vec!["app-0".into()], 3)
+    );
+    assert_eq!(
+        filtered("id=app-2,app-0").await,
+        (vec!["app-0".into(), "app-2".into()], 2)
+    );
+    assert_eq!(filtered("prefix=app-2").await, (vec!["app-2".into()], 1));
+    let res = get(&base, "/status.json?limit=lots").await;
+    assert_eq!(res.status(), 400);
+    let e: serde_json::Value = res.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().starts_with("limit"), "{e}");
+    let html = get(&base, "/?problems=true").await.text().await.unwrap();
+    assert!(html.contains("id=\"cred-app-1\""));
+    assert!(!html.contains("id=\"cred-app-0\""), "filtered out");
+    assert!(html.contains("with problems"));
 }
 
 /// Where Chromium is, or a failure that says how to install it.

@@ -24,6 +24,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,13 +32,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use wxtoken_schema::{
-    request_refresh, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST, KINDS, REQUEST_TTL_SECS,
+    request_refresh, validate_name, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST, KINDS,
+    REQUEST_TTL_SECS,
 };
 
 /// Content type of `GET /metrics` (the encoder writes OpenMetrics text).
@@ -50,12 +53,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const PAGE_CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// A credential this replica refreshes, as the HTTP surface sees it.
-pub(crate) struct Managed {
+/// A credential this replica refreshes, as the HTTP surface sees it
+/// (borrowed from the registry for one request).
+pub(crate) struct Managed<'a> {
     /// Key names of the credential.
-    pub keys: CredentialKeys,
+    pub keys: &'a CredentialKeys,
     /// WeChat appid (public).
-    pub appid: String,
+    pub appid: &'a str,
     /// `classic` or `stable`.
     pub mode: &'static str,
     /// The access token, then the configured tickets.
@@ -68,25 +72,22 @@ struct AppState {
     token: Option<SecretString>,
 }
 
-impl AppState {
-    /// The credentials this replica refreshes right now (they change on
-    /// reload), by id.
-    fn managed(&self) -> Vec<Managed> {
-        let mut managed: Vec<Managed> = self
-            .sh
-            .registry
-            .all()
-            .values()
-            .map(|h| Managed {
-                keys: h.keys.clone(),
-                appid: h.cred.appid.clone(),
-                mode: h.cred.mode.as_str(),
-                kinds: h.kinds(),
-            })
-            .collect();
-        managed.sort_by(|a, b| a.keys.id().cmp(b.keys.id()));
-        managed
-    }
+/// The credentials held at one instant (they change on reload).
+type HeldSet = Arc<HashMap<String, Arc<crate::registry::Held>>>;
+
+/// The credentials of `held`, by id. Borrows: no key names are copied.
+fn managed(held: &HeldSet) -> Vec<Managed<'_>> {
+    let mut managed: Vec<Managed<'_>> = held
+        .values()
+        .map(|h| Managed {
+            keys: &h.keys,
+            appid: &h.cred.appid,
+            mode: h.cred.mode.as_str(),
+            kinds: h.kinds(),
+        })
+        .collect();
+    managed.sort_unstable_by(|a, b| a.keys.id().cmp(b.keys.id()));
+    managed
 }
 
 type App = Arc<AppState>;
@@ -192,22 +193,154 @@ async fn metrics(State(app): State<App>) -> Response {
 
 // ---- status page ----------------------------------------------------------
 
-async fn status_page(State(app): State<App>) -> Response {
-    let snap = snapshot::take(&app.sh, &app.managed()).await;
+/// `GET /`: the summary, then one page of credentials (at most
+/// [`PAGE_MAX_LIMIT`]), problems first.
+async fn status_page(
+    State(app): State<App>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let view = match parse_view(query, PAGE_MAX_LIMIT) {
+        Ok(v) => v,
+        Err(msg) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                [
+                    (CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                    (CACHE_CONTROL, "no-store"),
+                ],
+                format!("{msg}\n"),
+            )
+                .into_response()
+        }
+    };
+    let held = app.sh.registry.all();
+    let snap = snapshot::take(&app.sh, &managed(&held), &view, |id| held.contains_key(id)).await;
     (
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),
             (CACHE_CONTROL, "no-store"),
             (CONTENT_SECURITY_POLICY, PAGE_CSP),
         ],
-        page::render(&snap),
+        page::render(&snap, &view),
     )
         .into_response()
 }
 
-async fn status_json(State(app): State<App>) -> Response {
-    let snap = snapshot::take(&app.sh, &app.managed()).await;
+/// `GET /status.json`: the summary, then one page of credentials (at most
+/// [`snapshot::MAX_LIMIT`]), problems first.
+async fn status_json(
+    State(app): State<App>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let view = match parse_view(query, snapshot::MAX_LIMIT) {
+        Ok(v) => v,
+        Err(msg) => return ApiError::BadRequest(msg).into_response(),
+    };
+    let held = app.sh.registry.all();
+    let snap = snapshot::take(&app.sh, &managed(&held), &view, |id| held.contains_key(id)).await;
     ([(CACHE_CONTROL, "no-store")], Json(snap)).into_response()
+}
+
+/// The most credentials the HTML page lists at once.
+const PAGE_MAX_LIMIT: usize = snapshot::DEFAULT_LIMIT;
+/// The most ids one request may name.
+const MAX_IDS: usize = snapshot::MAX_LIMIT;
+
+/// Parses `?offset=N&limit=M&problems=true&id=A,B&id=C&prefix=P` strictly.
+/// The message of an error names the parameter (and quotes at most 64
+/// characters of what was given; it is shown as text or JSON, never HTML).
+fn parse_view(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    max_limit: usize,
+) -> Result<snapshot::View, String> {
+    let Query(pairs) = query.map_err(|e| format!("bad query string: {}", e.body_text()))?;
+    let quoted = |v: &str| format!("{:?}", v.chars().take(64).collect::<String>());
+    let mut view = snapshot::View {
+        limit: snapshot::DEFAULT_LIMIT.min(max_limit),
+        ..snapshot::View::default()
+    };
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for (name, value) in &pairs {
+        let once = |seen: &mut BTreeSet<&str>, name: &'static str| {
+            if seen.insert(name) {
+                Ok(())
+            } else {
+                Err(format!("{name}: given more than once"))
+            }
+        };
+        match name.as_str() {
+            "offset" => {
+                once(&mut seen, "offset")?;
+                view.offset = value.parse().map_err(|_| {
+                    format!("offset: expected a whole number ≥ 0, got {}", quoted(value))
+                })?;
+            }
+            "limit" => {
+                once(&mut seen, "limit")?;
+                view.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| *l <= max_limit)
+                    .ok_or_else(|| {
+                        format!(
+                            "limit: expected a whole number from 0 to {max_limit}, got {}",
+                            quoted(value)
+                        )
+                    })?;
+            }
+            "problems" => {
+                once(&mut seen, "problems")?;
+                view.problems = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(format!(
+                            "problems: expected true or false, got {}",
+                            quoted(value)
+                        ))
+                    }
+                };
+            }
+            "prefix" => {
+                once(&mut seen, "prefix")?;
+                if !value.is_empty() {
+                    validate_name("prefix", value).map_err(|_| {
+                        format!(
+                            "prefix: expected up to 64 characters of A-Z a-z 0-9 _ . -, got {}",
+                            quoted(value)
+                        )
+                    })?;
+                    view.prefix = Some(value.clone());
+                }
+            }
+            "id" => {
+                let ids = view.ids.get_or_insert_with(BTreeSet::new);
+                if value.split(',').all(str::is_empty) {
+                    return Err("id: empty; give one or more credential ids".into());
+                }
+                for id in value.split(',').filter(|id| !id.is_empty()) {
+                    validate_name("id", id).map_err(|_| {
+                        format!(
+                            "id: expected credential ids (1-64 characters of A-Z a-z 0-9 _ . -), got {}",
+                            quoted(id)
+                        )
+                    })?;
+                    ids.insert(id.to_owned());
+                }
+                if ids.len() > MAX_IDS {
+                    return Err(format!("id: at most {MAX_IDS} ids per request"));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {}: use offset, limit, problems, id or prefix",
+                    quoted(other)
+                ))
+            }
+        }
+    }
+    Ok(view)
 }
 
 // ---- refresh requests -----------------------------------------------------
@@ -535,5 +668,48 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    fn view(query: &str, max: usize) -> Result<snapshot::View, String> {
+        let uri: axum::http::Uri = format!("http://x/status.json?{query}").parse().unwrap();
+        parse_view(Query::try_from_uri(&uri), max)
+    }
+
+    #[test]
+    fn view_parameters_are_parsed_strictly() {
+        let v = view("", 5000).unwrap();
+        assert_eq!((v.offset, v.limit, v.problems), (0, 500, false));
+        assert!(v.ids.is_none() && v.prefix.is_none());
+        let v = view(
+            "offset=10&limit=5000&problems=true&id=b,a&id=c&prefix=app-",
+            5000,
+        )
+        .unwrap();
+        assert_eq!((v.offset, v.limit, v.problems), (10, 5000, true));
+        let ids: Vec<&str> = v.ids.as_ref().unwrap().iter().map(String::as_str).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(v.prefix.as_deref(), Some("app-"));
+        assert_eq!(view("limit=0&prefix=", 500).unwrap().limit, 0);
+        for (query, names) in [
+            ("limit=5001", "limit"),
+            ("limit=501", "limit"),
+            ("limit=-1", "limit"),
+            ("offset=-1", "offset"),
+            ("offset=x", "offset"),
+            ("offset=1&offset=2", "offset"),
+            ("problems=yes", "problems"),
+            ("id=a%20b", "id"),
+            ("id=", "id"),
+            ("id=a,,%3Cscript%3E", "id"),
+            ("prefix=%3Cb%3E", "prefix"),
+            ("colour=red", "unknown parameter \"colour\""),
+        ] {
+            let max = if query == "limit=501" { 500 } else { 5000 };
+            let e = view(query, max).expect_err(query);
+            assert!(e.starts_with(names), "{query}: {e}");
+        }
+        let long = "x".repeat(300);
+        let e = view(&format!("offset={long}"), 5000).unwrap_err();
+        assert!(e.len() < 150, "the echo is cut: {e}");
     }
 }

@@ -1,13 +1,14 @@
 //! The status page for people: a [`Snapshot`] as one self-contained HTML
 //! document (inline CSS, no scripts, no external assets; it reloads itself
-//! every few seconds).
+//! every few seconds): the summary of every credential first, then one page
+//! of credentials (problems first) and links to the rest.
 //!
 //! Pure rendering: no I/O, no decisions about health (those come with the
 //! snapshot). Every text that comes from Redis or the config is
 //! HTML-escaped here, attributes included; nothing but the snapshot is
 //! shown, so no secret and no whole token can appear.
 
-use super::snapshot::{CredentialStatus, Health, KindStatus, Snapshot};
+use super::snapshot::{CredentialStatus, Health, KindStatus, Snapshot, View, MAX_LIMIT};
 use crate::human::{clock, duration, relative};
 use crate::metrics::Refreshes;
 use std::fmt::Write;
@@ -16,6 +17,8 @@ use std::fmt::Write;
 const RELOAD_SECS: u32 = 5;
 /// Columns of the credential table.
 const COLUMNS: usize = 9;
+/// Ids of other replicas' credentials listed in the footer.
+const OTHERS_LISTED: usize = 100;
 
 macro_rules! w {
     ($out:expr, $($arg:tt)*) => {
@@ -40,8 +43,8 @@ pub(crate) fn esc(s: &str) -> String {
     out
 }
 
-/// Renders the whole page.
-pub(crate) fn render(s: &Snapshot) -> String {
+/// Renders the whole page; `view` is what was asked for (for the links).
+pub(crate) fn render(s: &Snapshot, view: &View) -> String {
     let mut out = String::with_capacity(16 * 1024);
     w!(
         out,
@@ -62,7 +65,9 @@ pub(crate) fn render(s: &Snapshot) -> String {
         );
     }
     cards(&mut out, s);
-    table(&mut out, s);
+    summary(&mut out, s, view);
+    table(&mut out, s, view);
+    more(&mut out, s, view);
     footer(&mut out, s);
     out.push_str("</main></body></html>\n");
     out
@@ -85,19 +90,15 @@ fn header(out: &mut String, s: &Snapshot) {
 }
 
 fn cards(out: &mut String, s: &Snapshot) {
-    let values: Vec<&KindStatus> = s.credentials.iter().flat_map(|c| &c.kinds).collect();
-    let count = |h: Health| values.iter().filter(|v| v.health == h).count();
-    let (fresh, due, critical, missing) = (
-        count(Health::Fresh),
-        count(Health::Due),
-        count(Health::Critical),
-        count(Health::Missing),
+    let values = &s.summary.values;
+    let (fresh, due, critical, missing, unknown) = (
+        values.fresh,
+        values.due,
+        values.critical,
+        values.missing,
+        values.unknown,
     );
-    let failing = s
-        .credentials
-        .iter()
-        .filter(|c| c.status.failing() || c.status.paused)
-        .count();
+    let creds = &s.summary.credentials;
     out.push_str("<section class=\"cards\">");
     w!(
         out,
@@ -123,33 +124,51 @@ fn cards(out: &mut String, s: &Snapshot) {
     );
     let mut detail = Vec::new();
     if due > 0 {
-        detail.push(format!("<span class=\"warn\">{due} due</span>"));
+        detail.push(format!(
+            "<span class=\"warn\">{} due</span>",
+            thousands(due)
+        ));
     }
     if critical > 0 {
-        detail.push(format!("<span class=\"bad\">{critical} critical</span>"));
+        detail.push(format!(
+            "<span class=\"bad\">{} critical</span>",
+            thousands(critical)
+        ));
     }
     if missing > 0 {
-        detail.push(format!("<span class=\"bad\">{missing} missing</span>"));
+        detail.push(format!(
+            "<span class=\"bad\">{} missing</span>",
+            thousands(missing)
+        ));
     }
-    if failing > 0 {
-        detail.push(format!("<span class=\"bad\">{failing} failing</span>"));
+    if creds.failing > 0 {
+        detail.push(format!(
+            "<span class=\"bad\">{} failing</span>",
+            creds.failing
+        ));
     }
-    let unknown = count(Health::Unknown);
+    if creds.paused > 0 {
+        detail.push(format!(
+            "<span class=\"warn\">{} paused</span>",
+            creds.paused
+        ));
+    }
     if unknown > 0 {
         detail.push(format!("{unknown} unknown (Redis down)"));
     }
     if detail.is_empty() {
         detail.push(format!(
             "{} credential{}, all fine",
-            s.credentials.len(),
-            if s.credentials.len() == 1 { "" } else { "s" }
+            thousands(creds.total),
+            if creds.total == 1 { "" } else { "s" }
         ));
     }
     w!(
         out,
         "<div class=\"card\"><div class=\"k\">Values fresh</div>\
-         <div class=\"v\">{fresh} <small>/ {}</small></div><div class=\"s\">{}</div></div>",
-        values.len(),
+         <div class=\"v\">{} <small>/ {}</small></div><div class=\"s\">{}</div></div>",
+        thousands(fresh),
+        thousands(values.total),
         detail.join(" · ")
     );
     match (s.redis.up, s.redis.latency_ms) {
@@ -174,28 +193,196 @@ fn cards(out: &mut String, s: &Snapshot) {
     out.push_str("</section>\n");
 }
 
-fn table(out: &mut String, s: &Snapshot) {
-    if s.credentials.is_empty() {
+/// Counts by kind and health over every credential held, and the filters.
+fn summary(out: &mut String, s: &Snapshot, view: &View) {
+    let c = &s.summary.credentials;
+    w!(
+        out,
+        "<section class=\"summary\"><div class=\"section\"><h2>Summary <span>{} credential{} on this replica · \
+         <b class=\"{}\">{} with problems</b></span></h2>",
+        thousands(c.total),
+        if c.total == 1 { "" } else { "s" },
+        if c.with_problems > 0 { "bad" } else { "good" },
+        thousands(c.with_problems)
+    );
+    out.push_str("<div class=\"filters\">show ");
+    let links = [
+        ("all", String::new(), !view.filtered()),
+        (
+            "problems only",
+            "?problems=true".to_owned(),
+            view.problems && view.ids.is_none() && view.prefix.is_none(),
+        ),
+    ];
+    for (i, (label, href, current)) in links.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" · ");
+        }
+        if *current {
+            w!(out, "<b>{label}</b>");
+        } else {
+            let href = if href.is_empty() { "./" } else { href.as_str() };
+            w!(out, "<a href=\"{}\">{label}</a>", esc(href));
+        }
+    }
+    out.push_str("</div></div>\n");
+    out.push_str(
+        "<table class=\"sum\"><thead><tr><th>Values</th><th class=\"num\">fresh</th>\
+         <th class=\"num\">due</th><th class=\"num\">critical</th><th class=\"num\">missing</th>\
+         <th class=\"num\">unknown</th><th class=\"num\">total</th></tr></thead><tbody>",
+    );
+    let rows = s
+        .summary
+        .by_kind
+        .iter()
+        .map(|k| (k.kind.as_str(), &k.counts));
+    for (name, counts) in rows {
+        w!(out, "<tr><td class=\"kind\">{}</td>", esc(name));
+        for (h, class) in [
+            (Health::Fresh, "good"),
+            (Health::Due, "warn"),
+            (Health::Critical, "bad"),
+            (Health::Missing, "bad"),
+            (Health::Unknown, "muted"),
+        ] {
+            let n = counts.of(h);
+            w!(
+                out,
+                "<td class=\"num {}\">{}</td>",
+                if n > 0 { class } else { "zero" },
+                thousands(n)
+            );
+        }
+        w!(
+            out,
+            "<td class=\"num\">{}</td></tr>",
+            thousands(counts.total)
+        );
+    }
+    w!(
+        out,
+        "</tbody></table><div class=\"sum-note\">{} failing · {} paused</div></section>\n",
+        thousands(c.failing),
+        thousands(c.paused)
+    );
+}
+
+/// What the credential table shows, in words.
+fn showing(s: &Snapshot, view: &View) -> String {
+    let p = &s.page;
+    let mut text = if s.credentials.is_empty() {
+        format!("none of {} matching", thousands(p.total_matching))
+    } else {
+        format!(
+            "{}–{} of {} matching",
+            thousands(p.offset + 1),
+            thousands(p.offset + s.credentials.len()),
+            thousands(p.total_matching)
+        )
+    };
+    let mut filters = Vec::new();
+    if view.problems {
+        filters.push("with problems".to_owned());
+    }
+    if let Some(prefix) = &view.prefix {
+        filters.push(format!("id starting with “{}”", esc(prefix)));
+    }
+    if let Some(ids) = &view.ids {
+        filters.push(format!(
+            "{} id{} asked for",
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" }
+        ));
+    }
+    if !filters.is_empty() {
+        w!(text, " ({})", filters.join(", "));
+    }
+    text
+}
+
+fn table(out: &mut String, s: &Snapshot, view: &View) {
+    if s.summary.credentials.total == 0 && s.credentials.is_empty() {
         out.push_str("<p class=\"empty\">No credentials are configured on this replica.</p>\n");
         return;
     }
     w!(
         out,
-        "<div class=\"section\"><h2>Credentials <span>{} on this replica</span></h2>\
+        "<div class=\"section\"><h2>Credentials <span>{} · problems first</span></h2>\
          <div class=\"legend\"><i class=\"fresh\"></i>fresh <i class=\"due\"></i>refresh due \
          <i class=\"critical\"></i>expiring <i class=\"missing\"></i>nothing stored \
          <i class=\"tick\"></i>refresh margin</div></div>\n",
-        s.credentials.len()
+        showing(s, view)
     );
+    if s.credentials.is_empty() {
+        out.push_str("<p class=\"empty\">No credential matches on this page. <a href=\"./\">Show all</a></p>\n");
+        return;
+    }
     out.push_str(
         "<table class=\"creds\"><thead><tr><th>Credential</th><th>Kind</th>\
          <th class=\"col-bar\">Time left</th><th>Token</th><th>Refreshed</th><th>Fetched by</th>\
          <th class=\"num\">Fence</th><th>Runs here</th><th>State</th></tr></thead>\n",
     );
+    let mut group = None;
     for c in &s.credentials {
+        if group != Some(c.problem) {
+            group = Some(c.problem);
+            w!(
+                out,
+                "<tbody class=\"group\"><tr><td colspan=\"{COLUMNS}\">{}</td></tr></tbody>\n",
+                if c.problem {
+                    "Needs attention"
+                } else {
+                    "Everything else"
+                }
+            );
+        }
         credential(out, c, s.now_ms);
     }
     out.push_str("</table>\n");
+}
+
+/// The line under the table when more credentials match than are shown:
+/// links to the next page and to `/status.json` for the rest.
+fn more(out: &mut String, s: &Snapshot, view: &View) {
+    let p = &s.page;
+    let next = p.offset.saturating_add(s.credentials.len());
+    let filters = view.filters_query();
+    let with = |extra: String| {
+        if filters.is_empty() {
+            extra
+        } else {
+            format!("{filters}&{extra}")
+        }
+    };
+    let mut links = Vec::new();
+    if p.offset > 0 && p.total_matching > 0 {
+        let prev = p.offset.saturating_sub(p.limit.max(1));
+        let href = format!("?{}", with(format!("offset={prev}")));
+        links.push(format!("<a href=\"{}\">previous page</a>", esc(&href)));
+    }
+    if next < p.total_matching {
+        let left = p.total_matching - next;
+        let json = format!(
+            "status.json?{}",
+            with(format!("offset={next}&limit={MAX_LIMIT}"))
+        );
+        let page = format!("?{}", with(format!("offset={next}")));
+        w!(
+            out,
+            "<p class=\"more\"><b>{} more</b> — use <a href=\"{}\"><code>/{}</code></a> \
+             or <a href=\"{}\">the next page</a>",
+            thousands(left),
+            esc(&json),
+            esc(&json),
+            esc(&page)
+        );
+        for l in &links {
+            w!(out, " · {l}");
+        }
+        out.push_str("</p>\n");
+    } else if !links.is_empty() {
+        w!(out, "<p class=\"more\">{}</p>\n", links.join(" · "));
+    }
 }
 
 fn credential(out: &mut String, c: &CredentialStatus, now_ms: u64) {
@@ -393,6 +580,19 @@ fn runs(r: Refreshes) -> String {
     parts.join(" · ")
 }
 
+/// `n` with comma thousands separators: `20,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
@@ -405,16 +605,24 @@ fn shorten(s: &str, max: usize) -> String {
 
 fn footer(out: &mut String, s: &Snapshot) {
     out.push_str("<footer>");
-    if !s.other_credentials.is_empty() {
+    if s.other_credentials_total > 0 {
         let ids: Vec<String> = s
             .other_credentials
             .iter()
+            .take(OTHERS_LISTED)
             .map(|id| format!("<code>{}</code>", esc(id)))
             .collect();
+        let rest = s.other_credentials_total.saturating_sub(ids.len());
         w!(
             out,
-            "<p>Also registered in this namespace, refreshed by other replicas: {}</p>",
-            ids.join(" ")
+            "<p>Also registered in this namespace, refreshed by other replicas ({}): {}{}</p>",
+            thousands(s.other_credentials_total),
+            ids.join(" "),
+            if rest > 0 {
+                format!(" and {} more", thousands(rest))
+            } else {
+                String::new()
+            }
         );
     }
     w!(
@@ -500,11 +708,20 @@ tr.err.old .when{color:var(--muted)}
 footer{color:var(--muted);font-size:12px;padding:14px 2px 20px}
 footer p{margin:4px 0}
 footer a{color:var(--blue);text-decoration:none}
+.summary{margin-bottom:18px}
+.filters{margin-left:auto;font-size:12.5px;color:var(--muted)}
+.filters a,.more a,.empty a{color:var(--blue);text-decoration:none}
+table.sum{border-collapse:separate;border-spacing:0;background:var(--card);border:1px solid var(--line);border-radius:10px;overflow:hidden}
+table.sum th,table.sum td{padding:6px 14px}
+table.sum tbody tr:last-child td{border-bottom:0}
+.sum-note{font-size:12px;color:var(--muted);margin:5px 2px 0}
+tbody.group td{background:#f8fafc;color:var(--muted);font-size:11px;text-transform:uppercase;letter-spacing:.6px;font-weight:600;padding:6px 10px}
+.more{margin:10px 2px;font-size:13px}
 "#;
 
 #[cfg(test)]
 mod tests {
-    use super::super::snapshot::RedisHealth;
+    use super::super::snapshot::{CredentialCounts, Page, RedisHealth, Summary};
     use super::*;
     use wxtoken_schema::snapshot::{PendingRequest, Status, ValueStatus};
     use wxtoken_schema::Kind;
@@ -555,8 +772,23 @@ mod tests {
                 failed: 1,
                 fenced: 0,
             },
+            summary: Summary {
+                credentials: CredentialCounts {
+                    total: 1,
+                    with_problems: 1,
+                    failing: 1,
+                    paused: 1,
+                },
+                ..Summary::default()
+            },
+            page: Page {
+                offset: 0,
+                limit: 500,
+                total_matching: 1,
+            },
             credentials: vec![CredentialStatus {
                 id: "oa-main".into(),
+                problem: true,
                 status: Status {
                     appid: Some("wx0000000000000001".into()),
                     mode: Some("classic".into()),
@@ -574,12 +806,20 @@ mod tests {
                 ],
             }],
             other_credentials: vec!["elsewhere".into()],
+            other_credentials_total: 1,
+        }
+    }
+
+    fn view() -> View {
+        View {
+            limit: 500,
+            ..View::default()
         }
     }
 
     #[test]
     fn everything_from_redis_is_escaped() {
-        let html = render(&snapshot());
+        let html = render(&snapshot(), &view());
         for raw in [
             "<script>",
             "<img",
@@ -598,7 +838,7 @@ mod tests {
 
     #[test]
     fn page_has_rows_bars_and_states() {
-        let html = render(&snapshot());
+        let html = render(&snapshot(), &view());
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(html.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
         assert!(html.contains("id=\"cred-oa-main\""));
@@ -624,10 +864,66 @@ mod tests {
         for v in &mut s.credentials[0].kinds {
             *v = kind(v.value.kind, None, Health::Unknown);
         }
-        let html = render(&s);
+        s.summary.values.unknown = 2;
+        let html = render(&s, &view());
         assert!(html.contains("Redis is not answering"));
         assert!(html.contains("2 unknown (Redis down)"), "{html}");
         assert!(!html.contains("all fine"));
         assert!(html.contains("class=\"bar unknown\""));
+    }
+
+    #[test]
+    fn summary_comes_first_and_more_links_to_the_rest() {
+        let mut s = snapshot();
+        s.summary.credentials.total = 20_000;
+        s.summary.credentials.with_problems = 20_000;
+        s.summary.values.total = 20_000;
+        s.summary.values.missing = 20_000;
+        s.page = Page {
+            offset: 0,
+            limit: 1,
+            total_matching: 20_000,
+        };
+        s.other_credentials_total = 1_500;
+        let v = View {
+            limit: 1,
+            prefix: Some("oa".into()),
+            ..View::default()
+        };
+        let html = render(&s, &v);
+        let summary = html.find("<section class=\"summary\">").unwrap();
+        let table = html.find("<table class=\"creds\">").unwrap();
+        assert!(summary < table, "summary first");
+        assert!(html.contains("20,000 with problems"), "{html}");
+        assert!(html.contains("20,000 missing"), "{html}");
+        assert!(html.contains("Needs attention"));
+        assert!(
+            html.contains("1–1 of 20,000 matching (id starting with “oa”)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<b>19,999 more</b> — use <a href=\"status.json?prefix=oa&amp;offset=1&amp;limit=5000\">"),
+            "{html}"
+        );
+        assert!(html.contains("<a href=\"?prefix=oa&amp;offset=1\">the next page</a>"));
+        assert!(
+            html.contains("(1,500): <code>elsewhere</code> and 1,499 more"),
+            "{html}"
+        );
+
+        // The last page links back, not on.
+        s.page.offset = 19_999;
+        let html = render(&s, &v);
+        assert!(!html.contains("more</b>"));
+        assert!(html.contains("<a href=\"?prefix=oa&amp;offset=19998\">previous page</a>"));
+    }
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(100_000), "100,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }
