@@ -438,9 +438,12 @@ fn settle(
         Ok(Err(claim)) => match claim {
             Claim::Unregistered => agenda.remove(&member),
             Claim::NotDue(at) | Claim::Held(at) => agenda.set(member, at),
-            Claim::Busy(at) => {
+            Claim::Busy(_) => {
+                // Another replica is refreshing it and will queue its next
+                // due time; the next scan brings it back (also if that
+                // replica dies: the entry is then due at the lock's expiry).
                 sh.metrics.lock_contention.get_or_create(&labels).inc();
-                agenda.set(member, at);
+                agenda.remove(&member);
             }
             Claim::RateLimited(wait) => {
                 agenda.set(member, now_ms);

@@ -3,11 +3,10 @@
 //! back in one round trip, by the Redis clock, with no whole token in it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wxtoken_schema::registry::{self, Registration};
 use wxtoken_schema::snapshot::{self, PendingRequest, ValueStatus};
 use wxtoken_schema::{
-    claim, registry_key, request_refresh, status, write_token, Claim, CredentialKeys, Kind,
-    TokenWrite, WriteOutcome, FORCE_REQUEST, KINDS,
+    registry_key, request_refresh, status, testing, CredentialKeys, Kind, WriteOutcome,
+    FORCE_REQUEST, KINDS,
 };
 use wxtoken_testkit::RedisServer;
 
@@ -17,52 +16,28 @@ use common::connect;
 const NS: &str = "wxtoken";
 const TOKEN: &str = "86_abcdefghijklmnopqrstuvwxyz0123456789";
 
-/// Queues `kind`, claims it, writes `token` through the fenced script, and
-/// takes the lock again (a refresh in progress).
+/// Writes `token` as a refresher would and takes the lock again (a refresh
+/// in progress).
 async fn store(
     con: &mut redis::aio::MultiplexedConnection,
     keys: &CredentialKeys,
     kind: Kind,
     token: &str,
 ) -> u64 {
-    let owner = "refresher-1#0011223344556677";
-    let facts = Registration {
-        appid: "wx1",
-        mode: "classic",
-        kinds: &[kind],
-        ticket_delay: Duration::ZERO,
-    };
-    registry::register(
+    let (outcome, fence) = testing::store(
         con,
-        &[(keys.clone(), facts)],
+        keys,
+        kind,
+        token,
+        Duration::from_secs(7000),
         "refresher-1",
-        Duration::from_secs(15),
     )
     .await
     .unwrap();
-    let Claim::Granted { fence, .. } = claim(con, keys, kind, owner, Duration::from_secs(30), None)
-        .await
-        .unwrap()
-    else {
-        panic!("not granted")
-    };
-    let w = TokenWrite {
-        kind,
-        owner,
-        fence,
-        token,
-        ttl: Duration::from_secs(7000),
-        expires_in: 7200,
-        replica: "refresher-1",
-        next_due: Duration::from_secs(6000),
-    };
-    assert!(matches!(
-        write_token(con, keys, &w).await.unwrap(),
-        WriteOutcome::Written { .. }
-    ));
+    assert!(matches!(outcome, WriteOutcome::Written { .. }));
     let _: () = redis::cmd("SET")
         .arg(keys.lock(kind))
-        .arg(owner)
+        .arg("refresher-1#0011223344556677")
         .arg("PX")
         .arg(30_000)
         .query_async(con)
@@ -150,7 +125,7 @@ async fn one_read_shows_values_status_requests_and_locks() {
     let at = kind(c, Kind::AccessToken);
     assert!(at.stored);
     assert!(at.ttl_ms.is_some_and(|t| t > 6_900_000 && t <= 7_000_000));
-    assert_eq!(at.expires_in, Some(7200));
+    assert_eq!(at.expires_in, Some(7000));
     assert_eq!(at.fence, Some(fence));
     assert_eq!(at.replica.as_deref(), Some("refresher-1"));
     let refreshed = at.refreshed_at_ms.unwrap();
