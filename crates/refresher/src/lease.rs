@@ -310,15 +310,17 @@ impl<'a> Lease<'a> {
     /// more consecutive failure, the shared wait) as the lease ends.
     async fn failed(self, error: LeaseError) -> Outcome {
         let class = error.class(self.kind);
-        let retry_in = if error.is_wechat_failure() {
-            policy::retry_after(
+        let retry_in = match &error {
+            e if e.is_wechat_failure() => policy::retry_after(
                 &self.sh.refresh,
                 class,
                 self.state.failures.saturating_add(1),
                 rand::random::<f64>(),
-            )
-        } else {
-            self.sh.refresh.retry_initial
+            ),
+            // Writing the access token brings the ticket forward; this is
+            // only the fallback should that write be missed.
+            LeaseError::NoAccessToken => self.sh.refresh.retry_max,
+            _ => self.sh.refresh.retry_initial,
         };
         if matches!(error, LeaseError::LockLapsed) {
             // The lease is gone: the queue entry sits at its expiry.

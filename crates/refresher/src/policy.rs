@@ -49,14 +49,23 @@ pub fn margin(cfg: &RefreshConfig, expires_in: Option<u64>) -> Duration {
     cfg.margin_for(expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs))
 }
 
+/// The most a value's due time is brought forward at random (see
+/// [`next_due`]): the configured jitter, at most half the margin.
+fn jitter_cap(cfg: &RefreshConfig, margin: Duration) -> Duration {
+    cfg.jitter.min(margin / 2)
+}
+
 /// Whether the claimed value needs a WeChat call now, and why; otherwise
 /// how long until it will. Pauses and the shared backoff were honoured by
-/// the claim already.
+/// the claim already. A value is expiring within its margin plus the
+/// largest jitter, so that one claimed at the due time [`next_due`] chose
+/// (margin and some jitter before expiry) is refreshed, not put back.
 pub fn decide(cfg: &RefreshConfig, state: &ValueState) -> Result<Reason, Duration> {
     if state.request == Request::Forced {
         return Ok(Reason::Forced);
     }
-    let threshold = margin(cfg, state.expires_in);
+    let margin = margin(cfg, state.expires_in);
+    let threshold = margin + jitter_cap(cfg, margin);
     let left = match state.remaining {
         None => return Ok(Reason::Missing),
         Some(left) if left <= threshold => return Ok(Reason::Expiring),
@@ -81,9 +90,11 @@ pub fn decide(cfg: &RefreshConfig, state: &ValueState) -> Result<Reason, Duratio
 
 /// When a value just written with `remaining` time to live is due again:
 /// `remaining − margin − jitter`, where `jitter` is `spread` (0..1) of the
-/// configured jitter, at most half the margin. A value that came back with
-/// no more than its margin (a stable token near its end) is looked at again
-/// after half its time, never at once.
+/// configured jitter, at most half the margin. A value that came back
+/// already inside that window (a stable token near its end, which WeChat
+/// hands out again) is looked at again after half its time but no sooner
+/// than `min_interval` (at its expiry if that comes first): never at once,
+/// and never in a tightening loop.
 pub fn next_due(
     cfg: &RefreshConfig,
     remaining: Duration,
@@ -91,10 +102,10 @@ pub fn next_due(
     spread: f64,
 ) -> Duration {
     let margin = cfg.margin_for(Duration::from_secs(expires_in).max(remaining));
-    if remaining <= margin {
-        return remaining / 2;
+    if remaining <= margin + jitter_cap(cfg, margin) {
+        return (remaining / 2).max(cfg.min_interval).min(remaining);
     }
-    let jitter = cfg.jitter.min(margin / 2).mul_f64(spread.clamp(0.0, 1.0));
+    let jitter = jitter_cap(cfg, margin).mul_f64(spread.clamp(0.0, 1.0));
     remaining - margin - jitter
 }
 
@@ -159,13 +170,24 @@ mod tests {
             decide(&c, &state(Some(250), 0, Request::None)),
             Ok(Reason::Expiring)
         );
+        // Margin 300 s plus the largest jitter, 30 s: a value claimed at any
+        // due time next_due can choose is refreshed.
         assert_eq!(
-            decide(&c, &state(Some(300), 0, Request::None)),
+            decide(&c, &state(Some(330), 0, Request::None)),
             Ok(Reason::Expiring)
         );
+        let written = Duration::from_secs(7200);
+        for spread in [0.0, 0.5, 1.0] {
+            let left = written - next_due(&c, written, 7200, spread);
+            assert_eq!(
+                decide(&c, &state(Some(left.as_secs()), 0, Request::None)),
+                Ok(Reason::Expiring),
+                "claimed at its due time with spread {spread}"
+            );
+        }
         assert_eq!(
             decide(&c, &state(Some(3600), 0, Request::None)),
-            Err(Duration::from_secs(3300))
+            Err(Duration::from_secs(3270))
         );
         // A report is served once min_interval has passed since the last refresh.
         assert_eq!(
@@ -192,10 +214,20 @@ mod tests {
         // The margin is clamped to a fraction of a short lifetime.
         let short = Duration::from_secs(60);
         assert_eq!(next_due(&c, short, 60, 0.0), Duration::from_secs(45));
-        // A value handed back inside its margin is looked at after half its life.
+        // A value handed back inside its margin is looked at after half its
+        // life, but no sooner than min_interval (60 s), and at the latest
+        // when it expires.
         assert_eq!(
             next_due(&c, Duration::from_secs(200), 7200, 0.5),
             Duration::from_secs(100)
+        );
+        assert_eq!(
+            next_due(&c, Duration::from_secs(100), 7200, 0.5),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            next_due(&c, Duration::from_secs(40), 7200, 0.5),
+            Duration::from_secs(40)
         );
     }
 
