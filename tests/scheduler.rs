@@ -329,3 +329,66 @@ async fn a_flushed_redis_is_refilled_at_once_with_one_call_per_value() {
         assert_eq!(r.terminate(Duration::from_secs(10)), Some(0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_token_survives_redis_going_silent_at_write_time() {
+    use common::Proxy;
+    use wxtoken_sim::{Fault, FaultKind};
+    let env = Env::start(Setup {
+        credentials: 1,
+        lifetime: Duration::from_secs(60),
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
+        redis_timeout: Duration::from_millis(400),
+        ..Setup::default()
+    })
+    .await;
+    let proxy = Proxy::start(env.redis.addr()).await;
+    let appid = env.creds[0].appid.clone();
+    env.admin.inject(
+        &appid,
+        Fault::new(FaultKind::Delay {
+            delay: Duration::from_millis(1500),
+        })
+        .on(Endpoint::Token)
+        .times(1),
+    );
+    let mut replica = env.spawn_replica("replica-1", Some(&proxy.url()));
+    // The WeChat call is in flight: Redis goes silent before it returns.
+    // (The one-shot fault is used up as the request reaches the simulator.)
+    eventually(
+        Duration::from_secs(10),
+        "the call reached WeChat",
+        || async { env.admin.faults(&appid).is_empty() },
+    )
+    .await;
+    proxy.pause();
+    eventually(Duration::from_secs(15), "the write failed once", || async {
+        replica.logs().contains("retrying while the lease lasts")
+    })
+    .await;
+    proxy.resume();
+    let mut con = env.redis_con().await;
+    eventually(Duration::from_secs(10), "the token is stored", || {
+        let (env, mut con) = (&env, con.clone());
+        async move { env.token(&mut con, 0).await.is_some() }
+    })
+    .await;
+    let token = env.token(&mut con, 0).await.unwrap();
+    assert_eq!(
+        token_fetches(&env)[0],
+        1,
+        "the fetched token was stored, not fetched again"
+    );
+    let issued: Vec<String> = env
+        .admin
+        .fetches(&appid, Endpoint::Token)
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            wxtoken_sim::FetchOutcome::Issued { token_prefix, .. } => Some(token_prefix.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(issued, vec![token.chars().take(8).collect::<String>()]);
+    assert_eq!(replica.terminate(Duration::from_secs(10)), Some(0));
+}
