@@ -14,7 +14,7 @@
 //! as "forced or not".
 
 use crate::keys::{CredentialKeys, Kind, KINDS};
-use crate::{info, registry_key, status, FORCE_REQUEST};
+use crate::{info, registry_key, status, Request};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisResult, Value};
 use serde::Serialize;
@@ -138,7 +138,7 @@ pub struct ValueStatus {
 /// A refresh request that is still to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PendingRequest {
-    /// Replace whatever is stored ([`FORCE_REQUEST`]), rather than a
+    /// Replace whatever is stored ([`FORCE_REQUEST`](crate::FORCE_REQUEST)), rather than a
     /// reported refused value.
     pub force: bool,
     /// Time until the request lapses, ms.
@@ -180,13 +180,14 @@ impl RawValue {
         // Served by the refreshers: a force, or a report about what is
         // stored (or about anything, while nothing is stored). A report
         // about a value already replaced waits for nothing.
-        let refresh_request = self.request.as_deref().and_then(|r| {
-            let force = r == FORCE_REQUEST;
-            (force || self.value.as_deref().is_none_or(|v| v == r)).then(|| PendingRequest {
-                force,
-                ttl_ms: ttl(self.request_pttl),
-            })
-        });
+        let refresh_request =
+            match Request::interpret(self.request.as_deref(), self.value.as_deref()) {
+                Request::None => None,
+                r => Some(PendingRequest {
+                    force: r == Request::Forced,
+                    ttl_ms: ttl(self.request_pttl),
+                }),
+            };
         ValueStatus {
             kind,
             stored: self.value.is_some(),
@@ -349,6 +350,7 @@ impl Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FORCE_REQUEST;
 
     fn hash(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
