@@ -242,6 +242,7 @@ impl<'a> Lease<'a> {
             tracing::warn!(id = self.keys.id(), kind = %self.kind, ?remaining, "WeChat returned a value that is already within the refresh margin");
         }
         let keys = &self.keys;
+        let tickets: Vec<Kind> = self.cred.tickets.iter().map(|t| t.kind()).collect();
         let written = self
             .retrying("store the fetched value", |mut con| {
                 // Time left as the write is sent (a retry stores less), less
@@ -255,6 +256,7 @@ impl<'a> Lease<'a> {
                     expires_in: fetched.expires_in,
                     replica: &self.sh.replica,
                     next_due,
+                    tickets: &tickets,
                 };
                 async move { write_token(&mut con, keys, &write).await }
             })

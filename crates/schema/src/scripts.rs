@@ -532,6 +532,9 @@ pub struct TokenWrite<'a> {
     pub replica: &'a str,
     /// When the value is due for its next refresh, from now.
     pub next_due: Duration,
+    /// For an access token: the credential's tickets, which are brought
+    /// forward if they are not stored (they wait for the token).
+    pub tickets: &'a [Kind],
 }
 
 impl std::fmt::Debug for TokenWrite<'_> {
@@ -545,6 +548,7 @@ impl std::fmt::Debug for TokenWrite<'_> {
             .field("expires_in", &self.expires_in)
             .field("replica", &self.replica)
             .field("next_due", &self.next_due)
+            .field("tickets", &self.tickets)
             .finish()
     }
 }
@@ -576,7 +580,7 @@ pub async fn write_token<C: ConnectionLike>(
 ) -> RedisResult<WriteOutcome> {
     let ttl_ms = u64::try_from(w.ttl.as_millis()).unwrap_or(u64::MAX);
     let tickets: &[Kind] = if w.kind == Kind::AccessToken {
-        &[Kind::JsapiTicket, Kind::WxCardTicket]
+        w.tickets
     } else {
         &[]
     };

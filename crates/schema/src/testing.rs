@@ -59,6 +59,7 @@ pub async fn store<C: ConnectionLike>(
         expires_in: ttl.as_secs(),
         replica,
         next_due: ttl / 2,
+        tickets: &[],
     };
     Ok((write_token(con, keys, &w).await?, fence))
 }

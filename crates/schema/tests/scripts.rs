@@ -27,6 +27,7 @@ fn write<'a>(owner: &'a str, fence: u64, token: &'a str) -> TokenWrite<'a> {
         expires_in: 7200,
         replica: "r1",
         next_due: Duration::from_secs(50),
+        tickets: &[Kind::JsapiTicket, Kind::WxCardTicket],
     }
 }
 
