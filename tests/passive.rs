@@ -300,3 +300,70 @@ async fn a_plain_set_and_publish_from_any_language_is_served_once() {
     );
     assert_eq!(issued(&env.admin.fetches(&appid, Endpoint::Token)), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_cannot_force_and_operator_forces_are_spaced() {
+    let force_gap = Duration::from_millis(1500);
+    let env = Env::start(Setup {
+        force_min_interval: Some(force_gap),
+        ..setup()
+    })
+    .await;
+    let appid = env.creds[0].appid.clone();
+    let _replicas = env.spawn_replicas(3);
+    env.wait_all_stored(Duration::from_secs(10)).await;
+    let mut con = env.redis_con().await;
+    let keys = env.keys(&env.creds[0].id);
+
+    // A business server writes `*` into the request key and publishes, in a
+    // loop, as the old README allowed: no WeChat call, the token stays.
+    let before = env.token(&mut con, 0).await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(keys.refresh_request(Kind::AccessToken))
+            .arg(wxtoken_schema::FORCE_REQUEST)
+            .arg("PX")
+            .arg(600_000)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(wxtoken_schema::requests_channel("wxtoken"))
+            .arg(keys.member(Kind::AccessToken))
+            .ignore()
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(issued(&env.admin.fetches(&appid, Endpoint::Token)), 1);
+    assert_eq!(env.token(&mut con, 0).await, Some(before));
+
+    // An operator forces twice in a row: two refreshes, at least
+    // force_min_interval apart.
+    for _ in 0..2 {
+        assert_eq!(
+            report(&env, wxtoken_schema::FORCE_REQUEST).await,
+            RequestOutcome::Requested
+        );
+        let n = issued(&env.admin.fetches(&appid, Endpoint::Token));
+        eventually(Duration::from_secs(10), "the force is served", || async {
+            issued(&env.admin.fetches(&appid, Endpoint::Token)) > n
+        })
+        .await;
+    }
+    let times: Vec<u64> = env
+        .admin
+        .fetches(&appid, Endpoint::Token)
+        .iter()
+        .map(|f| f.since_start_ms)
+        .collect();
+    assert_eq!(times.len(), 3, "{times:?}");
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= force_gap.as_millis() as u64 - 50,
+            "forced refreshes {} ms apart: {times:?}",
+            pair[1] - pair[0]
+        );
+    }
+}

@@ -40,6 +40,8 @@ pub struct Setup {
     pub calls_per_second: Option<f64>,
     /// `wechat.burst`, if not the default.
     pub burst: Option<u32>,
+    /// `refresh.force_min_interval`, if not the default.
+    pub force_min_interval: Option<Duration>,
     /// Appended to the generated config text (e.g. an `[http]` section).
     pub extra_config: String,
 }
@@ -66,6 +68,7 @@ impl Default for Setup {
             min_interval: Duration::from_millis(500),
             calls_per_second: None,
             burst: None,
+            force_min_interval: None,
             extra_config: String::new(),
         }
     }
@@ -159,6 +162,12 @@ impl Env {
             text = text.replace(
                 "[wechat]\n",
                 &format!("[wechat]\ncalls_per_second = {rate}\n"),
+            );
+        }
+        if let Some(f) = s.force_min_interval {
+            text = text.replace(
+                "[refresh]\n",
+                &format!("[refresh]\nforce_min_interval = \"{}\"\n", ms(f)),
             );
         }
         if let Some(burst) = s.burst {

@@ -209,6 +209,13 @@ pub struct RefreshConfig {
     /// reason cannot cause a refresh loop.
     #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
+    /// Minimum time between a refresh and a forced one (operators'
+    /// `--force`): each forced refresh costs a WeChat call.
+    #[serde(with = "humantime_serde")]
+    pub force_min_interval: Duration,
+    /// Stable-mode `force_refresh`es per credential and day (WeChat allows
+    /// 20), shared by all replicas.
+    pub force_refresh_per_day: u32,
 }
 
 impl Default for RefreshConfig {
@@ -224,6 +231,8 @@ impl Default for RefreshConfig {
             quota_pause: Duration::from_secs(600),
             check_interval: Duration::from_secs(30),
             min_interval: Duration::from_secs(60),
+            force_min_interval: Duration::from_secs(30),
+            force_refresh_per_day: 10,
         }
     }
 }
@@ -632,6 +641,12 @@ impl Check<'_> {
             if d.is_zero() {
                 return Err(self.invalid(field, "must be more than 0"));
             }
+        }
+        if r.force_refresh_per_day > 20 {
+            return Err(self.invalid(
+                "refresh.force_refresh_per_day",
+                "must be at most 20 (WeChat's daily limit of stable force_refresh)",
+            ));
         }
         if r.retry_max < r.retry_initial {
             return Err(self.invalid(

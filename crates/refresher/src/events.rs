@@ -73,6 +73,9 @@ pub async fn listen(sh: Arc<Shared>, client: redis::Client, inbox: Arc<Inbox>) {
         };
         tracing::debug!(%channel, %requests, "subscribed to update events and refresh requests");
         inbox.rescan();
+        // Requests filed while nobody listened (plain SETs move nothing in
+        // the due-queue): look for them once per subscription.
+        tokio::spawn(sweep(sh.clone(), inbox.clone()));
         let session = async {
             let mut pubsub = pubsub;
             let mut messages = pubsub.on_message();
@@ -99,6 +102,46 @@ pub async fn listen(sh: Arc<Shared>, client: redis::Client, inbox: Arc<Inbox>) {
             _ = tokio::time::sleep(pause(failures)) => {}
             _ = shutdown.cancelled() => break,
         }
+    }
+}
+
+/// Finds pending refresh requests with `SCAN` (once per subscription) and
+/// puts those of held values on the agenda. Bounded by the keyspace;
+/// gives up quietly on a Redis error (the next subscription sweeps again).
+async fn sweep(sh: Arc<Shared>, inbox: Arc<Inbox>) {
+    let mut cursor = 0;
+    let mut found = 0usize;
+    loop {
+        let mut con = sh.redis.con();
+        let page = sh
+            .redis
+            .step(wxtoken_schema::registry::pending_requests(
+                &mut con,
+                &sh.namespace,
+                cursor,
+                1000,
+            ))
+            .await;
+        let (next, members) = match page {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "sweep for pending refresh requests stopped");
+                return;
+            }
+        };
+        for m in members {
+            if parse_member(&m).is_some_and(|(id, _)| sh.registry.get(id).is_some()) {
+                found += 1;
+                inbox.due_now(m);
+            }
+        }
+        if next == 0 || sh.shutdown.is_cancelled() {
+            break;
+        }
+        cursor = next;
+    }
+    if found > 0 {
+        tracing::info!(found, "pending refresh requests found");
     }
 }
 

@@ -28,8 +28,8 @@ use crate::Shared;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use wxtoken_schema::{
-    claim, finish, renew_lock, request_refresh, token_prefix, write_token, Claim, CredentialKeys,
-    Failure, Kind, TokenWrite, ValueState, WriteOutcome, REQUEST_TTL_SECS,
+    claim, finish, renew_lock, request_refresh, take_force_budget, token_prefix, write_token,
+    Claim, CredentialKeys, Failure, Kind, TokenWrite, ValueState, WriteOutcome, REQUEST_TTL_SECS,
 };
 
 /// Why a lease ended without storing a value.
@@ -44,6 +44,9 @@ pub enum LeaseError {
     /// A ticket needs the access token, which is not in Redis yet.
     #[error("no access token stored yet to fetch the ticket with")]
     NoAccessToken,
+    /// Today's stable `force_refresh`es of the credential are used up.
+    #[error("today's {0} stable force_refresh calls are used up (refresh.force_refresh_per_day)")]
+    ForceBudget(u32),
     /// WeChat handed back the very value that was reported refused.
     #[error("WeChat returned the reported value again (stable force_refresh is limited to 20 a day, 30 s apart)")]
     StillRefused,
@@ -65,7 +68,10 @@ impl LeaseError {
     /// subject to the shared backoff (Redis trouble, a missing access token
     /// and a lapsed lease are not).
     pub fn is_wechat_failure(&self) -> bool {
-        matches!(self, LeaseError::Wechat(_) | LeaseError::StillRefused)
+        matches!(
+            self,
+            LeaseError::Wechat(_) | LeaseError::StillRefused | LeaseError::ForceBudget(_)
+        )
     }
 }
 
@@ -146,6 +152,7 @@ impl<'a> Lease<'a> {
                 &owner,
                 sh.refresh.lock_ttl,
                 sh.rate.as_ref(),
+                sh.refresh.min_interval,
             ))
             .await?;
         Ok(match answer {
@@ -213,6 +220,7 @@ impl<'a> Lease<'a> {
         if handed_back && self.kind == Kind::AccessToken && self.cred.mode == Mode::Stable {
             // Normal mode handed back the refused token: only now is a
             // force_refresh (20 a day) spent, and only on a lease still ours.
+            self.take_force_budget().await?;
             tracing::info!(id = %self.cred.id, "WeChat still hands out the refused stable token; using force_refresh");
             self.confirm().await?;
             fetched = self.renewing(self.call(None, true)).await;
@@ -387,6 +395,23 @@ impl<'a> Lease<'a> {
                     tokio::time::sleep(wait).await;
                 }
             }
+        }
+    }
+
+    /// Takes one of today's stable `force_refresh`es (shared by all
+    /// replicas through the status hash).
+    async fn take_force_budget(&self) -> Result<(), LeaseError> {
+        let per_day = self.sh.refresh.force_refresh_per_day;
+        let mut con = self.sh.redis.con();
+        let left = self
+            .sh
+            .redis
+            .step(take_force_budget(&mut con, &self.keys, per_day))
+            .await?;
+        if left {
+            Ok(())
+        } else {
+            Err(LeaseError::ForceBudget(per_day))
         }
     }
 

@@ -61,8 +61,18 @@ fn jitter_cap(cfg: &RefreshConfig, margin: Duration) -> Duration {
 /// largest jitter, so that one claimed at the due time [`next_due`] chose
 /// (margin and some jitter before expiry) is refreshed, not put back.
 pub fn decide(cfg: &RefreshConfig, state: &ValueState) -> Result<Reason, Duration> {
+    let since_refresh = Duration::from_millis(
+        state
+            .refreshed_at_ms
+            .map_or(u64::MAX, |at| state.now_ms.saturating_sub(at)),
+    );
     if state.request == Request::Forced {
-        return Ok(Reason::Forced);
+        // Each forced refresh costs a WeChat call: never more often than
+        // force_min_interval, whoever asks.
+        return match cfg.force_min_interval.checked_sub(since_refresh) {
+            None | Some(Duration::ZERO) => Ok(Reason::Forced),
+            Some(wait) => Err(wait),
+        };
     }
     let margin = margin(cfg, state.expires_in);
     let threshold = margin + jitter_cap(cfg, margin);
@@ -75,12 +85,7 @@ pub fn decide(cfg: &RefreshConfig, state: &ValueState) -> Result<Reason, Duratio
     if state.request == Request::Reported {
         // Passive refresh, but never sooner than min_interval after the last
         // refresh: a token refused for another reason must not loop.
-        let since = Duration::from_millis(
-            state
-                .refreshed_at_ms
-                .map_or(u64::MAX, |at| state.now_ms.saturating_sub(at)),
-        );
-        return match cfg.min_interval.checked_sub(since) {
+        return match cfg.min_interval.checked_sub(since_refresh) {
             None | Some(Duration::ZERO) => Ok(Reason::Reported),
             Some(wait) => Err(wait.min(scheduled)),
         };
@@ -198,10 +203,15 @@ mod tests {
             decide(&c, &state(Some(3600), 15, Request::Reported)),
             Err(Duration::from_secs(45))
         );
-        // An operator's force skips the interval.
+        // An operator's force skips min_interval, but not force_min_interval
+        // (30 s): forcing in a loop costs one call per 30 s at most.
         assert_eq!(
-            decide(&c, &state(Some(3600), 1, Request::Forced)),
+            decide(&c, &state(Some(3600), 31, Request::Forced)),
             Ok(Reason::Forced)
+        );
+        assert_eq!(
+            decide(&c, &state(Some(3600), 10, Request::Forced)),
+            Err(Duration::from_secs(20))
         );
     }
 

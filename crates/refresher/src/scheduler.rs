@@ -200,12 +200,6 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
         if rescan {
             next_scan = Instant::now();
         }
-        for member in requested {
-            let held = parse_member(&member).is_some_and(|(id, _)| sh.registry.get(id).is_some());
-            if held {
-                agenda.set(member, clock.now_ms());
-            }
-        }
         let now = Instant::now();
         let past_horizon = agenda.horizon_ms <= clock.now_ms()
             && agenda.due_count(clock.now_ms()) == 0
@@ -236,6 +230,15 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
                             rand::random::<f64>(),
                         );
                 }
+            }
+        }
+
+        // After any scan (which replaces the agenda): values someone asked
+        // for may be due now; the claim checks.
+        for member in requested {
+            let held = parse_member(&member).is_some_and(|(id, _)| sh.registry.get(id).is_some());
+            if held {
+                agenda.set(member, clock.now_ms());
             }
         }
 
@@ -385,6 +388,15 @@ async fn rescan_all(sh: &Shared, agenda: &mut Agenda) -> Result<Clock, RedisErro
         );
         horizon = horizon.min(clock.map_or(0, |c| c.now_ms()) + 1000);
     }
+    // Entries already due locally (a request, a rate-limited claim) stay:
+    // the queue may not show them due, and the claim decides.
+    let now_ms = clock.map_or(0, |c| c.now_ms());
+    let carried: Vec<(u64, String)> = agenda
+        .by_time
+        .iter()
+        .take_while(|(at, _)| *at <= now_ms)
+        .cloned()
+        .collect();
     let in_flight = std::mem::take(&mut agenda.in_flight);
     *agenda = Agenda {
         in_flight,
@@ -393,6 +405,11 @@ async fn rescan_all(sh: &Shared, agenda: &mut Agenda) -> Result<Clock, RedisErro
     };
     for d in found {
         agenda.set(d.member, d.at_ms);
+    }
+    for (at, member) in carried {
+        if agenda.by_member.get(&member).is_none_or(|t| *t > at) {
+            agenda.set(member, at);
+        }
     }
     sh.metrics.due_values.set(due_total as i64);
     Ok(clock.unwrap_or(Clock {
@@ -513,7 +530,7 @@ fn log_failure(
             tracing::warn!(%id, %kind, error = %e, "Redis failed during a refresh; retrying");
             return;
         }
-        LeaseError::Wechat(_) | LeaseError::StillRefused => {}
+        LeaseError::Wechat(_) | LeaseError::StillRefused | LeaseError::ForceBudget(_) => {}
     }
     let errcode = match error {
         LeaseError::Wechat(w) => w.errcode(),
@@ -570,6 +587,7 @@ fn count(sh: &Shared, value: &metrics::ValueLabels, reason: Reason, outcome: &Ou
                 return;
             }
             LeaseError::StillRefused => ("still_refused", None),
+            LeaseError::ForceBudget(_) => ("force_budget", None),
             LeaseError::Wechat(w) => ("error", w.errcode()),
         },
     };

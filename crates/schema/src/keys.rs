@@ -137,6 +137,15 @@ impl CredentialKeys {
         format!("{}:refresh_request:{}", self.prefix, kind.as_str())
     }
 
+    /// STRING: a pending forced refresh (operators: `wxtoken refresh
+    /// --force`, the HTTP endpoint's `?force=true`): replace whatever is
+    /// stored. Its value means nothing. A separate key from
+    /// [`CredentialKeys::refresh_request`] so that business servers, which
+    /// may write requests, can be denied forcing (Redis ACL).
+    pub fn force_request(&self, kind: Kind) -> String {
+        format!("{}:force_request:{}", self.prefix, kind.as_str())
+    }
+
     /// SET: ids of the refresher replicas whose config lists this
     /// credential (its secret's holders). The credential's keys are deleted
     /// when the last live holder drops it.

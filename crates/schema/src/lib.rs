@@ -24,8 +24,8 @@ pub use keys::{
     InvalidName, Kind, DUE_SHARDS, KINDS,
 };
 pub use scripts::{
-    claim, finish, renew_lock, request_refresh, write_token, Claim, Failure, RateLimit, Request,
-    RequestOutcome, TokenWrite, ValueState, WriteOutcome,
+    claim, finish, force_refresh, renew_lock, request_refresh, take_force_budget, write_token,
+    Claim, Failure, RateLimit, Request, RequestOutcome, TokenWrite, ValueState, WriteOutcome,
 };
 
 use serde::{Deserialize, Serialize};
@@ -144,9 +144,10 @@ pub fn requests_channel(namespace: &str) -> String {
     format!("{namespace}:requests")
 }
 
-/// The request value that asks for a refresh whatever is stored (operators'
-/// `wxtoken refresh --force`): skips the minimum interval, and stable-mode
-/// credentials use `force_refresh`.
+/// Passed as the reported value to [`request_refresh`], asks for a refresh
+/// whatever is stored (operators' `wxtoken refresh --force`): recorded in
+/// the force-request key, not the request key. Written into a request key
+/// by anyone else, it only asks for a value while none is stored.
 pub const FORCE_REQUEST: &str = "*";
 
 /// How long a refresh request waits for a refresher before it lapses.

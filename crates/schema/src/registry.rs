@@ -274,3 +274,37 @@ pub async fn scan<C: ConnectionLike>(
     }
     Ok((secs * 1000 + micros / 1000, out))
 }
+
+/// One page of a sweep for pending refresh requests (plain `SET`s by
+/// business servers, which cannot move a value in the due-queue): `SCAN`
+/// from `cursor` over request keys of `namespace`. Returns the next cursor
+/// (0: done) and the due-queue members whose request keys were found.
+pub async fn pending_requests<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    cursor: u64,
+    count: usize,
+) -> RedisResult<(u64, Vec<String>)> {
+    let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(format!("{namespace}:{{*}}:refresh_request:*"))
+        .arg("COUNT")
+        .arg(count)
+        .arg("TYPE")
+        .arg("string")
+        .query_async(con)
+        .await?;
+    let prefix = format!("{namespace}:{{");
+    let members = keys
+        .iter()
+        .filter_map(|k| {
+            let k = std::str::from_utf8(k).ok()?;
+            let (id, rest) = k.strip_prefix(&prefix)?.split_once('}')?;
+            let kind = rest.strip_prefix(":refresh_request:")?;
+            let member = format!("{id} {kind}");
+            crate::parse_member(&member).is_some().then_some(member)
+        })
+        .collect();
+    Ok((next, members))
+}

@@ -18,8 +18,11 @@ use std::time::Duration;
 /// The claim of one due value.
 ///
 /// In order: the value must still be queued (else `-1`: unregistered) and
-/// due — its queue entry's time has come, or a refresh request that would be
-/// served is pending (a plain `SET` of the request key from any language) —
+/// due — its queue entry's time has come (a forced refresh moves it to now),
+/// or a refresh request that would be served is pending (a plain `SET` of
+/// the request key from any language) and `min_interval` has passed since
+/// the last write (before that, the entry is moved to when it will have),
+/// so that requests cannot make claims happen in a loop —
 /// (else `-2, due_at`); its lock must be free (else `-3, lock expiry`,
 /// and the queue entry moves to the lock's expiry); the credential must not
 /// be paused or backing off (else `-4, until`, entry moved there); the
@@ -35,8 +38,8 @@ use std::time::Duration;
 /// stored value's fence).
 ///
 /// KEYS: lock, fence, info, due shard, value, status, request, access token
-/// value, rate. ARGV: owner, ttl_ms, member, rate interval µs (0 = no
-/// limit), burst, whether the access token is needed (1/0).
+/// value, rate, force request. ARGV: owner, ttl_ms, member, rate interval µs (0 = no
+/// limit), burst, whether the access token is needed (1/0), min_interval ms.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -55,11 +58,22 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[4], ARGV[3])
 if not score then return {-1} end
 score = tonumber(score) or 0
+local forced = redis.call('EXISTS', KEYS[10]) == 1
 if score > now then
   local req = get(KEYS[7])
   local cur = get(KEYS[5])
-  if not (req and (req == '*' or (not cur) or cur == req)) then
-    return {-2, score}
+  if not (req and ((not cur) or cur == req)) then return {-2, score} end
+  if cur then
+    local at = tonumber(hmget(KEYS[3], 'refreshed_at_ms')[1] or '0') or 0
+    local ready = at + (tonumber(ARGV[7]) or 0)
+    if ready > now then
+      -- Served once min_interval has passed since the last write.
+      if ready < score then
+        redis.call('ZADD', KEYS[4], 'XX', ready, ARGV[3])
+        score = ready
+      end
+      return {-2, score}
+    end
   end
 end
 local ttl = tonumber(ARGV[2])
@@ -108,8 +122,10 @@ local pttl = -2
 if value then pttl = redis.call('PTTL', KEYS[5]) end
 local access = false
 if ARGV[6] == '1' then access = get(KEYS[8]) end
+local f = 0
+if forced then f = 1 end
 return {fence, now, value, pttl, info[2] or false, info[3] or false,
-  get(KEYS[7]), st[3] or false, access, score}
+  get(KEYS[7]), st[3] or false, access, score, f}
 ",
     )
 });
@@ -140,8 +156,8 @@ return 0
 /// A new access token also brings the credential's queued tickets that are
 /// not stored to the front of the queue (they were waiting for it).
 ///
-/// KEYS: value, info, lock, request, status, due shard, then (for an
-/// access token) the ticket values. ARGV: owner, fence, token, ttl_ms,
+/// KEYS: value, info, lock, request, status, due shard, force request, then
+/// (for an access token) the ticket values. ARGV: owner, fence, token, ttl_ms,
 /// expires_in, replica, channel, id, kind, member, next due in ms, status
 /// ttl s, then the tickets' members.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
@@ -173,7 +189,7 @@ redis.call('HSET', KEYS[2],
   'fence', ARGV[2],
   'replica', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[7])
 local last = redis.pcall('HGET', KEYS[5], 'last_error')
 if type(last) == 'table' and last.err then
   redis.call('DEL', KEYS[5])
@@ -190,10 +206,10 @@ end
 redis.call('EXPIRE', KEYS[5], ARGV[12])
 redis.call('ZADD', KEYS[6], 'XX', now + tonumber(ARGV[11]), ARGV[10])
 local pulled = {}
-for i = 7, #KEYS do
+for i = 8, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    if redis.call('ZADD', KEYS[6], 'XX', 'LT', 'CH', now, ARGV[i + 6]) == 1 then
-      table.insert(pulled, ARGV[i + 6])
+    if redis.call('ZADD', KEYS[6], 'XX', 'LT', 'CH', now, ARGV[i + 5]) == 1 then
+      table.insert(pulled, ARGV[i + 5])
     end
   end
 end
@@ -251,27 +267,44 @@ return 1
     )
 });
 
-/// Compare-and-request: records a passive refresh request for the value
-/// only if the stored value is still the reported one (or is gone), moves
-/// the value to the front of the due-queue (if it is queued) and wakes the
-/// refreshers. A report about an already replaced value changes nothing, so
-/// a storm of reports about one bad token leads to one refresh.
+/// A forced refresh (operators): records the force request, moves the
+/// value to the front of the due-queue and wakes the refreshers. Only the
+/// refreshers' and operators' Redis users may run it (it writes the force
+/// key and the due-queue).
 ///
-/// KEYS: value, refresh request, due shard. ARGV: reported, ttl_ms, channel,
-/// member.
-static REQUEST: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: force request, due shard. ARGV: ttl_ms, channel, member.
+static FORCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local cur = redis.pcall('GET', KEYS[1])
-if type(cur) ~= 'string' then cur = false end
-if cur and ARGV[1] ~= '*' and cur ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[3], 'XX', 'LT', now, ARGV[4])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[2], 'XX', 'LT', now, ARGV[3])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Takes one of today's stable-mode `force_refresh`es from the credential's
+/// budget (days by the Redis clock, UTC). Returns 1 if one was left.
+///
+/// KEYS: status. ARGV: per-day limit, status ttl s.
+static TAKE_FORCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local day = string.format('%d', math.floor(tonumber(t[1]) / 86400))
+local h = redis.pcall('HMGET', KEYS[1], 'force_day', 'force_used')
+if type(h) == 'table' and h.err then
+  redis.call('DEL', KEYS[1])
+  h = {false, false}
+end
+local used = 0
+if h[1] == day then used = tonumber(h[2]) or 0 end
+if used >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'force_day', day, 'force_used', used + 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 ",
     )
@@ -304,11 +337,12 @@ pub enum Request {
 }
 
 impl Request {
-    /// Interprets a request key's value against the stored value: a report
-    /// counts only while it names what is stored (or nothing is stored).
-    pub fn interpret(request: Option<&str>, stored: Option<&str>) -> Request {
+    /// Interprets the request keys against the stored value: a pending force
+    /// wins; a report counts only while it names what is stored (or nothing
+    /// is stored: then any report, `*` included, asks for a value).
+    pub fn interpret(request: Option<&str>, forced: bool, stored: Option<&str>) -> Request {
         match request {
-            Some(FORCE_REQUEST) => Request::Forced,
+            _ if forced => Request::Forced,
             Some(r) if stored.is_none_or(|v| v == r) => Request::Reported,
             _ => Request::None,
         }
@@ -414,6 +448,7 @@ pub async fn claim<C: ConnectionLike>(
     owner: &str,
     ttl: Duration,
     rate: Option<&RateLimit>,
+    min_interval: Duration,
 ) -> RedisResult<Claim> {
     let (rate_key, interval_us, burst) = match rate {
         Some(r) => (
@@ -435,12 +470,14 @@ pub async fn claim<C: ConnectionLike>(
         .key(keys.refresh_request(kind))
         .key(keys.value(Kind::AccessToken))
         .key(rate_key)
+        .key(keys.force_request(kind))
         .arg(owner)
         .arg(millis(ttl))
         .arg(keys.member(kind))
         .arg(interval_us)
         .arg(burst)
         .arg(if kind == Kind::AccessToken { "0" } else { "1" })
+        .arg(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX))
         .invoke_async(con)
         .await?;
     let first = answer
@@ -460,7 +497,7 @@ pub async fn claim<C: ConnectionLike>(
         -3 => Claim::Busy(at()?),
         -4 => Claim::Held(at()?),
         -5 => Claim::RateLimited(Duration::from_micros(at()?)),
-        fence if fence > 0 && answer.len() == 10 => {
+        fence if fence > 0 && answer.len() == 11 => {
             let opt_u64 = |i: usize| {
                 answer
                     .get(i)
@@ -473,7 +510,11 @@ pub async fn claim<C: ConnectionLike>(
             Claim::Granted {
                 fence: fence as u64,
                 state: ValueState {
-                    request: Request::interpret(request.as_deref(), value.as_deref()),
+                    request: Request::interpret(
+                        request.as_deref(),
+                        opt_u64(10) == Some(1),
+                        value.as_deref(),
+                    ),
                     remaining: value
                         .as_ref()
                         .and_then(|_| u64::try_from(pttl).ok())
@@ -591,6 +632,7 @@ pub async fn write_token<C: ConnectionLike>(
         .key(keys.refresh_request(w.kind))
         .key(keys.status())
         .key(keys.due())
+        .key(keys.force_request(w.kind))
         .arg(w.owner)
         .arg(w.fence)
         .arg(w.token)
@@ -686,10 +728,14 @@ pub enum RequestOutcome {
 }
 
 /// Asks the refreshers to replace `kind` of a credential because `reported`
-/// was refused by WeChat (40001, 40014, 42001). `reported` may be
-/// [`FORCE_REQUEST`](crate::FORCE_REQUEST) to replace whatever is stored (operators only). The
-/// request is durable for `ttl`: it is served even if no refresher is running
-/// right now.
+/// was refused by WeChat (40001, 40014, 42001). Plain commands that a
+/// business server's least-privilege Redis user may run (read the value,
+/// write the request key, publish on the requests channel): if the value
+/// stored is no longer `reported`, nothing is filed (`AlreadyReplaced`);
+/// otherwise the request is recorded for `ttl` and the refreshers are woken.
+///
+/// `reported` may be [`FORCE_REQUEST`](crate::FORCE_REQUEST) to replace
+/// whatever is stored: operators only (see [`force_refresh`]).
 pub async fn request_refresh<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
@@ -697,19 +743,71 @@ pub async fn request_refresh<C: ConnectionLike>(
     reported: &str,
     ttl: Duration,
 ) -> RedisResult<RequestOutcome> {
-    let n: i64 = REQUEST
-        .key(keys.value(kind))
-        .key(keys.refresh_request(kind))
-        .key(keys.due())
+    if reported == FORCE_REQUEST {
+        force_refresh(con, keys, kind, ttl).await?;
+        return Ok(RequestOutcome::Requested);
+    }
+    let stored: Value = redis::cmd("GET")
+        .arg(keys.value(kind))
+        .query_async(con)
+        .await
+        .or_else(|e| match e.code() {
+            // A value of the wrong type is no token: ask for one.
+            Some("WRONGTYPE") => Ok(Value::Nil),
+            _ => Err(e),
+        })?;
+    if text(&stored).is_some_and(|v| v != reported) {
+        return Ok(RequestOutcome::AlreadyReplaced);
+    }
+    redis::pipe()
+        .cmd("SET")
+        .arg(keys.refresh_request(kind))
         .arg(reported)
+        .arg("PX")
+        .arg(millis(ttl))
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(requests_channel(keys.namespace()))
+        .arg(keys.member(kind))
+        .ignore()
+        .query_async::<()>(con)
+        .await?;
+    Ok(RequestOutcome::Requested)
+}
+
+/// Asks the refreshers to replace `kind` of a credential whatever is
+/// stored (operators). Served no sooner than `refresh.force_min_interval`
+/// after the last refresh; for stable tokens it may spend one of the day's
+/// `force_refresh`es (`refresh.force_refresh_per_day`).
+pub async fn force_refresh<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    ttl: Duration,
+) -> RedisResult<()> {
+    FORCE
+        .key(keys.force_request(kind))
+        .key(keys.due())
         .arg(millis(ttl))
         .arg(requests_channel(keys.namespace()))
         .arg(keys.member(kind))
+        .invoke_async::<i64>(con)
+        .await?;
+    Ok(())
+}
+
+/// Takes one of today's stable `force_refresh`es of the credential; `false`
+/// when `per_day` are used up.
+pub async fn take_force_budget<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    per_day: u32,
+) -> RedisResult<bool> {
+    let n: i64 = TAKE_FORCE
+        .key(keys.status())
+        .arg(per_day)
+        .arg(STATUS_TTL_SECS)
         .invoke_async(con)
         .await?;
-    Ok(if n == 1 {
-        RequestOutcome::Requested
-    } else {
-        RequestOutcome::AlreadyReplaced
-    })
+    Ok(n == 1)
 }

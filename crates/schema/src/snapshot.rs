@@ -171,6 +171,8 @@ struct RawValue {
     info: HashMap<String, String>,
     request: Option<String>,
     request_pttl: i64,
+    /// PTTL of the force-request key (−2: none).
+    force_pttl: i64,
     lock: Option<String>,
 }
 
@@ -180,11 +182,16 @@ impl RawValue {
         // Served by the refreshers: a force, or a report about what is
         // stored (or about anything, while nothing is stored). A report
         // about a value already replaced waits for nothing.
+        let forced = self.force_pttl != -2;
         let refresh_request =
-            match Request::interpret(self.request.as_deref(), self.value.as_deref()) {
+            match Request::interpret(self.request.as_deref(), forced, self.value.as_deref()) {
                 Request::None => None,
-                r => Some(PendingRequest {
-                    force: r == Request::Forced,
+                Request::Forced => Some(PendingRequest {
+                    force: true,
+                    ttl_ms: ttl(self.force_pttl),
+                }),
+                Request::Reported => Some(PendingRequest {
+                    force: false,
                     ttl_ms: ttl(self.request_pttl),
                 }),
             };
@@ -283,7 +290,7 @@ pub async fn read_chunked<'a, C: ConnectionLike>(
     })
 }
 
-/// Adds the reads of `creds` to `pipe`: per credential, 1 + 6 per kind.
+/// Adds the reads of `creds` to `pipe`: per credential, 1 + 7 per kind.
 fn ask_about(pipe: &mut redis::Pipeline, creds: &[&CredentialKeys]) {
     for keys in creds {
         pipe.hgetall(keys.status());
@@ -293,6 +300,7 @@ fn ask_about(pipe: &mut redis::Pipeline, creds: &[&CredentialKeys]) {
                 .hgetall(keys.info(kind))
                 .get(keys.refresh_request(kind))
                 .pttl(keys.refresh_request(kind))
+                .pttl(keys.force_request(kind))
                 .get(keys.lock(kind));
         }
     }
@@ -315,6 +323,7 @@ fn take_answers(
                 info: r.next()?,
                 request: r.next()?,
                 request_pttl: r.next()?,
+                force_pttl: r.next()?,
                 lock: r.next()?,
             };
             kinds.push(raw.interpret(kind));
@@ -372,6 +381,7 @@ mod tests {
             ]),
             request: request.map(str::to_owned),
             request_pttl: 500_000,
+            force_pttl: -2,
             lock: Some("refresher-3#00000000deadbeef".into()),
         }
     }
@@ -403,8 +413,20 @@ mod tests {
         // A report about a value that was already replaced is not pending.
         let v = raw(Some(token), Some("old")).interpret(Kind::AccessToken);
         assert_eq!(v.refresh_request, None);
+        // `*` in the request key (anyone may write it) forces nothing…
         let v = raw(Some(token), Some(FORCE_REQUEST)).interpret(Kind::AccessToken);
-        assert!(v.refresh_request.is_some_and(|r| r.force));
+        assert_eq!(v.refresh_request, None);
+        // …the force-request key (operators) does.
+        let mut forced = raw(Some(token), None);
+        forced.force_pttl = 42_000;
+        let v = forced.interpret(Kind::AccessToken);
+        assert_eq!(
+            v.refresh_request,
+            Some(PendingRequest {
+                force: true,
+                ttl_ms: Some(42_000)
+            })
+        );
         // While nothing is stored, any report is served.
         let v = raw(None, Some("old")).interpret(Kind::JsapiTicket);
         assert!(v.refresh_request.is_some_and(|r| !r.force));
@@ -419,6 +441,7 @@ mod tests {
             info: HashMap::new(),
             request: None,
             request_pttl: -2,
+            force_pttl: -2,
             lock: Some("no-nonce".into()),
         }
         .interpret(Kind::WxCardTicket);

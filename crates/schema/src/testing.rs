@@ -40,7 +40,17 @@ pub async fn store<C: ConnectionLike>(
         .query_async::<()>(con)
         .await?;
     let owner = format!("{replica}#{:016x}", rand_u64());
-    let fence = match claim(con, keys, kind, &owner, Duration::from_secs(30), None).await? {
+    let fence = match claim(
+        con,
+        keys,
+        kind,
+        &owner,
+        Duration::from_secs(30),
+        None,
+        Duration::ZERO,
+    )
+    .await?
+    {
         Claim::Granted { fence, .. } => fence,
         other => {
             return Err(redis::RedisError::from((

@@ -55,7 +55,10 @@ async fn grant(
     owner: &str,
     ttl: Duration,
 ) -> (u64, ValueState) {
-    match claim(con, keys, kind, owner, ttl, None).await.unwrap() {
+    match claim(con, keys, kind, owner, ttl, None, Duration::ZERO)
+        .await
+        .unwrap()
+    {
         Claim::Granted { fence, state } => (fence, state),
         other => panic!("claim of {kind} by {owner} not granted: {other:?}"),
     }
@@ -80,9 +83,17 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
 
     // Not queued: nothing to claim.
     assert_eq!(
-        claim(&mut con, &keys, Kind::AccessToken, "a#1", ttl, None)
-            .await
-            .unwrap(),
+        claim(
+            &mut con,
+            &keys,
+            Kind::AccessToken,
+            "a#1",
+            ttl,
+            None,
+            Duration::ZERO
+        )
+        .await
+        .unwrap(),
         Claim::Unregistered
     );
     queue(&mut con, &keys, &[Kind::AccessToken, Kind::JsapiTicket]).await;
@@ -95,9 +106,17 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
     let now = redis_now(&mut con).await;
     let at = due_at(&mut con, &keys, Kind::AccessToken).await.unwrap();
     assert!(at > now + 4000 && at <= now + 5000, "due {at}, now {now}");
-    match claim(&mut con, &keys, Kind::AccessToken, "b#1", ttl, None)
-        .await
-        .unwrap()
+    match claim(
+        &mut con,
+        &keys,
+        Kind::AccessToken,
+        "b#1",
+        ttl,
+        None,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap()
     {
         Claim::NotDue(until) => assert_eq!(until, at),
         other => panic!("{other:?}"),
@@ -109,9 +128,17 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
         .await
         .unwrap();
     assert!(matches!(
-        claim(&mut con, &keys, Kind::AccessToken, "b#1", ttl, None)
-            .await
-            .unwrap(),
+        claim(
+            &mut con,
+            &keys,
+            Kind::AccessToken,
+            "b#1",
+            ttl,
+            None,
+            Duration::ZERO
+        )
+        .await
+        .unwrap(),
         Claim::Busy(_)
     ));
     assert!(due_at(&mut con, &keys, Kind::AccessToken).await.unwrap() > now);
@@ -176,6 +203,7 @@ async fn a_lapsed_lease_is_due_again_at_its_expiry() {
             "b#1",
             Duration::from_secs(5),
             None,
+            Duration::ZERO,
         )
         .await
         .unwrap()
@@ -294,6 +322,7 @@ async fn write_stores_value_info_status_and_next_due_releases_and_publishes() {
         "b#1",
         Duration::from_secs(5),
         None,
+        Duration::ZERO,
     )
     .await
     .unwrap()
@@ -384,8 +413,9 @@ async fn refresh_requests_compare_move_the_value_forward_and_are_answered_by_the
     assert_eq!(pending, None);
     assert_eq!(due_at(&mut con, &keys, kind).await, Some(scheduled));
 
-    // A report about the stored token is recorded, durably, moves the
-    // value to the front of the queue, and is announced.
+    // A report about the stored token is recorded, durably, and announced.
+    // (It does not touch the due-queue, which business servers may not
+    // write: the claim itself treats a servable request as due.)
     assert_eq!(
         request_refresh(&mut con, &keys, kind, "CURRENT", ttl)
             .await
@@ -396,7 +426,7 @@ async fn refresh_requests_compare_move_the_value_forward_and_are_answered_by_the
     assert_eq!(pending.as_deref(), Some("CURRENT"));
     let pttl: i64 = con.pttl(keys.refresh_request(kind)).await.unwrap();
     assert!(pttl > 0 && pttl <= 60_000);
-    assert!(due_at(&mut con, &keys, kind).await.unwrap() <= redis_now(&mut con).await);
+    assert_eq!(due_at(&mut con, &keys, kind).await, Some(scheduled));
     use futures_util::StreamExt;
     let msg = tokio::time::timeout(Duration::from_secs(2), pubsub.on_message().next())
         .await
@@ -414,15 +444,109 @@ async fn refresh_requests_compare_move_the_value_forward_and_are_answered_by_the
     let pending: Option<String> = con.get(keys.refresh_request(kind)).await.unwrap();
     assert_eq!(pending, None);
 
-    // The operator's force request is recorded whatever is stored.
+    // `*` written into the request key by anyone forces nothing while a
+    // value is stored…
+    let _: () = con
+        .set(keys.refresh_request(kind), FORCE_REQUEST)
+        .await
+        .unwrap();
+    assert!(matches!(
+        claim(&mut con, &keys, kind, "c#0", ttl, None, Duration::ZERO)
+            .await
+            .unwrap(),
+        Claim::NotDue(_)
+    ));
+    // …the operator's force is recorded in its own key whatever is stored,
+    // and moves the value to the front of the queue.
     assert_eq!(
         request_refresh(&mut con, &keys, kind, FORCE_REQUEST, ttl)
             .await
             .unwrap(),
         RequestOutcome::Requested
     );
-    let (_, state) = grant(&mut con, &keys, kind, "c#1", ttl).await;
+    let forced: Option<String> = con.get(keys.force_request(kind)).await.unwrap();
+    assert!(forced.is_some());
+    assert!(due_at(&mut con, &keys, kind).await.unwrap() <= redis_now(&mut con).await);
+    let (fence, state) = grant(&mut con, &keys, kind, "c#1", ttl).await;
     assert_eq!(state.request, Request::Forced);
+    write_token(&mut con, &keys, &write("c#1", fence, "NEWEST"))
+        .await
+        .unwrap();
+    let forced: Option<String> = con.get(keys.force_request(kind)).await.unwrap();
+    assert_eq!(forced, None, "the write answers the force");
+}
+
+#[tokio::test]
+async fn a_reader_user_can_report_but_not_force_or_overwrite() {
+    use wxtoken_schema::{request_refresh, RequestOutcome, FORCE_REQUEST};
+    let server = RedisServer::start().unwrap();
+    let mut admin = connect(&server).await;
+    let keys = CredentialKeys::new("wxtoken", "app").unwrap();
+    let kind = Kind::AccessToken;
+    let ttl = Duration::from_secs(60);
+    queue(&mut admin, &keys, &[kind]).await;
+    let (fence, _) = grant(&mut admin, &keys, kind, "a#1", ttl).await;
+    write_token(&mut admin, &keys, &write("a#1", fence, "CURRENT"))
+        .await
+        .unwrap();
+    // The business-reader rule the README documents.
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "reader",
+            "on",
+            ">reader-pw",
+            "resetkeys",
+            "%R~wxtoken:{*}:access_token",
+            "%R~wxtoken:{*}:jsapi_ticket",
+            "%R~wxtoken:{*}:wx_card_ticket",
+            "%W~wxtoken:{*}:refresh_request:*",
+            "resetchannels",
+            "&wxtoken:requests",
+            "&wxtoken:events",
+            "-@all",
+            "+get",
+            "+set",
+            "+publish",
+            "+subscribe",
+            "+ping",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = server
+        .url()
+        .replacen("redis://", "redis://reader:reader-pw@", 1);
+    let mut reader = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert_eq!(
+        request_refresh(&mut reader, &keys, kind, "CURRENT", ttl)
+            .await
+            .unwrap(),
+        RequestOutcome::Requested
+    );
+    assert_eq!(
+        request_refresh(&mut reader, &keys, kind, "OLDER", ttl)
+            .await
+            .unwrap(),
+        RequestOutcome::AlreadyReplaced
+    );
+    let err = request_refresh(&mut reader, &keys, kind, FORCE_REQUEST, ttl)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOPERM"), "{err}");
+    let err = redis::cmd("SET")
+        .arg(keys.value(kind))
+        .arg("FORGED")
+        .query_async::<()>(&mut reader)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOPERM"), "{err}");
+    let token: String = admin.get(keys.value(kind)).await.unwrap();
+    assert_eq!(token, "CURRENT");
 }
 
 #[tokio::test]
@@ -494,7 +618,7 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
     // (no lock taken, entry back at the hold's end).
     let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
     assert_eq!(
-        claim(&mut con, &keys, kind, "b#1", ttl, None)
+        claim(&mut con, &keys, kind, "b#1", ttl, None, Duration::ZERO)
             .await
             .unwrap(),
         Claim::Held(until)
@@ -531,9 +655,17 @@ async fn the_shared_rate_refuses_claims_beyond_the_burst_without_taking_locks() 
     for i in 0..3 {
         let keys = CredentialKeys::new("wxtoken", &format!("app-{i}")).unwrap();
         queue(&mut con, &keys, &[Kind::AccessToken]).await;
-        let c = claim(&mut con, &keys, Kind::AccessToken, "a#1", ttl, Some(&rate))
-            .await
-            .unwrap();
+        let c = claim(
+            &mut con,
+            &keys,
+            Kind::AccessToken,
+            "a#1",
+            ttl,
+            Some(&rate),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
         let lock: Option<String> = con.get(keys.lock(Kind::AccessToken)).await.unwrap();
         outcomes.push((c, lock.is_some()));
     }
@@ -562,9 +694,17 @@ async fn hostile_values_do_not_stop_a_claim() {
     let _: () = con.rpush(keys.value(kind), "x").await.unwrap();
     let _: () = con.set(keys.info(kind), "not a hash").await.unwrap();
     let _: () = con.set(keys.lock(kind), "stuck").await.unwrap();
-    let c = claim(&mut con, &keys, kind, "a#1", Duration::from_secs(5), None)
-        .await
-        .unwrap();
+    let c = claim(
+        &mut con,
+        &keys,
+        kind,
+        "a#1",
+        Duration::from_secs(5),
+        None,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
     assert!(matches!(c, Claim::Busy(_)), "{c:?}");
     let pttl: i64 = con.pttl(keys.lock(kind)).await.unwrap();
     assert!(pttl > 0, "a lock without expiry is given one");
