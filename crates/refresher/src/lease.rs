@@ -145,15 +145,7 @@ impl<'a> Lease<'a> {
         let mut con = sh.redis.con();
         let answer = sh
             .redis
-            .step(claim(
-                &mut con,
-                &keys,
-                kind,
-                &owner,
-                sh.refresh.lock_ttl,
-                sh.rate.as_ref(),
-                sh.refresh.min_interval,
-            ))
+            .step(claim(&mut con, &keys, kind, &owner, &sh.claim_rules()))
             .await?;
         Ok(match answer {
             Claim::Granted { fence, state } => Claimed::Granted(Lease {

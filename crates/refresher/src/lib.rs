@@ -77,6 +77,19 @@ pub(crate) struct Shared {
     registry: registry::Registry,
 }
 
+impl Shared {
+    /// The rules of this replica's claims.
+    fn claim_rules(&self) -> wxtoken_schema::ClaimRules<'_> {
+        let r = &self.refresh;
+        wxtoken_schema::ClaimRules {
+            lock_ttl: r.lock_ttl,
+            rate: self.rate.as_ref(),
+            min_interval: r.min_interval,
+            max_hold: r.quota_pause.max(r.config_error_retry).max(r.retry_max),
+        }
+    }
+}
+
 pub use wxtoken_schema::token_prefix;
 
 pub(crate) fn unix_ms() -> u64 {

@@ -25,7 +25,8 @@ pub use keys::{
 };
 pub use scripts::{
     claim, finish, force_refresh, renew_lock, request_refresh, take_force_budget, write_token,
-    Claim, Failure, RateLimit, Request, RequestOutcome, TokenWrite, ValueState, WriteOutcome,
+    Claim, ClaimRules, Failure, RateLimit, Request, RequestOutcome, TokenWrite, ValueState,
+    WriteOutcome,
 };
 
 use serde::{Deserialize, Serialize};
@@ -84,10 +85,26 @@ pub const STATUS_TTL_SECS: u64 = 7 * 24 * 3600;
 pub const TOKEN_PREFIX_CHARS: usize = 8;
 
 /// The first [`TOKEN_PREFIX_CHARS`] characters of a token followed by `…`:
-/// the only form in which tokens appear in logs and diagnostics.
+/// the only form in which tokens appear in logs and diagnostics. Anything
+/// but printable ASCII (a hostile "token" with newlines or terminal escape
+/// sequences) is shown as `?`, so a prefix can never forge a log line.
 pub fn token_prefix(token: &str) -> String {
-    let head: String = token.chars().take(TOKEN_PREFIX_CHARS).collect();
+    let head: String = token
+        .chars()
+        .take(TOKEN_PREFIX_CHARS)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
     format!("{head}…")
+}
+
+/// Longest token or ticket wxtoken accepts anywhere (WeChat's are about
+/// 140 characters; room to spare).
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+/// Whether `token` can be a WeChat token: 1 to [`MAX_TOKEN_LEN`] printable
+/// ASCII characters. Reports of anything else are refused.
+pub fn is_printable_token(token: &str) -> bool {
+    !token.is_empty() && token.len() <= MAX_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The message published on [`events_channel`] each time a token or ticket is
@@ -157,4 +174,20 @@ pub const REQUEST_TTL_SECS: u64 = 600;
 /// in `wxtoken status`; holds ids only).
 pub fn registry_key(namespace: &str) -> String {
     format!("{namespace}:credentials")
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_cannot_carry_control_characters() {
+        assert_eq!(token_prefix("86_abcdefghij"), "86_abcde…");
+        assert_eq!(token_prefix("a\nb\x1b[31mc"), "a?b?[31m…");
+        assert_eq!(token_prefix("短い"), "??…");
+        assert!(is_printable_token("86_abc-DEF"));
+        for bad in ["", "a b", "a\nb", "é", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+            assert!(!is_printable_token(bad), "{bad:?}");
+        }
+    }
 }

@@ -39,7 +39,8 @@ use std::time::Duration;
 ///
 /// KEYS: lock, fence, info, due shard, value, status, request, access token
 /// value, rate, force request. ARGV: owner, ttl_ms, member, rate interval µs (0 = no
-/// limit), burst, whether the access token is needed (1/0), min_interval ms.
+/// limit), burst, whether the access token is needed (1/0), min_interval ms,
+/// longest hold ms (a pause or backoff further ahead is cut to it).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -88,6 +89,7 @@ if lpttl > 0 then
 end
 local st = hmget(KEYS[6], 'paused_until_ms', 'retry_after_ms', 'failures')
 local hold = math.max(tonumber(st[1]) or 0, tonumber(st[2]) or 0)
+hold = math.min(hold, now + (tonumber(ARGV[8]) or 0))
 if hold > now then
   redis.call('ZADD', KEYS[4], 'XX', hold, ARGV[3])
   return {-4, hold}
@@ -314,6 +316,34 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// The rules a [`claim`] applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRules<'a> {
+    /// The lease granted.
+    pub lock_ttl: Duration,
+    /// The shared WeChat call rate, if limited.
+    pub rate: Option<&'a RateLimit>,
+    /// A pending refresh request makes a value due no sooner than this
+    /// after its last write.
+    pub min_interval: Duration,
+    /// The longest pause or backoff honoured: a stored `paused_until_ms` or
+    /// `retry_after_ms` further ahead (corrupt or hostile) is cut to this.
+    pub max_hold: Duration,
+}
+
+impl ClaimRules<'_> {
+    /// A lease of `lock_ttl`, no rate, no minimum interval, holds of at
+    /// most a week.
+    pub fn new(lock_ttl: Duration) -> ClaimRules<'static> {
+        ClaimRules {
+            lock_ttl,
+            rate: None,
+            min_interval: Duration::ZERO,
+            max_hold: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// The shared limit on WeChat calls a claim must fit in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
@@ -446,11 +476,10 @@ pub async fn claim<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
     owner: &str,
-    ttl: Duration,
-    rate: Option<&RateLimit>,
-    min_interval: Duration,
+    rules: &ClaimRules<'_>,
 ) -> RedisResult<Claim> {
-    let (rate_key, interval_us, burst) = match rate {
+    let ttl = rules.lock_ttl;
+    let (rate_key, interval_us, burst) = match rules.rate {
         Some(r) => (
             r.key.clone(),
             u64::try_from(r.interval.as_micros())
@@ -477,7 +506,8 @@ pub async fn claim<C: ConnectionLike>(
         .arg(interval_us)
         .arg(burst)
         .arg(if kind == Kind::AccessToken { "0" } else { "1" })
-        .arg(u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX))
+        .arg(u64::try_from(rules.min_interval.as_millis()).unwrap_or(u64::MAX))
+        .arg(u64::try_from(rules.max_hold.as_millis()).unwrap_or(u64::MAX))
         .invoke_async(con)
         .await?;
     let first = answer
@@ -746,6 +776,13 @@ pub async fn request_refresh<C: ConnectionLike>(
     if reported == FORCE_REQUEST {
         force_refresh(con, keys, kind, ttl).await?;
         return Ok(RequestOutcome::Requested);
+    }
+    if !crate::is_printable_token(reported) {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "the reported token is not a token",
+            "expected 1 to 2048 printable ASCII characters".to_owned(),
+        )));
     }
     let stored: Value = redis::cmd("GET")
         .arg(keys.value(kind))

@@ -265,18 +265,21 @@ pub async fn read_chunked<'a, C: ConnectionLike>(
     // The first round trip also reads the registry.
     let first = chunks.next().unwrap_or_default();
     let mut pipe = redis::pipe();
-    pipe.atomic().cmd("TIME").smembers(registry_key(namespace));
+    pipe.atomic()
+        .ignore_errors()
+        .cmd("TIME")
+        .smembers(registry_key(namespace));
     ask_about(&mut pipe, first);
     let replies: Vec<Value> = pipe.query_async(con).await?;
     let mut r = Replies(replies.into_iter());
     let now_ms = r.now_ms()?;
-    let mut registered: Vec<String> = r.next()?;
+    let mut registered: Vec<String> = r.lenient(Vec::new())?;
     registered.sort();
     let mut credentials = Vec::with_capacity(creds.len());
     take_answers(&mut r, first, now_ms, &mut credentials)?;
     for keys in chunks {
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("TIME");
+        pipe.atomic().ignore_errors().cmd("TIME");
         ask_about(&mut pipe, keys);
         let replies: Vec<Value> = pipe.query_async(con).await?;
         let mut r = Replies(replies.into_iter());
@@ -314,17 +317,17 @@ fn take_answers(
     out: &mut Vec<Credential>,
 ) -> RedisResult<()> {
     for keys in creds {
-        let status = Status::from_hash(&r.next()?, now_ms);
+        let status = Status::from_hash(&r.lenient(HashMap::new())?, now_ms);
         let mut kinds = Vec::with_capacity(KINDS.len());
         for kind in KINDS {
             let raw = RawValue {
-                value: r.next()?,
-                pttl: r.next()?,
-                info: r.next()?,
-                request: r.next()?,
-                request_pttl: r.next()?,
-                force_pttl: r.next()?,
-                lock: r.next()?,
+                value: r.lenient(None)?,
+                pttl: r.lenient(-2)?,
+                info: r.lenient(HashMap::new())?,
+                request: r.lenient(None)?,
+                request_pttl: r.lenient(-2)?,
+                force_pttl: r.lenient(-2)?,
+                lock: r.lenient(None)?,
             };
             kinds.push(raw.interpret(kind));
         }
@@ -347,6 +350,17 @@ impl Replies {
             "Redis answered fewer replies than asked",
         ))?;
         Ok(redis::from_redis_value(v)?)
+    }
+
+    /// The next reply, or `absent` when it is an error or of another type
+    /// (a key holding something hostile or corrupt reads as missing: one
+    /// bad key never hides the rest of the snapshot).
+    fn lenient<T: FromRedisValue>(&mut self, absent: T) -> RedisResult<T> {
+        let v = self.0.next().ok_or((
+            ErrorKind::UnexpectedReturnType,
+            "Redis answered fewer replies than asked",
+        ))?;
+        Ok(redis::from_redis_value(v).unwrap_or(absent))
     }
 
     /// A `TIME` reply as Unix ms.

@@ -3,7 +3,9 @@
 //! fence — without running a refresher.
 
 use crate::registry::{self, Registration};
-use crate::{claim, write_token, Claim, CredentialKeys, Kind, TokenWrite, WriteOutcome};
+use crate::{
+    claim, write_token, Claim, ClaimRules, CredentialKeys, Kind, TokenWrite, WriteOutcome,
+};
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 use std::time::Duration;
@@ -45,9 +47,7 @@ pub async fn store<C: ConnectionLike>(
         keys,
         kind,
         &owner,
-        Duration::from_secs(30),
-        None,
-        Duration::ZERO,
+        &ClaimRules::new(Duration::from_secs(30)),
     )
     .await?
     {

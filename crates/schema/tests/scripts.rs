@@ -7,8 +7,9 @@ use redis::AsyncCommands;
 use std::time::Duration;
 use wxtoken_schema::registry::{self, Registration};
 use wxtoken_schema::{
-    claim, events_channel, finish, info, renew_lock, status, write_token, Claim, CredentialKeys,
-    Failure, Kind, RateLimit, Request, TokenWrite, UpdateEvent, ValueState, WriteOutcome,
+    claim, events_channel, finish, info, renew_lock, status, write_token, Claim, ClaimRules,
+    CredentialKeys, Failure, Kind, RateLimit, Request, TokenWrite, UpdateEvent, ValueState,
+    WriteOutcome,
 };
 use wxtoken_testkit::RedisServer;
 
@@ -55,7 +56,7 @@ async fn grant(
     owner: &str,
     ttl: Duration,
 ) -> (u64, ValueState) {
-    match claim(con, keys, kind, owner, ttl, None, Duration::ZERO)
+    match claim(con, keys, kind, owner, &ClaimRules::new(ttl))
         .await
         .unwrap()
     {
@@ -88,9 +89,7 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
             &keys,
             Kind::AccessToken,
             "a#1",
-            ttl,
-            None,
-            Duration::ZERO
+            &ClaimRules::new(ttl)
         )
         .await
         .unwrap(),
@@ -111,9 +110,7 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
         &keys,
         Kind::AccessToken,
         "b#1",
-        ttl,
-        None,
-        Duration::ZERO,
+        &ClaimRules::new(ttl),
     )
     .await
     .unwrap()
@@ -133,9 +130,7 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
             &keys,
             Kind::AccessToken,
             "b#1",
-            ttl,
-            None,
-            Duration::ZERO
+            &ClaimRules::new(ttl)
         )
         .await
         .unwrap(),
@@ -201,9 +196,7 @@ async fn a_lapsed_lease_is_due_again_at_its_expiry() {
             &keys,
             Kind::AccessToken,
             "b#1",
-            Duration::from_secs(5),
-            None,
-            Duration::ZERO,
+            &ClaimRules::new(Duration::from_secs(5)),
         )
         .await
         .unwrap()
@@ -320,9 +313,7 @@ async fn write_stores_value_info_status_and_next_due_releases_and_publishes() {
         &keys,
         Kind::AccessToken,
         "b#1",
-        Duration::from_secs(5),
-        None,
-        Duration::ZERO,
+        &ClaimRules::new(Duration::from_secs(5)),
     )
     .await
     .unwrap()
@@ -451,7 +442,7 @@ async fn refresh_requests_compare_move_the_value_forward_and_are_answered_by_the
         .await
         .unwrap();
     assert!(matches!(
-        claim(&mut con, &keys, kind, "c#0", ttl, None, Duration::ZERO)
+        claim(&mut con, &keys, kind, "c#0", &ClaimRules::new(ttl))
             .await
             .unwrap(),
         Claim::NotDue(_)
@@ -618,7 +609,7 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
     // (no lock taken, entry back at the hold's end).
     let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
     assert_eq!(
-        claim(&mut con, &keys, kind, "b#1", ttl, None, Duration::ZERO)
+        claim(&mut con, &keys, kind, "b#1", &ClaimRules::new(ttl))
             .await
             .unwrap(),
         Claim::Held(until)
@@ -626,6 +617,28 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
     let lock: Option<String> = con.get(keys.lock(kind)).await.unwrap();
     assert_eq!(lock, None);
     assert_eq!(due_at(&mut con, &keys, kind).await, Some(until));
+
+    // A hold far in the future (corrupt or hostile) is cut to the longest
+    // the rules allow.
+    let _: () = con
+        .hset(keys.status(), status::PAUSED_UNTIL_MS, u64::MAX / 4)
+        .await
+        .unwrap();
+    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let rules = ClaimRules {
+        max_hold: Duration::from_secs(90),
+        ..ClaimRules::new(ttl)
+    };
+    match claim(&mut con, &keys, kind, "b#1", &rules).await.unwrap() {
+        Claim::Held(at) => {
+            let now = redis_now(&mut con).await;
+            assert!(
+                at <= now + 90_000 && at > now + 80_000,
+                "held until {at}, now {now}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 
     // Once over, a claim returns the shared failure count.
     let _: () = con
@@ -660,9 +673,10 @@ async fn the_shared_rate_refuses_claims_beyond_the_burst_without_taking_locks() 
             &keys,
             Kind::AccessToken,
             "a#1",
-            ttl,
-            Some(&rate),
-            Duration::ZERO,
+            &ClaimRules {
+                rate: Some(&rate),
+                ..ClaimRules::new(ttl)
+            },
         )
         .await
         .unwrap();
@@ -699,9 +713,7 @@ async fn hostile_values_do_not_stop_a_claim() {
         &keys,
         kind,
         "a#1",
-        Duration::from_secs(5),
-        None,
-        Duration::ZERO,
+        &ClaimRules::new(Duration::from_secs(5)),
     )
     .await
     .unwrap();

@@ -256,7 +256,8 @@ async fn the_registry_lists_sorted_ids_and_an_empty_read_still_has_the_clock() {
     assert_eq!(snap.registered, ["a", "b", "c"]);
     assert!(snap.credentials.is_empty());
 
-    // A key of the wrong type is an error, not a silent blank.
+    // A key of the wrong type reads as missing (issue 8: one hostile key
+    // must not hide every credential's status).
     let keys = CredentialKeys::new(NS, "broken").unwrap();
     let _: () = redis::cmd("SET")
         .arg(keys.status())
@@ -264,7 +265,8 @@ async fn the_registry_lists_sorted_ids_and_an_empty_read_still_has_the_clock() {
         .query_async(&mut con)
         .await
         .unwrap();
-    assert!(snapshot::read(&mut con, NS, [&keys]).await.is_err());
+    let snap = snapshot::read(&mut con, NS, [&keys]).await.unwrap();
+    assert_eq!(snap.credentials[0].status, snapshot::Status::default());
 }
 
 /// Credential `i` of the chunking test: stored access token (fence `100 + i`)
@@ -381,4 +383,39 @@ async fn a_large_read_is_split_into_moderate_transactions() {
     assert_eq!(calls("time"), chunks, "{info}");
     assert_eq!(calls("smembers"), 1, "{info}");
     assert_eq!(calls("hgetall"), (N * (1 + KINDS.len())) as u64, "{info}");
+}
+
+#[tokio::test]
+async fn hostile_values_read_as_missing_and_hide_nothing_else() {
+    use redis::AsyncCommands;
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let good = CredentialKeys::new(NS, "good").unwrap();
+    let bad = CredentialKeys::new(NS, "bad").unwrap();
+    store(&mut con, &good, Kind::AccessToken, TOKEN).await;
+    let _: () = con.rpush(bad.value(Kind::AccessToken), "x").await.unwrap();
+    let _: () = con
+        .set(bad.info(Kind::AccessToken), "not a hash")
+        .await
+        .unwrap();
+    let _: () = con.set(bad.status(), "not a hash").await.unwrap();
+    let _: () = con
+        .set(bad.value(Kind::JsapiTicket), &[0xffu8, 0xfe][..])
+        .await
+        .unwrap();
+    let _: () = con
+        .hset(bad.refresh_request(Kind::AccessToken), "f", "v")
+        .await
+        .unwrap();
+    let snap = snapshot::read(&mut con, NS, [&bad, &good]).await.unwrap();
+    let b = &snap.credentials[0];
+    assert_eq!(b.id, "bad");
+    assert!(b.kinds.iter().all(|v| !v.stored), "{:?}", b.kinds);
+    assert_eq!(b.status.appid, None);
+    let g = &snap.credentials[1];
+    assert!(kind(g, Kind::AccessToken).stored);
+    assert_eq!(
+        kind(g, Kind::AccessToken).token_prefix.as_deref(),
+        Some("86_abcde")
+    );
 }
