@@ -260,6 +260,14 @@ async fn sim(
     }
     cfg.validate()?;
     let shutdown = shutdown_on_signals()?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "THE SIMULATOR IS LISTENING ON A NON-LOOPBACK ADDRESS: its admin API under /_sim/ has no \
+             authentication, so anyone who can reach {listen} can add apps, inject faults and read \
+             evidence. It is a test double: listen on 127.0.0.1 unless this network is trusted"
+        );
+    }
     tracing::info!(%listen, apps = cfg.app_count(), "WeChat simulator listening; admin API under /_sim/");
     wxtoken_sim::serve(cfg, listen, shutdown.cancelled_owned())
         .await

@@ -114,3 +114,127 @@ async fn secrets_never_reach_the_logs() {
         .lines()
         .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
+
+/// Secrets written in the wrong place (a Redis URL missing a slash, a
+/// base_url with credentials, a secret pasted as a variable name, an unquoted
+/// numeric secret) are refused naming the field, flag or variable, never
+/// echoing the value.
+#[test]
+fn misplaced_secrets_are_refused_without_being_echoed() {
+    const PW: &str = "hunter2pw";
+    let dir = tempfile::tempdir().unwrap();
+    let cred = "[[credential]]\nid = \"a\"\nappid = \"wx1\"\n";
+    let cases = [
+        (
+            format!("[redis]\nurl = \"redis:/u:{PW}@h\"\n"),
+            vec![],
+            "redis.url: not a usable Redis URL",
+        ),
+        (
+            String::new(),
+            vec![("WXTOKEN_REDIS_URL", format!("redis:/u:{PW}@h"))],
+            "WXTOKEN_REDIS_URL: not a usable Redis URL",
+        ),
+        (
+            format!("[wechat]\nbase_url = \"https://user:{PW}@api.weixin.qq.com\"\n"),
+            vec![],
+            "wechat.base_url: must not contain user:password@",
+        ),
+        (
+            format!("{cred}secret_env = \"{PW}-0123456789abcdef\"\n"),
+            vec![],
+            "credential[0].secret_env: secret_env is not a valid environment variable name",
+        ),
+        (
+            format!("{cred}secret_env = \"{PW}0123456789abcdef\"\n"),
+            vec![],
+            "credential[0].secret_env: environment variable named in secret_env",
+        ),
+        (
+            format!("{cred}secret = 918273645\n"),
+            vec![],
+            ":4:10: expected a quoted string",
+        ),
+    ];
+    for (i, (text, env, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for args in [vec!["check-config", p], vec!["run", "--config", p]] {
+            let (code, out, err) = wxtoken(&args, &env);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(err.contains(want), "{args:?}: want {want}\n got {err}");
+            for leak in [PW, "918273645"] {
+                assert!(
+                    !out.contains(leak) && !err.contains(leak),
+                    "{args:?}: {err}"
+                );
+            }
+        }
+    }
+
+    // The operator commands: the flag or variable is named, the URL is not shown.
+    let bad = format!("redis:/u:{PW}@h");
+    let (code, out, err) = wxtoken(&["status", "--redis-url", &bad], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--redis-url: not a usable Redis URL"), "{err}");
+    assert!(!out.contains(PW) && !err.contains(PW), "{err}");
+    let (code, out, err) = wxtoken(&["status"], &[("WXTOKEN_REDIS_URL", &bad)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("$WXTOKEN_REDIS_URL: not a usable Redis URL"),
+        "{err}"
+    );
+    assert!(!out.contains(PW) && !err.contains(PW), "{err}");
+}
+
+/// `wxtoken sim` on a non-loopback address warns loudly (its admin API has
+/// no authentication); on loopback it does not.
+#[test]
+fn the_simulator_warns_when_listening_beyond_loopback() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let first_lines = |listen: &str| -> String {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+            .args(["sim", "--listen", listen])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let done = line.contains("WeChat simulator listening");
+                let _ = tx.send(line);
+                if done {
+                    break;
+                }
+            }
+        });
+        let mut lines = String::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+            lines.push_str(&line);
+            lines.push('\n');
+            if line.contains("WeChat simulator listening") {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines
+    };
+    let wide = first_lines("0.0.0.0:0");
+    assert!(wide.contains("WeChat simulator listening"), "{wide}");
+    assert!(
+        wide.contains("WARN")
+            && wide.contains("NON-LOOPBACK")
+            && wide.contains("no authentication"),
+        "{wide}"
+    );
+    let local = first_lines("127.0.0.1:0");
+    assert!(local.contains("WeChat simulator listening"), "{local}");
+    assert!(!local.contains("NON-LOOPBACK"), "{local}");
+}

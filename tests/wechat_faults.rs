@@ -218,3 +218,76 @@ async fn ip_whitelist_refusal_is_a_loud_slow_retried_configuration_fault() {
     })
     .await;
 }
+
+/// `wxtoken status` against the test Redis: (stdout, stderr), table and JSON.
+fn status_outputs(env: &Env) -> String {
+    let mut all = String::new();
+    for extra in [&[][..], &["--json"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+            .args(["status", "--redis-url", &env.redis.url()])
+            .args(extra)
+            .env_remove("WXTOKEN_REDIS_URL")
+            .output()
+            .expect("running wxtoken status");
+        all.push_str(&String::from_utf8_lossy(&out.stdout));
+        all.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_echoing_the_secret_is_recorded_scrubbed() {
+    let env = Env::start(setup()).await;
+    let appid = env.creds[0].appid.clone();
+    let secret = env.creds[0].secret.clone();
+    // A careless proxy: every token call is answered with errcode -1 and the
+    // request URL, AppSecret included, in errmsg.
+    env.admin
+        .inject(&appid, Fault::new(FaultKind::EchoUrl).on(Endpoint::Token));
+    let r = env.spawn_replica("replica-1", None);
+    let mut con = env.redis_con().await;
+    eventually(
+        Duration::from_secs(6),
+        "the echoing answer recorded in status",
+        || {
+            let (env, mut con) = (&env, con.clone());
+            async move {
+                status_field(env, &mut con, status::LAST_ERROR)
+                    .await
+                    .is_some_and(|e| e.contains("request: GET /cgi-bin/token"))
+            }
+        },
+    )
+    .await;
+    // Several attempts, so the text went through every path that records it.
+    eventually(Duration::from_secs(6), "three echoing answers", || {
+        let n = env.admin.fetches(&appid, Endpoint::Token).len();
+        async move { n >= 3 }
+    })
+    .await;
+    let last_error = status_field(&env, &mut con, status::LAST_ERROR)
+        .await
+        .unwrap();
+    assert!(
+        last_error.contains("errcode -1") && last_error.contains("secret=***"),
+        "{last_error}"
+    );
+    let hash: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(env.keys(&env.creds[0].id).status())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for (field, value) in &hash {
+        assert!(!value.contains(&secret), "status field {field}: {value}");
+    }
+    let status = status_outputs(&env);
+    assert!(status.contains("secret=***"), "{status}");
+    assert!(!status.contains(&secret), "{status}");
+    let logs = r.logs();
+    assert!(logs.contains("secret=***"), "{logs}");
+    assert!(!logs.contains(&secret), "the secret was logged: {logs}");
+
+    // The error is real and recorded; once WeChat answers properly, refresh works.
+    env.admin.clear_faults(&appid);
+    env.wait_all_stored(Duration::from_secs(5)).await;
+}

@@ -5,14 +5,16 @@
 //! Resolution: `--redis-url`, else `$WXTOKEN_REDIS_URL`, else `redis.url` of
 //! the `--config` file, else `redis://127.0.0.1:6379`; `--namespace`, else
 //! `redis.namespace` of the config, else `wxtoken`. The URL may carry a
-//! password: it is only ever shown redacted, and scrubbed from error texts.
+//! password: it is only ever shown redacted, and scrubbed from error texts; a
+//! URL that does not parse is never shown at all (it cannot be redacted
+//! reliably): the error names where it came from instead.
 //! This module must not read or write any wxtoken key.
 
 use anyhow::{anyhow, Result};
 use redis::aio::MultiplexedConnection;
 use redis::IntoConnectionInfo;
 use secrecy::{ExposeSecret, SecretString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wxtoken_refresher::config::{redacted_url, RefreshConfig, ENV_REDIS_URL};
 use wxtoken_schema::{Kind, DEFAULT_NAMESPACE};
@@ -28,7 +30,9 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TargetArgs {
     /// Redis URL [default: $WXTOKEN_REDIS_URL, else redis.url of --config,
     /// else redis://127.0.0.1:6379].
-    #[arg(long, env = ENV_REDIS_URL, hide_env_values = true)]
+    /// ($WXTOKEN_REDIS_URL is read in `resolve`, not by clap, so that an
+    /// error can say which of the two holds a bad URL.)
+    #[arg(long)]
     redis_url: Option<String>,
     /// Key namespace [default: redis.namespace of --config, else wxtoken].
     #[arg(long)]
@@ -52,6 +56,8 @@ pub struct Configured {
 /// The resolved Redis and namespace.
 pub struct Target {
     url: SecretString,
+    /// Where the URL came from, for errors: the flag, the variable, the config.
+    source: String,
     /// Key namespace (validated).
     pub namespace: String,
     /// Credentials from `--config`, if one was given.
@@ -68,11 +74,28 @@ impl TargetArgs {
             Some(path) => Some(wxtoken_refresher::Config::load(path)?),
             None => None,
         };
-        let url = match (&self.redis_url, &config) {
-            (Some(url), _) if !url.is_empty() => SecretString::from(url.clone()),
-            (_, Some(cfg)) => cfg.redis.url.clone(),
-            _ => SecretString::from(DEFAULT_REDIS_URL.to_owned()),
+        let from_env = std::env::var(ENV_REDIS_URL).ok().filter(|u| !u.is_empty());
+        let (url, source) = match (&self.redis_url, from_env, &config) {
+            (Some(url), _, _) if !url.is_empty() => {
+                (SecretString::from(url.clone()), "--redis-url".to_owned())
+            }
+            (_, Some(url), _) => (SecretString::from(url), format!("${ENV_REDIS_URL}")),
+            (_, None, Some(cfg)) => (
+                cfg.redis.url.clone(),
+                format!(
+                    "redis.url of {}",
+                    self.config
+                        .as_deref()
+                        .unwrap_or(Path::new("--config"))
+                        .display()
+                ),
+            ),
+            _ => (
+                SecretString::from(DEFAULT_REDIS_URL.to_owned()),
+                "the default Redis URL".to_owned(),
+            ),
         };
+        check_url(&url, &source)?;
         let namespace = match (&self.namespace, &config) {
             (Some(ns), _) => ns.clone(),
             (None, Some(cfg)) => cfg.redis.namespace.clone(),
@@ -95,6 +118,7 @@ impl TargetArgs {
             .unwrap_or_default();
         Ok(Target {
             url,
+            source,
             namespace,
             configured,
             refresh,
@@ -111,12 +135,8 @@ impl Target {
     /// Connects, bounded by a timeout. Errors name the redacted URL.
     pub async fn connect(&self) -> Result<MultiplexedConnection> {
         let shown = self.redacted_url();
-        let client = redis::Client::open(self.url.expose_secret()).map_err(|e| {
-            anyhow!(
-                "{shown} is not a usable Redis URL ({:?}); expected redis://[user:password@]host:port[/db]",
-                e.kind()
-            )
-        })?;
+        let client = redis::Client::open(self.url.expose_secret())
+            .map_err(|e| not_usable(&self.source, &e))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT));
@@ -163,6 +183,22 @@ impl Target {
     }
 }
 
+/// The error for a URL that does not parse: where it came from and why,
+/// never the URL.
+fn not_usable(source: &str, e: &redis::RedisError) -> anyhow::Error {
+    anyhow!(
+        "{source}: not a usable Redis URL ({:?}; the value is not shown, it may hold a password); expected redis://[user:password@]host:port[/db]",
+        e.kind()
+    )
+}
+
+/// Refuses a URL the Redis client cannot use, naming `source`.
+fn check_url(url: &SecretString, source: &str) -> Result<()> {
+    redis::Client::open(url.expose_secret())
+        .map(drop)
+        .map_err(|e| not_usable(source, &e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +206,7 @@ mod tests {
     fn target(url: &str) -> Target {
         Target {
             url: SecretString::from(url.to_owned()),
+            source: "--redis-url".into(),
             namespace: DEFAULT_NAMESPACE.into(),
             configured: Vec::new(),
             refresh: None,
@@ -183,5 +220,17 @@ mod tests {
         assert_eq!(t.scrub("x hun%40ter2 y hun@ter2"), "x *** y ***");
         let t = target("redis://127.0.0.1:6379");
         assert_eq!(t.scrub("plain"), "plain");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_named_by_its_source_never_shown() {
+        let e = check_url(
+            &SecretString::from("redis:/u:hunter2@h".to_owned()),
+            "--redis-url",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--redis-url: not a usable Redis URL"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

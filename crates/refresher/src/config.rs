@@ -326,6 +326,7 @@ struct FileConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RedisSection {
+    #[serde(deserialize_with = "no_echo::secret")]
     url: SecretString,
     namespace: String,
     /// No longer used (one multiplexed connection); accepted with a warning.
@@ -355,7 +356,9 @@ struct ReplicaSection {
 #[serde(deny_unknown_fields)]
 struct HttpSection {
     listen: Option<String>,
+    #[serde(default, deserialize_with = "no_echo::opt_string")]
     token_env: Option<String>,
+    #[serde(default, deserialize_with = "no_echo::opt_path")]
     token_file: Option<PathBuf>,
 }
 
@@ -364,8 +367,11 @@ struct HttpSection {
 struct CredentialSection {
     id: String,
     appid: String,
+    #[serde(default, deserialize_with = "no_echo::opt_string")]
     secret_env: Option<String>,
+    #[serde(default, deserialize_with = "no_echo::opt_path")]
     secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "no_echo::opt_secret")]
     secret: Option<SecretString>,
     #[serde(default)]
     mode: Mode,
@@ -373,7 +379,116 @@ struct CredentialSection {
     tickets: Vec<Ticket>,
 }
 
+/// Deserializers for keys that hold a secret or may have one pasted into them
+/// (`secret`, `secret_env`, `secret_file`, `token_env`, `token_file`,
+/// `redis.url`): a value of the wrong type is refused without quoting it
+/// (serde's own "invalid type: integer `123456`" would put an unquoted
+/// numeric secret into the error).
+mod no_echo {
+    use secrecy::SecretString;
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+    use std::path::PathBuf;
+
+    fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        match toml::Value::deserialize(d) {
+            Ok(toml::Value::String(s)) => Ok(s),
+            Ok(other) => Err(D::Error::custom(format!(
+                "expected a quoted string, found {} {} (the value is not shown: this key may hold a secret)",
+                if other.type_str() == "integer" { "an" } else { "a" },
+                other.type_str()
+            ))),
+            Err(_) => Err(D::Error::custom(
+                "expected a quoted string (the value is not shown: this key may hold a secret)",
+            )),
+        }
+    }
+
+    pub(super) fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        string(d).map(SecretString::from)
+    }
+
+    pub(super) fn opt_secret<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SecretString>, D::Error> {
+        string(d).map(|s| Some(SecretString::from(s)))
+    }
+
+    pub(super) fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        string(d).map(Some)
+    }
+
+    pub(super) fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        string(d).map(|s| Some(PathBuf::from(s)))
+    }
+}
+
 // ---- secrets -------------------------------------------------------------
+
+/// Largest secret or token file read (a secret is a line of text).
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+/// Largest config file read.
+pub const MAX_CONFIG_FILE: u64 = 64 * 1024 * 1024;
+
+/// Whether `name` can be an environment variable's name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether a valid variable name or a path looks more like a pasted secret
+/// (an AppSecret is 32 lowercase hex digits): long, with lower-case letters
+/// and digits and no separator. Such names are not repeated in errors.
+fn looks_like_secret(name: &str) -> bool {
+    name.len() >= 16
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && name.bytes().any(|b| b.is_ascii_digit())
+        && !name.bytes().any(|b| matches!(b, b'_' | b'/' | b'.' | b'-'))
+}
+
+/// How an error names a secret file: its path if it looks like one (has a
+/// directory part and does not look like a pasted secret), else the key.
+fn shown_path(path: &Path, key: &str) -> String {
+    let text = path.to_string_lossy();
+    if text.contains('/') && !looks_like_secret(&text) && !text.chars().any(char::is_control) {
+        text.into_owned()
+    } else {
+        format!("the file named in {key}")
+    }
+}
+
+/// Reads a secret or token file: a regular file of at most
+/// [`MAX_SECRET_FILE`] bytes of UTF-8, read through a bounded reader (a
+/// device such as `/dev/zero` or a FIFO is refused before it is opened).
+fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {
+    use std::io::Read;
+    let shown = shown_path(path, key);
+    let not_regular = || format!("{shown} is not a regular file");
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let too_large = || format!("{shown} is larger than {} KiB", MAX_SECRET_FILE / 1024);
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(too_large());
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    // The file could have been replaced since the check above.
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(not_regular());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{shown} is not UTF-8 text"))
+}
 
 /// Where a secret (an AppSecret, the HTTP bearer token) comes from: exactly
 /// one of its `*_env`, `*_file` or inline keys.
@@ -420,15 +535,28 @@ impl SecretSource {
     ) -> Result<SecretString, (&'static str, String)> {
         let trimmed = |v: String| SecretString::from(v.trim().to_owned());
         match self {
-            SecretSource::Env(var) => match env(&var) {
-                Some(v) if !v.trim().is_empty() => Ok(trimmed(v)),
-                Some(_) => Err((env_key, format!("environment variable {var} is empty"))),
-                None => Err((env_key, format!("environment variable {var} is not set"))),
-            },
-            SecretSource::File(path) => match std::fs::read_to_string(&path) {
+            SecretSource::Env(var) if !is_env_name(&var) => Err((
+                env_key,
+                format!(
+                    "{env_key} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*); it takes the name of a variable holding the secret, not the secret itself"
+                ),
+            )),
+            SecretSource::Env(var) => {
+                let shown = if looks_like_secret(&var) {
+                    format!("named in {env_key} (the name looks like a secret; {env_key} takes the name of a variable, not the secret itself)")
+                } else {
+                    var.clone()
+                };
+                match env(&var) {
+                    Some(v) if !v.trim().is_empty() => Ok(trimmed(v)),
+                    Some(_) => Err((env_key, format!("environment variable {shown} is empty"))),
+                    None => Err((env_key, format!("environment variable {shown} is not set"))),
+                }
+            }
+            SecretSource::File(path) => match read_secret_file(&path, file_key) {
                 Ok(v) if !v.trim().is_empty() => Ok(trimmed(v)),
-                Ok(_) => Err((file_key, format!("{} is empty", path.display()))),
-                Err(e) => Err((file_key, format!("cannot read {}: {e}", path.display()))),
+                Ok(_) => Err((file_key, format!("{} is empty", shown_path(&path, file_key)))),
+                Err(why) => Err((file_key, why)),
             },
             SecretSource::Inline(s) if s.expose_secret().trim().is_empty() => {
                 Err((inline_key, "is empty".into()))
@@ -442,8 +570,23 @@ impl SecretSource {
 
 impl Config {
     /// Reads and validates the file at `path`, applying environment overrides.
+    /// At most [`MAX_CONFIG_FILE`] bytes are read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read = || -> std::io::Result<String> {
+            let mut text = String::new();
+            std::fs::File::open(path)?
+                .take(MAX_CONFIG_FILE + 1)
+                .read_to_string(&mut text)?;
+            if text.len() as u64 > MAX_CONFIG_FILE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("larger than {} MiB", MAX_CONFIG_FILE >> 20),
+                ));
+            }
+            Ok(text)
+        };
+        let text = read().map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -526,17 +669,44 @@ impl Check<'_> {
         }
     }
 
+    /// `d` within `min..=max`; the error names the field and the bound.
+    fn bounded(
+        &self,
+        field: &str,
+        d: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Result<(), ConfigError> {
+        let fmt = humantime::format_duration;
+        if d < min {
+            let why = if min == Duration::from_millis(1) {
+                "must be more than 0".to_owned()
+            } else {
+                format!("{} is less than the minimum of {}", fmt(d), fmt(min))
+            };
+            return Err(self.invalid(field, why));
+        }
+        if d > max {
+            return Err(self.invalid(
+                field,
+                format!("{} is more than the maximum of {}", fmt(d), fmt(max)),
+            ));
+        }
+        Ok(())
+    }
+
     fn redis(&mut self, r: RedisSection) -> Result<RedisConfig, ConfigError> {
         let (url, url_field) = match (self.env)(ENV_REDIS_URL) {
             Some(url) => (SecretString::from(url), ENV_REDIS_URL),
             None => (r.url, "redis.url"),
         };
         if let Err(e) = redis::Client::open(url.expose_secret()) {
+            // Not the URL itself: one that did not parse cannot be redacted
+            // reliably (`redis:/u:PW@h` has no `://`).
             return Err(self.invalid(
                 url_field,
                 format!(
-                    "{} is not a usable Redis URL ({:?}); expected redis://[user:password@]host:port[/db]",
-                    redacted_url(&url),
+                    "not a usable Redis URL ({:?}; the value is not shown, it may hold a password); expected redis://[user:password@]host:port[/db]",
                     e.kind()
                 ),
             ));
@@ -549,9 +719,12 @@ impl Check<'_> {
                     .into(),
             );
         }
-        if r.timeout.is_zero() {
-            return Err(self.invalid("redis.timeout", "must be more than 0"));
-        }
+        self.bounded(
+            "redis.timeout",
+            r.timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        )?;
         Ok(RedisConfig {
             url,
             namespace: r.namespace,
@@ -573,37 +746,49 @@ impl Check<'_> {
             return Err(self.invalid("wechat.burst", "must be at least 1"));
         }
         w.base_url = w.base_url.trim_end_matches('/').to_owned();
-        let base_url = &w.base_url;
-        match reqwest::Url::parse(base_url) {
-            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
-            Ok(u) if u.scheme() == "http" && u.host().is_some() => {
-                // The classic token API carries the AppSecret in its URL.
-                let loopback = u.host_str().is_some_and(|h| {
-                    h == "localhost"
-                        || h.trim_matches(['[', ']'])
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                });
-                if !loopback {
-                    self.warnings.push(format!(
-                        "wechat.base_url {base_url:?} is plain http: AppSecrets cross the network unencrypted; use https unless this is a trusted proxy"
-                    ));
-                }
-            }
-            Ok(_) => {
-                return Err(self.invalid(
-                    "wechat.base_url",
-                    format!("{base_url:?} must be an http:// or https:// URL with a host"),
-                ))
-            }
-            Err(e) => {
-                return Err(
-                    self.invalid("wechat.base_url", format!("{base_url:?} is not a URL: {e}"))
-                )
+        // A URL that did not parse, or one with credentials, is never shown:
+        // it is logged at every start and may carry `user:password@`.
+        let u = reqwest::Url::parse(&w.base_url).map_err(|e| {
+            self.invalid(
+                "wechat.base_url",
+                format!("is not a URL ({e}); expected e.g. https://api.weixin.qq.com"),
+            )
+        })?;
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(self.invalid(
+                "wechat.base_url",
+                "must not contain user:password@ (the URL is logged; the value is not shown)",
+            ));
+        }
+        let Some(host) = u
+            .host_str()
+            .filter(|_| matches!(u.scheme(), "http" | "https"))
+        else {
+            return Err(self.invalid(
+                "wechat.base_url",
+                "must be an http:// or https:// URL with a host",
+            ));
+        };
+        if u.scheme() == "http" {
+            // The classic token API carries the AppSecret in its URL.
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+                self.warnings.push(format!(
+                    "wechat.base_url \"http://{host}{port}\" is plain http: AppSecrets cross the network unencrypted; use https unless this is a trusted proxy"
+                ));
             }
         }
-        if w.request_timeout.is_zero() || w.connect_timeout.is_zero() {
-            return Err(self.invalid("wechat.request_timeout", "timeouts must be more than 0"));
+        let five_minutes = Duration::from_secs(300);
+        for (field, d) in [
+            ("wechat.request_timeout", w.request_timeout),
+            ("wechat.connect_timeout", w.connect_timeout),
+        ] {
+            self.bounded(field, d, Duration::from_millis(1), five_minutes)?;
         }
         Ok(w)
     }
@@ -618,8 +803,35 @@ impl Check<'_> {
                 ),
             ));
         }
-        if r.margin.is_zero() {
-            return Err(self.invalid("refresh.margin", "must be more than 0"));
+        const MINUTE: u64 = 60;
+        const HOUR: u64 = 60 * MINUTE;
+        const DAY: u64 = 24 * HOUR;
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        // Upper bounds keep every deadline and Redis millisecond value far
+        // from overflow, and catch a unit typo ("30d" for "30s").
+        for (field, d, min, max) in [
+            ("refresh.margin", r.margin, ms(1), s(DAY)),
+            ("refresh.jitter", r.jitter, ms(0), s(DAY)),
+            ("refresh.lock_ttl", r.lock_ttl, ms(1), s(HOUR)),
+            ("refresh.retry_initial", r.retry_initial, ms(1), s(DAY)),
+            ("refresh.retry_max", r.retry_max, ms(1), s(DAY)),
+            (
+                "refresh.config_error_retry",
+                r.config_error_retry,
+                ms(1),
+                s(DAY),
+            ),
+            ("refresh.quota_pause", r.quota_pause, ms(1), s(7 * DAY)),
+            ("refresh.check_interval", r.check_interval, ms(1), s(HOUR)),
+            ("refresh.min_interval", r.min_interval, ms(0), s(DAY)),
+            (
+                "refresh.force_min_interval",
+                r.force_min_interval,
+                ms(0),
+                s(DAY),
+            ),
+        ] {
+            self.bounded(field, d, min, max)?;
         }
         if r.lock_ttl <= wechat.request_timeout {
             return Err(self.invalid(
@@ -630,17 +842,6 @@ impl Check<'_> {
                     humantime::format_duration(wechat.request_timeout)
                 ),
             ));
-        }
-        for (field, d) in [
-            ("refresh.retry_initial", r.retry_initial),
-            ("refresh.retry_max", r.retry_max),
-            ("refresh.config_error_retry", r.config_error_retry),
-            ("refresh.quota_pause", r.quota_pause),
-            ("refresh.check_interval", r.check_interval),
-        ] {
-            if d.is_zero() {
-                return Err(self.invalid(field, "must be more than 0"));
-            }
         }
         if r.force_refresh_per_day > 20 {
             return Err(self.invalid(
@@ -1271,5 +1472,227 @@ secret_env = "MINI_SECRET"
         .unwrap();
         let http = c.http.expect("[http] uncommented");
         assert!(http.listen.ip().is_loopback() && http.token.is_some());
+    }
+
+    #[test]
+    fn base_url_with_credentials_is_refused_and_never_echoed() {
+        for url in [
+            "https://user:hunter2@api.weixin.qq.com",
+            "http://hunter2@127.0.0.1:9000",
+            "https://user:hunter2@[bad",
+            "ftp://user:hunter2@host",
+            "hunter2",
+        ] {
+            let e = error_of(&format!("[wechat]\nbase_url = \"{url}\"\n"));
+            assert!(e.starts_with("bad.toml: wechat.base_url: "), "{e}");
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+        }
+        let e = error_of("[wechat]\nbase_url = \"https://user:hunter2@api.weixin.qq.com\"\n");
+        assert!(e.contains("must not contain user:password@"), "{e}");
+    }
+
+    #[test]
+    fn a_redis_url_that_does_not_parse_is_never_echoed() {
+        for url in ["redis:/u:hunter2@h", "redis//:hunter2@h:1", "hunter2"] {
+            let e = error_of(&format!("[redis]\nurl = \"{url}\"\n"));
+            assert!(
+                e.starts_with("bad.toml: redis.url: not a usable Redis URL"),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+            let e = Config::parse("", "bad.toml", &move |k| {
+                (k == ENV_REDIS_URL).then(|| url.to_owned())
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("bad.toml: WXTOKEN_REDIS_URL: not a usable Redis URL"),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_secret_pasted_as_a_variable_name_is_never_echoed() {
+        let cases = [
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"0123456789abcdef0123456789abcdef\"\n",
+                "credential[0].secret_env: secret_env is not a valid environment variable name",
+                "0123456789abcdef",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"p@ss w0rd!\"\n",
+                "credential[0].secret_env: secret_env is not a valid environment variable name",
+                "p@ss",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"abcdef0123456789abcdef0123456789\"\n",
+                "credential[0].secret_env: environment variable named in secret_env (the name looks like a secret",
+                "abcdef0123456789",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\ntoken_env = \"tok-en/secret\"\n",
+                "http.token_env: token_env is not a valid environment variable name",
+                "tok-en",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_file = \"abcdef0123456789abcdef0123456789\"\n",
+                "credential[0].secret_file: cannot read the file named in secret_file: ",
+                "abcdef0123456789",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"s3cr3tt0k3nvalue42\"\n",
+                "http.token_file: cannot read the file named in token_file: ",
+                "s3cr3t",
+            ),
+        ];
+        for (text, want, secret) in cases {
+            let e = error_of(text);
+            assert!(e.contains(want), "for {text:?}\n got {e}\nwant {want}");
+            assert!(!e.contains(secret), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_wrongly_typed_secret_is_not_quoted_in_the_parse_error() {
+        for (text, line) in [
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret = 918273645\n",
+                4,
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret = 9182.73645\n",
+                4,
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret = [918273645]\n",
+                4,
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = 918273645\n",
+                4,
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_file = 918273645\n",
+                4,
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\ntoken_env = 918273645\n",
+                3,
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\ntoken_file = 918273645\n",
+                3,
+            ),
+            ("[redis]\nurl = 918273645\n", 2),
+        ] {
+            let e = error_of(text);
+            assert!(e.starts_with(&format!("bad.toml:{line}:")), "{e}");
+            assert!(e.contains("expected a quoted string"), "{e}");
+            assert!(!e.contains("918273645") && !e.contains("9182.7"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_files_must_be_small_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        let just = dir.path().join("just");
+        std::fs::write(&just, vec![b'y'; MAX_SECRET_FILE as usize]).unwrap();
+        let cred = |path: &str| {
+            format!("[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_file = \"{path}\"\n")
+        };
+        // /dev/null, not /dev/zero: a regression must fail, not eat the machine's memory.
+        let e = error_of(&cred("/dev/null"));
+        assert!(
+            e.contains("credential[0].secret_file: /dev/null is not a regular file"),
+            "{e}"
+        );
+        let e = error_of(&cred(&dir.path().display().to_string()));
+        assert!(e.ends_with("is not a regular file"), "{e}");
+        let e = error_of(&cred(&big.display().to_string()));
+        assert!(e.ends_with("is larger than 64 KiB"), "{e}");
+        let c =
+            Config::parse(&cred(&just.display().to_string()), "x.toml", &env_with(&[])).unwrap();
+        assert_eq!(c.credentials[0].secret.expose_secret().len(), 65536);
+        let e = error_of("[http]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"/dev/null\"\n");
+        assert!(
+            e.contains("http.token_file: /dev/null is not a regular file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_have_upper_bounds_named_in_the_error() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[refresh]\nlock_ttl = \"2h\"\n",
+                "refresh.lock_ttl: 2h is more than the maximum of 1h",
+            ),
+            (
+                "[refresh]\nquota_pause = \"8days\"\n",
+                "refresh.quota_pause: 8days is more than the maximum of 7days",
+            ),
+            (
+                "[refresh]\nmargin = \"25h\"\n",
+                "refresh.margin: 1day 1h is more than the maximum of 1day",
+            ),
+            (
+                "[refresh]\nretry_max = \"2days\"\n",
+                "refresh.retry_max: 2days is more than the maximum of 1day",
+            ),
+            (
+                "[refresh]\ncheck_interval = \"61m\"\n",
+                "refresh.check_interval: 1h 1m is more than the maximum of 1h",
+            ),
+            (
+                "[refresh]\nmin_interval = \"100years\"\n",
+                "refresh.min_interval: ",
+            ),
+            (
+                "[refresh]\nconfig_error_retry = \"30days\"\n",
+                "refresh.config_error_retry: 30days is more than the maximum of 1day",
+            ),
+            (
+                "[wechat]\nrequest_timeout = \"6m\"\n",
+                "wechat.request_timeout: 6m is more than the maximum of 5m",
+            ),
+            (
+                "[wechat]\nconnect_timeout = \"1h\"\n",
+                "wechat.connect_timeout: 1h is more than the maximum of 5m",
+            ),
+            (
+                "[wechat]\nconnect_timeout = \"0s\"\n",
+                "wechat.connect_timeout: must be more than 0",
+            ),
+            (
+                "[redis]\ntimeout = \"5ms\"\n",
+                "redis.timeout: 5ms is less than the minimum of 10ms",
+            ),
+            (
+                "[redis]\ntimeout = \"2m\"\n",
+                "redis.timeout: 2m is more than the maximum of 1m",
+            ),
+            (
+                "[redis]\ntimeout = \"0s\"\n",
+                "redis.timeout: 0s is less than the minimum of 10ms",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = error_of(text);
+            assert!(e.starts_with("bad.toml: "), "{e}");
+            assert!(e.contains(want), "for {text:?}\n got {e}\nwant {want}");
+        }
+        // The largest allowed values work together.
+        Config::parse(
+            "[redis]\ntimeout = \"60s\"\n[wechat]\nrequest_timeout = \"5m\"\nconnect_timeout = \"5m\"\n\
+             [refresh]\nlock_ttl = \"1h\"\nquota_pause = \"7days\"\nmargin = \"1day\"\nretry_max = \"1day\"\n\
+             check_interval = \"1h\"\nmin_interval = \"1day\"\n",
+            "x.toml",
+            &env_with(&[]),
+        )
+        .unwrap();
     }
 }

@@ -4,11 +4,15 @@
 //! returns a [`Fetched`] value or a [`WechatError`] whose [`ErrorClass`] tells
 //! the scheduler what to do next. Nothing here touches Redis, and nothing here
 //! may print a secret: the classic API carries the AppSecret in its query
-//! string, so transport errors are stripped of their URL.
+//! string, so transport errors are stripped of their URL, and every text that
+//! came from upstream (errmsg, transport and parse error texts) has the
+//! AppSecret (raw, percent-encoded, form-encoded, JSON-escaped) and the access
+//! token of a ticket call replaced by `***` and control characters removed
+//! before it is put into a [`WechatError`]. JSON parser messages are never
+//! quoted: a wrong-typed field's message would quote the value.
 
 use crate::config::WechatConfig;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use std::time::{Duration, Instant};
 
 /// Largest response body read from WeChat; anything longer is malformed.
@@ -78,6 +82,9 @@ pub enum WechatError {
     /// No answer within the request timeout.
     #[error("WeChat did not answer within {0:?}")]
     Timeout(Duration),
+    /// No connection within the connect timeout.
+    #[error("could not connect to WeChat within {0:?}")]
+    ConnectTimeout(Duration),
     /// Connection-level failure.
     #[error("cannot reach WeChat: {0}")]
     Transport(String),
@@ -119,15 +126,86 @@ pub struct Wechat {
     http: reqwest::Client,
     base_url: String,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
-#[derive(Deserialize)]
-struct Reply {
-    errcode: Option<i64>,
-    errmsg: Option<String>,
-    access_token: Option<String>,
-    ticket: Option<String>,
-    expires_in: Option<serde_json::Value>,
+/// Texts that must never leave this module: the AppSecret of a token call,
+/// the access token of a ticket call, in every form a server or proxy could
+/// echo them.
+struct Scrub {
+    /// Longest first, so a form containing another is replaced whole.
+    needles: Vec<String>,
+}
+
+impl Scrub {
+    fn new(secrets: &[&str]) -> Scrub {
+        let mut needles = Vec::new();
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            needles.push((*secret).to_owned());
+            // JSON-escaped, as in an echoed stable_token body.
+            if let Ok(json) = serde_json::to_string(secret) {
+                needles.push(json.trim_matches('"').to_owned());
+            }
+            for upper in [true, false] {
+                // application/x-www-form-urlencoded (what reqwest's query uses): space as `+`.
+                needles.push(percent_encode(secret, b"*-._", Some('+'), upper));
+                needles.push(percent_encode(secret, b"*-._", None, upper));
+                // RFC 3986 unreserved, and JavaScript's encodeURIComponent.
+                needles.push(percent_encode(secret, b"-._~", None, upper));
+                needles.push(percent_encode(secret, b"-_.!~*'()", None, upper));
+                // Everything but letters and digits.
+                needles.push(percent_encode(secret, b"", None, upper));
+            }
+        }
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.dedup();
+        Scrub { needles }
+    }
+
+    /// `text` without any needle and without control characters (so an
+    /// upstream text cannot forge log lines or send terminal escapes).
+    fn apply(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), "***");
+            }
+        }
+        out.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    }
+
+    /// The error with every upstream text scrubbed.
+    fn error(&self, e: WechatError) -> WechatError {
+        match e {
+            WechatError::Api { errcode, errmsg } => WechatError::Api {
+                errcode,
+                errmsg: self.apply(&errmsg),
+            },
+            WechatError::Transport(t) => WechatError::Transport(self.apply(&t)),
+            WechatError::Malformed(t) => WechatError::Malformed(self.apply(&t)),
+            other => other,
+        }
+    }
+}
+
+/// Percent-encodes every byte but ASCII letters, digits and `keep`; a space
+/// becomes `space` if given.
+fn percent_encode(s: &str, keep: &[u8], space: Option<char>, upper: bool) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(char::from(b));
+        } else if let (b' ', Some(c)) = (b, space) {
+            out.push(c);
+        } else if upper {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
 }
 
 impl Wechat {
@@ -146,6 +224,7 @@ impl Wechat {
             http,
             base_url: cfg.base_url.clone(),
             timeout: cfg.request_timeout,
+            connect_timeout: cfg.connect_timeout,
         })
     }
 
@@ -163,7 +242,8 @@ impl Wechat {
                 ("appid", appid),
                 ("secret", secret.expose_secret()),
             ]);
-        self.send(req, "access_token").await
+        self.send(req, "access_token", &Scrub::new(&[secret.expose_secret()]))
+            .await
     }
 
     /// `POST /cgi-bin/stable_token` with `force_refresh` as given.
@@ -183,7 +263,8 @@ impl Wechat {
             .http
             .post(format!("{}/cgi-bin/stable_token", self.base_url))
             .json(&body);
-        self.send(req, "access_token").await
+        self.send(req, "access_token", &Scrub::new(&[secret.expose_secret()]))
+            .await
     }
 
     /// `GET /cgi-bin/ticket/getticket?access_token=..&type=..`.
@@ -196,13 +277,27 @@ impl Wechat {
             .http
             .get(format!("{}/cgi-bin/ticket/getticket", self.base_url))
             .query(&[("access_token", access_token), ("type", ticket_type)]);
-        self.send(req, "ticket").await
+        self.send(req, "ticket", &Scrub::new(&[access_token])).await
     }
 
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
         field: &'static str,
+        scrub: &Scrub,
+    ) -> Result<Fetched, WechatError> {
+        self.send_unscrubbed(req, field, scrub)
+            .await
+            .map_err(|e| scrub.error(e))
+    }
+
+    /// `scrub` is applied here only to the errmsg, before it is truncated (so
+    /// no part of a secret survives the cut); [`Wechat::send`] scrubs the rest.
+    async fn send_unscrubbed(
+        &self,
+        req: reqwest::RequestBuilder,
+        field: &'static str,
+        scrub: &Scrub,
     ) -> Result<Fetched, WechatError> {
         let sent_at = Instant::now();
         let resp = req.send().await.map_err(|e| self.transport(e))?;
@@ -224,11 +319,13 @@ impl Wechat {
             }
             body.extend_from_slice(&chunk);
         }
-        parse(&body, field, sent_at)
+        parse(&body, field, sent_at, scrub)
     }
 
     fn transport(&self, e: reqwest::Error) -> WechatError {
-        if e.is_timeout() {
+        if e.is_timeout() && e.is_connect() {
+            WechatError::ConnectTimeout(self.connect_timeout)
+        } else if e.is_timeout() {
             WechatError::Timeout(self.timeout)
         } else if e.is_decode() || e.is_body() {
             WechatError::Malformed(format!("unreadable body: {}", e.without_url()))
@@ -251,25 +348,59 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Parses a WeChat reply carrying `field` ("access_token" or "ticket").
-fn parse(body: &[u8], field: &str, sent_at: Instant) -> Result<Fetched, WechatError> {
-    let reply: Reply = serde_json::from_slice(body)
-        .map_err(|e| WechatError::Malformed(format!("not the JSON WeChat sends ({e})")))?;
-    if let Some(errcode) = reply.errcode.filter(|c| *c != 0) {
-        let mut errmsg = reply.errmsg.unwrap_or_default();
-        if errmsg.len() > 200 {
-            let cut = (0..=200)
-                .rev()
-                .find(|i| errmsg.is_char_boundary(*i))
-                .unwrap_or(0);
-            errmsg.truncate(cut);
+/// Error texts name fields and positions, never content: the JSON parser's
+/// own messages can quote the input, so they are not used.
+fn parse(
+    body: &[u8],
+    field: &str,
+    sent_at: Instant,
+    scrub: &Scrub,
+) -> Result<Fetched, WechatError> {
+    use serde_json::Value;
+    let reply: Value = serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Eof => "cut off",
+            _ => "not JSON",
+        };
+        WechatError::Malformed(format!(
+            "not the JSON WeChat sends ({what} at line {} column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let Value::Object(reply) = reply else {
+        return Err(WechatError::Malformed(
+            "not the JSON WeChat sends (not an object)".into(),
+        ));
+    };
+    let wrong_type =
+        |name: &str, want: &str| WechatError::Malformed(format!("{name} is not {want}"));
+    let errcode = match reply.get("errcode") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_i64()
+                .ok_or_else(|| wrong_type("errcode", "an integer"))?,
+        ),
+        Some(_) => return Err(wrong_type("errcode", "an integer")),
+    };
+    if let Some(errcode) = errcode.filter(|c| *c != 0) {
+        let errmsg = match reply.get("errmsg") {
+            Some(Value::String(m)) => scrub.apply(m),
+            None | Some(Value::Null) => String::new(),
+            Some(_) => "(errmsg is not a string)".to_owned(),
+        };
+        return Err(WechatError::Api {
+            errcode,
+            errmsg: truncate(errmsg, 200),
+        });
+    }
+    let token = match reply.get(field) {
+        Some(Value::String(t)) => t,
+        None | Some(Value::Null) => {
+            return Err(WechatError::Malformed(format!("no {field} in the reply")))
         }
-        return Err(WechatError::Api { errcode, errmsg });
-    }
-    let token = match field {
-        "ticket" => reply.ticket,
-        _ => reply.access_token,
-    }
-    .ok_or_else(|| WechatError::Malformed(format!("no {field} in the reply")))?;
+        Some(_) => return Err(wrong_type(field, "a string")),
+    };
     if token.is_empty()
         || token.len() > MAX_TOKEN_LEN
         || !token.bytes().all(|b| b.is_ascii_graphic())
@@ -279,18 +410,30 @@ fn parse(body: &[u8], field: &str, sent_at: Instant) -> Result<Fetched, WechatEr
         )));
     }
     // expires_in is a number; accept a numeric string too, reject anything else.
-    let expires_in = match reply.expires_in {
-        Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+    let expires_in = match reply.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     }
     .filter(|n| *n > 0)
     .ok_or_else(|| WechatError::Malformed("expires_in missing or not a positive integer".into()))?;
     Ok(Fetched {
-        token,
+        token: token.clone(),
         expires_in,
         sent_at,
     })
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
 }
 
 #[cfg(test)]
@@ -298,7 +441,12 @@ mod tests {
     use super::*;
 
     fn p(body: &str) -> Result<Fetched, WechatError> {
-        parse(body.as_bytes(), "access_token", Instant::now())
+        parse(
+            body.as_bytes(),
+            "access_token",
+            Instant::now(),
+            &Scrub::new(&[]),
+        )
     }
 
     #[test]
@@ -351,5 +499,147 @@ mod tests {
             WechatError::Status { status: 502 }.class(false),
             ErrorClass::Retryable
         );
+    }
+
+    const SECRET: &str = "s3cr3t/+&=% é\"x";
+
+    fn scrubbed(body: &str) -> String {
+        let e = parse(
+            body.as_bytes(),
+            "access_token",
+            Instant::now(),
+            &Scrub::new(&[SECRET]),
+        )
+        .unwrap_err();
+        Scrub::new(&[SECRET]).error(e).to_string()
+    }
+
+    #[test]
+    fn an_echoed_secret_is_scrubbed_in_every_encoding() {
+        let forms = [
+            SECRET.to_owned(),
+            // form-urlencoded, as reqwest sends it (space as +), both hex cases
+            "s3cr3t%2F%2B%26%3D%25+%C3%A9%22x".to_owned(),
+            "s3cr3t%2f%2b%26%3d%25+%c3%a9%22x".to_owned(),
+            // percent-encoded with %20
+            "s3cr3t%2F%2B%26%3D%25%20%C3%A9%22x".to_owned(),
+            // JSON-escaped, as in an echoed stable_token body
+            r#"s3cr3t/+&=% é\"x"#.to_owned(),
+        ];
+        for form in forms {
+            let errmsg =
+                format!("invalid appid, GET /cgi-bin/token?appid=wx1&secret={form} rid: 1");
+            let body = serde_json::json!({"errcode": 40013, "errmsg": errmsg}).to_string();
+            let e = scrubbed(&body);
+            assert!(e.contains("errcode 40013"), "{e}");
+            assert!(e.contains("secret=*** rid: 1"), "{form}: {e}");
+            assert!(!e.contains("s3cr3t"), "{form}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_secret_near_the_cut_is_scrubbed_before_truncation() {
+        let errmsg = format!("{}{SECRET}", "x".repeat(190));
+        let body = serde_json::json!({"errcode": -1, "errmsg": errmsg}).to_string();
+        let e = scrubbed(&body);
+        assert!(!e.contains("s3cr3"), "{e}");
+        assert!(e.ends_with("***"), "{e}");
+    }
+
+    #[test]
+    fn transport_and_malformed_texts_are_scrubbed() {
+        let s = Scrub::new(&[SECRET]);
+        let e = s.error(WechatError::Transport(format!("proxy said {SECRET}")));
+        assert_eq!(e.to_string(), "cannot reach WeChat: proxy said ***");
+        let e = s.error(WechatError::Malformed(
+            "got s3cr3t%2F%2B%26%3D%25+%C3%A9%22x".into(),
+        ));
+        assert_eq!(e.to_string(), "malformed answer from WeChat: got ***");
+    }
+
+    #[test]
+    fn wrong_typed_fields_are_named_never_quoted() {
+        for body in [
+            r#"{"errcode":"s3cr3t-value","errmsg":"x"}"#,
+            r#"{"access_token":["s3cr3t-value"],"expires_in":7200}"#,
+            r#"{"access_token":"T","expires_in":{"s3cr3t-value":1}}"#,
+            r#"{"access_token":"T","expires_in":7200,"s3cr3t-value"#,
+            r#"["s3cr3t-value"]"#,
+            r#"s3cr3t-value"#,
+        ] {
+            let e = p(body).unwrap_err();
+            assert!(matches!(e, WechatError::Malformed(_)), "{body}: {e:?}");
+            assert!(!e.to_string().contains("s3cr3t"), "{body}: {e}");
+        }
+        let e = p(r#"{"errcode":"s3cr3t-value"}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed answer from WeChat: errcode is not an integer"
+        );
+    }
+
+    #[test]
+    fn tokens_with_control_characters_or_escapes_are_refused() {
+        for token in [
+            "abc\ndef",
+            "abc\r\n2024-01-01 INFO fake",
+            "\u{1b}[31mred",
+            "tab\there",
+            "tökén",
+            "nul\u{0}",
+        ] {
+            let body = serde_json::json!({"access_token": token, "expires_in": 7200}).to_string();
+            let e = p(&body).unwrap_err();
+            assert!(
+                e.to_string().contains("not printable ASCII"),
+                "{token:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn errmsg_control_characters_cannot_forge_log_lines() {
+        let body = serde_json::json!({
+            "errcode": -1,
+            "errmsg": "busy\n2024-01-01T00:00:00Z INFO stored new value\u{1b}[2J",
+        })
+        .to_string();
+        let e = p(&body).unwrap_err().to_string();
+        assert!(!e.contains('\n') && !e.contains('\u{1b}'), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_timeout_is_not_reported_as_a_request_timeout() {
+        // A listener whose accept queue is full and never accepted: Linux
+        // drops further SYNs, so connecting hangs until the connect timeout.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                fillers.push(s);
+            }
+        }
+        let cfg = WechatConfig {
+            base_url: format!("http://{addr}"),
+            connect_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(20),
+            ..WechatConfig::default()
+        };
+        let wechat = Wechat::new(&cfg).unwrap();
+        let started = Instant::now();
+        let e = wechat
+            .classic_token("wx1", &SecretString::from("s"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, WechatError::ConnectTimeout(d) if d == Duration::from_millis(300)),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "could not connect to WeChat within 300ms");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop((listener, fillers));
     }
 }

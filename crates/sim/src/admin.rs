@@ -37,6 +37,9 @@ pub enum AdminError {
     /// A secret must not be empty.
     #[error("secret must not be empty")]
     EmptySecret,
+    /// An app with this appid exists already (`POST /_sim/apps` never replaces a secret).
+    #[error("appid {0} exists already; its secret is not replaced")]
+    AppExists(String),
     /// A fault with `times: Some(0)` would never apply.
     #[error("fault `times` must be at least 1 (None means until cleared)")]
     ZeroTimes,
@@ -98,6 +101,22 @@ impl Admin {
             return Err(AdminError::EmptySecret);
         }
         Ok(self.shared.lock().add_app(appid, secret))
+    }
+
+    /// Adds an app that does not exist yet; an existing appid is refused with
+    /// [`AdminError::AppExists`] and left as it is (what `POST /_sim/apps` does).
+    pub fn try_create_app(&self, appid: &str, secret: &str) -> Result<(), AdminError> {
+        if appid.trim().is_empty() {
+            return Err(AdminError::EmptyAppid);
+        }
+        if secret.is_empty() {
+            return Err(AdminError::EmptySecret);
+        }
+        if self.shared.lock().add_new_app(appid, secret) {
+            Ok(())
+        } else {
+            Err(AdminError::AppExists(appid.to_string()))
+        }
     }
 
     /// Whether the app exists.
@@ -336,6 +355,7 @@ fn ok() -> Response {
 fn admin_error(e: AdminError) -> Response {
     match e {
         AdminError::UnknownApp(_) => error(StatusCode::NOT_FOUND, e),
+        AdminError::AppExists(_) => error(StatusCode::CONFLICT, e),
         _ => error(StatusCode::BAD_REQUEST, e),
     }
 }
@@ -402,19 +422,13 @@ async fn add_app(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(app) => app,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    match Admin::new(shared).try_add_app(&app.appid, &app.secret) {
-        Ok(created) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (
-                status,
-                Json(json!({ "appid": app.appid, "created": created })),
-            )
-                .into_response()
-        }
+    // Never replaces an existing app's secret: this API has no authentication.
+    match Admin::new(shared).try_create_app(&app.appid, &app.secret) {
+        Ok(()) => (
+            StatusCode::CREATED,
+            Json(json!({ "appid": app.appid, "created": true })),
+        )
+            .into_response(),
         Err(e) => admin_error(e),
     }
 }

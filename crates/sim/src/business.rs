@@ -33,7 +33,14 @@ pub(crate) async fn get_api_domain_ip(
 ) -> Response {
     let token = query_param(query.as_deref(), "access_token");
     let owner = token.as_deref().and_then(|t| shared.lock().owner_of(t));
-    if let Some(resp) = fault::intercept(&shared, owner.as_deref(), Endpoint::Business, false).await
+    if let Some(resp) =
+        fault::intercept(&shared, owner.as_deref(), Endpoint::Business, false, || {
+            format!(
+                "/cgi-bin/get_api_domain_ip?{}",
+                query.as_deref().unwrap_or_default()
+            )
+        })
+        .await
     {
         return resp;
     }

@@ -60,7 +60,7 @@ impl Fault {
 ///
 /// Serde form is internally tagged: `{"kind":"errcode","errcode":-1}`,
 /// `{"kind":"http_status","status":502}`, `{"kind":"garbage"}`, `{"kind":"truncated"}`,
-/// `{"kind":"delay","delay":"500ms"}`, `{"kind":"hang"}`.
+/// `{"kind":"delay","delay":"500ms"}`, `{"kind":"hang"}`, `{"kind":"echo_url"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FaultKind {
@@ -87,11 +87,15 @@ pub enum FaultKind {
     },
     /// Hold the request for [`crate::Timing::hang`], then answer errcode -1.
     Hang,
+    /// HTTP 200 with errcode -1 and an errmsg that echoes the request as received (method,
+    /// path, query string; for `stable_token` the JSON body), secrets included, like a
+    /// careless proxy or gateway. For testing that clients never log or store such texts.
+    EchoUrl,
 }
 
 impl FaultKind {
     /// The label recorded in evidence: `errcode:-1`, `http_status:502`, `garbage`,
-    /// `truncated`, `delay:500ms`, `hang`.
+    /// `truncated`, `delay:500ms`, `hang`, `echo_url`.
     pub fn label(&self) -> String {
         self.to_string()
     }
@@ -112,6 +116,7 @@ impl fmt::Display for FaultKind {
                 )
             }
             FaultKind::Hang => f.write_str("hang"),
+            FaultKind::EchoUrl => f.write_str("echo_url"),
         }
     }
 }
@@ -147,11 +152,11 @@ impl TryFrom<FaultWire> for Fault {
             "errcode" => &["errcode"],
             "http_status" => &["status"],
             "delay" => &["delay"],
-            "garbage" | "truncated" | "hang" => &[],
+            "garbage" | "truncated" | "hang" | "echo_url" => &[],
             other => {
                 return Err(format!(
                     "unknown fault kind `{other}`, expected one of errcode, http_status, \
-                     garbage, truncated, delay, hang"
+                     garbage, truncated, delay, hang, echo_url"
                 ))
             }
         };
@@ -184,6 +189,7 @@ impl TryFrom<FaultWire> for Fault {
             },
             "garbage" => FaultKind::Garbage,
             "truncated" => FaultKind::Truncated,
+            "echo_url" => FaultKind::EchoUrl,
             _ => FaultKind::Hang,
         };
         if w.times == Some(0) {
@@ -223,6 +229,7 @@ impl From<Fault> for FaultWire {
                 "delay"
             }
             FaultKind::Hang => "hang",
+            FaultKind::EchoUrl => "echo_url",
         }
         .to_string();
         w
@@ -250,11 +257,13 @@ pub(crate) fn take(app: &mut AppState, endpoint: Endpoint) -> Option<FaultKind> 
 ///
 /// Returns the response to send instead of the normal answer, or `None` to answer normally
 /// (no fault, or a delay that has now been waited out). Records the fault in the evidence.
+/// `request` is the request as received (e.g. `GET /cgi-bin/token?...`), for `echo_url`.
 pub(crate) async fn intercept(
     shared: &Shared,
     appid: Option<&str>,
     endpoint: Endpoint,
     force_refresh: bool,
+    request: impl FnOnce() -> String,
 ) -> Option<Response> {
     let appid = appid?;
     let kind = {
@@ -302,6 +311,13 @@ pub(crate) async fn intercept(
             tokio::time::sleep(shared.timing.hang).await;
             Some(WxReply::err(crate::errcode::SYSTEM_ERROR).into_response())
         }
+        FaultKind::EchoUrl => Some(
+            WxReply::Err {
+                code: crate::errcode::SYSTEM_ERROR,
+                msg: format!("system error, request: {}", request()),
+            }
+            .into_response(),
+        ),
     }
 }
 
@@ -377,6 +393,10 @@ mod tests {
         assert!(err(r#"{"kind":"http_status","status":42}"#).contains("not an HTTP status"));
         assert!(err(r#"{"kind":"hang","times":0}"#).contains("at least 1"));
         assert!(err(r#"{"kind":"hang","endpoint":"tokens"}"#).contains("unknown variant"));
+        assert!(err(r#"{"kind":"echo_url","errcode":-1}"#).contains("does not apply"));
+        let echo: Fault = serde_json::from_str(r#"{"kind":"echo_url","times":1}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(echo, Fault::new(FaultKind::EchoUrl).times(1));
     }
 
     #[test]

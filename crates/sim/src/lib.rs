@@ -5,7 +5,9 @@
 //! rules (check order and errcodes, 7200 s lifetime, 300 s overlap after a replacement, daily
 //! quotas, stable-token reuse and force-refresh limits, IP whitelist, frozen secrets), so a
 //! client that passes against it has been tested against the rules that bite in production.
-//! It must not be used as anything but a test double: it has no authentication of its own.
+//! It must not be used as anything but a test double: it has no authentication of its own
+//! (`wxtoken sim` warns loudly when it listens on a non-loopback address; `POST /_sim/apps`
+//! never replaces an existing app's secret).
 //!
 //! Served paths (real WeChat paths):
 //!
@@ -29,7 +31,7 @@
 //! | `GET /_sim/counts?per_app=true` | [`Admin::counts_per_app`]: the same plus appid → [`FetchCounts`] |
 //! | `GET /_sim/apps/{appid}/evidence` | [`Admin::app_evidence`] |
 //! | `GET /_sim/apps/{appid}/counts` | [`Admin::app_counts`] |
-//! | `POST /_sim/apps` `{"appid","secret"}` | [`Admin::add_app`] |
+//! | `POST /_sim/apps` `{"appid","secret"}` (201; 409 for an existing appid) | [`Admin::try_create_app`] |
 //! | `POST /_sim/apps/{appid}/faults` (a [`Fault`]) | [`Admin::inject`] |
 //! | `GET /_sim/apps/{appid}/faults` | [`Admin::faults`] |
 //! | `DELETE /_sim/apps/{appid}/faults` | [`Admin::clear_faults`] |
@@ -38,7 +40,8 @@
 //! | `POST /_sim/apps/{appid}/quota/reset` | [`Admin::reset_quota`] |
 //! | `POST /_sim/apps/{appid}/revoke` | [`Admin::revoke_tokens`] |
 //!
-//! Unknown appids are 404, malformed bodies 400; both answer `{"error": "..."}`.
+//! Unknown appids are 404, malformed bodies 400, an existing appid in `POST /_sim/apps` 409;
+//! all answer `{"error": "..."}`.
 //!
 //! ## Example
 //!

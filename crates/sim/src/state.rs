@@ -293,6 +293,16 @@ impl Inner {
         }
     }
 
+    /// Adds an app if there is none with this appid; returns false (and changes nothing)
+    /// if there is.
+    pub(crate) fn add_new_app(&mut self, appid: &str, secret: &str) -> bool {
+        if self.apps.contains_key(appid) {
+            return false;
+        }
+        self.apps.insert(Arc::from(appid), AppState::new(secret));
+        true
+    }
+
     /// Issues a new token of `kind` for `appid`, replacing the current one as `previous` says.
     /// Returns `None` only for an unknown app.
     pub(crate) fn issue(

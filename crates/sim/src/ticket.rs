@@ -28,7 +28,11 @@ pub(crate) async fn get_ticket(
     let owner = access_token
         .as_deref()
         .and_then(|t| shared.lock().owner_of(t));
-    if let Some(resp) = fault::intercept(&shared, owner.as_deref(), Endpoint::Ticket, false).await {
+    if let Some(resp) = fault::intercept(&shared, owner.as_deref(), Endpoint::Ticket, false, || {
+        format!("GET /cgi-bin/ticket/getticket?{}", q.unwrap_or_default())
+    })
+    .await
+    {
         return resp;
     }
 

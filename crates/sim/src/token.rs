@@ -84,8 +84,14 @@ pub(crate) async fn classic(
         appid: query_param(q, "appid"),
         secret: query_param(q, "secret"),
     };
-    if let Some(resp) =
-        fault::intercept(&shared, creds.appid.as_deref(), Endpoint::Token, false).await
+    if let Some(resp) = fault::intercept(
+        &shared,
+        creds.appid.as_deref(),
+        Endpoint::Token,
+        false,
+        || format!("GET /cgi-bin/token?{}", q.unwrap_or_default()),
+    )
+    .await
     {
         return resp;
     }
@@ -242,6 +248,16 @@ pub(crate) async fn stable(
         route_appid.as_deref(),
         Endpoint::StableToken,
         force,
+        || {
+            let q = query
+                .as_deref()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            format!(
+                "POST /cgi-bin/stable_token{q} {}",
+                String::from_utf8_lossy(&body)
+            )
+        },
     )
     .await
     {

@@ -55,7 +55,7 @@ async fn healthz_and_apps() {
     assert_eq!(v, json!({"appid": "wx3", "created": true}));
     token_of(&h.classic("wx3", new_secret).await, "access_token");
 
-    // Adding again replaces the secret.
+    // Adding again is a conflict: the unauthenticated admin API never replaces a secret.
     let (s, v) = h
         .admin_call(
             Method::POST,
@@ -63,10 +63,24 @@ async fn healthz_and_apps() {
             Some(json!({"appid": "wx3", "secret": OTHER_SECRET})),
         )
         .await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["created"], false);
-    assert_err(&h.classic("wx3", new_secret).await, 40001);
-    token_of(&h.classic("wx3", OTHER_SECRET).await, "access_token");
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(
+        v["error"].as_str().unwrap().contains("wx3 exists already"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(OTHER_SECRET), "{v}");
+    token_of(&h.classic("wx3", new_secret).await, "access_token");
+    assert_err(&h.classic("wx3", OTHER_SECRET).await, 40001);
+    // So is an app from the config.
+    let (s, _) = h
+        .admin_call(
+            Method::POST,
+            "/_sim/apps",
+            Some(json!({"appid": APPID, "secret": OTHER_SECRET})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    token_of(&h.classic(APPID, SECRET).await, "access_token");
 
     let (s, v) = h
         .admin_call(Method::POST, "/_sim/apps", Some(json!({"appid": "wx4"})))

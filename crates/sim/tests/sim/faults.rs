@@ -315,3 +315,30 @@ async fn whitelist_and_frozen_flags_block_fetches_not_existing_tokens() {
     h.classic_token().await;
     h.stable_token(false).await;
 }
+
+#[tokio::test]
+async fn echo_url_fault_echoes_the_request_secrets_included() {
+    let h = Harness::start(fast()).await;
+    let admin = h.sim.admin();
+    admin.inject(APPID, Fault::new(FaultKind::EchoUrl).times(2));
+    let msg = assert_err(&h.classic(APPID, SECRET).await, -1);
+    assert!(
+        msg.starts_with("system error, request: GET /cgi-bin/token?")
+            && msg.contains(&format!("secret={SECRET}")),
+        "{msg}"
+    );
+    let msg = assert_err(&h.stable(APPID, SECRET, false).await, -1);
+    assert!(
+        msg.starts_with("system error, request: POST /cgi-bin/stable_token")
+            && msg.contains(SECRET),
+        "{msg}"
+    );
+    h.classic_token().await;
+    let ev = admin.app_evidence(APPID).unwrap();
+    assert_eq!(
+        ev.fetches[0].outcome,
+        FetchOutcome::Fault {
+            kind: "echo_url".into()
+        }
+    );
+}
