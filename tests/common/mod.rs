@@ -68,7 +68,8 @@ impl Default for Setup {
             min_interval: Duration::from_millis(500),
             calls_per_second: None,
             burst: None,
-            force_min_interval: None,
+            // Test scale, like min_interval (the default is 30 s).
+            force_min_interval: Some(Duration::from_millis(500)),
             extra_config: String::new(),
         }
     }

@@ -1,0 +1,136 @@
+//! Least privilege with Redis ACL users, as the README's "Security" section
+//! documents them: a refresher runs under the refresher rule; a business
+//! server reads tokens, files reports and follows events under the reader
+//! rule and is refused everything else (overwriting a token, forcing,
+//! reading other state, flushing); `wxtoken status` runs under the
+//! read-only monitor rule.
+
+mod common;
+
+use common::{eventually, Env, Setup};
+use std::time::Duration;
+use wxtoken_client::{Client, Options};
+use wxtoken_schema::{Kind, RequestOutcome};
+
+/// The ACL rules of the README, word for word (namespace `wxtoken`).
+const REFRESHER: &str = "on >refresher-pw resetkeys ~wxtoken:* resetchannels &wxtoken:events &wxtoken:requests -@all +@read +@write +@scripting +@pubsub +@connection +@transaction +time +scan -@dangerous";
+const READER: &str = "on >reader-pw resetkeys %R~wxtoken:{*}:access_token %R~wxtoken:{*}:jsapi_ticket %R~wxtoken:{*}:wx_card_ticket %R~wxtoken:{*}:*:info %W~wxtoken:{*}:refresh_request:* resetchannels &wxtoken:events &wxtoken:requests -@all +get +pttl +hget +time +set +publish +subscribe +unsubscribe +ping";
+const MONITOR: &str = "on >monitor-pw resetkeys %R~wxtoken:* resetchannels -@all +@read +@connection +@transaction +time";
+
+async fn set_user(env: &Env, name: &str, rule: &str) {
+    let mut con = env.redis_con().await;
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg(name);
+    for word in rule.split_whitespace() {
+        cmd.arg(word);
+    }
+    let () = cmd.query_async(&mut con).await.expect("ACL SETUSER");
+}
+
+fn url_as(env: &Env, user: &str, password: &str) -> String {
+    env.redis
+        .url()
+        .replacen("redis://", &format!("redis://{user}:{password}@"), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresher_reader_and_monitor_work_under_their_rules_and_no_more() {
+    let env = Env::start(Setup {
+        credentials: 2,
+        tickets: true,
+        lifetime: Duration::from_secs(60),
+        min_interval: Duration::from_millis(200),
+        ..Setup::default()
+    })
+    .await;
+    set_user(&env, "refresher", REFRESHER).await;
+    set_user(&env, "reader", READER).await;
+    set_user(&env, "monitor", MONITOR).await;
+    let refresher_url = url_as(&env, "refresher", "refresher-pw");
+    let mut r1 = env.spawn_replica("replica-1", Some(&refresher_url));
+    let _r2 = env.spawn_replica("replica-2", Some(&refresher_url));
+    env.wait_all_stored(Duration::from_secs(20)).await;
+    assert!(!r1.logs().contains("NOPERM"), "{}", r1.logs());
+
+    // A business server under the reader rule: reads, reports, follows.
+    let reader_url = url_as(&env, "reader", "reader-pw");
+    let client = Client::connect(&reader_url, Options::default())
+        .await
+        .expect("the reader may connect");
+    let id = env.creds[0].id.clone();
+    let token = client.access_token(&id).await.expect("read");
+    tokio::time::sleep(Duration::from_millis(250)).await; // past min_interval
+    assert_eq!(
+        client.report_invalid(&id, &token).await.expect("report"),
+        RequestOutcome::Requested
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the reported token is replaced",
+        || {
+            let (client, id, token) = (client.clone(), id.clone(), token.clone());
+            async move { client.access_token(&id).await.is_ok_and(|t| t != token) }
+        },
+    )
+    .await;
+
+    // …and nothing else.
+    let mut reader = redis::Client::open(reader_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = env.keys(&id);
+    let refused = [
+        redis::cmd("SET")
+            .arg(keys.value(Kind::AccessToken))
+            .arg("FORGED")
+            .clone(),
+        redis::cmd("SET")
+            .arg(keys.force_request(Kind::AccessToken))
+            .arg("1")
+            .clone(),
+        redis::cmd("HGETALL").arg(keys.status()).clone(),
+        redis::cmd("HGET").arg(keys.holders()).arg("x").clone(),
+        redis::cmd("ZADD").arg(keys.due()).arg(0).arg("x").clone(),
+        redis::cmd("PUBLISH").arg("wxtoken:other").arg("x").clone(),
+        redis::cmd("KEYS").arg("*").clone(),
+        redis::cmd("FLUSHALL").clone(),
+    ];
+    for cmd in refused {
+        let err = cmd
+            .query_async::<redis::Value>(&mut reader)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Some("NOPERM"), "{err}");
+    }
+    let refused_force = wxtoken_schema::request_refresh(
+        &mut reader,
+        &keys,
+        Kind::AccessToken,
+        wxtoken_schema::FORCE_REQUEST,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect_err("a reader may not force");
+    assert_eq!(refused_force.code(), Some("NOPERM"));
+
+    // The operator's view under the read-only monitor rule.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+        .args(["status", "--json", "--redis-url"])
+        .arg(url_as(&env, "monitor", "monitor-pw"))
+        .env_remove("WXTOKEN_REDIS_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status.as_array().map(Vec::len), Some(2), "{status}");
+    assert_eq!(r1.terminate(Duration::from_secs(10)), Some(0));
+    assert!(!r1.logs().contains("NOPERM"), "{}", r1.logs());
+}
