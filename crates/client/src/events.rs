@@ -144,9 +144,16 @@ fn handle(cache: &Cache, reader: &Reader, rereads: &mut JoinSet<()>, payload: &[
         Ok(event) => event,
         Err(error) => {
             // Not a hint about anything in particular; marking every value
-            // stale would let anyone who can publish defeat the cache.
+            // stale would let anyone who can publish defeat the cache. The
+            // error's text may quote the payload (hostile, or a token): only
+            // its class and position are logged.
             cache.count_dropped();
-            tracing::debug!(%error, "unreadable update event; dropped");
+            tracing::debug!(
+                class = ?error.classify(),
+                line = error.line(),
+                column = error.column(),
+                "unreadable update event; dropped"
+            );
             return;
         }
     };
@@ -167,9 +174,8 @@ fn handle(cache: &Cache, reader: &Reader, rereads: &mut JoinSet<()>, payload: &[
             tracing::trace!(%id, %kind, "update event while a re-read is in flight; one more to follow");
         }
         Hint::Woke => tracing::debug!(%id, %kind, "update event for a value a read waits for"),
-        Hint::Ignored => {
-            tracing::trace!(%id, %kind, "update event for a value not in use; ignored");
-        }
+        // The id is whatever the publisher chose: not logged.
+        Hint::Ignored => tracing::trace!(%kind, "update event for a value not in use; ignored"),
     }
 }
 
