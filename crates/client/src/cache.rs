@@ -1,66 +1,52 @@
 //! The in-process cache: values by (credential id, kind), the rule deciding
-//! whether one may be served without asking Redis, and how Redis reads and
-//! update events are merged into it.
+//! whether one may be served without asking Redis, how Redis reads are merged
+//! into it, and how update events are turned into *hints*.
 //!
 //! Pure state and arithmetic. It must not do I/O or await, and it holds no
-//! lock a reader could wait on: readers load a snapshot of the map
-//! ([`ArcSwap`]); the rare writers (update events, Redis reads) replace it.
+//! lock a reader could wait on: readers load a snapshot of the id map
+//! ([`ArcSwap`]) and then the value's own slot ([`ArcSwapOption`]). The map
+//! itself is copied only when a credential id gets its first value (a read
+//! the application asked for); every later change — a Redis read, a
+//! distrusted value, a coalesced re-read — touches one slot, O(1) in the
+//! number of cached values.
+//!
+//! **Events are hints, never values.** Anyone allowed to `PUBLISH` on the
+//! events channel could otherwise make every client serve a forged token, so
+//! nothing an event claims (token, fence, expiry) is stored: [`Cache::hint`]
+//! only says whether the value it names is cached (then it must be read
+//! again from Redis, at most one such read in flight per value, bursts
+//! coalesced into one more read) or waited for by a read (then that read is
+//! woken to ask Redis at once). An event for anything else changes nothing
+//! and creates nothing.
 //!
 //! Freshness works with two counters:
 //! - the *epoch* is bumped whenever events may have been missed (the
-//!   subscription came back, or an event could not be understood). An entry
-//!   is trusted while subscribed only if it was confirmed in the current
-//!   epoch; [`STALE`] marks a single entry to be read again (every time,
-//!   until Redis or an event replaces it);
+//!   subscription came back). An entry is trusted while subscribed only if it
+//!   was confirmed in the current epoch; [`STALE`] marks a single entry to be
+//!   read again (every time, until Redis replaces it);
 //! - the *sequence* orders cache updates, so that a Redis read never replaces
-//!   a value an event stored while the read was in flight.
+//!   a value a later-started read stored while it was in flight.
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use wxtoken_schema::{Kind, UpdateEvent};
+use wxtoken_schema::Kind;
+
+use crate::DebugStats;
 
 /// Epoch of an entry that must be read again whatever the subscription says.
 const STALE: u64 = 0;
 
-/// Maps the Redis clock (Unix ms, as in `expires_at_ms`) to local
-/// [`Instant`]s, from one `TIME` reply.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    local: Instant,
-    redis_ms: u64,
-}
-
-impl Clock {
-    /// From a `TIME` reply (`secs`, `micros`) to a command sent at `sent` and
-    /// answered at `received`: Redis is taken to have read its clock halfway.
-    pub(crate) fn from_time(sent: Instant, received: Instant, secs: u64, micros: u64) -> Clock {
-        Clock {
-            local: sent + received.saturating_duration_since(sent) / 2,
-            redis_ms: secs.saturating_mul(1000).saturating_add(micros / 1000),
-        }
-    }
-
-    /// The local instant at which the Redis clock reads `ms`; `None` when
-    /// that is too far ahead to represent (treated as "no known expiry").
-    pub(crate) fn instant_of(&self, ms: u64) -> Option<Instant> {
-        if ms >= self.redis_ms {
-            self.local
-                .checked_add(Duration::from_millis(ms - self.redis_ms))
-        } else {
-            // In the past; if even that cannot be represented, the anchor
-            // itself is in the past too, which is all that matters.
-            Some(
-                self.local
-                    .checked_sub(Duration::from_millis(self.redis_ms - ms))
-                    .unwrap_or(self.local),
-            )
-        }
-    }
-}
+/// Re-read state of one cached value (see [`Cache::hint`]).
+const IDLE: u8 = 0;
+/// One re-read is in flight.
+const READING: u8 = 1;
+/// One re-read is in flight and an event arrived since it was sent: read
+/// once more when it is done.
+const AGAIN: u8 = 2;
 
 /// One cached value. Deliberately not `Debug`: it holds a whole token.
 #[derive(Clone)]
@@ -69,7 +55,7 @@ pub(crate) struct Entry {
     pub(crate) fence: u64,
     /// When the value expires; `None` when its key has no TTL.
     pub(crate) deadline: Option<Instant>,
-    /// When Redis (or an event) last vouched for the value.
+    /// When Redis last vouched for the value.
     confirmed_at: Instant,
     epoch: u64,
     seq: u64,
@@ -99,17 +85,51 @@ pub(crate) struct ReadStart {
     pub(crate) sent: Instant,
 }
 
-/// What [`Cache::apply_event`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EventOutcome {
-    /// The event's value is now cached.
-    Applied,
-    /// The cache holds a newer fence; it was kept and marked for one re-read.
-    Older,
+/// The values of one credential id, one slot per kind, and the re-read
+/// state of each. Created by the first Redis read that finds a value for the
+/// id; kept (with empty slots once its values are gone) for as long as the
+/// cache lives — a few dozen bytes per id the application has read.
+#[derive(Default)]
+pub(crate) struct Cell {
+    slots: [ArcSwapOption<Entry>; 3],
+    rereads: [AtomicU8; 3],
 }
 
-type Slots = [Option<Arc<Entry>>; 3];
-type Map = HashMap<Arc<str>, Slots>;
+/// What [`Cache::hint`] made of an update event.
+pub(crate) enum Hint {
+    /// The value is neither cached nor waited for: nothing to do.
+    Ignored,
+    /// The value is cached and no re-read of it was in flight: the caller
+    /// must read it from Redis now, then call [`Cache::reread_done`] (and
+    /// read again while that says so).
+    Reread(Arc<Cell>),
+    /// The value is cached and a re-read is in flight: it will read once more
+    /// when it is done.
+    Coalesced,
+    /// The value is not cached but a read is waiting for it: woken, it asks
+    /// Redis at once.
+    Woke,
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Default)]
+struct Counters {
+    hints: AtomicU64,
+    ignored: AtomicU64,
+    rereads: AtomicU64,
+    coalesced: AtomicU64,
+    woke: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Reads waiting for one value that is not cached.
+struct Waiting {
+    wake: watch::Sender<u64>,
+    count: usize,
+}
+
+type Map = HashMap<Arc<str>, Arc<Cell>>;
+type Wanted = HashMap<Arc<str>, [Option<Waiting>; 3]>;
 
 fn slot(kind: Kind) -> usize {
     match kind {
@@ -121,29 +141,62 @@ fn slot(kind: Kind) -> usize {
 
 /// State shared by every clone of a client and its subscriber task.
 pub(crate) struct Cache {
-    entries: ArcSwap<Map>,
+    cells: ArcSwap<Map>,
+    /// Values a read is waiting for and that are not cached yet; an entry
+    /// lives only while such a read does ([`Interest`]).
+    wanted: Mutex<Wanted>,
     epoch: AtomicU64,
     seq: AtomicU64,
     subscribed: AtomicBool,
-    clock: ArcSwap<Clock>,
-    /// Bumped on every applied event, to wake reads waiting for a value.
+    /// Bumped whenever a read stores a value, to wake reads waiting for one.
     changes: watch::Sender<u64>,
+    counters: Counters,
     poll_interval: Duration,
     expiry_margin: Duration,
 }
 
 impl Cache {
-    pub(crate) fn new(poll_interval: Duration, expiry_margin: Duration, clock: Clock) -> Cache {
+    pub(crate) fn new(poll_interval: Duration, expiry_margin: Duration) -> Cache {
         Cache {
-            entries: ArcSwap::from_pointee(Map::new()),
+            cells: ArcSwap::from_pointee(Map::new()),
+            wanted: Mutex::new(Wanted::new()),
             epoch: AtomicU64::new(STALE + 1),
             seq: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
-            clock: ArcSwap::from_pointee(clock),
             changes: watch::Sender::new(0),
+            counters: Counters::default(),
             poll_interval,
             expiry_margin,
         }
+    }
+
+    fn cell(&self, id: &str) -> Option<Arc<Cell>> {
+        self.cells.load().get(id).cloned()
+    }
+
+    /// The cell of `id`, created if there is none: only for a value a Redis
+    /// read found, never for an event.
+    fn cell_or_insert(&self, id: &str) -> Arc<Cell> {
+        if let Some(cell) = self.cell(id) {
+            return cell;
+        }
+        let created = Arc::new(Cell::default());
+        let mut in_map = Arc::clone(&created);
+        self.cells.rcu(|map| {
+            if let Some(cell) = map.get(id) {
+                in_map = Arc::clone(cell);
+                return Arc::clone(map);
+            }
+            in_map = Arc::clone(&created);
+            let mut map = Map::clone(map);
+            map.insert(Arc::from(id), Arc::clone(&created));
+            Arc::new(map)
+        });
+        in_map
+    }
+
+    fn entry(&self, id: &str, kind: Kind) -> Option<Arc<Entry>> {
+        self.cells.load().get(id)?.slots[slot(kind)].load_full()
     }
 
     /// The cached value, if it may be served without asking Redis: it is more
@@ -151,8 +204,7 @@ impl Cache {
     /// and nothing may have been missed since it was confirmed, or it was
     /// confirmed less than the poll interval ago.
     pub(crate) fn fresh(&self, id: &str, kind: Kind, now: Instant) -> Option<Arc<Entry>> {
-        let map = self.entries.load();
-        let entry = map.get(id)?[slot(kind)].as_ref()?;
+        let entry = self.entry(id, kind)?;
         if entry.epoch == STALE {
             return None;
         }
@@ -166,19 +218,15 @@ impl Cache {
         } else {
             now.saturating_duration_since(entry.confirmed_at) < self.poll_interval
         };
-        trusted.then(|| Arc::clone(entry))
+        trusted.then_some(entry)
     }
 
     /// The cached value if it has not expired yet, fresh or not: what to serve
     /// when Redis cannot be asked, or answers that it has nothing (it may have
     /// lost its data). Never an expired value.
     pub(crate) fn unexpired(&self, id: &str, kind: Kind, now: Instant) -> Option<Arc<Entry>> {
-        let map = self.entries.load();
-        let entry = map.get(id)?[slot(kind)].as_ref()?;
-        entry
-            .deadline
-            .is_none_or(|d| d > now)
-            .then(|| Arc::clone(entry))
+        self.entry(id, kind)
+            .filter(|entry| entry.deadline.is_none_or(|d| d > now))
     }
 
     /// Call right before sending a Redis read.
@@ -194,8 +242,8 @@ impl Cache {
     ///
     /// Redis is the authority for the values it returns: its answer replaces
     /// the cached value even when the fence is lower (Redis lost its data and
-    /// the fence counter started over) — unless an event stored a value at
-    /// least as new while the read was in flight.
+    /// the fence counter started over) — unless a read sent later stored a
+    /// value at least as new while this one was in flight.
     ///
     /// When the read found nothing, an expired cached value is dropped, but
     /// one that has not expired is kept, marked [`STALE`]: Redis may have
@@ -210,7 +258,6 @@ impl Cache {
         start: &ReadStart,
         stored: Option<Stored>,
     ) -> Option<Arc<Entry>> {
-        let i = slot(kind);
         let new = stored.map(|s| {
             Arc::new(Entry {
                 value: s.value.into(),
@@ -221,108 +268,159 @@ impl Cache {
                 seq: start.seq,
             })
         });
+        let cell = match &new {
+            Some(_) => self.cell_or_insert(id),
+            // Nothing found and nothing cached: nothing to record.
+            None => self.cell(id)?,
+        };
         let now = Instant::now();
         let mut in_effect = None;
-        self.entries.rcu(|map| {
-            let current = map.get(id).and_then(|slots| slots[i].clone());
-            if let Some(current) = &current {
-                let newer_event = current.seq > start.seq
+        let mut stored_new = false;
+        cell.slots[slot(kind)].rcu(|current| {
+            stored_new = false;
+            if let Some(current) = current {
+                let newer_read = current.seq > start.seq
                     && new.as_ref().is_none_or(|n| current.fence >= n.fence);
-                if newer_event {
+                if newer_read {
                     in_effect = Some(Arc::clone(current));
-                    return Arc::clone(map);
+                    return Some(Arc::clone(current));
                 }
             }
             in_effect = new.clone();
-            let replacement = match (&new, current) {
-                (Some(entry), _) => Some(Arc::clone(entry)),
-                (None, None) => return Arc::clone(map),
+            match (&new, current) {
+                (Some(entry), _) => {
+                    stored_new = true;
+                    Some(Arc::clone(entry))
+                }
+                (None, None) => None,
                 // Nothing in Redis, but the cached value is still valid:
                 // keep it for when Redis cannot vouch for anything, and ask
                 // again every time.
                 (None, Some(current)) if current.deadline.is_none_or(|d| d > now) => {
                     if current.epoch == STALE {
-                        return Arc::clone(map);
+                        return Some(Arc::clone(current));
                     }
-                    let mut stale = Entry::clone(&current);
+                    let mut stale = Entry::clone(current);
                     stale.epoch = STALE;
                     Some(Arc::new(stale))
                 }
                 (None, Some(_)) => None,
-            };
-            let mut map = Map::clone(map);
-            match replacement {
-                Some(entry) => slots_mut(&mut map, id)[i] = Some(entry),
-                None => {
-                    if let Some(slots) = map.get_mut(id) {
-                        slots[i] = None;
-                        if slots.iter().all(Option::is_none) {
-                            map.remove(id);
-                        }
-                    }
-                }
             }
-            Arc::new(map)
         });
+        if stored_new {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
         in_effect
     }
 
-    /// Applies an update event: its value replaces the cached one unless the
-    /// cache holds a newer fence (an out-of-order event). In that case the
-    /// cached value is kept but read again once, since a lower fence can also
-    /// mean that Redis lost its data.
-    pub(crate) fn apply_event(&self, event: UpdateEvent) -> EventOutcome {
-        let i = slot(event.kind);
-        let entry = Arc::new(Entry {
-            value: event.token.into(),
-            fence: event.fence,
-            deadline: self.clock.load().instant_of(event.expires_at_ms),
-            confirmed_at: Instant::now(),
-            epoch: self.epoch.load(Ordering::Acquire),
-            seq: self.next_seq(),
-        });
-        let mut outcome = EventOutcome::Applied;
-        self.entries.rcu(|map| {
-            let mut map = Map::clone(map);
-            let slots = slots_mut(&mut map, &event.id);
-            match &slots[i] {
-                Some(current) if current.fence > entry.fence => {
-                    outcome = EventOutcome::Older;
-                    if current.epoch != STALE {
-                        let mut stale = Entry::clone(current);
-                        stale.epoch = STALE;
-                        slots[i] = Some(Arc::new(stale));
-                    }
-                }
-                _ => {
-                    outcome = EventOutcome::Applied;
-                    slots[i] = Some(Arc::clone(&entry));
-                }
+    /// What an update event for `kind` of `id` calls for. O(1): one map
+    /// lookup in the current snapshot, one atomic update, and — only for a
+    /// value that is not cached — one short lock of the waiting reads. Never
+    /// creates an entry, and stores nothing the event claims.
+    pub(crate) fn hint(&self, id: &str, kind: Kind) -> Hint {
+        self.counters.hints.fetch_add(1, Ordering::Relaxed);
+        let i = slot(kind);
+        if let Some(cell) = self.cells.load().get(id) {
+            if cell.slots[i].load().is_some() {
+                let before = cell.rereads[i].fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    |s| match s {
+                        IDLE => Some(READING),
+                        READING => Some(AGAIN),
+                        _ => None,
+                    },
+                );
+                return if before == Ok(IDLE) {
+                    self.counters.rereads.fetch_add(1, Ordering::Relaxed);
+                    Hint::Reread(Arc::clone(cell))
+                } else {
+                    self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                    Hint::Coalesced
+                };
             }
-            Arc::new(map)
-        });
-        if outcome == EventOutcome::Applied {
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
-        outcome
+        if let Some(waiting) = self.wanted().get(id).and_then(|w| w[i].as_ref()) {
+            waiting.wake.send_modify(|n| *n = n.wrapping_add(1));
+            self.counters.woke.fetch_add(1, Ordering::Relaxed);
+            return Hint::Woke;
+        }
+        self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+        Hint::Ignored
+    }
+
+    /// Ends one re-read started for [`Hint::Reread`]. `true`: done. `false`:
+    /// an event arrived while it was in flight (its write may have landed
+    /// after the read), so read once more — the state is "in flight" again.
+    pub(crate) fn reread_done(&self, cell: &Cell, kind: Kind) -> bool {
+        let state = &cell.rereads[slot(kind)];
+        match state.compare_exchange(READING, IDLE, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(_) => {
+                // AGAIN: only the re-reading task leaves READING or AGAIN.
+                state.store(READING, Ordering::Release);
+                self.counters.rereads.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Ends a re-read started for [`Hint::Reread`] that could not be sent.
+    pub(crate) fn reread_abandoned(&self, cell: &Cell, kind: Kind) {
+        cell.rereads[slot(kind)].store(IDLE, Ordering::Release);
+    }
+
+    /// Registers a read waiting for `kind` of `id`: while the returned
+    /// [`Interest`] lives, an event for that value (if it is not cached)
+    /// wakes it.
+    pub(crate) fn want(&self, id: &str, kind: Kind) -> Interest<'_> {
+        let id: Arc<str> = Arc::from(id);
+        let mut wanted = self.wanted();
+        let waiting =
+            wanted.entry(Arc::clone(&id)).or_default()[slot(kind)].get_or_insert_with(|| Waiting {
+                wake: watch::Sender::new(0),
+                count: 0,
+            });
+        waiting.count += 1;
+        let wake = waiting.wake.subscribe();
+        drop(wanted);
+        Interest {
+            cache: self,
+            id,
+            kind,
+            wake,
+        }
+    }
+
+    fn wanted(&self) -> MutexGuard<'_, Wanted> {
+        // Nothing panics while holding it; if something did, the map is
+        // still consistent enough for wake-ups.
+        self.wanted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stops serving the cached value of `kind` for `id` if it is `value`
     /// (reported refused by WeChat): the next read asks Redis.
     pub(crate) fn distrust(&self, id: &str, kind: Kind, value: &str) {
-        let i = slot(kind);
-        self.entries.rcu(|map| {
-            let Some(current) = map.get(id).and_then(|slots| slots[i].as_ref()) else {
-                return Arc::clone(map);
-            };
-            if &*current.value != value || current.epoch == STALE {
-                return Arc::clone(map);
+        self.mark_stale(id, kind, |current| &*current.value == value);
+    }
+
+    /// Stops trusting the cached value of `kind` for `id` whatever it is (an
+    /// event named it and the re-read failed): the next read asks Redis.
+    pub(crate) fn unconfirmed(&self, id: &str, kind: Kind) {
+        self.mark_stale(id, kind, |_| true);
+    }
+
+    fn mark_stale(&self, id: &str, kind: Kind, mut which: impl FnMut(&Entry) -> bool) {
+        let Some(cell) = self.cell(id) else {
+            return;
+        };
+        cell.slots[slot(kind)].rcu(|current| match current {
+            Some(current) if current.epoch != STALE && which(current) => {
+                let mut stale = Entry::clone(current);
+                stale.epoch = STALE;
+                Some(Arc::new(stale))
             }
-            let mut stale = Entry::clone(current);
-            stale.epoch = STALE;
-            let mut map = Map::clone(map);
-            slots_mut(&mut map, id)[i] = Some(Arc::new(stale));
-            Arc::new(map)
+            other => other.clone(),
         });
     }
 
@@ -345,13 +443,41 @@ impl Cache {
         self.subscribed.load(Ordering::Acquire)
     }
 
-    /// A receiver that changes whenever an event is applied.
+    /// A receiver that changes whenever a read stores a value.
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    pub(crate) fn set_clock(&self, clock: Clock) {
-        self.clock.store(Arc::new(clock));
+    /// Counts an event that was dropped unread (malformed or oversized).
+    pub(crate) fn count_dropped(&self) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sizes and counters, for tests and benchmarks. O(number of cached
+    /// ids): not for hot paths.
+    pub(crate) fn stats(&self) -> DebugStats {
+        let cells = self.cells.load();
+        let c = &self.counters;
+        DebugStats {
+            cached_values: cells
+                .values()
+                .flat_map(|cell| cell.slots.iter())
+                .filter(|slot| slot.load().is_some())
+                .count(),
+            cached_ids: cells.len(),
+            waited_for: self
+                .wanted()
+                .values()
+                .flat_map(|w| w.iter())
+                .filter(|w| w.is_some())
+                .count(),
+            events: c.hints.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed),
+            ignored: c.ignored.load(Ordering::Relaxed),
+            rereads: c.rereads.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            woke: c.woke.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
     }
 
     fn next_seq(&self) -> u64 {
@@ -359,8 +485,33 @@ impl Cache {
     }
 }
 
-fn slots_mut<'m>(map: &'m mut Map, id: &str) -> &'m mut Slots {
-    map.entry(Arc::from(id)).or_default()
+/// A read waiting for a value that may not be cached: see [`Cache::want`].
+/// Dropping it unregisters the read.
+pub(crate) struct Interest<'c> {
+    cache: &'c Cache,
+    id: Arc<str>,
+    kind: Kind,
+    /// Changes when an event names the value.
+    pub(crate) wake: watch::Receiver<u64>,
+}
+
+impl Drop for Interest<'_> {
+    fn drop(&mut self) {
+        let mut wanted = self.cache.wanted();
+        let Some(slots) = wanted.get_mut(&*self.id) else {
+            return;
+        };
+        let i = slot(self.kind);
+        if let Some(waiting) = &mut slots[i] {
+            waiting.count = waiting.count.saturating_sub(1);
+            if waiting.count == 0 {
+                slots[i] = None;
+            }
+        }
+        if slots.iter().all(Option::is_none) {
+            wanted.remove(&*self.id);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,26 +521,9 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn cache() -> Cache {
-        let now = Instant::now();
-        let c = Cache::new(
-            Duration::from_secs(30),
-            Duration::from_secs(5),
-            Clock::from_time(now, now, 1_000_000, 0),
-        );
+        let c = Cache::new(Duration::from_secs(30), Duration::from_secs(5));
         c.set_subscribed(true);
         c
-    }
-
-    fn event(token: &str, fence: u64, expires_at_ms: u64) -> UpdateEvent {
-        UpdateEvent {
-            v: 1,
-            id: "app".into(),
-            kind: Kind::AccessToken,
-            token: token.into(),
-            expires_at_ms,
-            fence,
-            replica: "r".into(),
-        }
     }
 
     fn stored(value: &str, fence: u64, ttl: Duration) -> Option<Stored> {
@@ -400,24 +534,14 @@ mod tests {
         })
     }
 
+    fn read(c: &Cache, kind: Kind, value: &str, fence: u64) {
+        let start = c.start_read();
+        c.apply_read("app", kind, &start, stored(value, fence, 3600 * SEC));
+    }
+
     fn fresh_value(c: &Cache) -> Option<String> {
         c.fresh("app", Kind::AccessToken, Instant::now())
             .map(|e| e.value.to_string())
-    }
-
-    /// Redis clock at the cache's anchor, in ms.
-    const T0: u64 = 1_000_000_000;
-
-    #[test]
-    fn clock_maps_redis_ms_to_instants() {
-        let sent = Instant::now();
-        let received = sent + Duration::from_millis(10);
-        let clock = Clock::from_time(sent, received, 1_000, 500_000);
-        let at = clock.instant_of(1_000_500 + 60_000).unwrap();
-        assert_eq!(at - sent, Duration::from_millis(60_005));
-        assert!(clock.instant_of(0).unwrap() <= sent + Duration::from_millis(5));
-        // Far-future expiries must not panic (None or a far instant).
-        let _ = clock.instant_of(u64::MAX);
     }
 
     #[test]
@@ -443,63 +567,31 @@ mod tests {
     }
 
     #[test]
-    fn events_replace_older_fences_and_keep_newer_ones_for_a_reread() {
+    fn a_read_does_not_undo_a_later_read_that_landed_while_it_was_in_flight() {
         let c = cache();
-        let exp = T0 + 7_200_000;
-        assert_eq!(c.apply_event(event("A", 5, exp)), EventOutcome::Applied);
-        assert_eq!(fresh_value(&c).as_deref(), Some("A"));
-        assert_eq!(c.apply_event(event("B", 7, exp)), EventOutcome::Applied);
-        assert_eq!(fresh_value(&c).as_deref(), Some("B"));
-        assert_eq!(c.apply_event(event("OLD", 6, exp)), EventOutcome::Older);
-        assert!(fresh_value(&c).is_none(), "marked for one re-read");
-        assert_eq!(
-            &*c.unexpired("app", Kind::AccessToken, Instant::now())
-                .unwrap()
-                .value,
-            "B"
-        );
-        // An equal fence is the same write: applied.
-        assert_eq!(c.apply_event(event("B", 7, exp)), EventOutcome::Applied);
-        assert_eq!(fresh_value(&c).as_deref(), Some("B"));
-    }
-
-    #[test]
-    fn event_expiry_uses_the_redis_clock() {
-        let c = cache();
-        c.apply_event(event("A", 1, T0 + 4_000));
-        assert!(fresh_value(&c).is_none(), "4 s left is inside the margin");
-        c.apply_event(event("B", 2, T0 + 60_000));
+        let early = c.start_read();
+        let late = c.start_read();
+        c.apply_read("app", Kind::AccessToken, &late, stored("NEW", 8, 60 * SEC));
         let e = c
-            .fresh("app", Kind::AccessToken, Instant::now())
-            .expect("60 s left");
-        assert!(e.expires_in(Instant::now()) <= 60 * SEC);
-        assert!(e.expires_in(Instant::now()) > 50 * SEC);
-    }
-
-    #[test]
-    fn a_read_does_not_undo_an_event_that_landed_while_it_was_in_flight() {
-        let c = cache();
-        let start = c.start_read();
-        c.apply_event(event("NEW", 8, T0 + 60_000));
-        let e = c
-            .apply_read("app", Kind::AccessToken, &start, stored("OLD", 7, 60 * SEC))
+            .apply_read("app", Kind::AccessToken, &early, stored("OLD", 7, 60 * SEC))
             .unwrap();
         assert_eq!(&*e.value, "NEW");
         assert_eq!(fresh_value(&c).as_deref(), Some("NEW"));
-        // Nor does a read that found nothing.
-        let start = c.start_read();
-        c.apply_event(event("NEWER", 9, T0 + 60_000));
+        // Nor does an earlier read that found nothing.
+        let early = c.start_read();
+        read(&c, Kind::AccessToken, "NEWER", 9);
         let e = c
-            .apply_read("app", Kind::AccessToken, &start, None)
+            .apply_read("app", Kind::AccessToken, &early, None)
             .unwrap();
         assert_eq!(&*e.value, "NEWER");
+        assert_eq!(fresh_value(&c).as_deref(), Some("NEWER"));
     }
 
     #[test]
     fn a_later_read_is_authoritative_even_with_a_lower_fence() {
         // Redis restarted empty: the fence counter starts over.
         let c = cache();
-        c.apply_event(event("BEFORE", 9, T0 + 60_000));
+        read(&c, Kind::AccessToken, "BEFORE", 9);
         let start = c.start_read();
         let e = c
             .apply_read(
@@ -517,9 +609,8 @@ mod tests {
     fn a_read_that_finds_nothing_keeps_an_unexpired_value_stale() {
         // Redis restarted empty while the cached value is still valid.
         let c = cache();
-        let start = c.start_read();
-        c.apply_read("app", Kind::AccessToken, &start, stored("A", 9, 3600 * SEC));
-        c.apply_read("app", Kind::JsapiTicket, &start, stored("J", 9, 3600 * SEC));
+        read(&c, Kind::AccessToken, "A", 9);
+        read(&c, Kind::JsapiTicket, "J", 9);
         let start = c.start_read();
         assert!(
             c.apply_read("app", Kind::AccessToken, &start, None)
@@ -550,14 +641,7 @@ mod tests {
             .unexpired("app", Kind::AccessToken, start.sent + 3601 * SEC)
             .is_none());
 
-        // An event with a lower fence (the counter started over) does not
-        // replace it, but leaves it stale for the next read…
-        assert_eq!(
-            c.apply_event(event("NEW", 1, T0 + 60_000)),
-            EventOutcome::Older
-        );
-        assert!(fresh_value(&c).is_none());
-        // …whose value, from Redis, replaces it despite the lower fence.
+        // A value from Redis replaces it despite a lower fence.
         let start = c.start_read();
         let e = c
             .apply_read("app", Kind::AccessToken, &start, stored("NEW", 1, 60 * SEC))
@@ -567,51 +651,34 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_value_is_replaced_by_an_event_at_least_as_new() {
-        let c = cache();
-        c.apply_event(event("A", 3, T0 + 60_000));
-        let start = c.start_read();
-        c.apply_read("app", Kind::AccessToken, &start, None);
-        assert!(fresh_value(&c).is_none());
-        assert_eq!(
-            c.apply_event(event("B", 3, T0 + 60_000)),
-            EventOutcome::Applied
-        );
-        assert_eq!(fresh_value(&c).as_deref(), Some("B"));
-    }
-
-    #[test]
     fn a_read_that_finds_nothing_drops_an_expired_value() {
         let c = cache();
-        // Expired a second ago by the Redis clock.
-        c.apply_event(event("OLD", 4, T0 - 1_000));
+        // Read 2 s ago with 1 s left: expired a second ago.
+        let mut start = c.start_read();
+        start.sent -= 2 * SEC;
+        c.apply_read("app", Kind::AccessToken, &start, stored("OLD", 4, SEC));
         assert!(c
             .unexpired("app", Kind::AccessToken, Instant::now())
             .is_none());
+        assert_eq!(c.stats().cached_values, 1);
         let start = c.start_read();
         assert!(c
             .apply_read("app", Kind::AccessToken, &start, None)
             .is_none());
         assert!(fresh_value(&c).is_none());
-        assert!(c
-            .unexpired("app", Kind::AccessToken, Instant::now())
-            .is_none());
-        assert!(
-            c.entries.load().get("app").is_none(),
-            "the expired entry is gone"
-        );
-        // Nothing cached, nothing found: nothing changes.
+        assert_eq!(c.stats().cached_values, 0, "the expired entry is gone");
+        // Nothing cached, nothing found: nothing is created.
         let start = c.start_read();
         assert!(c
-            .apply_read("app", Kind::AccessToken, &start, None)
+            .apply_read("other", Kind::AccessToken, &start, None)
             .is_none());
-        assert!(c.entries.load().is_empty());
+        assert_eq!(c.stats().cached_ids, 1, "only the id that had a value");
     }
 
     #[test]
     fn resubscribing_invalidates_everything_once() {
         let c = cache();
-        c.apply_event(event("A", 1, T0 + 60_000));
+        read(&c, Kind::AccessToken, "A", 1);
         c.set_subscribed(false);
         assert_eq!(
             fresh_value(&c).as_deref(),
@@ -620,8 +687,7 @@ mod tests {
         );
         c.set_subscribed(true);
         assert!(fresh_value(&c).is_none(), "events may have been missed");
-        let start = c.start_read();
-        c.apply_read("app", Kind::AccessToken, &start, stored("A", 1, 60 * SEC));
+        read(&c, Kind::AccessToken, "A", 1);
         assert_eq!(fresh_value(&c).as_deref(), Some("A"));
         // A read that started before an invalidation is not trusted after it.
         let start = c.start_read();
@@ -669,14 +735,96 @@ mod tests {
     }
 
     #[test]
-    fn applied_events_wake_waiters() {
+    fn reads_that_store_a_value_wake_waiters() {
         let c = cache();
         let mut rx = c.changes();
         rx.borrow_and_update();
-        c.apply_event(event("A", 3, T0 + 60_000));
+        read(&c, Kind::AccessToken, "A", 3);
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        c.apply_event(event("OLD", 2, T0 + 60_000));
+        let start = c.start_read();
+        c.apply_read("nothing", Kind::AccessToken, &start, None);
         assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn distrusted_and_unconfirmed_values_are_read_again() {
+        let c = cache();
+        read(&c, Kind::AccessToken, "A", 3);
+        c.distrust("app", Kind::AccessToken, "OTHER");
+        assert_eq!(fresh_value(&c).as_deref(), Some("A"));
+        c.distrust("app", Kind::AccessToken, "A");
+        assert!(fresh_value(&c).is_none());
+        read(&c, Kind::AccessToken, "A", 3);
+        c.unconfirmed("app", Kind::AccessToken);
+        assert!(fresh_value(&c).is_none());
+        assert!(c
+            .unexpired("app", Kind::AccessToken, Instant::now())
+            .is_some());
+        // Neither creates anything.
+        c.unconfirmed("ghost", Kind::AccessToken);
+        c.distrust("ghost", Kind::AccessToken, "A");
+        assert_eq!(c.stats().cached_ids, 1);
+    }
+
+    #[test]
+    fn events_for_values_not_cached_nor_waited_for_are_ignored_and_create_nothing() {
+        let c = cache();
+        for n in 0..20_000 {
+            let id = format!("ghost-{n}");
+            assert!(matches!(c.hint(&id, Kind::AccessToken), Hint::Ignored));
+        }
+        // A cached id, but another kind.
+        read(&c, Kind::AccessToken, "A", 3);
+        assert!(matches!(c.hint("app", Kind::JsapiTicket), Hint::Ignored));
+        let stats = c.stats();
+        assert_eq!((stats.cached_ids, stats.cached_values), (1, 1));
+        assert_eq!((stats.events, stats.ignored), (20_001, 20_001));
+        assert_eq!(fresh_value(&c).as_deref(), Some("A"), "untouched");
+    }
+
+    #[test]
+    fn events_for_a_cached_value_start_one_reread_and_bursts_one_more() {
+        let c = cache();
+        read(&c, Kind::AccessToken, "A", 3);
+        let Hint::Reread(cell) = c.hint("app", Kind::AccessToken) else {
+            panic!("the first event starts a re-read");
+        };
+        // The value is not touched by the event: still served.
+        assert_eq!(fresh_value(&c).as_deref(), Some("A"));
+        for _ in 0..1000 {
+            assert!(matches!(c.hint("app", Kind::AccessToken), Hint::Coalesced));
+        }
+        // The burst arrived while the read was in flight: one more read.
+        assert!(!c.reread_done(&cell, Kind::AccessToken));
+        assert!(c.reread_done(&cell, Kind::AccessToken));
+        // Idle again: the next event starts a new re-read.
+        assert!(matches!(c.hint("app", Kind::AccessToken), Hint::Reread(_)));
+        assert!(c.reread_done(&cell, Kind::AccessToken));
+        let stats = c.stats();
+        assert_eq!((stats.rereads, stats.coalesced), (3, 1000));
+        // Other kinds of the same id have their own state.
+        read(&c, Kind::JsapiTicket, "J", 3);
+        assert!(matches!(c.hint("app", Kind::JsapiTicket), Hint::Reread(_)));
+        assert!(matches!(c.hint("app", Kind::AccessToken), Hint::Reread(_)));
+    }
+
+    #[test]
+    fn an_event_for_a_value_a_read_waits_for_wakes_it() {
+        let c = cache();
+        {
+            let mut first = c.want("late", Kind::JsapiTicket);
+            let second = c.want("late", Kind::JsapiTicket);
+            first.wake.borrow_and_update();
+            assert_eq!(c.stats().waited_for, 1);
+            assert!(matches!(c.hint("late", Kind::AccessToken), Hint::Ignored));
+            assert!(matches!(c.hint("late", Kind::JsapiTicket), Hint::Woke));
+            assert!(first.wake.has_changed().unwrap());
+            drop(second);
+            assert!(matches!(c.hint("late", Kind::JsapiTicket), Hint::Woke));
+        }
+        assert_eq!(c.stats().waited_for, 0, "unregistered with the last read");
+        assert!(matches!(c.hint("late", Kind::JsapiTicket), Hint::Ignored));
+        assert_eq!(c.stats().cached_ids, 0, "waiting created no entry");
     }
 }

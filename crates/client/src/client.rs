@@ -7,8 +7,9 @@
 //! crate does), must never hold a lock across an await, and must never log a
 //! whole token.
 
-use crate::cache::{Cache, Clock, Entry, Stored};
+use crate::cache::{Cache, Entry};
 use crate::events::{self, Subscriber};
+use crate::reader::{timed_out, Reader};
 use crate::{token_prefix, Error, Options};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt;
@@ -16,16 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 use wxtoken_schema::{
-    events_channel, info, request_refresh, validate_name, CredentialKeys, Kind, RequestOutcome,
+    events_channel, request_refresh, validate_name, CredentialKeys, Kind, RequestOutcome,
     REQUEST_TTL_SECS,
 };
 
 /// While waiting for a value that is not stored yet, Redis is asked again at
-/// least this often (events re-check the cache in between).
+/// least this often (an update event naming it makes it ask at once).
 const MISS_RECHECK: Duration = Duration::from_millis(100);
-
-/// GET value, PTTL value, HGET info fence, TIME.
-type Reply = (Option<String>, i64, Option<String>, (u64, u64));
 
 /// A token or ticket as read, with its fence number and time left.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,7 +71,7 @@ pub struct Client {
 
 struct Inner {
     cache: Arc<Cache>,
-    redis: ConnectionManager,
+    reader: Reader,
     options: Options,
     subscriber: AbortHandle,
 }
@@ -117,17 +115,17 @@ impl Client {
             .await
             .map_err(Error::Connect)?;
 
-        let sent = Instant::now();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        let () = redis::cmd("PING")
             .query_async(&mut redis)
             .await
             .map_err(Error::Connect)?;
-        let clock = Clock::from_time(sent, Instant::now(), secs, micros);
-        let cache = Arc::new(Cache::new(
-            options.poll_interval,
-            options.expiry_margin,
-            clock,
-        ));
+        let cache = Arc::new(Cache::new(options.poll_interval, options.expiry_margin));
+        let reader = Reader {
+            redis,
+            cache: Arc::clone(&cache),
+            namespace: options.namespace.clone(),
+            timeout,
+        };
 
         let subscriber = Subscriber {
             client,
@@ -136,15 +134,16 @@ impl Client {
             ping_every: options
                 .poll_interval
                 .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+            reader: reader.clone(),
         };
         let first = subscriber.subscribe().await.map_err(Error::Connect)?;
         cache.set_subscribed(true);
-        let task = tokio::spawn(events::run(Arc::clone(&cache), subscriber, first));
+        let task = tokio::spawn(events::run(subscriber, first));
 
         Ok(Client {
             inner: Arc::new(Inner {
                 cache,
-                redis,
+                reader,
                 options,
                 subscriber: task.abort_handle(),
             }),
@@ -203,7 +202,7 @@ impl Client {
     ) -> Result<RequestOutcome, Error> {
         let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
         self.inner.cache.distrust(id, kind, refused);
-        let mut con = self.inner.redis.clone();
+        let mut con = self.inner.reader.redis.clone();
         let request = request_refresh(
             &mut con,
             &keys,
@@ -213,7 +212,7 @@ impl Client {
         );
         let outcome = tokio::time::timeout(self.inner.options.redis_timeout, request)
             .await
-            .map_err(|_| events::timed_out("requesting a refresh"))
+            .map_err(|_| timed_out("requesting a refresh"))
             .and_then(|r| r)
             .map_err(|source| Error::Redis {
                 id: id.to_owned(),
@@ -226,7 +225,8 @@ impl Client {
 
     /// Waits up to `timeout` for a value of `kind` for `id` other than
     /// `refused`, and returns it: the answer to a [`Client::report`]. Wakes on
-    /// update events and asks Redis at least every 100 ms.
+    /// update events (as re-read from Redis) and asks Redis at least every
+    /// 100 ms.
     pub async fn replaced(
         &self,
         id: &str,
@@ -240,8 +240,10 @@ impl Client {
         // Too far ahead to represent: wait for as long as it takes.
         let give_up = started.checked_add(timeout);
         let mut changes = cache.changes();
+        let mut interest = cache.want(id, kind);
         loop {
             changes.borrow_and_update();
+            interest.wake.borrow_and_update();
             let entry = match cache.fresh(id, kind, Instant::now()) {
                 Some(e) if &*e.value != refused => Some(e),
                 _ => self.read(&keys, kind).await.ok().flatten(),
@@ -261,6 +263,7 @@ impl Client {
             let next_read = give_up.map_or(next_read, |give_up| next_read.min(give_up));
             tokio::select! {
                 _ = changes.changed() => {}
+                Ok(()) = interest.wake.changed() => {}
                 _ = tokio::time::sleep_until(next_read.into()) => {}
             }
         }
@@ -283,8 +286,12 @@ impl Client {
         let started = Instant::now();
         let give_up = started.checked_add(self.inner.options.wait_for_token);
         let mut changes = cache.changes();
+        // An update event for a value that is not cached is ignored unless a
+        // read waits for it: this one might.
+        let mut interest = cache.want(id, kind);
         loop {
             changes.borrow_and_update();
+            interest.wake.borrow_and_update();
             match self.read(&keys, kind).await {
                 Ok(Some(entry)) => return Ok(Token::from_entry(&entry, Instant::now())),
                 Ok(None) => {
@@ -327,9 +334,11 @@ impl Client {
             }
             let next_read = now + MISS_RECHECK;
             let next_read = give_up.map_or(next_read, |give_up| next_read.min(give_up));
-            // Until the next read, every applied event re-checks the cache.
+            // Until the next read, every value stored re-checks the cache, and
+            // an update event naming this value makes the next read now.
             loop {
                 tokio::select! {
+                    Ok(()) = interest.wake.changed() => break,
                     changed = changes.changed() => {
                         if changed.is_err() {
                             tokio::time::sleep_until(next_read.into()).await;
@@ -345,48 +354,45 @@ impl Client {
         }
     }
 
-    /// One pipelined round trip: the value, its PTTL, its fence and the Redis
-    /// clock. Merges the answer into the cache and returns the entry in effect.
+    /// One pipelined round trip; see [`Reader::read`].
     async fn read(
         &self,
         keys: &CredentialKeys,
         kind: Kind,
     ) -> redis::RedisResult<Option<Arc<Entry>>> {
-        let value_key = keys.value(kind);
-        let mut pipe = redis::pipe();
-        pipe.get(&value_key)
-            .pttl(&value_key)
-            .hget(keys.info(kind), info::FENCE)
-            .cmd("TIME");
-        let mut con = self.inner.redis.clone();
-        let start = self.inner.cache.start_read();
-        // The whole read, reconnection attempts included, is bounded: a read
-        // with a cached value to fall back on must not hang on Redis.
-        let reply: Reply =
-            tokio::time::timeout(self.inner.options.redis_timeout, pipe.query_async(&mut con))
-                .await
-                .map_err(|_| events::timed_out("reading from Redis"))??;
-        let (value, pttl, fence, (secs, micros)) = reply;
-        self.inner
-            .cache
-            .set_clock(Clock::from_time(start.sent, Instant::now(), secs, micros));
-
-        // PTTL: -1 = no TTL, -2 = gone (expired between GET and PTTL).
-        let ttl = match pttl {
-            -1 => Some(None),
-            ms => u64::try_from(ms)
-                .ok()
-                .filter(|&ms| ms > 0)
-                .map(|ms| Some(Duration::from_millis(ms))),
-        };
-        let stored = match (value, ttl) {
-            (Some(value), Some(ttl)) => Some(Stored {
-                value,
-                fence: fence.and_then(|f| f.parse().ok()).unwrap_or(0),
-                ttl,
-            }),
-            _ => None,
-        };
-        Ok(self.inner.cache.apply_read(keys.id(), kind, &start, stored))
+        self.inner.reader.read(keys, kind).await
     }
+
+    /// Sizes and event counters of this client's cache. For tests and
+    /// benchmarks only: not part of the stable API, may change or go away.
+    #[doc(hidden)]
+    pub fn debug_stats(&self) -> DebugStats {
+        self.inner.cache.stats()
+    }
+}
+
+/// What [`Client::debug_stats`] reports. For tests and benchmarks only.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DebugStats {
+    /// Values (id, kind) cached.
+    pub cached_values: usize,
+    /// Credential ids with a cache cell (ids that ever had a value read).
+    pub cached_ids: usize,
+    /// Values that reads are waiting for right now.
+    pub waited_for: usize,
+    /// Update events received (including dropped ones).
+    pub events: u64,
+    /// Events for values neither cached nor waited for.
+    pub ignored: u64,
+    /// Redis reads of cached values made because of events (one per event
+    /// that found no re-read in flight, plus one per burst folded into one).
+    pub rereads: u64,
+    /// Events folded into a re-read already in flight.
+    pub coalesced: u64,
+    /// Events that woke a waiting read.
+    pub woke: u64,
+    /// Malformed or oversized events.
+    pub dropped: u64,
 }

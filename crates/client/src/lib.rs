@@ -30,9 +30,19 @@
 //!   subscription is live (or, while it is down, the value was read less than
 //!   [`Options::poll_interval`] ago).
 //! - A background task subscribes to the namespace's update events
-//!   (`<namespace>:events`). Every write by a refresher publishes the new
-//!   value, which replaces the cached one at once; an event with a lower fence
-//!   than the cached value never replaces it.
+//!   (`<namespace>:events`). Every write by a refresher publishes one; the
+//!   client treats it as a **hint**, never as a value: if it names a value
+//!   this client has cached, that value is read again from Redis at once
+//!   (one pipelined round trip; at most one such read in flight per value,
+//!   and a burst of events during it causes just one more), and what Redis
+//!   holds is cached — so the switch to a new token still happens right
+//!   after the write. The token, fence and expiry an event claims are never
+//!   stored or served: whoever can publish on the channel can cost clients
+//!   reads, but cannot make them serve a forged token or keep one past the
+//!   expiry Redis gives it. Events for values the client neither caches nor
+//!   is waiting for, malformed events and events over 16 KiB are dropped
+//!   (debug log) and create nothing; applying an event is O(1) in the number
+//!   of cached values.
 //! - When the subscription drops, reads fall back to polling; the task
 //!   reconnects with capped backoff (100 ms → 5 s) and, once back, every
 //!   cached value is read again once, since events may have been missed.
@@ -73,7 +83,10 @@ mod client;
 mod error;
 mod events;
 mod options;
+mod reader;
 
+#[doc(hidden)]
+pub use client::DebugStats;
 pub use client::{Client, Token};
 pub use error::Error;
 pub use options::Options;

@@ -104,7 +104,7 @@ async fn repeated_reads_make_no_redis_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_event_refreshes_the_cache_without_a_read() {
+async fn an_update_event_switches_the_cache_at_once_through_one_reread() {
     let server = RedisServer::start().unwrap();
     let mut refresher = Refresher::new(&server).await;
     let f1 = refresher
@@ -112,13 +112,12 @@ async fn an_update_event_refreshes_the_cache_without_a_read() {
         .await;
     let client = client(&server, Options::default()).await;
     assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+    let before = client.debug_stats();
 
     let f2 = refresher
         .write("app", Kind::AccessToken, "AT-2", HOUR)
         .await;
     assert!(f2 > f1);
-    let mut admin = connect(&server).await;
-    let before = read_commands(&mut admin).await;
     eventually("the new token", LIMIT, async || {
         client.access_token("app").await.unwrap() == "AT-2"
     })
@@ -127,11 +126,11 @@ async fn an_update_event_refreshes_the_cache_without_a_read() {
         client.get("app", Kind::AccessToken).await.unwrap().fence,
         f2
     );
-    assert_eq!(
-        read_commands(&mut admin).await,
-        before,
-        "the event carried the token: no read needed"
-    );
+    // The cached value is trusted while subscribed, so only the event could
+    // have switched it: by one re-read of what Redis holds.
+    let after = client.debug_stats();
+    assert_eq!(after.events - before.events, 1);
+    assert_eq!(after.rereads - before.rereads, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,18 +324,18 @@ async fn a_cut_subscription_is_noticed_and_restored() {
     let _ = stop.send(());
     assert!(watcher.await.unwrap(), "subscribed() never went false");
 
-    // Events flow again: a new write arrives without a read.
+    // Events flow again: a new write arrives through its event (one
+    // re-read), not through polling.
     assert_eq!(client.access_token("app").await.unwrap(), "AT-2");
+    let before = client.debug_stats();
     refresher
         .write("app", Kind::AccessToken, "AT-3", HOUR)
         .await;
-    let mut admin = connect(&server).await;
-    let before = read_commands(&mut admin).await;
     eventually("the event after resubscribing", LIMIT, async || {
         client.access_token("app").await.unwrap() == "AT-3"
     })
     .await;
-    assert_eq!(read_commands(&mut admin).await, before);
+    assert_eq!(client.debug_stats().rereads - before.rereads, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,6 +603,196 @@ async fn a_subscription_that_stops_answering_is_noticed_by_ping() {
         .await;
     eventually("the next token", LIMIT, async || {
         matches!(client.access_token("app").await.as_deref(), Ok("AT-2"))
+    })
+    .await;
+}
+
+/// An update event as a refresher would publish it, with any claims.
+fn event_json(id: &str, kind: &str, token: &str, fence: u64, expires_at_ms: u64) -> String {
+    format!(
+        r#"{{"v":1,"id":"{id}","kind":"{kind}","token":"{token}","expires_at_ms":{expires_at_ms},"fence":{fence},"replica":"forger"}}"#
+    )
+}
+
+/// Publishes `messages` on the events channel in pipelines of 1,000; returns
+/// how many subscribers got each (asserted equal).
+async fn publish_all(con: &mut redis::aio::MultiplexedConnection, messages: &[Vec<u8>]) -> u64 {
+    let channel = events_channel(NS);
+    let mut receivers = None;
+    for chunk in messages.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for m in chunk {
+            pipe.cmd("PUBLISH").arg(&channel).arg(m.as_slice());
+        }
+        let got: Vec<u64> = pipe.query_async(con).await.unwrap();
+        for n in got {
+            assert_eq!(*receivers.get_or_insert(n), n);
+        }
+    }
+    receivers.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_event_changes_nothing_a_client_serves() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    let f1 = refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    let client = client(&server, Options::default()).await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+
+    // Anyone who may PUBLISH claims a new token with the largest fence and an
+    // expiry ten days away; and a ticket the client never asked for.
+    let far = redis_now_ms(refresher.con()).await + 10 * 24 * 3_600_000;
+    let forged = event_json("app", "access_token", "FORGED", u64::MAX, far);
+    let ticket = event_json("app", "jsapi_ticket", "FORGED-JT", u64::MAX, far);
+    let receivers = publish_all(
+        refresher.con(),
+        &[forged.clone().into_bytes(), ticket.into_bytes()],
+    )
+    .await;
+    assert_eq!(receivers, 1);
+    eventually("both events handled", LIMIT, async || {
+        client.debug_stats().events == 2
+    })
+    .await;
+    let stats = client.debug_stats();
+    assert_eq!((stats.rereads, stats.ignored), (1, 1), "{stats:?}");
+    assert_eq!(
+        stats.cached_values, 1,
+        "the ticket was not cached: {stats:?}"
+    );
+    // While and after the re-read: what Redis holds, with Redis's expiry.
+    for _ in 0..30 {
+        let token = client.get("app", Kind::AccessToken).await.unwrap();
+        assert_eq!((token.value.as_str(), token.fence), ("AT-1", f1));
+        assert!(token.expires_in <= HOUR, "{:?}", token.expires_in);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A burst of forged events for the cached value: re-reads coalesced
+    // (at most one in flight), the value unchanged.
+    let burst: Vec<Vec<u8>> = (0..1000).map(|_| forged.clone().into_bytes()).collect();
+    publish_all(refresher.con(), &burst).await;
+    eventually("the burst handled", LIMIT, async || {
+        client.debug_stats().events == 1002
+    })
+    .await;
+    let stats = client.debug_stats();
+    println!("1,000 forged events for one cached value: {stats:?}");
+    // Every event either started a re-read or was folded into one in flight;
+    // each fold costs at most one more read, whatever the burst's size.
+    assert_eq!(stats.ignored, 1, "{stats:?}");
+    assert!(stats.coalesced > 0, "{stats:?}");
+    assert!(stats.rereads - 1 < 1000, "bursts are coalesced: {stats:?}");
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+
+    // The forged fence outranks nothing: a real write switches at once.
+    let f2 = refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+    eventually("the real write", LIMIT, async || {
+        client.access_token("app").await.unwrap() == "AT-2"
+    })
+    .await;
+    assert_eq!(
+        client.get("app", Kind::AccessToken).await.unwrap().fence,
+        f2
+    );
+    // And the forged ticket was never served: there is none in Redis.
+    let waiting = Client::connect(
+        &server.url(),
+        Options::default().wait_for_token(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let err = waiting.ticket("app", Kind::JsapiTicket).await.unwrap_err();
+    assert!(matches!(err, Error::NotAvailable { .. }), "{err:?}");
+    let err = client.ticket("app", Kind::JsapiTicket).await;
+    assert!(err.is_err(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_for_ids_not_in_use_create_nothing_even_20000_of_them() {
+    let server = RedisServer::start().unwrap();
+    let mut admin = connect(&server).await;
+    let client = client(
+        &server,
+        Options::default().wait_for_token(Duration::from_millis(200)),
+    )
+    .await;
+    let far = redis_now_ms(&mut admin).await + 3_600_000;
+    let events: Vec<Vec<u8>> = (0..20_000)
+        .map(|n| {
+            let kind = ["access_token", "jsapi_ticket", "wx_card_ticket"][n % 3];
+            event_json(&format!("ghost-{n}"), kind, "FORGED", n as u64, far).into_bytes()
+        })
+        .collect();
+    let started = Instant::now();
+    assert_eq!(publish_all(&mut admin, &events).await, 1);
+    eventually(
+        "20,000 events handled",
+        Duration::from_secs(60),
+        async || client.debug_stats().events == 20_000,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let stats = client.debug_stats();
+    println!("20,000 events for unknown ids handled in {elapsed:?}: {stats:?}");
+    assert_eq!(stats.ignored, 20_000, "{stats:?}");
+    assert_eq!(
+        (stats.cached_values, stats.cached_ids, stats.rereads),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    // Nothing an event claimed is served.
+    let err = client.access_token("ghost-0").await.unwrap_err();
+    assert!(matches!(err, Error::NotAvailable { .. }), "{err:?}");
+    assert_eq!(client.debug_stats().cached_values, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_events_are_dropped_without_touching_the_cache() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    refresher
+        .write("app", Kind::AccessToken, "AT-1", HOUR)
+        .await;
+    let client = client(&server, Options::default()).await;
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+
+    let far = redis_now_ms(refresher.con()).await + 3_600_000;
+    let huge_token = "x".repeat(64 * 1024);
+    let junk: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        b"{}".to_vec(),
+        vec![0xff; 100],
+        br#"{"v":1,"id":"app","kind":"no_such_kind","token":"T","expires_at_ms":1,"fence":1,"replica":"r"}"#.to_vec(),
+        br#"{"v":1,"id":"app","kind":"access_token","token":"T","expires_at_ms":-1,"fence":"1","replica":"r"}"#.to_vec(),
+        event_json("app", "access_token", &huge_token, u64::MAX, far).into_bytes(),
+        vec![b'['; 1024 * 1024],
+    ];
+    let mut admin = connect(&server).await;
+    let before = read_commands(&mut admin).await;
+    publish_all(refresher.con(), &junk).await;
+    eventually("the junk handled", LIMIT, async || {
+        client.debug_stats().dropped == junk.len() as u64
+    })
+    .await;
+    // Nothing was invalidated or re-read: the cached value is still served
+    // from memory.
+    assert_eq!(client.access_token("app").await.unwrap(), "AT-1");
+    assert_eq!(read_commands(&mut admin).await, before);
+    assert_eq!(client.debug_stats().rereads, 0);
+    assert!(client.subscribed());
+
+    // Real events still work.
+    refresher
+        .write("app", Kind::AccessToken, "AT-2", HOUR)
+        .await;
+    eventually("the real write", LIMIT, async || {
+        client.access_token("app").await.unwrap() == "AT-2"
     })
     .await;
 }
