@@ -130,12 +130,16 @@ async fn late_write_of_a_partitioned_lock_holder_is_fenced_off() {
         .times(1),
     );
     let a = env.spawn_replica("replica-a", Some(&proxy.url()));
-    eventually(Duration::from_secs(10), "A takes the lock", || {
+    // A holds the lock and its call has reached WeChat (the one-shot fault
+    // is used up as the request arrives): only now may Redis go silent, or
+    // A could not even confirm its lease.
+    eventually(Duration::from_secs(20), "A's call reached WeChat", || {
         let (env, mut con) = (&env, con.clone());
         async move {
-            lock_owner(env, &mut con, 0)
-                .await
-                .is_some_and(|o| o.starts_with("replica-a#"))
+            env.admin.faults(&env.creds[0].appid).is_empty()
+                && lock_owner(env, &mut con, 0)
+                    .await
+                    .is_some_and(|o| o.starts_with("replica-a#"))
         }
     })
     .await;
@@ -144,7 +148,7 @@ async fn late_write_of_a_partitioned_lock_holder_is_fenced_off() {
     // Partition A while its WeChat call is in flight.
     proxy.pause();
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "WeChat issued A's token",
         || async {
             env.admin
