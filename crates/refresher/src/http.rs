@@ -5,7 +5,10 @@
 //! This module owns the routes, the bearer-token check and the server's
 //! lifecycle (bound at start-up, stopped with the refresher's shutdown
 //! token). Handlers stay thin: what the status page shows is gathered by
-//! `snapshot`, and turned into HTML by `page`.
+//! `snapshot`, and turned into HTML by `page`. `limits` keeps the surface
+//! from starving the refresh work: a cap on open connections (the rest wait
+//! unaccepted, costing no file descriptor), a header-read timeout, a
+//! request timeout, an idle keep-alive timeout and a response-write timeout.
 //!
 //! It must not refresh anything itself — a POST only records a request for
 //! the refreshers through [`wxtoken_schema::request_refresh`] — nor build key
@@ -13,6 +16,7 @@
 //! and no whole token may reach a response or a log line; tokens appear as
 //! 8-character prefixes only.
 
+mod limits;
 mod page;
 mod snapshot;
 
@@ -30,6 +34,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use limits::Peer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -97,6 +102,7 @@ pub(crate) struct Server {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     app: App,
+    cap: usize,
 }
 
 impl Server {
@@ -116,6 +122,7 @@ impl Server {
                 sh,
                 token: cfg.token.clone(),
             }),
+            cap: limits::connection_cap(),
         })
     }
 
@@ -126,10 +133,15 @@ impl Server {
         tracing::info!(
             addr = %self.addr,
             refresh_requests = if self.app.token.is_some() { "bearer token" } else { "disabled (no token configured)" },
+            max_connections = self.cap,
+            header_read_timeout = ?limits::HEADER_READ_TIMEOUT,
+            request_timeout = ?limits::REQUEST_TIMEOUT,
+            idle_timeout = ?limits::IDLE_TIMEOUT,
             "HTTP surface listening"
         );
-        let service = router(self.app).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(self.listener, service)
+        let service = router(self.app).into_make_service_with_connect_info::<Peer>();
+        let listener = limits::Limited::new(self.listener, self.cap);
+        let server = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tokio::select! {
             r = server => {
@@ -156,6 +168,7 @@ fn router(app: App) -> Router {
         .route("/refresh/{id}", post(refresh))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(limits::request_timeout))
         .with_state(app)
 }
 
@@ -355,12 +368,18 @@ enum ApiError {
     Unauthorized,
     #[error("{0}")]
     BadRequest(String),
+    #[error("the body is larger than {BODY_LIMIT} bytes")]
+    TooLarge,
     #[error("credential {0:?} is not configured on this replica")]
     UnknownCredential(String),
     #[error("credential {id:?} keeps no {kind} on this replica")]
     UnknownKind { id: String, kind: Kind },
-    #[error(transparent)]
-    Redis(#[from] RedisError),
+    #[error("{what}: {}", source.0)]
+    Redis {
+        /// What failed, e.g. "filing the refresh request in Redis".
+        what: String,
+        source: RedisError,
+    },
 }
 
 impl ApiError {
@@ -369,8 +388,9 @@ impl ApiError {
             ApiError::Disabled => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownCredential(_) | ApiError::UnknownKind { .. } => StatusCode::NOT_FOUND,
-            ApiError::Redis(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Redis { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -421,7 +441,7 @@ enum Report {
 
 async fn refresh(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<RefreshParams>, QueryRejection>,
@@ -445,7 +465,7 @@ async fn refresh(
 /// unauthenticated caller learns nothing (not even which ids exist).
 async fn accept(
     app: &AppState,
-    peer: SocketAddr,
+    peer: Peer,
     headers: &HeaderMap,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<RefreshParams>, QueryRejection>,
@@ -458,7 +478,10 @@ async fn accept(
     })?;
     let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => ApiError::BadRequest(e.body_text()),
+    })?;
     let kind = parse_kind(params.kind.as_deref())?;
     let report = parse_report(&body, params.force)?;
     let cred = app
@@ -544,41 +567,53 @@ fn parse_report(body: &[u8], force: bool) -> Result<Report, ApiError> {
 
 /// Records the request; returns its outcome and, for the log, what was
 /// reported (a token prefix, or `*` for force and when nothing is stored).
+/// A Redis error is labelled with the step that failed.
 async fn request(
     sh: &Shared,
     keys: &CredentialKeys,
     kind: Kind,
     report: Report,
-) -> Result<(RequestOutcome, String), RedisError> {
+) -> Result<(RequestOutcome, String), ApiError> {
     let mut con = sh.redis.con();
-    sh.redis
-        .step(async {
-            let reported = match report {
-                Report::Refused(t) => t,
-                Report::Force => FORCE_REQUEST.to_owned(),
-                // Nothing stored: ask for whatever comes next, as `wxtoken
-                // refresh` does (the refreshers are fetching it anyway).
-                Report::Stored => redis::cmd("GET")
+    let failed = |what: String| move |source| ApiError::Redis { what, source };
+    let reported = match report {
+        Report::Refused(t) => t,
+        Report::Force => FORCE_REQUEST.to_owned(),
+        // Nothing stored: ask for whatever comes next, as `wxtoken
+        // refresh` does (the refreshers are fetching it anyway).
+        Report::Stored => sh
+            .redis
+            .step(
+                redis::cmd("GET")
                     .arg(keys.value(kind))
-                    .query_async::<Option<String>>(&mut con)
-                    .await?
-                    .unwrap_or_else(|| FORCE_REQUEST.to_owned()),
-            };
-            let outcome = request_refresh(
-                &mut con,
-                keys,
-                kind,
-                &reported,
-                Duration::from_secs(REQUEST_TTL_SECS),
+                    .query_async::<Option<String>>(&mut con),
             )
-            .await?;
-            let shown = match reported.as_str() {
-                FORCE_REQUEST => FORCE_REQUEST.to_owned(),
-                t => token_prefix(t),
-            };
-            Ok::<_, redis::RedisError>((outcome, shown))
-        })
+            .await
+            .map_err(failed(format!(
+                "reading the stored {kind} of credential {:?} from Redis",
+                keys.id()
+            )))?
+            .unwrap_or_else(|| FORCE_REQUEST.to_owned()),
+    };
+    let outcome = sh
+        .redis
+        .step(request_refresh(
+            &mut con,
+            keys,
+            kind,
+            &reported,
+            Duration::from_secs(REQUEST_TTL_SECS),
+        ))
         .await
+        .map_err(failed(format!(
+            "filing the refresh request for the {kind} of credential {:?} in Redis",
+            keys.id()
+        )))?;
+    let shown = match reported.as_str() {
+        FORCE_REQUEST => FORCE_REQUEST.to_owned(),
+        t => token_prefix(t),
+    };
+    Ok((outcome, shown))
 }
 
 #[cfg(test)]
@@ -634,11 +669,18 @@ mod tests {
                 .status(),
             StatusCode::NOT_FOUND
         );
+        let e = ApiError::Redis {
+            what: "filing the refresh request in Redis".into(),
+            source: RedisError("NOPERM no permissions".into()),
+        };
         assert_eq!(
-            ApiError::Redis(RedisError("down".into()))
-                .into_response()
-                .status(),
-            StatusCode::SERVICE_UNAVAILABLE
+            e.to_string(),
+            "filing the refresh request in Redis: NOPERM no permissions"
+        );
+        assert_eq!(e.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ApiError::TooLarge.into_response().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
         );
     }
 
