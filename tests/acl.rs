@@ -115,6 +115,28 @@ async fn refresher_reader_and_monitor_work_under_their_rules_and_no_more() {
     .expect_err("a reader may not force");
     assert_eq!(refused_force.code(), Some("NOPERM"));
 
+    // A reader whose user may not file requests gets an error that says so.
+    let no_requests = READER.replace(" %W~wxtoken:{*}:refresh_request:*", "");
+    set_user(
+        &env,
+        "no-requests",
+        &no_requests.replace("reader-pw", "nr-pw"),
+    )
+    .await;
+    let limited = Client::connect(&url_as(&env, "no-requests", "nr-pw"), Options::default())
+        .await
+        .expect("connect");
+    let current = limited.access_token(&id).await.expect("read");
+    let err = limited
+        .report_invalid(&id, &current)
+        .await
+        .expect_err("NOPERM");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("filing a refresh request") && text.to_lowercase().contains("noperm"),
+        "{text}"
+    );
+
     // The operator's view under the read-only monitor rule.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"))
         .args(["status", "--json", "--redis-url"])

@@ -214,7 +214,7 @@ impl Client {
             .await
             .map_err(|_| timed_out("requesting a refresh"))
             .and_then(|r| r)
-            .map_err(|source| Error::Redis {
+            .map_err(|source| Error::Report {
                 id: id.to_owned(),
                 kind,
                 source,

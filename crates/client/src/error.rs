@@ -28,6 +28,18 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// Redis failed, timed out or refused (e.g. `NOPERM`: the Redis user may
+    /// not write request keys) while a refresh request was being filed.
+    #[error("filing a refresh request for {kind} of credential {id:?} in Redis: {source}")]
+    Report {
+        /// Credential id.
+        id: String,
+        /// What was reported.
+        kind: Kind,
+        /// What Redis (or the connection) said.
+        #[source]
+        source: redis::RedisError,
+    },
     /// Nothing was stored for this credential and kind, no unexpired value was
     /// cached, and nothing arrived within
     /// [`Options::wait_for_token`](crate::Options::wait_for_token).
