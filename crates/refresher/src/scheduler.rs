@@ -158,11 +158,9 @@ impl Agenda {
         self.by_time.first().map(|(at, _)| *at)
     }
 
-    fn due_count(&self, now_ms: u64) -> usize {
-        self.by_time
-            .iter()
-            .take_while(|(at, _)| *at <= now_ms)
-            .count()
+    /// Whether an entry is due at `now_ms` (O(1): the earliest one).
+    fn has_due(&self, now_ms: u64) -> bool {
+        self.next_at().is_some_and(|at| at <= now_ms)
     }
 }
 
@@ -202,7 +200,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
         }
         let now = Instant::now();
         let past_horizon = agenda.horizon_ms <= clock.now_ms()
-            && agenda.due_count(clock.now_ms()) == 0
+            && !agenda.has_due(clock.now_ms())
             && last_scan.elapsed() >= MIN_RESCAN;
         if now >= next_scan || past_horizon {
             last_scan = now;
@@ -275,7 +273,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
         // Wake for the next due entry only if it could be claimed then (a
         // finished task wakes the loop when permits are all taken).
         let can_claim = permits.available_permits() > 0 && !(probing && probe_out);
-        let idle = agenda.due_count(clock.now_ms()) == 0;
+        let idle = !agenda.has_due(clock.now_ms());
         let wake = [
             Some(next_scan),
             agenda
@@ -616,8 +614,8 @@ mod tests {
         a.set("b access_token".into(), 100);
         a.set("a access_token".into(), 50);
         assert_eq!(a.next_at(), Some(50));
-        assert_eq!(a.due_count(100), 2);
-        assert_eq!(a.due_count(49), 0);
+        assert!(a.has_due(100));
+        assert!(!a.has_due(49));
         assert_eq!(a.take_due(49), None);
         let first = a.take_due(60).unwrap();
         assert_eq!(first, "a access_token");
