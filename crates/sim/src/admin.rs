@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::clock::{Advance, ClockState};
 use crate::config::AppConfig;
 use crate::evidence::{AppEvidence, Endpoint, Evidence, FetchCounts, FetchRecord, SimCounts};
 use crate::fault::Fault;
@@ -43,6 +45,9 @@ pub enum AdminError {
     /// A fault with `times: Some(0)` would never apply.
     #[error("fault `times` must be at least 1 (None means until cleared)")]
     ZeroTimes,
+    /// [`Admin::advance`] would move the clock further than [`crate::MAX_CLOCK_ADVANCE`] in total.
+    #[error("the simulator clock can be advanced by at most 100 years in total")]
+    ClockTooFar,
 }
 
 /// A cheap, cloneable handle onto a running simulator's state: the in-process equivalent of the
@@ -300,6 +305,53 @@ impl Admin {
         let now = self.shared.now();
         self.shared.lock().check_access_token(token, &now)
     }
+
+    /// Moves the simulator clock forward by `by`, at once: tokens expire, overlaps end, the
+    /// force-refresh interval passes, the quota day rolls over and pending `delay`/`hang`
+    /// faults finish as if that much time had gone by. Everything else (HTTP, connection
+    /// timeouts) keeps real time. Usually combined with [`Admin::pause_clock`], so that
+    /// nothing but the advances moves the clock and window edges can be hit exactly. An
+    /// advance past [`crate::MAX_CLOCK_ADVANCE`] in total is ignored with a warning.
+    pub fn advance(&self, by: Duration) {
+        warn_refused("advance", self.try_advance(by).map(|_| ()));
+    }
+
+    /// See [`Admin::advance`]; returns the clock's new state, or
+    /// [`AdminError::ClockTooFar`] (and changes nothing).
+    pub fn try_advance(&self, by: Duration) -> Result<ClockState, AdminError> {
+        self.shared
+            .clock
+            .advance(by)
+            .map_err(|_| AdminError::ClockTooFar)?;
+        Ok(self.clock())
+    }
+
+    /// Freezes the simulator clock: from now on it moves only by [`Admin::advance`], so that
+    /// a test's own run time does not count. Idempotent.
+    pub fn pause_clock(&self) -> ClockState {
+        self.shared.clock.pause();
+        self.clock()
+    }
+
+    /// Lets a paused clock run with real time again, from where it stands (advances are
+    /// kept; time does not jump). Idempotent.
+    pub fn resume_clock(&self) -> ClockState {
+        self.shared.clock.resume();
+        self.clock()
+    }
+
+    /// The simulator clock: time since start, how much of it was advanced, paused or not.
+    pub fn clock(&self) -> ClockState {
+        self.shared.clock.state()
+    }
+
+    /// Simulator time since start, exactly (what `since_start_ms` of a fetch made now is
+    /// the millisecond floor of). With a paused clock, `day - elapsed()` is exactly how far
+    /// the next quota day is.
+    pub fn elapsed(&self) -> Duration {
+        let clock = &self.shared.clock;
+        clock.since_start(clock.now())
+    }
 }
 
 /// Body of `PUT /_sim/apps/{appid}/flags`.
@@ -341,6 +393,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/apps/{appid}/quota", put(set_quota))
         .route("/apps/{appid}/quota/reset", post(reset_quota))
         .route("/apps/{appid}/revoke", post(revoke))
+        .route("/clock", get(clock))
+        .route("/clock/advance", post(advance))
+        .route("/clock/pause", post(pause_clock))
+        .route("/clock/resume", post(resume_clock))
 }
 
 /// A JSON error answer `{"error": "..."}`.
@@ -493,4 +549,28 @@ async fn reset_quota(State(shared): State<Arc<Shared>>, Path(appid): Path<String
 
 async fn revoke(State(shared): State<Arc<Shared>>, Path(appid): Path<String>) -> Response {
     respond(Admin::new(shared).try_revoke_tokens(&appid))
+}
+
+async fn clock(State(shared): State<Arc<Shared>>) -> Response {
+    Json(Admin::new(shared).clock()).into_response()
+}
+
+/// `POST /_sim/clock/advance` with `{"by": "30s"}`.
+async fn advance(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let advance: Advance = match parse_body("advance (expected {\"by\": \"30s\"})", &body) {
+        Ok(advance) => advance,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    match Admin::new(shared).try_advance(advance.by) {
+        Ok(state) => Json(state).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn pause_clock(State(shared): State<Arc<Shared>>) -> Response {
+    Json(Admin::new(shared).pause_clock()).into_response()
+}
+
+async fn resume_clock(State(shared): State<Arc<Shared>>) -> Response {
+    Json(Admin::new(shared).resume_clock()).into_response()
 }

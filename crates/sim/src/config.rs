@@ -146,6 +146,9 @@ impl fmt::Debug for AppConfig {
 
 /// WeChat's timing and quota rules. Every field has WeChat's real value as its default; in TOML
 /// durations are humantime strings (`"7200s"`, `"300ms"`, `"2h"`).
+///
+/// All durations are simulator time: real time, unless a test moves the simulator's clock
+/// with [`crate::Admin::advance`] (then WeChat's real values can be tested without waiting).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timing {

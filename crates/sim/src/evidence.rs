@@ -129,9 +129,10 @@ impl AppEvidence {
 pub struct FetchRecord {
     /// Which endpoint was called.
     pub endpoint: Endpoint,
-    /// Wall-clock time of the answer, Unix milliseconds.
+    /// Time of the answer, Unix milliseconds: the wall clock at start plus simulator time
+    /// since (real wall-clock time unless [`crate::Admin::advance`] moved the clock).
     pub at_unix_ms: u64,
-    /// Milliseconds since the simulator started.
+    /// Milliseconds of simulator time since the simulator started.
     pub since_start_ms: u64,
     /// Whether the call asked for `force_refresh` (stable token only).
     pub force_refresh: bool,

@@ -79,13 +79,15 @@ pub enum FaultKind {
     Garbage,
     /// HTTP 200, JSON content type, body cut off mid-JSON.
     Truncated,
-    /// Answer normally after this delay.
+    /// Answer normally after this delay (simulator time: real time, or sooner if
+    /// [`crate::Admin::advance`] moves the clock past it).
     Delay {
         /// How long to wait first.
         #[serde(with = "humantime_serde")]
         delay: Duration,
     },
-    /// Hold the request for [`crate::Timing::hang`], then answer errcode -1.
+    /// Hold the request for [`crate::Timing::hang`] (simulator time, like `Delay`), then answer
+    /// errcode -1.
     Hang,
     /// HTTP 200 with errcode -1 and an errmsg that echoes the request as received (method,
     /// path, query string; for `stable_token` the JSON body), secrets included, like a
@@ -266,8 +268,8 @@ pub(crate) async fn intercept(
     request: impl FnOnce() -> String,
 ) -> Option<Response> {
     let appid = appid?;
+    let now = shared.now();
     let kind = {
-        let now = shared.now();
         let mut inner = shared.lock();
         let app = inner.app_mut(appid, &now)?;
         let kind = take(app, endpoint)?;
@@ -304,11 +306,16 @@ pub(crate) async fn intercept(
             truncated_body(endpoint),
         )),
         FaultKind::Delay { delay } => {
-            tokio::time::sleep(delay).await;
+            // Counted from the request's own reading of the clock, so an advance made once
+            // the fault was taken always counts in full.
+            shared.clock.sleep_until(now.at.checked_add(delay)).await;
             None
         }
         FaultKind::Hang => {
-            tokio::time::sleep(shared.timing.hang).await;
+            shared
+                .clock
+                .sleep_until(now.at.checked_add(shared.timing.hang))
+                .await;
             Some(WxReply::err(crate::errcode::SYSTEM_ERROR).into_response())
         }
         FaultKind::EchoUrl => Some(

@@ -39,6 +39,10 @@
 //! | `PUT /_sim/apps/{appid}/quota` ([`QuotaUsed`]) | [`Admin::set_quota_used`] |
 //! | `POST /_sim/apps/{appid}/quota/reset` | [`Admin::reset_quota`] |
 //! | `POST /_sim/apps/{appid}/revoke` | [`Admin::revoke_tokens`] |
+//! | `GET /_sim/clock` | [`Admin::clock`] ([`ClockState`]) |
+//! | `POST /_sim/clock/advance` `{"by":"30s"}` ([`Advance`]) | [`Admin::try_advance`] |
+//! | `POST /_sim/clock/pause` | [`Admin::pause_clock`] |
+//! | `POST /_sim/clock/resume` | [`Admin::resume_clock`] |
 //!
 //! Unknown appids are 404, malformed bodies 400, an existing appid in `POST /_sim/apps` 409;
 //! all answer `{"error": "..."}`.
@@ -107,6 +111,45 @@
 //! assert_eq!(generated.secret(255), "0000000000005eed00000000000000ff");
 //! ```
 //!
+//! ## Time
+//!
+//! Every rule that depends on time (expiry, overlap, the stable force-refresh interval, the
+//! quota day, evidence times, `delay` and `hang` faults) reads one simulator clock. Left
+//! alone it is real time. [`Admin::pause_clock`] freezes it and [`Admin::advance`] moves it
+//! forward at once (HTTP: `/_sim/clock/...`), so a test can check WeChat's real 7200 s / 300 s
+//! / 30 s / one-day rules exactly, to the nanosecond, without sleeping, while requests still
+//! go over real TCP. A paused clock does not move on its own: a `delay` or `hang` fault then
+//! holds its request until the clock is advanced past it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use wxtoken_sim::{Admin, SimConfig, Simulator};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! const APPID: &str = "wx0000000000000001";
+//! const SECRET: &str = "0123456789abcdef0123456789abcdef";
+//! let sim = Simulator::start(SimConfig::default().with_app(APPID, SECRET), "127.0.0.1:0".parse()?)
+//!     .await?;
+//! let admin: Admin = sim.admin();
+//! admin.pause_clock();
+//! let url = format!(
+//!     "{}/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret={SECRET}",
+//!     sim.base_url()
+//! );
+//! let answer: serde_json::Value = reqwest::get(&url).await?.json().await?;
+//! let token = answer["access_token"].as_str().unwrap_or_default();
+//! assert_eq!(answer["expires_in"], 7200);
+//!
+//! admin.advance(Duration::from_secs(7200) - Duration::from_nanos(1));
+//! assert_eq!(admin.check_token(token), Ok(()));
+//! admin.advance(Duration::from_nanos(1));
+//! assert_eq!(admin.check_token(token), Err(42001));
+//! sim.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Validity rule
 //!
 //! A token is valid until it expires or, if it was replaced, until `overlap` after the
@@ -131,6 +174,7 @@
 
 mod admin;
 mod business;
+mod clock;
 mod config;
 pub mod errcode;
 mod evidence;
@@ -142,6 +186,7 @@ mod token;
 mod wire;
 
 pub use admin::{Admin, AdminError, Flags, QuotaUsed};
+pub use clock::{Advance, ClockState, MAX_CLOCK_ADVANCE};
 pub use config::{AppConfig, ConfigError, GeneratedApps, SimConfig, Timing, MAX_GENERATED_APPS};
 pub use evidence::{
     AppEvidence, Counts, Endpoint, Evidence, FetchCounts, FetchOutcome, FetchRecord, LiveToken,

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::clock::SimClock;
 use crate::config::{SimConfig, Timing};
 use crate::evidence::{AppEvidence, Endpoint, FetchCounts, FetchOutcome, FetchRecord, LiveToken};
 use crate::fault::Fault;
@@ -24,17 +25,20 @@ use crate::wire;
 /// State shared by the HTTP handlers and every [`crate::Admin`] handle.
 pub(crate) struct Shared {
     pub(crate) timing: Timing,
-    started: Instant,
+    /// The simulator's time; "now" is always read from here.
+    pub(crate) clock: SimClock,
     started_unix_ms: u64,
     inner: Mutex<Inner>,
 }
 
-/// One reading of the clock, taken once per request so that every rule in it agrees.
+/// One reading of the simulator clock ([`SimClock`]), taken once per request so that every rule
+/// in it agrees.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Now {
     pub(crate) at: Instant,
     /// Index of the quota window since start.
     pub(crate) day: u64,
+    /// Wall-clock time at start plus simulator time since then (so advances move it too).
     pub(crate) unix_ms: u64,
     pub(crate) since_start_ms: u64,
 }
@@ -216,7 +220,7 @@ impl Shared {
         }
         Shared {
             timing: config.timing.clone(),
-            started: Instant::now(),
+            clock: SimClock::new(),
             started_unix_ms,
             inner: Mutex::new(Inner {
                 apps,
@@ -227,8 +231,8 @@ impl Shared {
     }
 
     pub(crate) fn now(&self) -> Now {
-        let at = Instant::now();
-        let since = at.saturating_duration_since(self.started);
+        let at = self.clock.now();
+        let since = self.clock.since_start(at);
         let day_ms = self.timing.day.as_millis().max(1);
         let since_start_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         Now {

@@ -292,3 +292,60 @@ async fn unknown_app_is_404_everywhere() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].is_string());
 }
+
+#[tokio::test]
+async fn clock_over_http() {
+    let h = Harness::start_real_time(wxtoken_sim::Timing::default()).await;
+    let token = h.classic_token().await;
+
+    let (s, v) = h.admin_call(Method::GET, "/_sim/clock", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["paused"], false);
+    assert_eq!(v["advanced_ms"], 0);
+    assert!(v["elapsed_ms"].is_u64(), "{v}");
+
+    let (s, v) = h.admin_call(Method::POST, "/_sim/clock/pause", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["paused"], true);
+    let paused_at = v["elapsed_ms"].as_u64().unwrap();
+
+    let (s, v) = h
+        .admin_call(
+            Method::POST,
+            "/_sim/clock/advance",
+            Some(json!({"by": "2h"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"elapsed_ms": paused_at + 7_200_000, "advanced_ms": 7_200_000, "paused": true})
+    );
+    // Two hours later the token has expired.
+    assert_err(&h.business(&token).await, 42001);
+    // The same state in process.
+    let clock = h.sim.admin().clock();
+    assert_eq!(clock.elapsed_ms, paused_at + 7_200_000);
+    assert!(clock.paused);
+
+    for (body, expect) in [
+        (json!({"by": "soon"}), "by: invalid value"),
+        (json!({"by": "1s", "to": "2s"}), "unknown field `to`"),
+        (json!({}), "missing field `by`"),
+        (json!({"by": "200years"}), "at most 100 years"),
+    ] {
+        let (s, v) = h
+            .admin_call(Method::POST, "/_sim/clock/advance", Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        let err = v["error"].as_str().unwrap();
+        assert!(err.contains(expect), "{body}: {err}");
+    }
+    // Refused advances changed nothing.
+    assert_eq!(h.sim.admin().clock().advanced_ms, 7_200_000);
+
+    let (s, v) = h.admin_call(Method::POST, "/_sim/clock/resume", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["paused"], false);
+    assert!(v["elapsed_ms"].as_u64().unwrap() >= paused_at + 7_200_000);
+}

@@ -114,17 +114,27 @@ async fn error_codes_follow_wechat_check_order() {
 
 #[tokio::test]
 async fn new_token_invalidates_previous_only_after_overlap() {
-    // Tokens live 10 s, overlap 1 s.
-    let h = Harness::start(fast()).await;
+    // WeChat's own numbers: tokens live 7200 s, a replaced one 300 s more.
+    let h = Harness::start(Timing::default()).await;
+    let overlap = Timing::default().overlap;
     let a = h.classic_token().await;
-    let b = h.classic_token().await;
-    // Inside the overlap both work.
+    h.advance(Duration::from_secs(60));
+    let b = h.classic_token().await; // a now dies at b + 300 s
     assert!(h.business(&a).await["ip_list"].is_array());
     assert!(h.business(&b).await["ip_list"].is_array());
     // Another app's fetch does not touch this app's tokens.
     token_of(&h.classic(OTHER_APPID, OTHER_SECRET).await, "access_token");
 
-    sleep_ms(1300).await;
+    // The last instant of the overlap: both still work.
+    h.advance(overlap - NS);
+    assert!(h.business(&a).await["ip_list"].is_array());
+    let ev = h.sim.admin().app_evidence(APPID).unwrap();
+    assert_eq!(ev.live_tokens.len(), 2);
+    assert!(ev.live_tokens[0].replaced);
+    assert_eq!(ev.live_tokens[0].expires_in_ms, 0, "1 ns left");
+
+    // The overlap's end: a is invalid (40001, it was cut short), b unaffected.
+    h.advance(NS);
     assert_err(&h.business(&a).await, 40001);
     assert!(h.business(&b).await["ip_list"].is_array());
     assert_eq!(h.sim.admin().check_token(&a), Err(40001));
@@ -134,8 +144,26 @@ async fn new_token_invalidates_previous_only_after_overlap() {
     assert_eq!(ev.live_tokens.len(), 1);
     assert_eq!(ev.live_tokens[0].token_prefix, b[..8]);
     assert!(!ev.live_tokens[0].replaced);
-    assert_eq!(ev.business_ok, 3);
+    assert_eq!(
+        ev.live_tokens[0].expires_in_ms, 6_900_000,
+        "b: 7200 s - 300 s left"
+    );
+    assert_eq!(ev.business_ok, 4);
     assert_eq!(ev.rejected_business_calls.get(&40001), Some(&1));
+}
+
+#[tokio::test]
+async fn token_expires_exactly_after_expires_in() {
+    let h = Harness::start(Timing::default()).await;
+    let v = h.classic(APPID, SECRET).await;
+    assert_eq!(v["expires_in"], 7200);
+    let a = token_of(&v, "access_token");
+    h.advance(Duration::from_secs(7200) - NS);
+    assert!(h.business(&a).await["ip_list"].is_array());
+    h.advance(NS);
+    let msg = assert_err(&h.business(&a).await, 42001);
+    assert!(msg.starts_with("access_token expired rid: "), "{msg}");
+    assert_eq!(h.sim.admin().check_token(&a), Err(42001));
 }
 
 #[tokio::test]
@@ -146,14 +174,20 @@ async fn expiry_is_42001_but_a_token_cut_short_by_replacement_stays_40001() {
         ..fast()
     })
     .await;
-    let a = h.classic_token().await;
-    sleep_ms(300).await;
-    let b = h.classic_token().await;
+    let ms = Duration::from_millis;
+    let a = h.classic_token().await; // t = 0: expires at 2 s
+    h.advance(ms(300));
+    let b = h.classic_token().await; // t = 0.3 s: a dies at 1.3 s, b expires at 2.3 s
+    h.advance(ms(1000) - NS);
     assert!(h.business(&a).await["ip_list"].is_array());
-    // a: overlap ends at ~1.3 s, before its expiry at 2 s; b expires at ~2.3 s.
-    sleep_ms(2800).await;
+    h.advance(NS); // t = 1.3 s
+    assert_err(&h.business(&a).await, 40001);
+    h.advance(ms(1000) - NS);
+    assert!(h.business(&b).await["ip_list"].is_array());
+    h.advance(NS); // t = 2.3 s
     let msg = assert_err(&h.business(&b).await, 42001);
     assert!(msg.starts_with("access_token expired rid: "), "{msg}");
+    // a is past its natural expiry now, but stays 40001.
     assert_err(&h.business(&a).await, 40001);
     assert_eq!(h.sim.admin().check_token(&b), Err(42001));
     assert!(h
@@ -187,18 +221,26 @@ async fn daily_quota_45009_until_reset() {
 
 #[tokio::test]
 async fn quota_resets_when_the_day_rolls_over() {
+    // WeChat's day (86400 s, counted from simulator start).
     let h = Harness::start(Timing {
         daily_quota: 1,
-        day: Duration::from_secs(2),
-        ..fast()
+        ..Timing::default()
     })
     .await;
+    let admin = h.sim.admin();
     h.classic_token().await;
     assert_err(&h.classic(APPID, SECRET).await, 45009);
-    sleep_ms(2300).await;
-    assert_eq!(
-        h.sim.admin().app_evidence(APPID).unwrap().quota_used["token"],
-        0
-    );
+    // The last instant of day 0: still exhausted.
+    h.advance(Timing::default().day - admin.elapsed() - NS);
+    assert_err(&h.classic(APPID, SECRET).await, 45009);
+    assert_eq!(admin.app_evidence(APPID).unwrap().quota_used["token"], 1);
+    // Day 1.
+    h.advance(NS);
+    assert_eq!(admin.elapsed(), Timing::default().day);
+    assert_eq!(admin.app_evidence(APPID).unwrap().quota_used["token"], 0);
+    h.classic_token().await;
+    assert_err(&h.classic(APPID, SECRET).await, 45009);
+    // And again a day later.
+    h.advance(Timing::default().day);
     h.classic_token().await;
 }

@@ -28,7 +28,19 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Starts a simulator whose clock is paused at once: simulator time then moves only by
+    /// [`Harness::advance`], so no token expires behind a test's back however slow the machine
+    /// is, and window edges can be hit exactly (to the nanosecond). `delay` and `hang` faults
+    /// hold their request until the clock is advanced past them.
     pub async fn start(timing: Timing) -> Harness {
+        let h = Harness::start_real_time(timing).await;
+        h.sim.admin().pause_clock();
+        h
+    }
+
+    /// Starts a simulator whose clock runs with real time (nobody pauses it), as in other
+    /// crates' end-to-end tests.
+    pub async fn start_real_time(timing: Timing) -> Harness {
         let config = SimConfig::default()
             .with_app(APPID, SECRET)
             .with_app(OTHER_APPID, OTHER_SECRET)
@@ -42,6 +54,11 @@ impl Harness {
             .build()
             .unwrap();
         Harness { sim, http }
+    }
+
+    /// Moves the simulator clock forward (no sleeping).
+    pub fn advance(&self, by: Duration) {
+        self.sim.admin().try_advance(by).expect("clock advances");
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -162,6 +179,24 @@ pub fn token_of(v: &Value, field: &str) -> String {
         .to_string()
 }
 
-pub async fn sleep_ms(ms: u64) {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+/// One nanosecond: the step across a window edge.
+pub const NS: Duration = Duration::from_nanos(1);
+
+/// Waits (real time, polling) until `cond` holds, e.g. until a request has reached the
+/// simulator. For real I/O only: simulator time is moved with [`Harness::advance`], never
+/// waited for.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits (real time) for the server to answer at all; for `serve`, which binds in a task.
+pub async fn io_retry_backoff() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -152,35 +152,68 @@ async fn garbage_and_truncated_faults_are_unparseable_200s() {
     assert_eq!(kinds, ["garbage", "truncated"]);
 }
 
-#[tokio::test]
-async fn delay_fault_answers_normally_after_the_delay() {
-    let h = Harness::start(fast()).await;
-    h.sim.admin().inject(
-        APPID,
-        Fault::new(FaultKind::Delay {
-            delay: Duration::from_millis(600),
+/// Sends a stable-token fetch for APPID in its own task (so that the test can move the clock
+/// while it is in flight); the task yields the answer.
+fn spawn_stable_fetch(h: &Harness) -> tokio::task::JoinHandle<serde_json::Value> {
+    let request = h.http.post(h.url("/cgi-bin/stable_token")).body(
+        serde_json::json!({
+            "grant_type": "client_credential",
+            "appid": APPID,
+            "secret": SECRET,
         })
-        .on(Endpoint::StableToken)
-        .times(1),
+        .to_string(),
     );
-    let started = Instant::now();
-    let (token, _) = h.stable_token(false).await;
-    assert!(started.elapsed() >= Duration::from_millis(600));
+    tokio::spawn(async move { wechat_json(request.send().await.unwrap()).await })
+}
+
+/// Asserts that the spawned request is still waiting (given a moment of real time to finish
+/// if it wrongly could).
+async fn assert_still_waiting(request: &mut tokio::task::JoinHandle<serde_json::Value>) {
+    let waited = tokio::time::timeout(Duration::from_millis(100), &mut *request).await;
+    assert!(waited.is_err(), "answered too early: {waited:?}");
+}
+
+#[tokio::test]
+async fn delay_fault_answers_normally_once_the_clock_has_moved_on() {
+    let h = Harness::start(fast()).await;
+    let admin = h.sim.admin();
+    let delay = Duration::from_secs(600);
+    admin.inject(
+        APPID,
+        Fault::new(FaultKind::Delay { delay })
+            .on(Endpoint::StableToken)
+            .times(1),
+    );
+    let mut request = spawn_stable_fetch(&h);
+    wait_until("the delay fault is taken", || {
+        admin.faults(APPID).is_empty()
+    })
+    .await;
+    h.advance(delay - NS);
+    assert_still_waiting(&mut request).await;
+    h.advance(NS);
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("answered once the delay has passed")
+        .unwrap();
+    let token = token_of(&answer, "access_token");
     assert!(h.business(&token).await["ip_list"].is_array());
-    let fetches = h.sim.admin().fetches(APPID, Endpoint::StableToken);
+    let fetches = admin.fetches(APPID, Endpoint::StableToken);
     assert!(matches!(
         fetches[..],
         [wxtoken_sim::FetchRecord {
             outcome: FetchOutcome::Issued { reused: false, .. },
+            since_start_ms,
             ..
-        }]
+        }] if since_start_ms >= 600_000
     ));
 }
 
 #[tokio::test]
 async fn hang_fault_times_the_client_out_and_shutdown_does_not_wait() {
-    let h = Harness::start(fast()).await; // hang = 30 s
-    h.sim.admin().inject(
+    let h = Harness::start(fast()).await; // hang = 30 s, and the paused clock never moves
+    let admin = h.sim.admin();
+    admin.inject(
         APPID,
         Fault::new(FaultKind::Hang).on(Endpoint::Token).times(1),
     );
@@ -189,13 +222,13 @@ async fn hang_fault_times_the_client_out_and_shutdown_does_not_wait() {
         .get(h.url(&format!(
             "/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret={SECRET}"
         )))
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(300))
         .send()
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert_eq!(
-        h.sim.admin().fetches(APPID, Endpoint::Token)[0].outcome,
+        admin.fetches(APPID, Endpoint::Token)[0].outcome,
         FetchOutcome::Fault {
             kind: "hang".into()
         }
@@ -203,7 +236,7 @@ async fn hang_fault_times_the_client_out_and_shutdown_does_not_wait() {
 
     // A second hung request is still in flight while we shut down.
     let token = h.classic_token().await;
-    h.sim.admin().inject(
+    admin.inject(
         APPID,
         Fault::new(FaultKind::Hang).on(Endpoint::Business).times(1),
     );
@@ -214,7 +247,7 @@ async fn hang_fault_times_the_client_out_and_shutdown_does_not_wait() {
         let url = format!("{base}/cgi-bin/get_api_domain_ip?access_token={token}");
         async move { http.get(url).send().await }
     });
-    sleep_ms(200).await;
+    wait_until("the hang fault is taken", || admin.faults(APPID).is_empty()).await;
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), h.sim.shutdown())
         .await
@@ -231,18 +264,50 @@ async fn hang_fault_times_the_client_out_and_shutdown_does_not_wait() {
 }
 
 #[tokio::test]
-async fn hang_fault_eventually_answers_system_error() {
-    let h = Harness::start(Timing {
-        hang: Duration::from_millis(700),
+async fn hang_fault_answers_system_error_once_the_hang_has_passed() {
+    let h = Harness::start(Timing::default()).await; // hang = 3600 s
+    let admin = h.sim.admin();
+    admin.inject(APPID, Fault::new(FaultKind::Hang).times(1));
+    let mut request = spawn_stable_fetch(&h);
+    wait_until("the hang fault is taken", || admin.faults(APPID).is_empty()).await;
+    h.advance(Duration::from_secs(3599));
+    assert_still_waiting(&mut request).await;
+    h.advance(Duration::from_secs(1) - NS);
+    assert_still_waiting(&mut request).await;
+    h.advance(NS);
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("answered once the hang has passed")
+        .unwrap();
+    assert_err(&answer, -1);
+}
+
+#[tokio::test]
+async fn without_advances_the_clock_is_real_time() {
+    // Nobody pauses or advances the clock: tokens expire and delays end in real time, as
+    // other crates' end-to-end tests (real refresher processes) rely on.
+    let h = Harness::start_real_time(Timing {
+        expires_in: Duration::from_millis(250),
         ..fast()
     })
     .await;
-    h.sim
-        .admin()
-        .inject(APPID, Fault::new(FaultKind::Hang).times(1));
+    let admin = h.sim.admin();
+    let token = h.classic_token().await;
+    admin.inject(
+        APPID,
+        Fault::new(FaultKind::Delay {
+            delay: Duration::from_millis(250),
+        })
+        .on(Endpoint::Business)
+        .times(1),
+    );
     let started = Instant::now();
-    assert_err(&h.classic(APPID, SECRET).await, -1);
-    assert!(started.elapsed() >= Duration::from_millis(700));
+    // Checked after the delay, by which time the token has expired.
+    assert_err(&h.business(&token).await, 42001);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let clock = admin.clock();
+    assert!(!clock.paused && clock.advanced_ms == 0, "{clock:?}");
+    assert!(clock.elapsed_ms >= 250, "{clock:?}");
 }
 
 #[tokio::test]

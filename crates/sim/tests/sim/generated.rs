@@ -165,6 +165,7 @@ async fn generated_apps_fetch_with_derived_secrets_and_wrong_secrets_are_refused
     let base = sim.base_url();
     let http = http();
     let admin = sim.admin();
+    admin.pause_clock();
 
     for i in [0, 17, 49] {
         let v = classic(&http, &base, &g.appid(i), &g.secret(i)).await;
@@ -203,6 +204,7 @@ async fn hundred_thousand_generated_apps_serve_first_and_last() {
     let base = sim.base_url();
     let http = http();
     let admin = sim.admin();
+    admin.pause_clock();
     assert_eq!(admin.counts().apps, u64::from(N));
 
     let first = token_of(

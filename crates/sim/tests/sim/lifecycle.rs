@@ -45,7 +45,7 @@ async fn serve_runs_until_shutdown() {
             answer = Some(wechat_json(resp).await);
             break;
         }
-        sleep_ms(50).await;
+        io_retry_backoff().await;
     }
     let answer = answer.expect("serve answers");
     assert_eq!(answer["expires_in"], 7200, "WeChat timing by default");

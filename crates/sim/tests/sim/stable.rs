@@ -93,35 +93,41 @@ async fn body_that_is_not_json_is_47001() {
 
 #[tokio::test]
 async fn normal_mode_reuses_until_overlap_then_renews() {
-    // Tokens live 4 s; a new one is issued once 2 s or less are left.
-    let h = Harness::start(Timing {
-        expires_in: Duration::from_secs(4),
-        overlap: Duration::from_secs(2),
-        ..fast()
-    })
-    .await;
+    // WeChat's numbers: tokens live 7200 s; a new one is issued once 300 s or less are left.
+    let h = Harness::start(Timing::default()).await;
+    let secs = Duration::from_secs;
     let (a, e1) = h.stable_token(false).await;
-    assert_eq!(e1, 4);
+    assert_eq!(e1, 7200);
     let (a2, e2) = h.stable_token(false).await;
     assert_eq!(a2, a);
-    assert!(e2 <= 3, "remaining whole seconds, floored: {e2}");
+    assert_eq!(e2, 7200, "no time passed");
 
-    sleep_ms(1200).await; // ~2.8 s left, more than the overlap
+    h.advance(secs(1000) + Duration::from_millis(500));
     let (a3, e3) = h.stable_token(false).await;
     assert_eq!(a3, a);
-    assert_eq!(e3, 2);
+    assert_eq!(e3, 6199, "remaining whole seconds, floored");
 
-    sleep_ms(1000).await; // ~1.8 s left: renewed
-    let (b, e4) = h.stable_token(false).await;
+    // 300 s + 1 ns left: more than the overlap, reused.
+    h.advance(secs(7200 - 300) - secs(1000) - Duration::from_millis(500) - NS);
+    let (a4, e4) = h.stable_token(false).await;
+    assert_eq!(a4, a);
+    assert_eq!(e4, 300);
+
+    // Exactly 300 s left: renewed.
+    h.advance(NS);
+    let (b, e5) = h.stable_token(false).await;
     assert_ne!(b, a);
-    assert_eq!(e4, 4);
+    assert_eq!(e5, 7200);
     // The previous one stays valid until its own expiry...
     assert!(h.business(&a).await["ip_list"].is_array());
     let ev = h.sim.admin().app_evidence(APPID).unwrap();
     assert_eq!(ev.live_tokens.len(), 2);
     assert!(ev.live_tokens[0].replaced && !ev.live_tokens[1].replaced);
+    assert_eq!(ev.live_tokens[0].expires_in_ms, 300_000);
+    h.advance(secs(300) - NS);
+    assert!(h.business(&a).await["ip_list"].is_array());
     // ...and then expires (42001: it lived its full life).
-    sleep_ms(2300).await;
+    h.advance(NS);
     assert_err(&h.business(&a).await, 42001);
     assert!(h.business(&b).await["ip_list"].is_array());
 
@@ -135,58 +141,103 @@ async fn normal_mode_reuses_until_overlap_then_renews() {
             ref other => panic!("unexpected {other:?}"),
         })
         .collect();
-    assert_eq!(reused, [false, true, true, false]);
+    assert_eq!(reused, [false, true, true, true, false]);
 }
 
 #[tokio::test]
 async fn force_refresh_overlap_interval_and_daily_limit() {
+    // WeChat's numbers (7200 s tokens, 300 s overlap, 30 s between force refreshes), but
+    // only 2 force refreshes a day.
     let h = Harness::start(Timing {
         force_refresh_daily_limit: 2,
-        ..fast() // 10 s tokens, 1 s overlap, 1 s minimum force interval
+        ..Timing::default()
     })
     .await;
     let admin = h.sim.admin();
+    let secs = Duration::from_secs;
     let (a, _) = h.stable_token(false).await;
 
+    // t = 0: a force refresh replaces a (which dies at 300 s).
     let (b, eb) = h.stable_token(true).await;
     assert_ne!(b, a);
-    assert_eq!(eb, 10);
+    assert_eq!(eb, 7200);
     assert!(
         h.business(&a).await["ip_list"].is_array(),
         "old valid in overlap"
     );
 
-    // A force refresh inside the minimum interval changes nothing.
+    // A force refresh inside the minimum interval changes nothing, up to its last instant.
     let (b2, eb2) = h.stable_token(true).await;
     assert_eq!(b2, b);
-    assert!(eb2 <= 9);
+    assert_eq!(eb2, 7200);
+    h.advance(secs(30) - NS);
+    let (b3, eb3) = h.stable_token(true).await;
+    assert_eq!(b3, b);
+    assert_eq!(eb3, 7170);
     assert_eq!(admin.app_evidence(APPID).unwrap().force_refreshes_today, 1);
 
-    sleep_ms(1300).await;
-    assert_err(&h.business(&a).await, 40001);
+    // t = 30 s: the interval has passed; c replaces b (which dies at 330 s).
+    h.advance(NS);
     let (c, _) = h.stable_token(true).await;
     assert_ne!(c, b);
+    assert!(h.business(&a).await["ip_list"].is_array());
     assert!(h.business(&b).await["ip_list"].is_array());
     assert_eq!(admin.app_evidence(APPID).unwrap().force_refreshes_today, 2);
 
-    sleep_ms(1300).await;
+    // t = 60 s: the daily limit (2) is reached.
+    h.advance(secs(30));
     let msg = assert_err(&h.stable(APPID, SECRET, true).await, 45009);
     assert!(msg.starts_with("reach max api daily quota limit"), "{msg}");
-    assert_err(&h.business(&b).await, 40001);
     // Normal mode still works and returns the current token.
     let (c2, _) = h.stable_token(false).await;
     assert_eq!(c2, c);
+
+    // Each replaced token dies exactly 300 s after its replacement.
+    h.advance(secs(240) - NS); // t = 300 s - 1 ns
+    assert!(h.business(&a).await["ip_list"].is_array());
+    h.advance(NS);
+    assert_err(&h.business(&a).await, 40001);
+    h.advance(secs(30) - NS); // t = 330 s - 1 ns
+    assert!(h.business(&b).await["ip_list"].is_array());
+    h.advance(NS);
+    assert_err(&h.business(&b).await, 40001);
+    assert!(h.business(&c).await["ip_list"].is_array());
 
     let forces: Vec<bool> = admin
         .fetches(APPID, Endpoint::StableToken)
         .iter()
         .map(|f| f.force_refresh)
         .collect();
-    assert_eq!(forces, [false, true, true, true, true, false]);
+    assert_eq!(forces, [false, true, true, true, true, true, false]);
 
     admin.reset_quota(APPID);
     let (d, _) = h.stable_token(true).await;
     assert_ne!(d, c);
+}
+
+#[tokio::test]
+async fn force_refresh_limit_resets_with_the_day() {
+    let h = Harness::start(Timing {
+        force_refresh_daily_limit: 1,
+        ..Timing::default()
+    })
+    .await;
+    let admin = h.sim.admin();
+    let (a, _) = h.stable_token(true).await;
+    h.advance(Duration::from_secs(60));
+    assert_err(&h.stable(APPID, SECRET, true).await, 45009);
+
+    // The last instant of day 0: still refused.
+    h.advance(Timing::default().day - admin.elapsed() - NS);
+    assert_err(&h.stable(APPID, SECRET, true).await, 45009);
+    assert_eq!(admin.app_evidence(APPID).unwrap().force_refreshes_today, 1);
+    // Day 1: allowed again (a has long expired by now).
+    h.advance(NS);
+    assert_eq!(admin.app_evidence(APPID).unwrap().force_refreshes_today, 0);
+    let (b, eb) = h.stable_token(true).await;
+    assert_ne!(b, a);
+    assert_eq!(eb, 7200);
+    assert_eq!(admin.app_evidence(APPID).unwrap().force_refreshes_today, 1);
 }
 
 #[tokio::test]
@@ -202,7 +253,7 @@ async fn stable_and_classic_tokens_are_isolated() {
     let (s2, _) = h.stable_token(true).await;
     assert_ne!(s2, s1);
 
-    sleep_ms(1300).await;
+    h.advance(fast().overlap);
     // Each kind only ever replaced its own kind.
     assert_err(&h.business(&c1).await, 40001);
     assert_err(&h.business(&s1).await, 40001);
