@@ -5,7 +5,9 @@
 //!   while they are open, every one is closed by the server after the
 //!   header-read timeout, and `/healthz` then answers on a fresh connection;
 //! - one silent connection is closed (EOF) after the header-read timeout, a
-//!   kept-alive connection after the idle timeout;
+//!   kept-alive connection after the idle timeout (hyper's header-read
+//!   timeout, which also runs while a kept-alive connection waits for its
+//!   next request);
 //! - an oversized POST body gets 413;
 //! - a Redis error on a refresh request names the step that failed.
 //!
@@ -25,8 +27,9 @@ use wxtoken_schema::{Kind, RequestOutcome, FORCE_REQUEST};
 
 /// `http::limits::HEADER_READ_TIMEOUT` of the replica.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// `http::limits::IDLE_TIMEOUT` of the replica.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// `http::limits::IDLE_TIMEOUT` of the replica: hyper's header-read timer,
+/// restarted when a kept-alive connection goes idle after a response.
+const IDLE_TIMEOUT: Duration = HEADER_READ_TIMEOUT;
 /// The open-file limit of the flooded replica (the review's reproduction).
 const NOFILE: u64 = 64;
 /// Its connection cap: a quarter of the open-file limit.
@@ -280,7 +283,7 @@ async fn silent_connections_beyond_the_cap_do_not_starve_refreshes() {
     }
     assert!(
         logs.contains(
-            "closing an HTTP connection: request head not complete within the header timeout"
+            "closing an HTTP connection: no complete request head within the header timeout"
         ),
         "{logs}"
     );

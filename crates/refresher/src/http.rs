@@ -5,10 +5,12 @@
 //! This module owns the routes, the bearer-token check and the server's
 //! lifecycle (bound at start-up, stopped with the refresher's shutdown
 //! token). Handlers stay thin: what the status page shows is gathered by
-//! `snapshot`, and turned into HTML by `page`. `limits` keeps the surface
-//! from starving the refresh work: a cap on open connections (the rest wait
-//! unaccepted, costing no file descriptor), a header-read timeout, a
-//! request timeout, an idle keep-alive timeout and a response-write timeout.
+//! `snapshot`, and turned into HTML by `page`. Connections are served by
+//! hyper directly (not `axum::serve`, which hides hyper's timeouts);
+//! `limits` keeps the surface from starving the refresh work: a cap on open
+//! connections (the rest wait unaccepted, costing no file descriptor),
+//! hyper's header-read timeout (which also closes idle kept-alive
+//! connections), a request timeout and a bound on each connection's life.
 //!
 //! It must not refresh anything itself — a POST only records a request for
 //! the refreshers through [`wxtoken_schema::request_refresh`] — nor build key
@@ -42,6 +44,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wxtoken_schema::{
     request_refresh, validate_name, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST, KINDS,
@@ -128,6 +132,9 @@ impl Server {
 
     /// Serves until the refresher's shutdown token is cancelled, then lets
     /// open requests finish for a short grace period.
+    ///
+    /// Each connection is served by hyper in its own task (see `limits`),
+    /// which holds one slot of the connection cap until it ends.
     pub(crate) async fn serve(self) {
         let shutdown: CancellationToken = self.app.sh.shutdown.clone();
         tracing::info!(
@@ -139,20 +146,32 @@ impl Server {
             idle_timeout = ?limits::IDLE_TIMEOUT,
             "HTTP surface listening"
         );
-        let service = router(self.app).into_make_service_with_connect_info::<Peer>();
-        let listener = limits::Limited::new(self.listener, self.cap);
-        let server = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tokio::select! {
-            r = server => {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "HTTP surface failed");
-                }
-            }
-            _ = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => tracing::debug!("HTTP connections still open after the grace period; closing them"),
+        let router = router(self.app);
+        let serving = Arc::new(limits::Connections::new());
+        let slots = Arc::new(Semaphore::new(self.cap));
+        let mut tasks = JoinSet::new();
+        loop {
+            let (stream, peer, slot) = tokio::select! {
+                accepted = limits::accept(&self.listener, &slots) => accepted,
+                _ = shutdown.cancelled() => break,
+            };
+            // Finished connections are reaped here; at most `cap` run.
+            while tasks.try_join_next().is_some() {}
+            let (served, router, shutdown) = (serving.clone(), router.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                served.serve(stream, peer, router, shutdown).await;
+                drop(slot);
+            });
+        }
+        // Refuse new connections; the open ones finish their requests.
+        drop(self.listener);
+        let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::debug!("HTTP connections still open after the grace period; closing them");
+            tasks.shutdown().await;
         }
         tracing::debug!("HTTP surface stopped");
     }
