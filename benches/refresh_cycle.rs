@@ -8,7 +8,7 @@
 //!
 //! Run: `cargo bench --bench refresh_cycle` (about 40 s).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
 mod common;
 
 use common::{Env, Setup};

@@ -3,9 +3,7 @@
 //! refresh resumes when they clear; 45009 pauses the credential; 40164 is a
 //! configuration fault: logged loudly once, shown in status, retried slowly.
 
-mod common;
-
-use common::{eventually, Env, Setup};
+use crate::common::{eventually, Env, Setup};
 use std::time::{Duration, Instant};
 use wxtoken_schema::status;
 use wxtoken_sim::{Endpoint, Fault, FaultKind, FetchOutcome};

@@ -14,9 +14,7 @@
 //! The timeouts are the replica's constants (`http::limits`, not
 //! configurable); waits are conditions, with limits several times them.
 
-mod common;
-
-use common::{eventually, Env, Setup};
+use crate::common::{eventually, Env, Setup};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -7,9 +7,7 @@
 //!   hands back the refused token;
 //! - the minimum interval keeps a token WeChat keeps refusing from looping.
 
-mod common;
-
-use common::{business_call, eventually, Env, Setup};
+use crate::common::{business_call, eventually, Env, Setup};
 use std::time::{Duration, Instant};
 use wxtoken_schema::{request_refresh, Kind, RequestOutcome, REQUEST_TTL_SECS};
 use wxtoken_sim::{Endpoint, FetchRecord};

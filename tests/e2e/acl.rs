@@ -5,9 +5,7 @@
 //! reading other state, flushing); `wxtoken status` runs under the
 //! read-only monitor rule.
 
-mod common;
-
-use common::{eventually, Env, Setup};
+use crate::common::{eventually, Env, Setup};
 use std::time::Duration;
 use wxtoken_client::{Client, Options};
 use wxtoken_schema::{Kind, RequestOutcome};

@@ -3,9 +3,7 @@
 //! lock TTL cannot overwrite the newer token when it comes back (fencing); a
 //! SIGTERMed replica releases its locks and exits 0.
 
-mod common;
-
-use common::{business_call, eventually, fence_of, replica_of, stored, Env, Proxy, Setup};
+use crate::common::{business_call, eventually, fence_of, replica_of, stored, Env, Proxy, Setup};
 use std::time::{Duration, Instant};
 use wxtoken_schema::Kind;
 use wxtoken_sim::{Endpoint, Fault, FaultKind};

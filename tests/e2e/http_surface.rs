@@ -9,9 +9,7 @@
 //!   a whole token; headless Chromium renders the page. (Thousands of
 //!   credentials: `tests/status_scale.rs`.)
 
-mod common;
-
-use common::{eventually, Env, Setup};
+use crate::common::{eventually, Env, Setup};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,7 +44,7 @@ fn http_section(with_token: bool) -> (String, String) {
 }
 
 /// Starts a scenario with one HTTP-enabled replica `replica-1`.
-async fn start(mut setup: Setup, with_token: bool) -> (Env, common::Replica, String) {
+async fn start(mut setup: Setup, with_token: bool) -> (Env, crate::common::Replica, String) {
     let (section, base) = http_section(with_token);
     setup.extra_config.push_str(&section);
     let env = Env::start(setup).await;
@@ -55,7 +53,7 @@ async fn start(mut setup: Setup, with_token: bool) -> (Env, common::Replica, Str
     (env, replica, base)
 }
 
-async fn wait_http(base: &str, replica: &common::Replica) {
+async fn wait_http(base: &str, replica: &crate::common::Replica) {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -118,7 +116,7 @@ async fn forbidden(env: &Env) -> (Vec<String>, Vec<String>) {
     let mut tokens = Vec::new();
     for c in &env.creds {
         for kind in [Kind::AccessToken, Kind::JsapiTicket] {
-            if let Some(t) = common::stored(&mut con, &env.keys(&c.id), kind).await {
+            if let Some(t) = crate::common::stored(&mut con, &env.keys(&c.id), kind).await {
                 tokens.push(t);
             }
         }
@@ -363,7 +361,7 @@ async fn post_refresh_with_nothing_stored_files_a_force_request() {
     .await;
     let mut con = con;
     assert_eq!(
-        common::stored(&mut con, &keys, Kind::AccessToken).await,
+        crate::common::stored(&mut con, &keys, Kind::AccessToken).await,
         None
     );
 
@@ -771,7 +769,7 @@ async fn chromium_renders_the_status_page() {
     // (which replica wins each lock is chance, so ask Redis, not a guess).
     for i in [0, 2, 3] {
         let keys = env.keys(&env.creds[i].id);
-        let by = common::replica_of(&mut con, &keys, Kind::AccessToken)
+        let by = crate::common::replica_of(&mut con, &keys, Kind::AccessToken)
             .await
             .expect("stored");
         assert!(

@@ -1,9 +1,7 @@
 //! The replica as a process: a closed stderr (a log collector that went
 //! away) neither stops refreshes nor makes SIGTERM ineffective.
 
-mod common;
-
-use common::{Env, Setup};
+use crate::common::{Env, Setup};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -24,7 +22,7 @@ async fn closed_stderr_keeps_refreshing_and_sigterm_still_exits_zero() {
     let first = env.token(&mut con, 0).await.unwrap();
     // A proactive refresh (lifetime 6 s, margin 2 s) still happens: the
     // tasks that log did not die.
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(10),
         "refreshed with stderr closed",
         || {

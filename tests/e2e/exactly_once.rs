@@ -3,9 +3,7 @@
 //! token is the one stored, and a business call made with the token read from
 //! Redis succeeds at every sampled instant.
 
-mod common;
-
-use common::{business_call, Env, Setup};
+use crate::common::{business_call, Env, Setup};
 use futures_util::StreamExt;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -157,7 +155,7 @@ async fn three_replicas_fetch_each_credential_once_per_cycle() {
     );
 
     // Numbers for BENCHMARKS.md.
-    let cmd_calls = common::commandstats(&stats);
+    let cmd_calls = crate::common::commandstats(&stats);
     println!(
         "fetches: {total_fetches} for {} credentials, {:.3} WeChat calls per stored token; \
          {} samples, 0 failed; redis commands: {cmd_calls:?}",

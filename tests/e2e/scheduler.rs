@@ -3,9 +3,7 @@
 //! start of 2,000 values under a low shared rate on a loaded machine, and a
 //! flushed Redis refilled at once with one call per value.
 
-mod common;
-
-use common::{eventually, stored, Env, Setup};
+use crate::common::{eventually, stored, Env, Setup};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
 use std::collections::{BTreeMap, BTreeSet};
@@ -335,7 +333,7 @@ async fn a_flushed_redis_is_refilled_at_once_with_one_call_per_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetched_token_survives_redis_going_silent_at_write_time() {
-    use common::Proxy;
+    use crate::common::Proxy;
     use wxtoken_sim::{Fault, FaultKind};
     let env = Env::start(Setup {
         credentials: 1,

@@ -1,9 +1,7 @@
 //! Redis trouble: restarted empty, or down for a while. Replicas keep running
 //! and every token is back within seconds of Redis returning.
 
-mod common;
-
-use common::{Env, Replica, Setup};
+use crate::common::{Env, Replica, Setup};
 use std::time::{Duration, Instant};
 use wxtoken_sim::{Endpoint, FetchOutcome};
 

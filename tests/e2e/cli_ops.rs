@@ -3,9 +3,7 @@
 //! codes, faults), `refresh` (exactly one more fetch, durable pending
 //! requests, timeout) and `get`; none of them ever prints a Redis password.
 
-mod common;
-
-use common::{eventually, Env, Setup};
+use crate::common::{eventually, Env, Setup};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wxtoken_schema::{info, registry_key, status, CredentialKeys, Kind};
 use wxtoken_sim::Endpoint;

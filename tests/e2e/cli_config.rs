@@ -2,9 +2,7 @@
 //! start-up with the field named and exit code 1; secrets never appear in logs
 //! (human or JSON, at debug level, through failures too).
 
-mod common;
-
-use common::{Env, Setup};
+use crate::common::{Env, Setup};
 use std::process::Command;
 use std::time::Duration;
 
@@ -91,7 +89,7 @@ async fn secrets_never_reach_the_logs() {
     env.admin.set_secret_frozen(&env.creds[1].appid, true);
     let human = env.spawn_replica("human", None);
     let json = env.spawn_replica_with("json", None, &[("WXTOKEN_LOG_FORMAT", "json")]);
-    common::eventually(Duration::from_secs(10), "first token stored", || {
+    crate::common::eventually(Duration::from_secs(10), "first token stored", || {
         let (env, con) = (&env, env.redis_con());
         async move { env.token(&mut con.await, 0).await.is_some() }
     })

@@ -4,9 +4,7 @@
 //! event subscription cut every 50 ms, polling and the re-read after each
 //! resubscription keep them correct.
 
-mod common;
-
-use common::{eventually, Env, Setup};
+use crate::common::{eventually, Env, Setup};
 use std::time::Duration;
 use wxtoken_client::{Client, Kind, Options, RequestOutcome};
 use wxtoken_sim::{Endpoint, FetchOutcome};

@@ -1,0 +1,21 @@
+//! End-to-end tests: a real `redis-server`, the simulator over HTTP, and
+//! refresher replicas as real `wxtoken run` processes. One test binary with a
+//! module per area (linking one binary instead of one per file keeps CI
+//! short); `cargo test --test e2e scheduler::` runs one area.
+
+mod common;
+
+mod acl;
+mod cli_config;
+mod cli_ops;
+mod client_e2e;
+mod exactly_once;
+mod failover;
+mod http_limits;
+mod http_surface;
+mod passive;
+mod process;
+mod redis_outage;
+mod scheduler;
+mod status_scale;
+mod wechat_faults;
