@@ -220,10 +220,12 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
                     if redis_failures == 1 {
                         tracing::warn!(error = %e, "cannot read the due-queue; retrying");
                     }
+                    // Never longer than check_interval, the longest time
+                    // between two looks at the queue.
                     next_scan = Instant::now()
                         + policy::backoff(
                             Duration::from_millis(200),
-                            Duration::from_secs(5),
+                            Duration::from_secs(5).min(sh.refresh.check_interval),
                             redis_failures,
                             rand::random::<f64>(),
                         );

@@ -525,6 +525,13 @@ async fn a_reader_user_can_report_but_not_force_or_overwrite() {
             .unwrap(),
         RequestOutcome::AlreadyReplaced
     );
+    // Only printable tokens can be reported (no log or key injection).
+    for bad in ["a\nb", "\u{1b}[2J", "", "é"] {
+        let err = request_refresh(&mut reader, &keys, kind, bad, ttl)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a token"), "{bad:?}: {err}");
+    }
     let err = request_refresh(&mut reader, &keys, kind, FORCE_REQUEST, ttl)
         .await
         .unwrap_err();
