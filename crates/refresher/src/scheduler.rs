@@ -455,6 +455,11 @@ fn settle(
         Ok(Err(claim)) => match claim {
             Claim::Unregistered => agenda.remove(&member),
             Claim::NotDue(at) | Claim::Held(at) => agenda.set(member, at),
+            Claim::HoldCut(at) => {
+                tracing::warn!(%id, %kind, hold_s = at.saturating_sub(now_ms) / 1000,
+                    "the pause or backoff stored in Redis reached further ahead than any this refresher sets; cut to the configured maximum");
+                agenda.set(member, at);
+            }
             Claim::Busy(_) => {
                 // Another replica is refreshing it and will queue its next
                 // due time; the next scan brings it back (also if that

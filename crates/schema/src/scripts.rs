@@ -89,9 +89,14 @@ if lpttl > 0 then
 end
 local st = hmget(KEYS[6], 'paused_until_ms', 'retry_after_ms', 'failures')
 local hold = math.max(tonumber(st[1]) or 0, tonumber(st[2]) or 0)
-hold = math.min(hold, now + (tonumber(ARGV[8]) or 0))
+local cut = 0
+if hold > now + (tonumber(ARGV[8]) or 0) then
+  hold = now + (tonumber(ARGV[8]) or 0)
+  cut = 1
+end
 if hold > now then
   redis.call('ZADD', KEYS[4], 'XX', hold, ARGV[3])
+  if cut == 1 then return {-6, hold} end
   return {-4, hold}
 end
 local interval = tonumber(ARGV[4]) or 0
@@ -441,6 +446,10 @@ pub enum Claim {
     Busy(u64),
     /// The credential is paused or backing off until this Unix ms.
     Held(u64),
+    /// Like [`Claim::Held`], but the stored pause or backoff reached
+    /// further ahead than the rules allow (corrupt or hostile data) and was
+    /// cut to this Unix ms.
+    HoldCut(u64),
     /// The shared call rate allows the next claim in this long.
     RateLimited(Duration),
 }
@@ -527,6 +536,7 @@ pub async fn claim<C: ConnectionLike>(
         -3 => Claim::Busy(at()?),
         -4 => Claim::Held(at()?),
         -5 => Claim::RateLimited(Duration::from_micros(at()?)),
+        -6 => Claim::HoldCut(at()?),
         fence if fence > 0 && answer.len() == 11 => {
             let opt_u64 = |i: usize| {
                 answer

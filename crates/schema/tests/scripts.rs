@@ -637,7 +637,7 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
         ..ClaimRules::new(ttl)
     };
     match claim(&mut con, &keys, kind, "b#1", &rules).await.unwrap() {
-        Claim::Held(at) => {
+        Claim::HoldCut(at) => {
             let now = redis_now(&mut con).await;
             assert!(
                 at <= now + 90_000 && at > now + 80_000,
