@@ -393,3 +393,35 @@ async fn a_fetched_token_survives_redis_going_silent_at_write_time() {
     assert_eq!(issued, vec![token.chars().take(8).collect::<String>()]);
     assert_eq!(replica.terminate(Duration::from_secs(10)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_value_is_asked_for_by_the_first_reader_and_refilled_at_once() {
+    let env = Env::start(Setup {
+        credentials: 1,
+        lifetime: Duration::from_secs(3600),
+        margin: Duration::from_secs(60),
+        check_interval: Duration::from_secs(30),
+        ..Setup::default()
+    })
+    .await;
+    let _replicas = env.spawn_replicas(2);
+    env.wait_all_stored(Duration::from_secs(10)).await;
+    let mut con = env.redis_con().await;
+    let keys = env.keys(&env.creds[0].id);
+    let old = env.token(&mut con, 0).await.unwrap();
+    // The value is lost (evicted, deleted by hand): its queue entry still
+    // says "due in an hour".
+    let _: () = con
+        .del(&[keys.value(Kind::AccessToken), keys.info(Kind::AccessToken)])
+        .await
+        .unwrap();
+    let client = wxtoken_client::Client::connect(
+        &env.redis.url(),
+        wxtoken_client::Options::default().wait_for_token(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    let fresh = client.access_token(&env.creds[0].id).await.unwrap();
+    assert_ne!(fresh, old);
+    assert_eq!(token_fetches(&env)[0], 2, "one more WeChat call, exactly");
+}

@@ -280,6 +280,29 @@ impl Client {
         &self.inner.options
     }
 
+    /// Files a request for a value that is not stored (best effort).
+    async fn ask_for_missing(&self, keys: &CredentialKeys, kind: Kind) {
+        let mut con = self.inner.reader.redis.clone();
+        let request = request_refresh(
+            &mut con,
+            keys,
+            kind,
+            wxtoken_schema::MISSING_REPORT,
+            Duration::from_secs(REQUEST_TTL_SECS),
+        );
+        match tokio::time::timeout(self.inner.options.redis_timeout, request).await {
+            Ok(Ok(outcome)) => {
+                tracing::debug!(id = keys.id(), %kind, ?outcome, "nothing stored; asked the refreshers")
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(id = keys.id(), %kind, error = %e, "nothing stored; could not ask the refreshers")
+            }
+            Err(_) => {
+                tracing::debug!(id = keys.id(), %kind, "nothing stored; asking the refreshers timed out")
+            }
+        }
+    }
+
     async fn read_or_wait(&self, id: &str, kind: Kind) -> Result<Token, Error> {
         let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
         let cache = &self.inner.cache;
@@ -289,6 +312,7 @@ impl Client {
         // An update event for a value that is not cached is ignored unless a
         // read waits for it: this one might.
         let mut interest = cache.want(id, kind);
+        let mut asked = false;
         loop {
             changes.borrow_and_update();
             interest.wake.borrow_and_update();
@@ -305,6 +329,13 @@ impl Client {
                             "nothing stored in Redis; serving the cached value, which has not expired"
                         );
                         return Ok(Token::from_entry(&entry, now));
+                    }
+                    // Nothing stored (a lost or deleted value is otherwise
+                    // only noticed at its next scheduled refresh): ask the
+                    // refreshers once, with the reader's own rights.
+                    if !asked {
+                        asked = true;
+                        self.ask_for_missing(&keys, kind).await;
                     }
                 }
                 Err(source) => {

@@ -167,6 +167,11 @@ pub fn requests_channel(namespace: &str) -> String {
 /// by anyone else, it only asks for a value while none is stored.
 pub const FORCE_REQUEST: &str = "*";
 
+/// The reported value of a request made because nothing is stored (a reader
+/// found the value missing: lost, evicted, deleted by hand). Never equal to
+/// a stored token, so it is served only while nothing is stored.
+pub const MISSING_REPORT: &str = "-";
+
 /// How long a refresh request waits for a refresher before it lapses.
 pub const REQUEST_TTL_SECS: u64 = 600;
 
