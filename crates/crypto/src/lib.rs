@@ -285,7 +285,10 @@ impl MsgCrypt {
         encrypt: &str,
         msg_signature: &str,
     ) -> Result<(), CryptoError> {
-        ct_hex_eq(&self.msg_signature(timestamp, nonce, encrypt), msg_signature)
+        ct_hex_eq(
+            &self.msg_signature(timestamp, nonce, encrypt),
+            msg_signature,
+        )
     }
 
     /// Checks a plain URL-verification `signature` in constant time.
@@ -518,9 +521,7 @@ pub fn unpad32(data: &[u8]) -> Result<&[u8], CryptoError> {
 
 /// Splits unpadded plaintext into `(message, appid)`.
 fn split_plaintext(plain: &[u8]) -> Result<(&[u8], &[u8]), CryptoError> {
-    let rest = plain
-        .get(RANDOM_LEN..)
-        .ok_or(CryptoError::LengthMismatch)?;
+    let rest = plain.get(RANDOM_LEN..).ok_or(CryptoError::LengthMismatch)?;
     let (len, rest) = rest
         .split_first_chunk::<LEN_PREFIX>()
         .ok_or(CryptoError::LengthMismatch)?;
@@ -631,10 +632,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, CryptoError> {
             }
             Event::GeneralRef(r) => {
                 let resolved = if r.is_char_ref() {
-                    r.resolve_char_ref()
-                        .ok()
-                        .flatten()
-                        .map(|c| c.to_string())
+                    r.resolve_char_ref().ok().flatten().map(|c| c.to_string())
                 } else {
                     std::str::from_utf8(&r)
                         .ok()
