@@ -29,6 +29,13 @@
 //!
 //! Errors ([`CryptoError`]) say what is wrong but never carry key material,
 //! the token or any decrypted bytes.
+//!
+//! For untrusted input use [`MsgCrypt::verify_and_decrypt`] (or
+//! [`MsgCrypt::verify_and_decrypt_value`] for a WeCom `echostr`): the
+//! signature is checked, in constant time, before anything is decrypted, so
+//! the distinct padding/length errors cannot serve as a padding oracle to
+//! someone who does not know the token. [`MsgCrypt::decrypt`] alone does no
+//! authentication (the scheme has no MAC).
 
 use std::fmt;
 use std::fmt::Write as _;
