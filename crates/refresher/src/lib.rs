@@ -38,7 +38,7 @@ pub use config::{Config, ConfigError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use wxtoken_schema::RateLimit;
 
@@ -179,7 +179,9 @@ pub async fn run(
     let inbox = Arc::new(scheduler::Inbox::default());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(events::listen(sh.clone(), client, inbox.clone()));
-    tasks.spawn(heartbeat(sh.clone(), inbox.clone()));
+    let register = Arc::new(Notify::new());
+    tasks.spawn(heartbeat(sh.clone(), register.clone()));
+    tasks.spawn(registrar(sh.clone(), inbox.clone(), register));
     if let Some(server) = http {
         tasks.spawn(server.serve());
     }
@@ -226,31 +228,17 @@ fn wechat_host(base_url: &str) -> String {
         .unwrap_or_else(|| "wechat".into())
 }
 
-/// Marks the replica alive every [`registry::HEARTBEAT`]; when Redis did not
-/// know it (first start, Redis lost its data, taken for dead), registers
-/// every held credential again and has the scheduler rescan.
-async fn heartbeat(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>) {
+/// Marks the replica alive every [`registry::HEARTBEAT`], on its own timer;
+/// when Redis did not know it (first start, Redis lost its data, taken for
+/// dead), asks the registrar to register every held credential again.
+async fn heartbeat(sh: Arc<Shared>, register: Arc<Notify>) {
     let mut failures = 0u32;
-    let mut registered = false;
     while !sh.shutdown.is_cancelled() {
-        let r = async {
-            let forgotten = registry::heartbeat(&sh).await?;
-            if forgotten || !registered {
-                let held: Vec<_> = sh.registry.all().values().cloned().collect();
-                let queued = registry::register(&sh, &held).await?;
-                if registered {
-                    tracing::warn!(credentials = held.len(), queued, "Redis did not know this replica (data lost, or taken for dead): registered every credential again");
-                } else {
-                    tracing::info!(credentials = held.len(), queued, "registered credentials");
+        let wait = match registry::heartbeat(&sh).await {
+            Ok(forgotten) => {
+                if forgotten {
+                    register.notify_one();
                 }
-                inbox.rescan();
-            }
-            Ok::<_, conn::RedisError>(())
-        }
-        .await;
-        let wait = match r {
-            Ok(()) => {
-                registered = true;
                 failures = 0;
                 registry::HEARTBEAT
             }
@@ -271,6 +259,47 @@ async fn heartbeat(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = sh.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Registers every held credential whenever the heartbeat asks, retrying
+/// until one registration has gone through completely (a chunk that fails
+/// part-way must not leave values out of the queue), then has the scheduler
+/// rescan. Runs beside the heartbeat, so a long registration never looks
+/// like a dead replica.
+async fn registrar(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>, register: Arc<Notify>) {
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = register.notified() => {}
+            _ = sh.shutdown.cancelled() => return,
+        }
+        let mut failures = 0u32;
+        loop {
+            let held: Vec<_> = sh.registry.all().values().cloned().collect();
+            match registry::register(&sh, &held).await {
+                Ok(queued) => {
+                    if first {
+                        tracing::info!(credentials = held.len(), queued, "registered credentials");
+                    } else {
+                        tracing::warn!(credentials = held.len(), queued, "Redis did not know this replica (data lost, or taken for dead): registered every credential again");
+                    }
+                    first = false;
+                    inbox.rescan();
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "cannot register the credentials; retrying until every one is registered");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(policy::backoff(Duration::from_millis(200), Duration::from_secs(5), failures, rand::random::<f64>())) => {}
+                        _ = sh.shutdown.cancelled() => return,
+                    }
+                }
+            }
         }
     }
 }

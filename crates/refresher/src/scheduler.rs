@@ -254,7 +254,9 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
                 agenda.in_flight.remove(&member);
                 continue;
             };
-            let Some(held) = sh.registry.get(&id) else {
+            // Only credentials, and kinds of them, this replica holds now
+            // (a ticket dropped from the config is not refreshed here).
+            let Some(held) = sh.registry.get(&id).filter(|h| h.kinds().contains(&kind)) else {
                 agenda.in_flight.remove(&member);
                 continue;
             };
@@ -296,7 +298,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
                 match done {
                     Ok(done) => {
                         probe_out = false;
-                        match settle(&sh, &mut agenda, &clock, &mut loud, done) {
+                        match settle(&sh, &mut agenda, &mut clock, &mut loud, done) {
                             Rate::Refused(gate) => {
                                 probing = true;
                                 rate_gate = rate_gate.max(gate);
@@ -314,7 +316,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
     }
     while let Some(done) = tasks.join_next().await {
         if let Ok(done) = done {
-            let _ = settle(&sh, &mut agenda, &clock, &mut loud, done);
+            let _ = settle(&sh, &mut agenda, &mut clock, &mut loud, done);
         }
     }
 }
@@ -432,7 +434,7 @@ enum Rate {
 fn settle(
     sh: &Shared,
     agenda: &mut Agenda,
-    clock: &Clock,
+    clock: &mut Clock,
     loud: &mut HashMap<String, String>,
     done: Done,
 ) -> Rate {
@@ -454,7 +456,16 @@ fn settle(
         }
         Ok(Err(claim)) => match claim {
             Claim::Unregistered => agenda.remove(&member),
-            Claim::NotDue(at) | Claim::Held(at) => agenda.set(member, at),
+            Claim::NotDue(at) | Claim::Held(at) => {
+                // Redis says it is not due until `at`: if that is not after
+                // our estimate of the Redis clock, the estimate runs ahead
+                // (latency counted as time): pull it back so the entry is not
+                // claimed again and again until real time catches up.
+                if at <= now_ms {
+                    clock.redis_ms = clock.redis_ms.saturating_sub(now_ms - at + 1);
+                }
+                agenda.set(member, at);
+            }
             Claim::HoldCut(at) => {
                 tracing::warn!(%id, %kind, hold_s = at.saturating_sub(now_ms) / 1000,
                     "the pause or backoff stored in Redis reached further ahead than any this refresher sets; cut to the configured maximum");

@@ -170,11 +170,13 @@ pub async fn unregister<C: ConnectionLike>(
         .key(keys.holders())
         .key(replicas_key(keys.namespace()))
         .key(keys.due());
+    // Locks are left to lapse by their TTL: deleting a held one would let
+    // another replica call WeChat while the holder's call is in flight.
     for kind in crate::KINDS {
         inv.key(keys.value(kind))
             .key(keys.info(kind))
-            .key(keys.lock(kind))
-            .key(keys.refresh_request(kind));
+            .key(keys.refresh_request(kind))
+            .key(keys.force_request(kind));
     }
     inv.key(keys.fence()).key(keys.status());
     inv.arg(keys.id()).arg(replica).arg(millis(liveness));

@@ -40,7 +40,7 @@ use std::time::Duration;
 /// KEYS: lock, fence, info, due shard, value, status, request, access token
 /// value, rate, force request. ARGV: owner, ttl_ms, member, rate interval µs (0 = no
 /// limit), burst, whether the access token is needed (1/0), min_interval ms,
-/// longest hold ms (a pause or backoff further ahead is cut to it).
+/// longest hold ms (a pause or backoff further ahead is cut to it), kind.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -87,11 +87,25 @@ if lpttl > 0 then
   redis.call('ZADD', KEYS[4], 'XX', now + lpttl, ARGV[3])
   return {-3, now + lpttl}
 end
-local st = hmget(KEYS[6], 'paused_until_ms', 'retry_after_ms', 'failures')
-local hold = math.max(tonumber(st[1]) or 0, tonumber(st[2]) or 0)
+-- Holds of the access token (unsuffixed fields) hold every kind; a
+-- ticket's own holds (fields suffixed ':<kind>') hold only that ticket.
+local sfx = ''
+if ARGV[9] ~= 'access_token' then sfx = ':' .. ARGV[9] end
+local names = {'paused_until_ms', 'retry_after_ms', 'paused_until_ms' .. sfx,
+  'retry_after_ms' .. sfx}
+local st = hmget(KEYS[6], names[1], names[2], names[3], names[4], 'failures' .. sfx)
+local hold = 0
+for i = 1, 4 do hold = math.max(hold, tonumber(st[i]) or 0) end
 local cut = 0
-if hold > now + (tonumber(ARGV[8]) or 0) then
-  hold = now + (tonumber(ARGV[8]) or 0)
+local longest = now + (tonumber(ARGV[8]) or 0)
+if hold > longest then
+  -- Corrupt or hostile: cut to the longest hold the rules allow, for good.
+  for i = 1, 4 do
+    if (tonumber(st[i]) or 0) > longest then
+      redis.pcall('HSET', KEYS[6], names[i], string.format('%d', longest))
+    end
+  end
+  hold = longest
   cut = 1
 end
 if hold > now then
@@ -132,7 +146,7 @@ if ARGV[6] == '1' then access = get(KEYS[8]) end
 local f = 0
 if forced then f = 1 end
 return {fence, now, value, pttl, info[2] or false, info[3] or false,
-  get(KEYS[7]), st[3] or false, access, score, f}
+  get(KEYS[7]), st[5] or false, access, score, f}
 ",
     )
 });
@@ -178,10 +192,12 @@ local stored = redis.pcall('HGET', KEYS[2], 'fence')
 if type(stored) ~= 'string' then stored = '0' end
 stored = tonumber(stored) or 0
 if stored > fence then
+  redis.call('DEL', KEYS[3])
   return {0, 'stale_fence'}
 end
 local ttl = tonumber(ARGV[4])
 if ttl <= 0 then
+  redis.call('DEL', KEYS[3])
   return {0, 'expired'}
 end
 local t = redis.call('TIME')
@@ -202,9 +218,12 @@ if type(last) == 'table' and last.err then
   redis.call('DEL', KEYS[5])
   last = false
 end
+local sfx = ''
+if ARGV[9] ~= 'access_token' then sfx = ':' .. ARGV[9] end
+redis.call('HDEL', KEYS[5], 'paused_until_ms' .. sfx, 'retry_after_ms' .. sfx,
+  'failures' .. sfx)
 if (not last) or string.sub(last, 1, #ARGV[9] + 1) == ARGV[9] .. ':' then
-  redis.call('HDEL', KEYS[5], 'last_error', 'last_errcode', 'last_error_at_ms',
-    'paused_until_ms', 'retry_after_ms', 'failures')
+  redis.call('HDEL', KEYS[5], 'last_error', 'last_errcode', 'last_error_at_ms')
 end
 redis.call('HSET', KEYS[5], 'replica', ARGV[6])
 if ARGV[9] == 'access_token' then
@@ -237,8 +256,12 @@ return {1, exp, unpack(pulled)}
 /// more consecutive failure, the error, and `retry_after_ms` (and with
 /// `paused`, `paused_until_ms`) at the same instant as the queue entry.
 ///
+/// An access token's failure holds every kind of the credential; a
+/// ticket's holds only that ticket (status fields suffixed `:<kind>`).
+///
 /// KEYS: lock, due shard, status. ARGV: owner, member, delay_ms, failure
-/// (0/1), message, errcode ('' = none), paused (0/1), replica, status ttl s.
+/// (0/1), message, errcode ('' = none), paused (0/1), replica, status ttl s,
+/// kind.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -249,21 +272,25 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[3])
 if ARGV[4] == '1' then
-  if type(redis.pcall('HINCRBY', KEYS[3], 'failures', 1)) ~= 'number' then
-    local f = redis.pcall('HGET', KEYS[3], 'failures')
+  -- An access token's failure holds every kind (unsuffixed fields); a
+  -- ticket's only that ticket (fields suffixed ':<kind>').
+  local sfx = ''
+  if ARGV[10] ~= 'access_token' then sfx = ':' .. ARGV[10] end
+  if type(redis.pcall('HINCRBY', KEYS[3], 'failures' .. sfx, 1)) ~= 'number' then
+    local f = redis.pcall('HGET', KEYS[3], 'failures' .. sfx)
     if type(f) == 'table' then redis.call('DEL', KEYS[3]) end
-    redis.call('HSET', KEYS[3], 'failures', 1)
+    redis.call('HSET', KEYS[3], 'failures' .. sfx, 1)
   end
   redis.call('HSET', KEYS[3], 'last_error', ARGV[5],
     'last_error_at_ms', string.format('%d', now),
-    'replica', ARGV[8], 'retry_after_ms', string.format('%d', due))
+    'replica', ARGV[8], 'retry_after_ms' .. sfx, string.format('%d', due))
   if ARGV[6] == '' then
     redis.call('HDEL', KEYS[3], 'last_errcode')
   else
     redis.call('HSET', KEYS[3], 'last_errcode', ARGV[6])
   end
   if ARGV[7] == '1' then
-    redis.call('HSET', KEYS[3], 'paused_until_ms', string.format('%d', due))
+    redis.call('HSET', KEYS[3], 'paused_until_ms' .. sfx, string.format('%d', due))
   end
   redis.call('EXPIRE', KEYS[3], ARGV[9])
 end
@@ -517,6 +544,7 @@ pub async fn claim<C: ConnectionLike>(
         .arg(if kind == Kind::AccessToken { "0" } else { "1" })
         .arg(u64::try_from(rules.min_interval.as_millis()).unwrap_or(u64::MAX))
         .arg(u64::try_from(rules.max_hold.as_millis()).unwrap_or(u64::MAX))
+        .arg(kind.as_str())
         .invoke_async(con)
         .await?;
     let first = answer
@@ -753,6 +781,7 @@ pub async fn finish<C: ConnectionLike>(
         })
         .arg(failure.map_or("", |f| f.replica))
         .arg(STATUS_TTL_SECS)
+        .arg(kind.as_str())
         .invoke_async(con)
         .await?;
     Ok(n == 1)

@@ -361,8 +361,12 @@ async fn write_is_refused_after_the_lock_is_lost_or_by_an_older_fence() {
     );
     let value: String = con.get(keys.value(kind)).await.unwrap();
     assert_eq!(value, "NEW");
+    // A refused write still ends the lease: the lock is released.
+    let lock: Option<String> = con.get(keys.lock(kind)).await.unwrap();
+    assert_eq!(lock, None);
 
     // A zero TTL is refused rather than stored without expiry.
+    let _: () = con.set(keys.lock(kind), "a#1").await.unwrap();
     let mut w = write("a#1", fb + 100, "ZERO");
     w.ttl = Duration::ZERO;
     assert_eq!(
@@ -762,4 +766,70 @@ fn debug_output_shows_only_a_token_prefix() {
         !shown.contains(token) && shown.contains("ABCDEFGH…"),
         "{shown}"
     );
+}
+
+#[tokio::test]
+async fn a_ticket_failure_holds_only_the_ticket_and_a_token_failure_holds_both() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = CredentialKeys::new("wxtoken", "app").unwrap();
+    let ttl = Duration::from_secs(5);
+    let (at, ticket) = (Kind::AccessToken, Kind::WxCardTicket);
+    queue(&mut con, &keys, &[at, ticket]).await;
+    let failure = Failure {
+        message: "wx_card_ticket: WeChat errcode 48001",
+        errcode: Some(48001),
+        paused: false,
+        replica: "r1",
+    };
+    grant(&mut con, &keys, ticket, "a#1", ttl).await;
+    assert!(finish(
+        &mut con,
+        &keys,
+        ticket,
+        "a#1",
+        Duration::from_secs(300),
+        Some(&failure)
+    )
+    .await
+    .unwrap());
+    // The ticket is held; the access token is not.
+    let _: () = con.zadd(keys.due(), keys.member(ticket), 0).await.unwrap();
+    assert!(matches!(
+        claim(&mut con, &keys, ticket, "b#1", &ClaimRules::new(ttl))
+            .await
+            .unwrap(),
+        Claim::Held(_)
+    ));
+    let (_, state) = grant(&mut con, &keys, at, "b#2", ttl).await;
+    assert_eq!(state.failures, 0, "the token's own count");
+    // The access token fails: both are held.
+    let failure = Failure {
+        message: "access_token: WeChat errcode -1",
+        errcode: Some(-1),
+        paused: false,
+        replica: "r1",
+    };
+    assert!(finish(
+        &mut con,
+        &keys,
+        at,
+        "b#2",
+        Duration::from_secs(60),
+        Some(&failure)
+    )
+    .await
+    .unwrap());
+    for kind in [at, ticket] {
+        let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+        assert!(
+            matches!(
+                claim(&mut con, &keys, kind, "c#1", &ClaimRules::new(ttl))
+                    .await
+                    .unwrap(),
+                Claim::Held(_)
+            ),
+            "{kind}"
+        );
+    }
 }
