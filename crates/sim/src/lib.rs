@@ -175,6 +175,7 @@
 mod admin;
 mod business;
 mod clock;
+mod component;
 mod config;
 pub mod errcode;
 mod evidence;
@@ -187,7 +188,13 @@ mod wire;
 
 pub use admin::{Admin, AdminError, Flags, QuotaUsed};
 pub use clock::{Advance, ClockState, MAX_CLOCK_ADVANCE};
-pub use config::{AppConfig, ConfigError, GeneratedApps, SimConfig, Timing, MAX_GENERATED_APPS};
+pub use component::{
+    ComponentCounts, ComponentEndpoint, ComponentError, ComponentEvidence, ComponentFetchRecord,
+    PushRecord, PushTrigger, Tamper,
+};
+pub use config::{
+    AppConfig, ComponentConfig, ConfigError, GeneratedApps, SimConfig, Timing, MAX_GENERATED_APPS,
+};
 pub use evidence::{
     AppEvidence, Counts, Endpoint, Evidence, FetchCounts, FetchOutcome, FetchRecord, LiveToken,
     SimCounts, UnknownEndpoint,
