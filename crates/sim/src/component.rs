@@ -45,6 +45,9 @@ use crate::wire::{self, WxReply};
 /// How long a push waits for the receiver's answer (real time).
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Every ticket starts with this (like WeChat's); evidence shows the 8 characters after it.
+const TICKET_PREFIX: &str = "ticket@@@";
+
 /// Largest receiver answer the simulator reads.
 const MAX_ANSWER: usize = 4096;
 
@@ -82,7 +85,7 @@ pub struct PushRecord {
     pub trigger: PushTrigger,
     /// `None` for a genuine push.
     pub tamper: Option<Tamper>,
-    /// First 8 characters of the ticket it carried (`None` for tampered pushes, whose ticket
+    /// 8 characters of the ticket it carried, after its constant `ticket@@@` start (`None` for tampered pushes, whose ticket
     /// is never valid, and replays).
     pub ticket_prefix: Option<String>,
     /// The receiver's HTTP status, if it answered at all.
@@ -307,7 +310,7 @@ pub(crate) async fn push(
             (url, query, body, None)
         } else {
             let (query, body, ticket) = build_push(&state.crypt, appid, &now, tamper)?;
-            let prefix = wire::prefix(&ticket);
+            let prefix = wire::prefix(ticket.trim_start_matches(TICKET_PREFIX));
             if tamper.is_none() {
                 state.tickets.insert(ticket, now.at);
                 state.last_push = Some((query.clone(), body.clone()));
@@ -347,7 +350,7 @@ fn build_push(
     tamper: Option<Tamper>,
 ) -> Result<(String, String, String), ComponentError> {
     let crypto_err = |e: wxtoken_crypto::CryptoError| ComponentError::Crypto(e.to_string());
-    let ticket = format!("ticket@@@{}", wire::random_token(wire::TICKET_LEN));
+    let ticket = format!("{TICKET_PREFIX}{}", wire::random_token(wire::TICKET_LEN));
     let create_time = now.unix_ms / 1000;
     let msg = format!(
         "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{create_time}</CreateTime>\
@@ -519,8 +522,7 @@ pub(crate) async fn start_push_ticket(State(shared): State<Arc<Shared>>, body: B
         (Ok(()), Some(appid)) => {
             let task_shared = Arc::clone(&shared);
             tokio::spawn(async move {
-                if let Err(e) =
-                    push(&task_shared, &appid, PushTrigger::StartPushTicket, None).await
+                if let Err(e) = push(&task_shared, &appid, PushTrigger::StartPushTicket, None).await
                 {
                     tracing::info!(%appid, error = %e, "api_start_push_ticket: no push sent");
                 }

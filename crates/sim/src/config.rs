@@ -400,13 +400,22 @@ impl SimConfig {
         let mut components: HashMap<&str, usize> = HashMap::new();
         for (i, c) in self.components.iter().enumerate() {
             if c.appid.trim().is_empty() {
-                return Err(invalid(&format!("component[{i}].appid"), "must not be empty"));
+                return Err(invalid(
+                    &format!("component[{i}].appid"),
+                    "must not be empty",
+                ));
             }
             if c.secret.is_empty() {
-                return Err(invalid(&format!("component[{i}].secret"), "must not be empty"));
+                return Err(invalid(
+                    &format!("component[{i}].secret"),
+                    "must not be empty",
+                ));
             }
             if c.token.is_empty() {
-                return Err(invalid(&format!("component[{i}].token"), "must not be empty"));
+                return Err(invalid(
+                    &format!("component[{i}].token"),
+                    "must not be empty",
+                ));
             }
             if wxtoken_crypto::EncodingAesKey::parse(&c.encoding_aes_key).is_err() {
                 return Err(invalid(
