@@ -78,6 +78,10 @@ impl Admin {
         Admin { shared }
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     fn with_app<R>(
         &self,
         appid: &str,

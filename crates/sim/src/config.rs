@@ -40,6 +40,43 @@ pub struct SimConfig {
     /// Timing and quota rules (the `[timing]` table).
     #[serde(default)]
     pub timing: Timing,
+    /// Third-party platforms (第三方平台). In TOML this is the `[[component]]` array.
+    #[serde(rename = "component", default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentConfig>,
+}
+
+/// One third-party platform (第三方平台, "component") the simulator hosts: it answers
+/// `api_component_token` / `api_start_push_ticket` for it and, if `push_url` is set, pushes an
+/// encrypted `component_verify_ticket` there every [`Timing::ticket_push_interval`].
+///
+/// `Debug` redacts the secret, the message token and the EncodingAESKey.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// `component_appid`.
+    pub appid: String,
+    /// `component_appsecret`.
+    pub secret: String,
+    /// The message verification token (消息校验Token).
+    pub token: String,
+    /// The 43-character EncodingAESKey (消息加解密Key).
+    pub encoding_aes_key: String,
+    /// The authorization event URL (授权事件接收URL) WeChat POSTs ticket pushes to; `None`:
+    /// no pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_url: Option<String>,
+}
+
+impl fmt::Debug for ComponentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentConfig")
+            .field("appid", &self.appid)
+            .field("secret", &"<redacted>")
+            .field("token", &"<redacted>")
+            .field("encoding_aes_key", &"<redacted>")
+            .field("push_url", &self.push_url)
+            .finish()
+    }
 }
 
 /// The most apps [`GeneratedApps`] may ask for (each costs a few hundred bytes).
@@ -178,6 +215,14 @@ pub struct Timing {
     /// How long a `hang` fault holds a request before answering -1 (3600 s).
     #[serde(with = "humantime_serde")]
     pub hang: Duration,
+    /// How often a component's `component_verify_ticket` is pushed (600 s).
+    #[serde(with = "humantime_serde")]
+    pub ticket_push_interval: Duration,
+    /// How long a `component_verify_ticket` is accepted after its push (12 h).
+    #[serde(with = "humantime_serde")]
+    pub verify_ticket_lifetime: Duration,
+    /// Successful `api_component_token` fetches per component per day (10000).
+    pub component_token_daily_quota: u32,
 }
 
 impl Default for Timing {
@@ -192,6 +237,9 @@ impl Default for Timing {
             force_refresh_min_interval: Duration::from_secs(30),
             day: Duration::from_secs(86400),
             hang: Duration::from_secs(3600),
+            ticket_push_interval: Duration::from_secs(600),
+            verify_ticket_lifetime: Duration::from_secs(12 * 3600),
+            component_token_daily_quota: 10_000,
         }
     }
 }
@@ -300,6 +348,12 @@ impl SimConfig {
             .chain(self.generate.iter().flat_map(GeneratedApps::apps))
     }
 
+    /// Adds a third-party platform (builder style).
+    pub fn with_component(mut self, component: ComponentConfig) -> SimConfig {
+        self.components.push(component);
+        self
+    }
+
     /// Replaces the timing rules (builder style).
     pub fn with_timing(mut self, timing: Timing) -> SimConfig {
         self.timing = timing;
@@ -334,6 +388,53 @@ impl SimConfig {
                 return Err(invalid(
                     &format!("app[{i}].appid"),
                     &format!("duplicate appid {}", app.appid),
+                ));
+            }
+        }
+        if self.timing.ticket_push_interval.is_zero() {
+            return Err(invalid(
+                "timing.ticket_push_interval",
+                "must be greater than zero",
+            ));
+        }
+        let mut components: HashMap<&str, usize> = HashMap::new();
+        for (i, c) in self.components.iter().enumerate() {
+            if c.appid.trim().is_empty() {
+                return Err(invalid(
+                    &format!("component[{i}].appid"),
+                    "must not be empty",
+                ));
+            }
+            if c.secret.is_empty() {
+                return Err(invalid(
+                    &format!("component[{i}].secret"),
+                    "must not be empty",
+                ));
+            }
+            if c.token.is_empty() {
+                return Err(invalid(
+                    &format!("component[{i}].token"),
+                    "must not be empty",
+                ));
+            }
+            if wxtoken_crypto::EncodingAesKey::parse(&c.encoding_aes_key).is_err() {
+                return Err(invalid(
+                    &format!("component[{i}].encoding_aes_key"),
+                    "must be 43 characters of base64",
+                ));
+            }
+            if let Some(url) = &c.push_url {
+                if reqwest::Url::parse(url).is_err() {
+                    return Err(invalid(
+                        &format!("component[{i}].push_url"),
+                        "must be an absolute URL",
+                    ));
+                }
+            }
+            if components.insert(c.appid.as_str(), i).is_some() {
+                return Err(invalid(
+                    &format!("component[{i}].appid"),
+                    &format!("duplicate component appid {}", c.appid),
                 ));
             }
         }

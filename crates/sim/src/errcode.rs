@@ -36,6 +36,10 @@ pub const REQUIRE_POST: i64 = 43002;
 pub const DAILY_QUOTA: i64 = 45009;
 /// Per-minute quota used up (not produced by the rules; available for fault injection).
 pub const MINUTE_QUOTA: i64 = 45011;
+/// `component_verify_ticket` expired (pushed more than 12 h ago).
+pub const COMPONENT_TICKET_EXPIRED: i64 = 61005;
+/// `component_verify_ticket` unknown (never pushed to this component, or missing).
+pub const COMPONENT_TICKET_INVALID: i64 = 61006;
 /// The request body is not valid JSON of the expected shape.
 pub const DATA_FORMAT_ERROR: i64 = 47001;
 
@@ -60,6 +64,8 @@ pub fn errmsg(code: i64) -> &'static str {
         DAILY_QUOTA => "reach max api daily quota limit",
         MINUTE_QUOTA => "api minute-quota reach limit  mustslower  retry next minute",
         DATA_FORMAT_ERROR => "data format error",
+        COMPONENT_TICKET_EXPIRED => "verify ticket timeout",
+        COMPONENT_TICKET_INVALID => "verify ticket invalid",
         _ => "simulated error",
     }
 }

@@ -17,6 +17,8 @@
 //! | `POST /cgi-bin/stable_token` | stable access token (normal and `force_refresh`) |
 //! | `GET /cgi-bin/ticket/getticket` | `jsapi` / `wx_card` tickets |
 //! | `GET,POST /cgi-bin/get_api_domain_ip` | a business API that checks the token |
+//! | `POST /cgi-bin/component/api_component_token` | component (第三方平台) access token for a pushed `component_verify_ticket` |
+//! | `POST /cgi-bin/component/api_start_push_ticket` | pushes a `component_verify_ticket` at once |
 //! | `/_sim/...` | the HTTP admin API mirroring [`Admin`] |
 //!
 //! Everything is scriptable at run time through [`Admin`] (in-process) or `/_sim/` (HTTP):
@@ -43,6 +45,12 @@
 //! | `POST /_sim/clock/advance` `{"by":"30s"}` ([`Advance`]) | [`Admin::try_advance`] |
 //! | `POST /_sim/clock/pause` | [`Admin::pause_clock`] |
 //! | `POST /_sim/clock/resume` | [`Admin::resume_clock`] |
+//!
+//! Third-party platforms ([`ComponentConfig`], `[[component]]` in TOML) with a `push_url` get
+//! an encrypted `component_verify_ticket` POSTed there at start and every
+//! [`Timing::ticket_push_interval`] of simulator time; [`Admin::push_ticket`],
+//! [`Admin::push_tampered`], [`Admin::component_evidence`] and
+//! [`Admin::check_component_token`] script and inspect them (in-process only so far).
 //!
 //! Unknown appids are 404, malformed bodies 400, an existing appid in `POST /_sim/apps` 409;
 //! all answer `{"error": "..."}`.
@@ -175,6 +183,7 @@
 mod admin;
 mod business;
 mod clock;
+mod component;
 mod config;
 pub mod errcode;
 mod evidence;
@@ -187,7 +196,13 @@ mod wire;
 
 pub use admin::{Admin, AdminError, Flags, QuotaUsed};
 pub use clock::{Advance, ClockState, MAX_CLOCK_ADVANCE};
-pub use config::{AppConfig, ConfigError, GeneratedApps, SimConfig, Timing, MAX_GENERATED_APPS};
+pub use component::{
+    ComponentCounts, ComponentEndpoint, ComponentError, ComponentEvidence, ComponentFetchRecord,
+    PushRecord, PushTrigger, Tamper,
+};
+pub use config::{
+    AppConfig, ComponentConfig, ConfigError, GeneratedApps, SimConfig, Timing, MAX_GENERATED_APPS,
+};
 pub use evidence::{
     AppEvidence, Counts, Endpoint, Evidence, FetchCounts, FetchOutcome, FetchRecord, LiveToken,
     SimCounts, UnknownEndpoint,

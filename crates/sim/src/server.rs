@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use crate::admin::{self, Admin};
 use crate::config::SimConfig;
 use crate::state::Shared;
-use crate::{business, ticket, token};
+use crate::{business, component, ticket, token};
 
 /// A running simulator, serving in a background tokio task.
 ///
@@ -60,10 +60,16 @@ impl Simulator {
         let shared = Arc::new(Shared::new(&config));
         let admin = Admin::new(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(listener, router(shared), async move {
-            // Either an explicit stop or the sender being dropped.
-            let _ = stopped.await;
-        }));
+        let pushers = component::spawn_pushers(&shared);
+        let task = tokio::spawn(async move {
+            // Dropped (stopping every pusher) when the server stops or is aborted.
+            let _pushers = pushers;
+            run(listener, router(shared), async move {
+                // Either an explicit stop or the sender being dropped.
+                let _ = stopped.await;
+            })
+            .await;
+        });
         tracing::info!(%addr, apps = config.app_count(), "wechat simulator listening");
         Ok(Simulator {
             addr,
@@ -119,7 +125,9 @@ pub async fn serve(
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, apps = config.app_count(), "wechat simulator listening");
     let shared = Arc::new(Shared::new(&config));
+    let pushers = component::spawn_pushers(&shared);
     run(listener, router(shared), shutdown).await;
+    drop(pushers);
     tracing::info!(addr = %local, "wechat simulator stopped");
     Ok(())
 }
@@ -132,6 +140,14 @@ fn router(shared: Arc<Shared>) -> Router {
             get(token::stable_wrong_method).post(token::stable),
         )
         .route("/cgi-bin/ticket/getticket", get(ticket::get_ticket))
+        .route(
+            "/cgi-bin/component/api_component_token",
+            post(component::component_token),
+        )
+        .route(
+            "/cgi-bin/component/api_start_push_ticket",
+            post(component::start_push_ticket),
+        )
         .route(
             "/cgi-bin/get_api_domain_ip",
             get(business::get_api_domain_ip).post(business::get_api_domain_ip),

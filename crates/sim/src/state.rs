@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::clock::SimClock;
+use crate::component::Components;
 use crate::config::{SimConfig, Timing};
 use crate::evidence::{AppEvidence, Endpoint, FetchCounts, FetchOutcome, FetchRecord, LiveToken};
 use crate::fault::Fault;
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) clock: SimClock,
     started_unix_ms: u64,
     inner: Mutex<Inner>,
+    /// Third-party platforms (their own lock; never held with `inner`'s).
+    pub(crate) components: Components,
 }
 
 /// One reading of the simulator clock ([`SimClock`]), taken once per request so that every rule
@@ -218,9 +221,12 @@ impl Shared {
         for app in config.all_apps() {
             apps.insert(Arc::from(app.appid), AppState::new(&app.secret));
         }
+        let clock = SimClock::new();
+        let components = Components::new(config, clock.now());
         Shared {
             timing: config.timing.clone(),
-            clock: SimClock::new(),
+            clock,
+            components,
             started_unix_ms,
             inner: Mutex::new(Inner {
                 apps,

@@ -13,6 +13,7 @@ mod common;
 mod admin_http;
 mod business;
 mod classic;
+mod component;
 mod config;
 mod evidence;
 mod faults;
