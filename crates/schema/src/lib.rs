@@ -20,8 +20,8 @@ pub mod snapshot;
 pub mod testing;
 
 pub use keys::{
-    due_key, parse_member, rate_key, replicas_key, shard_of, validate_name, CredentialKeys,
-    InvalidName, Kind, DUE_SHARDS, KINDS,
+    due_key, parse_member, rate_key, replicas_key, shard_of, validate_name, ComponentKeys,
+    CredentialKeys, InvalidName, Kind, DUE_SHARDS, KINDS, VERIFY_TICKET_TTL_MS,
 };
 pub use scripts::{
     claim, finish, force_refresh, renew_lock, request_refresh, take_force_budget, write_token,
