@@ -163,6 +163,17 @@ async fn verify_tickets_are_received_stored_and_tampering_is_refused() {
         "PX 12 h, got {pttl}"
     );
     s.component_token(&ticket).await.unwrap();
+    let keys = ComponentKeys::new("wxtoken", APPID).unwrap();
+    let created: Option<String> = redis::cmd("HGET")
+        .arg(keys.verify_ticket_info())
+        .arg("create_time")
+        .query_async(&mut s.env.redis_con().await)
+        .await
+        .unwrap();
+    assert!(
+        created.is_some_and(|c| c.parse::<u64>().is_ok()),
+        "create_time is kept beside the ticket"
+    );
 
     // A newer push replaces it: the stored ticket is always the newest.
     let second = s.env.admin.push_ticket(APPID).await.unwrap();

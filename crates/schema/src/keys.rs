@@ -202,6 +202,13 @@ impl ComponentKeys {
     pub fn verify_ticket(&self) -> String {
         format!("{}:verify_ticket", self.prefix)
     }
+
+    /// HASH beside the ticket, same TTL: `create_time` (the push's
+    /// `CreateTime`, Unix s as WeChat sent it) and `received_at_ms` (Redis
+    /// clock). An older push never replaces a newer ticket.
+    pub fn verify_ticket_info(&self) -> String {
+        format!("{}:verify_ticket:info", self.prefix)
+    }
 }
 
 /// Number of due-queue shards. Part of the key contract: a value of
@@ -323,6 +330,10 @@ mod tests {
     fn component_keys_never_share_a_tag_with_credentials() {
         let k = ComponentKeys::new("wxtoken", "wx123").unwrap();
         assert_eq!(k.verify_ticket(), "wxtoken:{component/wx123}:verify_ticket");
+        assert_eq!(
+            k.verify_ticket_info(),
+            "wxtoken:{component/wx123}:verify_ticket:info"
+        );
         assert_eq!(k.appid(), "wx123");
         // No credential id can produce the tag `component/wx123`.
         assert!(validate_name("credential id", "component/wx123").is_err());

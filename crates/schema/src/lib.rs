@@ -24,9 +24,9 @@ pub use keys::{
     CredentialKeys, InvalidName, Kind, DUE_SHARDS, KINDS, VERIFY_TICKET_TTL_MS,
 };
 pub use scripts::{
-    claim, finish, force_refresh, renew_lock, request_refresh, take_force_budget, write_token,
-    Claim, ClaimRules, Failure, RateLimit, Request, RequestOutcome, TokenWrite, ValueState,
-    WriteOutcome,
+    claim, finish, force_refresh, renew_lock, request_refresh, store_verify_ticket,
+    take_force_budget, write_token, Claim, ClaimRules, Failure, RateLimit, Request, RequestOutcome,
+    TokenWrite, ValueState, WriteOutcome,
 };
 
 use serde::{Deserialize, Serialize};

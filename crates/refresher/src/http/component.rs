@@ -1,8 +1,10 @@
 //! `POST /wechat/component/{id}`: the authorization event URL (授权事件接收URL)
 //! of a third-party platform (`[[component]]`). WeChat POSTs encrypted
 //! pushes here; a `component_verify_ticket` is stored under
-//! [`ComponentKeys::verify_ticket`] and `success` is answered only after
-//! Redis confirmed the write (WeChat pushes again in 10 minutes otherwise).
+//! [`ComponentKeys::verify_ticket`] (unless a later push's ticket is
+//! stored: [`store_verify_ticket`] compares `CreateTime`s) and `success` is
+//! answered only after Redis confirmed the write (WeChat pushes again in 10
+//! minutes otherwise).
 //!
 //! No bearer token: WeChat cannot send one. What authenticates a push is
 //! its `msg_signature` (over the message token) and the appid inside the
@@ -22,8 +24,11 @@ use axum::response::{IntoResponse, Response};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use std::collections::HashMap;
+use std::time::Duration;
 use wxtoken_crypto::{CryptoError, MsgCrypt, SignedQuery};
-use wxtoken_schema::{is_printable_token, ComponentKeys, MAX_TOKEN_LEN, VERIFY_TICKET_TTL_MS};
+use wxtoken_schema::{
+    is_printable_token, store_verify_ticket, ComponentKeys, MAX_TOKEN_LEN, VERIFY_TICKET_TTL_MS,
+};
 
 use super::limits::Peer;
 
@@ -194,33 +199,53 @@ async fn receive(
         .ok_or_else(|| {
             PushError::BadRequest("decrypted message: no usable ComponentVerifyTicket".into())
         })?;
-    store(app, &receiver.keys, ticket).await?;
-    tracing::info!(
-        id = %id,
-        appid = receiver.keys.appid(),
-        ticket = %token_prefix(ticket),
-        create_time = msg.get("CreateTime").map(String::as_str).unwrap_or("").chars().take(20).collect::<String>().escape_debug().to_string(),
-        "component_verify_ticket stored"
-    );
+    let create_time: u64 = msg
+        .get("CreateTime")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| PushError::BadRequest("decrypted message: no usable CreateTime".into()))?;
+    if store(app, &receiver.keys, ticket, create_time).await? {
+        tracing::info!(
+            id = %id,
+            appid = receiver.keys.appid(),
+            ticket = %token_prefix(ticket),
+            create_time,
+            "component_verify_ticket stored"
+        );
+    } else {
+        // Authentic but older than the stored ticket (a late or replayed
+        // push): acknowledged, the newer ticket kept.
+        tracing::info!(
+            id = %id,
+            appid = receiver.keys.appid(),
+            ticket = %token_prefix(ticket),
+            create_time,
+            "component_verify_ticket older than the stored one; kept the stored one"
+        );
+    }
     Ok(())
 }
 
-/// `SET key ticket PX 12h`, bounded by the Redis timeout.
-async fn store(app: &super::AppState, keys: &ComponentKeys, ticket: &str) -> Result<(), PushError> {
+/// Stores the ticket unless a later push's is stored (`SET … PX 12h`
+/// through [`store_verify_ticket`]), bounded by the Redis timeout; `true`
+/// when stored.
+async fn store(
+    app: &super::AppState,
+    keys: &ComponentKeys,
+    ticket: &str,
+    create_time: u64,
+) -> Result<bool, PushError> {
     let sh = &app.sh;
     let mut con = sh.redis.con();
     sh.redis
-        .step(
-            redis::cmd("SET")
-                .arg(keys.verify_ticket())
-                .arg(ticket)
-                .arg("PX")
-                .arg(VERIFY_TICKET_TTL_MS)
-                .query_async::<()>(&mut con),
-        )
+        .step(store_verify_ticket(
+            &mut con,
+            keys,
+            ticket,
+            create_time,
+            Duration::from_millis(VERIFY_TICKET_TTL_MS),
+        ))
         .await
-        .map_err(|e| PushError::Redis(e.to_string()))?;
-    Ok(())
+        .map_err(|e| PushError::Redis(e.to_string()))
 }
 
 /// The direct children of the root `<xml>` of a decrypted message, by name
