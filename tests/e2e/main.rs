@@ -9,6 +9,7 @@ mod acl;
 mod cli_config;
 mod cli_ops;
 mod client_e2e;
+mod component;
 mod exactly_once;
 mod failover;
 mod http_limits;

@@ -123,6 +123,9 @@ pub struct Config {
     /// The HTTP surface (health, metrics, status page, refresh requests);
     /// `None` = off, the default.
     pub http: Option<HttpConfig>,
+    /// Third-party platforms (`[[component]]`) whose verify-ticket pushes
+    /// this replica receives on its HTTP surface.
+    pub components: Vec<Component>,
     /// Non-fatal findings to log at start-up (e.g. inline secrets).
     pub warnings: Vec<String>,
 }
@@ -271,6 +274,25 @@ pub struct Credential {
     pub tickets: Vec<Ticket>,
 }
 
+/// A third-party platform (第三方平台, "component") whose
+/// `component_verify_ticket` pushes this replica receives at
+/// `POST /wechat/component/{id}`. Every secret prints redacted.
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// The operator's name for it (`[A-Za-z0-9_.-]`, the URL path segment).
+    pub id: String,
+    /// `component_appid`.
+    pub appid: String,
+    /// `component_appsecret` (not used yet by the receiver).
+    pub secret: SecretString,
+    /// The message verification token (消息校验Token).
+    pub token: SecretString,
+    /// The current EncodingAESKey (消息加解密Key).
+    pub encoding_aes_key: wxtoken_crypto::EncodingAesKey,
+    /// The previous EncodingAESKey, accepted during a key change.
+    pub previous_encoding_aes_key: Option<wxtoken_crypto::EncodingAesKey>,
+}
+
 /// Prints a Redis URL with any password replaced by `***`.
 /// Masks both places a redis-rs URL can carry one: the userinfo
 /// (`redis://user:pw@host`) and a `pass`/`password` query parameter
@@ -321,6 +343,8 @@ struct FileConfig {
     #[serde(rename = "credential")]
     credentials: Vec<CredentialSection>,
     http: HttpSection,
+    #[serde(rename = "component")]
+    components: Vec<ComponentSection>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +408,29 @@ struct CredentialSection {
 /// `redis.url`): a value of the wrong type is refused without quoting it
 /// (serde's own "invalid type: integer `123456`" would put an unquoted
 /// numeric secret into the error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComponentSection {
+    id: String,
+    appid: String,
+    #[serde(default, deserialize_with = "no_echo::opt_string")]
+    secret_env: Option<String>,
+    #[serde(default, deserialize_with = "no_echo::opt_path")]
+    secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "no_echo::opt_string")]
+    token_env: Option<String>,
+    #[serde(default, deserialize_with = "no_echo::opt_path")]
+    token_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "no_echo::opt_string")]
+    encoding_aes_key_env: Option<String>,
+    #[serde(default, deserialize_with = "no_echo::opt_path")]
+    encoding_aes_key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "no_echo::opt_string")]
+    previous_encoding_aes_key_env: Option<String>,
+    #[serde(default, deserialize_with = "no_echo::opt_path")]
+    previous_encoding_aes_key_file: Option<PathBuf>,
+}
+
 mod no_echo {
     use secrecy::SecretString;
     use serde::de::{Deserializer, Error};
@@ -505,6 +552,19 @@ enum SecretSource {
 // errors. `[http]` has no inline key: `token` is refused as an unknown key.
 const CREDENTIAL_SECRET: [&str; 3] = ["secret_env", "secret_file", "secret"];
 const HTTP_TOKEN: [&str; 3] = ["token_env", "token_file", "token"];
+// `[[component]]` has no inline keys: `secret`, `token`… are unknown keys.
+const COMPONENT_SECRET: [&str; 3] = ["secret_env", "secret_file", "secret"];
+const COMPONENT_TOKEN: [&str; 3] = ["token_env", "token_file", "token"];
+const COMPONENT_KEY: [&str; 3] = [
+    "encoding_aes_key_env",
+    "encoding_aes_key_file",
+    "encoding_aes_key",
+];
+const COMPONENT_PREVIOUS_KEY: [&str; 3] = [
+    "previous_encoding_aes_key_env",
+    "previous_encoding_aes_key_file",
+    "previous_encoding_aes_key",
+];
 
 /// More than one of a secret's keys is set.
 struct SeveralSources;
@@ -627,6 +687,13 @@ impl Config {
         }
         let http = check.http(file.http)?;
         let credentials = check.credentials(file.credentials)?;
+        let components = check.components(file.components)?;
+        if !components.is_empty() && http.is_none() {
+            check.warnings.push(
+                "[[component]] is configured but http.listen is not: no verify-ticket push can be received"
+                    .into(),
+            );
+        }
         Ok(Config {
             redis,
             wechat,
@@ -634,6 +701,7 @@ impl Config {
             replica_id: file.replica.id,
             credentials,
             http,
+            components,
             warnings: check.warnings,
         })
     }
@@ -905,6 +973,112 @@ impl Check<'_> {
             _ => {}
         }
         Ok(Some(HttpConfig { listen, token }))
+    }
+
+    /// One secret of a `[[component]]`, from its `_env` or `_file` key.
+    /// `None` when neither is given.
+    fn component_secret(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        keys: [&'static str; 3],
+        env: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        match SecretSource::from_keys(env, file, None) {
+            Err(SeveralSources) => Err(self.invalid(
+                at(keys[0]),
+                format!("give exactly one of {}, {}", keys[0], keys[1]),
+            )),
+            Ok(None) => Ok(None),
+            Ok(Some(source)) => source
+                .resolve(keys, self.env)
+                .map(Some)
+                .map_err(|(key, why)| self.invalid(at(key), why)),
+        }
+    }
+
+    /// `[[component]]` tables. Errors name the field and never show a
+    /// secret, token or key.
+    fn components(&self, entries: Vec<ComponentSection>) -> Result<Vec<Component>, ConfigError> {
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut appids: HashMap<String, String> = HashMap::new();
+        let mut components = Vec::with_capacity(entries.len());
+        for (i, c) in entries.into_iter().enumerate() {
+            let at = |f: &str| format!("component[{i}].{f}");
+            validate_name("component id", &c.id)
+                .map_err(|e| self.invalid(at("id"), e.to_string()))?;
+            if let Some(prev) = ids.insert(c.id.clone(), i) {
+                return Err(self.invalid(
+                    at("id"),
+                    format!("duplicate id {:?} (also component[{prev}])", c.id),
+                ));
+            }
+            validate_name("component appid", &c.appid)
+                .map_err(|e| self.invalid(at("appid"), e.to_string()))?;
+            if let Some(other) = appids.insert(c.appid.clone(), c.id.clone()) {
+                return Err(self.invalid(
+                    at("appid"),
+                    format!("{} is already used by component {other:?}", c.appid),
+                ));
+            }
+            let required = |keys: [&'static str; 3], v: Option<SecretString>| {
+                v.ok_or_else(|| {
+                    self.invalid(
+                        at(keys[0]),
+                        format!(
+                            "component {:?} has no {}: set {} or {}",
+                            c.id, keys[2], keys[0], keys[1]
+                        ),
+                    )
+                })
+            };
+            let secret =
+                self.component_secret(&at, COMPONENT_SECRET, c.secret_env, c.secret_file)?;
+            let secret = required(COMPONENT_SECRET, secret)?;
+            let token = self.component_secret(&at, COMPONENT_TOKEN, c.token_env, c.token_file)?;
+            let token = required(COMPONENT_TOKEN, token)?;
+            let key = |keys: [&'static str; 3],
+                       env: Option<String>,
+                       file: Option<PathBuf>|
+             -> Result<Option<wxtoken_crypto::EncodingAesKey>, ConfigError> {
+                let Some(raw) = self.component_secret(&at, keys, env.clone(), file)? else {
+                    return Ok(None);
+                };
+                // The error says what is wrong (length, alphabet), never the key.
+                let field = if env.is_some() { keys[0] } else { keys[1] };
+                wxtoken_crypto::EncodingAesKey::parse(raw.expose_secret())
+                    .map(Some)
+                    .map_err(|e| self.invalid(at(field), e.to_string()))
+            };
+            let encoding_aes_key = key(
+                COMPONENT_KEY,
+                c.encoding_aes_key_env.clone(),
+                c.encoding_aes_key_file.clone(),
+            )?
+            .ok_or_else(|| {
+                self.invalid(
+                    at(COMPONENT_KEY[0]),
+                    format!(
+                        "component {:?} has no encoding_aes_key: set encoding_aes_key_env or encoding_aes_key_file",
+                        c.id
+                    ),
+                )
+            })?;
+            let previous_encoding_aes_key = key(
+                COMPONENT_PREVIOUS_KEY,
+                c.previous_encoding_aes_key_env,
+                c.previous_encoding_aes_key_file,
+            )?;
+            components.push(Component {
+                id: c.id,
+                appid: c.appid,
+                secret,
+                token,
+                encoding_aes_key,
+                previous_encoding_aes_key,
+            });
+        }
+        Ok(components)
     }
 
     /// Linear in the number of credentials: duplicates are found by hashing.
@@ -1450,8 +1624,12 @@ secret_env = "MINI_SECRET"
         assert!(!c.credentials.is_empty());
         assert!(c.http.is_none(), "the example keeps HTTP off");
 
-        // The documented [http] section works once uncommented.
-        let uncommented = text
+        // The documented [http] section works once uncommented (the
+        // [[component]] example at the end is left out here).
+        let (http_part, component_part) = text
+            .split_once("# [[component]]")
+            .expect("the example documents [[component]]");
+        let uncommented = http_part
             .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
@@ -1472,6 +1650,172 @@ secret_env = "MINI_SECRET"
         .unwrap();
         let http = c.http.expect("[http] uncommented");
         assert!(http.listen.ip().is_loopback() && http.token.is_some());
+
+        // So does the [[component]] example, given its variables.
+        let uncommented = std::iter::once("[[component]]")
+            .chain(
+                component_part
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = "))),
+            )
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(
+            &format!("{http_part}\n{uncommented}\n"),
+            "config.example.toml",
+            &|k| match k {
+                "WX_COMPONENT_AES_KEY" | "WX_COMPONENT_OLD_AES_KEY" => Some(AES_KEY.to_owned()),
+                k if !k.starts_with("WXTOKEN_") => Some("example-secret".to_owned()),
+                _ => None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.components.len(), 1);
+        assert!(c.components[0].previous_encoding_aes_key.is_some());
+    }
+
+    const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    fn component_env(k: &str) -> Option<String> {
+        match k {
+            "CS" => Some("component-secret-0123456789".into()),
+            "CT" => Some("message-token-0123".into()),
+            "CK" => Some(AES_KEY.into()),
+            "SHORT" => Some("c3VwZXJzZWNyZXQ".into()),
+            "BADCHARS" => Some("supersecret!supersecret!supersecret!superse".into()),
+            _ => None,
+        }
+    }
+
+    fn component(extra: &str) -> String {
+        format!(
+            "[[component]]\nid = \"platform\"\nappid = \"wxc1\"\nsecret_env = \"CS\"\ntoken_env = \"CT\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn components_are_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old-key");
+        std::fs::write(&old, format!("{AES_KEY}\n")).unwrap();
+        let c = Config::parse(
+            &component(&format!(
+                "encoding_aes_key_env = \"CK\"\nprevious_encoding_aes_key_file = \"{}\"\n",
+                old.display()
+            )),
+            "x.toml",
+            &component_env,
+        )
+        .unwrap();
+        assert_eq!(c.components.len(), 1);
+        let p = &c.components[0];
+        assert_eq!((p.id.as_str(), p.appid.as_str()), ("platform", "wxc1"));
+        assert_eq!(p.secret.expose_secret(), "component-secret-0123456789");
+        assert_eq!(p.token.expose_secret(), "message-token-0123");
+        assert!(p.previous_encoding_aes_key.is_some());
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("component-secret") && !shown.contains("message-token"));
+        assert!(!shown.contains(AES_KEY), "{shown}");
+        // Without [http] nothing can be received: a warning says so.
+        assert!(
+            c.warnings.iter().any(|w| w.contains("[[component]]")),
+            "{:?}",
+            c.warnings
+        );
+        let c = Config::parse("", "x.toml", &component_env).unwrap();
+        assert!(c.components.is_empty());
+    }
+
+    #[test]
+    fn component_errors_name_the_field_and_never_the_secret() {
+        let cases: &[(String, &str)] = &[
+            (
+                component("encoding_aes_key_env = \"SHORT\"\n"),
+                "component[0].encoding_aes_key_env: invalid EncodingAESKey: must be 43 characters",
+            ),
+            (
+                component("encoding_aes_key_env = \"BADCHARS\"\n"),
+                "component[0].encoding_aes_key_env: invalid EncodingAESKey: not base64",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\nprevious_encoding_aes_key_env = \"SHORT\"\n"),
+                "component[0].previous_encoding_aes_key_env: invalid EncodingAESKey",
+            ),
+            (
+                component(""),
+                "component[0].encoding_aes_key_env: component \"platform\" has no encoding_aes_key",
+            ),
+            (
+                component("encoding_aes_key_env = \"MISSING\"\n"),
+                "component[0].encoding_aes_key_env: environment variable MISSING is not set",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\nencoding_aes_key_file = \"/x\"\n"),
+                "component[0].encoding_aes_key_env: give exactly one of encoding_aes_key_env, encoding_aes_key_file",
+            ),
+            (
+                "[[component]]\nid = \"p\"\nappid = \"wxc1\"\ntoken_env = \"CT\"\nencoding_aes_key_env = \"CK\"\n".into(),
+                "component[0].secret_env: component \"p\" has no secret",
+            ),
+            (
+                "[[component]]\nid = \"p\"\nappid = \"wxc1\"\nsecret_env = \"CS\"\nencoding_aes_key_env = \"CK\"\n".into(),
+                "component[0].token_env: component \"p\" has no token",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\n").replace("platform", "a/b"),
+                "component[0].id: invalid component id",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\n").replace("wxc1", "wx c1"),
+                "component[0].appid: invalid component appid",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    component("encoding_aes_key_env = \"CK\"\n"),
+                    component("encoding_aes_key_env = \"CK\"\n")
+                ),
+                "component[1].id: duplicate id \"platform\"",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    component("encoding_aes_key_env = \"CK\"\n"),
+                    component("encoding_aes_key_env = \"CK\"\n").replace("platform", "other")
+                ),
+                "component[1].appid: wxc1 is already used by component \"platform\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(text, "bad.toml", &component_env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("bad.toml: "), "{e}");
+            assert!(e.contains(want), "for {text:?}\n got {e}\nwant {want}");
+            for secret in [
+                "c3VwZXJ",
+                "supersecret",
+                AES_KEY,
+                "component-secret",
+                "message-token",
+            ] {
+                assert!(!e.contains(secret), "{e}");
+            }
+        }
+        // Inline secrets are unknown keys, refused without their value.
+        for key in ["secret", "token", "encoding_aes_key"] {
+            let e = Config::parse(
+                &component(&format!(
+                    "encoding_aes_key_env = \"CK\"\n{key} = \"{AES_KEY}\"\n"
+                )),
+                "bad.toml",
+                &component_env,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("bad.toml:7:1:"), "{e}");
+            assert!(!e.contains(AES_KEY), "{e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The HTTP surface of one replica: liveness and readiness probes, Prometheus
 //! metrics, the status page (`GET /`, `GET /status.json`) and refresh
-//! requests (`POST /refresh/{id}`, protected by a bearer token).
+//! requests (`POST /refresh/{id}`, protected by a bearer token), and the
+//! third-party platforms' push receiver (`POST /wechat/component/{id}`,
+//! authenticated by WeChat's `msg_signature`; see `component`).
 //!
 //! This module owns the routes, the bearer-token check and the server's
 //! lifecycle (bound at start-up, stopped with the refresher's shutdown
@@ -18,11 +20,12 @@
 //! and no whole token may reach a response or a log line; tokens appear as
 //! 8-character prefixes only.
 
+mod component;
 mod limits;
 mod page;
 mod snapshot;
 
-use crate::config::HttpConfig;
+use crate::config::{Component, HttpConfig};
 use crate::conn::RedisError;
 use crate::{token_prefix, Shared, StartError};
 use axum::body::Bytes;
@@ -79,6 +82,9 @@ pub(crate) struct Managed<'a> {
 struct AppState {
     sh: Arc<Shared>,
     token: Option<SecretString>,
+    /// `[[component]]`s by id, for `POST /wechat/component/{id}` (fixed at
+    /// start: a reload does not change them yet).
+    components: HashMap<String, component::Receiver>,
 }
 
 /// The credentials held at one instant (they change on reload).
@@ -111,7 +117,11 @@ pub(crate) struct Server {
 
 impl Server {
     /// Binds `cfg.listen`. Failing to bind is a start-up error.
-    pub(crate) async fn bind(cfg: &HttpConfig, sh: Arc<Shared>) -> Result<Server, StartError> {
+    pub(crate) async fn bind(
+        cfg: &HttpConfig,
+        components: &[Component],
+        sh: Arc<Shared>,
+    ) -> Result<Server, StartError> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Http {
@@ -123,6 +133,7 @@ impl Server {
             listener,
             addr,
             app: Arc::new(AppState {
+                components: component::receivers(&sh.namespace, components),
                 sh,
                 token: cfg.token.clone(),
             }),
@@ -140,6 +151,7 @@ impl Server {
         tracing::info!(
             addr = %self.addr,
             refresh_requests = if self.app.token.is_some() { "bearer token" } else { "disabled (no token configured)" },
+            components = self.app.components.len(),
             max_connections = self.cap,
             header_read_timeout = ?limits::HEADER_READ_TIMEOUT,
             request_timeout = ?limits::REQUEST_TIMEOUT,
@@ -185,6 +197,11 @@ fn router(app: App) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/refresh/{id}", post(refresh))
+        // WeChat's pushes: no bearer token, a larger body limit.
+        .route(
+            "/wechat/component/{id}",
+            post(component::push).layer(DefaultBodyLimit::max(component::BODY_LIMIT)),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(limits::request_timeout))

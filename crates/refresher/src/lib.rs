@@ -172,7 +172,7 @@ pub async fn run(
         "refresher starting"
     );
     let http = match &config.http {
-        Some(h) => Some(http::Server::bind(h, sh.clone()).await?),
+        Some(h) => Some(http::Server::bind(h, &config.components, sh.clone()).await?),
         None => None,
     };
 

@@ -165,6 +165,52 @@ impl CredentialKeys {
     }
 }
 
+/// How long a stored `component_verify_ticket` lives: WeChat's tickets are
+/// valid for 12 hours after they are pushed.
+pub const VERIFY_TICKET_TTL_MS: u64 = 12 * 3600 * 1000;
+
+/// The key names of one third-party platform (component), by its appid.
+/// Their hash tag (`{component/wx123}`) holds a `/`, which no credential
+/// id may contain, so a component never shares a tag with a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentKeys {
+    appid: String,
+    /// `namespace:{component/appid}`.
+    prefix: String,
+}
+
+impl ComponentKeys {
+    /// Keys for the component `component_appid` under `namespace`; both
+    /// must pass [`validate_name`].
+    pub fn new(namespace: &str, component_appid: &str) -> Result<ComponentKeys, InvalidName> {
+        validate_name("namespace", namespace)?;
+        validate_name("component appid", component_appid)?;
+        Ok(ComponentKeys {
+            appid: component_appid.to_owned(),
+            prefix: format!("{namespace}:{{component/{component_appid}}}"),
+        })
+    }
+
+    /// The component appid.
+    pub fn appid(&self) -> &str {
+        &self.appid
+    }
+
+    /// STRING: the newest `component_verify_ticket` WeChat pushed, as is;
+    /// `PX` [`VERIFY_TICKET_TTL_MS`] from when it was received.
+    /// `wxtoken:{component/wx123}:verify_ticket`.
+    pub fn verify_ticket(&self) -> String {
+        format!("{}:verify_ticket", self.prefix)
+    }
+
+    /// HASH beside the ticket, same TTL: `create_time` (the push's
+    /// `CreateTime`, Unix s as WeChat sent it) and `received_at_ms` (Redis
+    /// clock). An older push never replaces a newer ticket.
+    pub fn verify_ticket_info(&self) -> String {
+        format!("{}:verify_ticket:info", self.prefix)
+    }
+}
+
 /// Number of due-queue shards. Part of the key contract: a value of
 /// credential `id` is queued in shard [`shard_of`]`(id)`.
 pub const DUE_SHARDS: u32 = 16;
@@ -278,6 +324,24 @@ mod tests {
             rate_key("wx", "api.weixin.qq.com:443"),
             "wx:rate:api.weixin.qq.com_443"
         );
+    }
+
+    #[test]
+    fn component_keys_never_share_a_tag_with_credentials() {
+        let k = ComponentKeys::new("wxtoken", "wx123").unwrap();
+        assert_eq!(k.verify_ticket(), "wxtoken:{component/wx123}:verify_ticket");
+        assert_eq!(
+            k.verify_ticket_info(),
+            "wxtoken:{component/wx123}:verify_ticket:info"
+        );
+        assert_eq!(k.appid(), "wx123");
+        // No credential id can produce the tag `component/wx123`.
+        assert!(validate_name("credential id", "component/wx123").is_err());
+        for bad in ["", "wx:1", "wx{1", "wx}1", "wx 1", "wx/1"] {
+            let e = ComponentKeys::new("wxtoken", bad).unwrap_err();
+            assert_eq!(e.what, "component appid", "{bad:?}");
+        }
+        assert_eq!(VERIFY_TICKET_TTL_MS, 43_200_000);
     }
 
     #[test]

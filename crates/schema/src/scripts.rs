@@ -8,7 +8,7 @@
 //! Scripts take their times from Redis `TIME`, so replicas' clocks never
 //! matter. This module owns no connection.
 
-use crate::keys::{CredentialKeys, Kind};
+use crate::keys::{ComponentKeys, CredentialKeys, Kind};
 use crate::{events_channel, requests_channel, FORCE_REQUEST, STATUS_TTL_SECS};
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script, Value};
@@ -614,6 +614,53 @@ pub async fn renew_lock<C: ConnectionLike>(
     let n: i64 = RENEW
         .key(keys.lock(kind))
         .arg(owner)
+        .arg(millis(ttl))
+        .invoke_async(con)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Stores a pushed `component_verify_ticket` unless a newer one is stored:
+/// when the stored ticket's `create_time` is greater than this push's, it
+/// is kept (a replayed old push cannot bring back an older ticket).
+/// Otherwise `SET ticket PX ttl` and the info hash (`create_time`,
+/// `received_at_ms`) with the same TTL. Values of the wrong type are
+/// replaced.
+///
+/// KEYS: ticket, info. ARGV: ticket, create_time (Unix s), ttl_ms.
+/// Returns 1 when stored, 0 when a newer ticket was kept.
+static STORE_VERIFY_TICKET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local stored = redis.pcall('HGET', KEYS[2], 'create_time')
+if type(stored) == 'string' and redis.call('EXISTS', KEYS[1]) == 1 then
+  if (tonumber(stored) or 0) > tonumber(ARGV[2]) then return 0 end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'create_time', ARGV[2], 'received_at_ms', now)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Stores `ticket`, pushed with `create_time` (Unix s), for `ttl`, unless a
+/// ticket from a later push is stored; `true` when stored.
+pub async fn store_verify_ticket<C: ConnectionLike>(
+    con: &mut C,
+    keys: &ComponentKeys,
+    ticket: &str,
+    create_time: u64,
+    ttl: Duration,
+) -> RedisResult<bool> {
+    let n: i64 = STORE_VERIFY_TICKET
+        .key(keys.verify_ticket())
+        .key(keys.verify_ticket_info())
+        .arg(ticket)
+        .arg(create_time)
         .arg(millis(ttl))
         .invoke_async(con)
         .await?;

@@ -833,3 +833,60 @@ async fn a_ticket_failure_holds_only_the_ticket_and_a_token_failure_holds_both()
         );
     }
 }
+
+#[tokio::test]
+async fn verify_tickets_are_stored_newest_push_first() {
+    use wxtoken_schema::{store_verify_ticket, ComponentKeys};
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = ComponentKeys::new("wxtoken", "wxc1").unwrap();
+    let ttl = Duration::from_secs(43_200);
+    let get = |con: &mut Con| {
+        let key = keys.verify_ticket();
+        let mut con = con.clone();
+        async move { con.get::<_, Option<String>>(key).await.unwrap() }
+    };
+
+    assert!(store_verify_ticket(&mut con, &keys, "t-200", 200, ttl)
+        .await
+        .unwrap());
+    assert_eq!(get(&mut con).await.as_deref(), Some("t-200"));
+    let pttl: i64 = con.pttl(keys.verify_ticket()).await.unwrap();
+    assert!((43_100_000..=43_200_000).contains(&pttl), "{pttl}");
+    let info_ttl: i64 = con.pttl(keys.verify_ticket_info()).await.unwrap();
+    assert!(info_ttl > 43_100_000, "{info_ttl}");
+    let created: String = con
+        .hget(keys.verify_ticket_info(), "create_time")
+        .await
+        .unwrap();
+    assert_eq!(created, "200");
+
+    // An older push (late, or replayed) never brings back an older ticket.
+    assert!(!store_verify_ticket(&mut con, &keys, "t-100", 100, ttl)
+        .await
+        .unwrap());
+    assert_eq!(get(&mut con).await.as_deref(), Some("t-200"));
+    // The same push again, or a newer one, is stored.
+    assert!(store_verify_ticket(&mut con, &keys, "t-200", 200, ttl)
+        .await
+        .unwrap());
+    assert!(store_verify_ticket(&mut con, &keys, "t-300", 300, ttl)
+        .await
+        .unwrap());
+    assert_eq!(get(&mut con).await.as_deref(), Some("t-300"));
+
+    // Once the ticket is gone, any push is stored; wrong types are replaced.
+    let _: () = con.del(keys.verify_ticket()).await.unwrap();
+    assert!(store_verify_ticket(&mut con, &keys, "t-050", 50, ttl)
+        .await
+        .unwrap());
+    assert_eq!(get(&mut con).await.as_deref(), Some("t-050"));
+    let _: () = con.del(keys.verify_ticket_info()).await.unwrap();
+    let _: () = con.sadd(keys.verify_ticket_info(), "x").await.unwrap();
+    let _: () = con.del(keys.verify_ticket()).await.unwrap();
+    let _: () = con.rpush(keys.verify_ticket(), "x").await.unwrap();
+    assert!(store_verify_ticket(&mut con, &keys, "t-060", 60, ttl)
+        .await
+        .unwrap());
+    assert_eq!(get(&mut con).await.as_deref(), Some("t-060"));
+}

@@ -44,6 +44,8 @@ pub struct Setup {
     pub force_min_interval: Option<Duration>,
     /// Appended to the generated config text (e.g. an `[http]` section).
     pub extra_config: String,
+    /// Third-party platforms the simulator knows (`[[component]]` there).
+    pub sim_components: Vec<wxtoken_sim::ComponentConfig>,
 }
 
 impl Default for Setup {
@@ -71,6 +73,7 @@ impl Default for Setup {
             // Test scale, like min_interval (the default is 30 s).
             force_min_interval: Some(Duration::from_millis(500)),
             extra_config: String::new(),
+            sim_components: Vec::new(),
         }
     }
 }
@@ -114,6 +117,9 @@ impl Env {
             .collect();
         for c in &creds {
             sim_cfg = sim_cfg.with_app(&c.appid, &c.secret);
+        }
+        for c in &setup.sim_components {
+            sim_cfg = sim_cfg.with_component(c.clone());
         }
         let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse().unwrap())
             .await
