@@ -101,24 +101,6 @@ impl Drop for Limited {
     }
 }
 
-async fn wait_healthz(base: &str, logs: impl Fn() -> String) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the HTTP surface did not come up at {base}; replica log:\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// How a silent connection ended.
 #[derive(Debug)]
 struct Ended {
@@ -159,7 +141,7 @@ async fn silent_connections_beyond_the_cap_do_not_starve_refreshes() {
     let (setup, base, port) = setup_with_http();
     let env = Env::start(setup).await;
     let replica = Limited::spawn(&env, "replica-1", NOFILE);
-    wait_healthz(&base, || replica.logs()).await;
+    crate::common::wait_healthz(&base, || replica.logs()).await;
     env.wait_all_stored(Duration::from_secs(15)).await;
     assert!(
         replica.logs().contains(&format!("max_connections={CAP}")),
@@ -292,7 +274,7 @@ async fn timeouts_413_and_labelled_redis_errors() {
     let (setup, base, port) = setup_with_http();
     let env = Env::start(setup).await;
     let replica = env.spawn_replica_with("replica-1", None, &[(TOKEN_ENV, TOKEN)]);
-    wait_healthz(&base, || replica.logs()).await;
+    crate::common::wait_healthz(&base, || replica.logs()).await;
     env.wait_all_stored(Duration::from_secs(15)).await;
     let limit = HEADER_READ_TIMEOUT * 3 + Duration::from_secs(10);
 

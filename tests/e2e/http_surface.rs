@@ -49,26 +49,8 @@ async fn start(mut setup: Setup, with_token: bool) -> (Env, crate::common::Repli
     setup.extra_config.push_str(&section);
     let env = Env::start(setup).await;
     let replica = env.spawn_replica_with("replica-1", None, &[(TOKEN_ENV, TOKEN)]);
-    wait_http(&base, &replica).await;
+    crate::common::wait_healthz(&base, || replica.logs()).await;
     (env, replica, base)
-}
-
-async fn wait_http(base: &str, replica: &crate::common::Replica) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the HTTP surface did not come up at {base}; replica log:\n{}",
-            replica.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn issued(env: &Env, i: usize) -> usize {
@@ -343,7 +325,7 @@ async fn post_refresh_with_nothing_stored_files_a_force_request() {
     let appid = env.creds[0].appid.clone();
     env.admin.set_ip_whitelisted(&appid, false);
     let replica = env.spawn_replica_with("replica-1", None, &[(TOKEN_ENV, TOKEN)]);
-    wait_http(&base, &replica).await;
+    crate::common::wait_healthz(&base, || replica.logs()).await;
     let keys = env.keys("app-0");
     let con = env.redis_con().await;
     eventually(Duration::from_secs(10), "40164 recorded", || {
@@ -677,7 +659,7 @@ async fn chromium_renders_the_status_page() {
     let app = |i: usize| env.creds[i].appid.clone();
     env.admin.set_ip_whitelisted(&app(1), false);
     let r1 = env.spawn_replica_with("replica-1", None, &[(TOKEN_ENV, TOKEN)]);
-    wait_http(&base, &r1).await;
+    crate::common::wait_healthz(&base, || r1.logs()).await;
     env.setup.extra_config = String::new();
     let _r2 = env.spawn_replica("replica-2", None);
 

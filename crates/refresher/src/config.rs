@@ -729,6 +729,30 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
+    /// Checks entry `i` of the `[[table]]` tables: its `id` is a valid name
+    /// and no earlier entry has it.
+    fn unique_id(
+        &self,
+        seen: &mut HashMap<String, usize>,
+        table: &str,
+        i: usize,
+        id: &str,
+    ) -> Result<(), ConfigError> {
+        let field = format!("{table}[{i}].id");
+        let what = if table == "component" {
+            "component id"
+        } else {
+            "credential id"
+        };
+        validate_name(what, id).map_err(|e| self.invalid(&field, e.to_string()))?;
+        match seen.insert(id.to_owned(), i) {
+            Some(prev) => {
+                Err(self.invalid(field, format!("duplicate id {id:?} (also {table}[{prev}])")))
+            }
+            None => Ok(()),
+        }
+    }
+
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.origin.to_owned(),
@@ -1005,14 +1029,7 @@ impl Check<'_> {
         let mut components = Vec::with_capacity(entries.len());
         for (i, c) in entries.into_iter().enumerate() {
             let at = |f: &str| format!("component[{i}].{f}");
-            validate_name("component id", &c.id)
-                .map_err(|e| self.invalid(at("id"), e.to_string()))?;
-            if let Some(prev) = ids.insert(c.id.clone(), i) {
-                return Err(self.invalid(
-                    at("id"),
-                    format!("duplicate id {:?} (also component[{prev}])", c.id),
-                ));
-            }
+            self.unique_id(&mut ids, "component", i, &c.id)?;
             validate_name("component appid", &c.appid)
                 .map_err(|e| self.invalid(at("appid"), e.to_string()))?;
             if let Some(other) = appids.insert(c.appid.clone(), c.id.clone()) {
@@ -1096,14 +1113,7 @@ impl Check<'_> {
         let mut credentials = Vec::with_capacity(entries.len());
         for (i, c) in entries.into_iter().enumerate() {
             let at = |f: &str| format!("credential[{i}].{f}");
-            validate_name("credential id", &c.id)
-                .map_err(|e| self.invalid(at("id"), e.to_string()))?;
-            if let Some(prev) = ids.insert(c.id.clone(), i) {
-                return Err(self.invalid(
-                    at("id"),
-                    format!("duplicate id {:?} (also credential[{prev}])", c.id),
-                ));
-            }
+            self.unique_id(&mut ids, "credential", i, &c.id)?;
             if c.appid.trim().is_empty() || c.appid.chars().any(char::is_whitespace) {
                 return Err(self.invalid(at("appid"), format!("{:?} is not an appid", c.appid)));
             }

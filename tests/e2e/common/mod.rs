@@ -546,3 +546,23 @@ pub fn commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// Waits (up to 15 s) until `GET {base}/healthz` answers 200; on time-out,
+/// fails with the replica's log (`logs`).
+pub async fn wait_healthz(base: &str, logs: impl Fn() -> String) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP surface did not come up at {base}; replica log:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
