@@ -91,8 +91,8 @@ pub(crate) struct ReadStart {
 /// cache lives — a few dozen bytes per id the application has read.
 #[derive(Default)]
 pub(crate) struct Cell {
-    slots: [ArcSwapOption<Entry>; 3],
-    rereads: [AtomicU8; 3],
+    slots: [ArcSwapOption<Entry>; SLOTS],
+    rereads: [AtomicU8; SLOTS],
 }
 
 /// What [`Cache::hint`] made of an update event.
@@ -129,13 +129,18 @@ struct Waiting {
 }
 
 type Map = HashMap<Arc<str>, Arc<Cell>>;
-type Wanted = HashMap<Arc<str>, [Option<Waiting>; 3]>;
+type Wanted = HashMap<Arc<str>, [Option<Waiting>; SLOTS]>;
+
+/// Cached values per id: one per [`Kind`].
+const SLOTS: usize = wxtoken_schema::KINDS.len();
 
 fn slot(kind: Kind) -> usize {
     match kind {
         Kind::AccessToken => 0,
         Kind::JsapiTicket => 1,
         Kind::WxCardTicket => 2,
+        Kind::ComponentAccessToken => 3,
+        Kind::AuthorizerList => 4,
     }
 }
 

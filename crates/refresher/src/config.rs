@@ -283,7 +283,7 @@ pub struct Component {
     pub id: String,
     /// `component_appid`.
     pub appid: String,
-    /// `component_appsecret` (not used yet by the receiver).
+    /// `component_appsecret`.
     pub secret: SecretString,
     /// The message verification token (消息校验Token).
     pub token: SecretString,
@@ -291,6 +291,25 @@ pub struct Component {
     pub encoding_aes_key: wxtoken_crypto::EncodingAesKey,
     /// The previous EncodingAESKey, accepted during a key change.
     pub previous_encoding_aes_key: Option<wxtoken_crypto::EncodingAesKey>,
+    /// JS-SDK tickets kept for every authorizer (only `jsapi`).
+    pub authorizer_tickets: Vec<Ticket>,
+    /// WeChat calls per second for this platform and its authorizers,
+    /// shared by every replica (0 = no limit).
+    pub calls_per_second: f64,
+    /// Calls that may start at once after a quiet spell.
+    pub burst: u32,
+    /// Longest time between two reconciliations with
+    /// `api_get_authorizer_list`.
+    pub reconcile_interval: Duration,
+}
+
+impl Component {
+    /// The values kept for each authorizer: the access token, then tickets.
+    pub fn authorizer_kinds(&self) -> Vec<wxtoken_schema::Kind> {
+        std::iter::once(wxtoken_schema::Kind::AccessToken)
+            .chain(self.authorizer_tickets.iter().map(|t| t.kind()))
+            .collect()
+    }
 }
 
 /// Prints a Redis URL with any password replaced by `***`.
@@ -429,6 +448,26 @@ struct ComponentSection {
     previous_encoding_aes_key_env: Option<String>,
     #[serde(default, deserialize_with = "no_echo::opt_path")]
     previous_encoding_aes_key_file: Option<PathBuf>,
+    #[serde(default)]
+    authorizer_tickets: Vec<Ticket>,
+    #[serde(default = "component_calls_per_second")]
+    calls_per_second: f64,
+    #[serde(default = "component_burst")]
+    burst: u32,
+    #[serde(default = "component_reconcile_interval", with = "humantime_serde")]
+    reconcile_interval: Duration,
+}
+
+fn component_calls_per_second() -> f64 {
+    100.0
+}
+
+fn component_burst() -> u32 {
+    20
+}
+
+fn component_reconcile_interval() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 mod no_echo {
@@ -1086,6 +1125,26 @@ impl Check<'_> {
                 c.previous_encoding_aes_key_env,
                 c.previous_encoding_aes_key_file,
             )?;
+            if c.authorizer_tickets.contains(&Ticket::WxCard) {
+                return Err(self.invalid(
+                    at("authorizer_tickets"),
+                    "only \"jsapi\" is kept for authorizers",
+                ));
+            }
+            let mut tickets = c.authorizer_tickets.clone();
+            tickets.dedup();
+            if !(c.calls_per_second.is_finite() && c.calls_per_second >= 0.0) {
+                return Err(self.invalid(
+                    at("calls_per_second"),
+                    "must be a number of calls per second, 0 for no limit",
+                ));
+            }
+            if c.burst == 0 {
+                return Err(self.invalid(at("burst"), "must be at least 1"));
+            }
+            if c.reconcile_interval < Duration::from_secs(60) {
+                return Err(self.invalid(at("reconcile_interval"), "must be at least 1m"));
+            }
             components.push(Component {
                 id: c.id,
                 appid: c.appid,
@@ -1093,6 +1152,10 @@ impl Check<'_> {
                 token,
                 encoding_aes_key,
                 previous_encoding_aes_key,
+                authorizer_tickets: tickets,
+                calls_per_second: c.calls_per_second,
+                burst: c.burst,
+                reconcile_interval: c.reconcile_interval,
             });
         }
         Ok(components)

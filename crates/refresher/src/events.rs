@@ -130,7 +130,7 @@ async fn sweep(sh: Arc<Shared>, inbox: Arc<Inbox>) {
             }
         };
         for m in members {
-            if parse_member(&m).is_some_and(|(id, _)| sh.registry.get(id).is_some()) {
+            if parse_member(&m).is_some_and(|(id, _)| sh.registry.holds(id)) {
                 found += 1;
                 inbox.due_now(m);
             }
@@ -151,7 +151,7 @@ fn on_request(registry: &Registry, inbox: &Inbox, payload: &[u8]) {
         return;
     };
     if let Some((id, _)) = parse_member(text) {
-        if registry.get(id).is_some() {
+        if registry.holds(id) {
             inbox.due_now(text.to_owned());
         }
     }
@@ -160,7 +160,13 @@ fn on_request(registry: &Registry, inbox: &Inbox, payload: &[u8]) {
 /// An update event: the value's expiry, for the metrics.
 fn on_update(sh: &Shared, payload: &[u8]) {
     match UpdateEvent::parse(payload) {
-        Ok(ev) if sh.registry.get(&ev.id).is_some() => {
+        Ok(ev)
+            if sh.registry.holds(&ev.id)
+                && !matches!(
+                    wxtoken_schema::Subject::parse(&ev.id),
+                    Some(wxtoken_schema::Subject::Authorizer { .. })
+                ) =>
+        {
             sh.metrics
                 .expires_at
                 .get_or_create(&crate::metrics::value(&ev.id, ev.kind))

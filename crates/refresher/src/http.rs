@@ -25,7 +25,7 @@ mod limits;
 mod page;
 mod snapshot;
 
-use crate::config::{Component, HttpConfig};
+use crate::config::HttpConfig;
 use crate::conn::RedisError;
 use crate::{token_prefix, Shared, StartError};
 use axum::body::Bytes;
@@ -82,9 +82,6 @@ pub(crate) struct Managed<'a> {
 struct AppState {
     sh: Arc<Shared>,
     token: Option<SecretString>,
-    /// `[[component]]`s by id, for `POST /wechat/component/{id}` (fixed at
-    /// start: a reload does not change them yet).
-    components: HashMap<String, component::Receiver>,
 }
 
 /// The credentials held at one instant (they change on reload).
@@ -96,8 +93,8 @@ fn managed(held: &HeldSet) -> Vec<Managed<'_>> {
         .values()
         .map(|h| Managed {
             keys: &h.keys,
-            appid: &h.cred.appid,
-            mode: h.cred.mode.as_str(),
+            appid: h.appid(),
+            mode: h.mode(),
             kinds: h.kinds(),
         })
         .collect();
@@ -117,11 +114,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// Binds `cfg.listen`. Failing to bind is a start-up error.
-    pub(crate) async fn bind(
-        cfg: &HttpConfig,
-        components: &[Component],
-        sh: Arc<Shared>,
-    ) -> Result<Server, StartError> {
+    pub(crate) async fn bind(cfg: &HttpConfig, sh: Arc<Shared>) -> Result<Server, StartError> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Http {
@@ -133,7 +126,6 @@ impl Server {
             listener,
             addr,
             app: Arc::new(AppState {
-                components: component::receivers(&sh.namespace, components),
                 sh,
                 token: cfg.token.clone(),
             }),
@@ -151,7 +143,7 @@ impl Server {
         tracing::info!(
             addr = %self.addr,
             refresh_requests = if self.app.token.is_some() { "bearer token" } else { "disabled (no token configured)" },
-            components = self.app.components.len(),
+            components = self.app.sh.registry.components().len(),
             max_connections = self.cap,
             header_read_timeout = ?limits::HEADER_READ_TIMEOUT,
             request_timeout = ?limits::REQUEST_TIMEOUT,

@@ -20,16 +20,18 @@
 //! connection is held while WeChat is called. A lease decides nothing about
 //! *when* to refresh: that is `policy`, and `scheduler` picks what to claim.
 
-use crate::config::{Credential, Mode, Ticket};
+use crate::config::{Mode, Ticket};
 use crate::conn::RedisError;
 use crate::policy::{self, Reason};
+use crate::registry::{Held, Target};
 use crate::wechat::{ErrorClass, Fetched, WechatError};
 use crate::Shared;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use wxtoken_schema::{
     claim, finish, renew_lock, request_refresh, take_force_budget, token_prefix, write_token,
-    Claim, CredentialKeys, Failure, Kind, TokenWrite, ValueState, WriteOutcome, REQUEST_TTL_SECS,
+    Claim, ClaimRules, CredentialKeys, Exchanged, Failure, Kind, TokenWrite, ValueState,
+    WriteOutcome, REQUEST_TTL_SECS,
 };
 
 /// Why a lease ended without storing a value.
@@ -41,9 +43,25 @@ pub enum LeaseError {
     /// WeChat refused or failed.
     #[error(transparent)]
     Wechat(#[from] WechatError),
-    /// A ticket needs the access token, which is not in Redis yet.
-    #[error("no access token stored yet to fetch the ticket with")]
+    /// A ticket needs the access token (a reconciliation the component
+    /// token), which is not in Redis yet.
+    #[error("no access token stored yet to fetch it with")]
     NoAccessToken,
+    /// A component token needs a `component_verify_ticket`, and none is
+    /// stored (never pushed, or more than 12 hours ago).
+    #[error("no component_verify_ticket stored (none pushed in the last 12 hours); asked WeChat to push one")]
+    NoVerifyTicket,
+    /// An authorizer's token needs its platform's component token, which
+    /// is not in Redis yet.
+    #[error("no component token stored yet")]
+    NoComponentToken,
+    /// An authorizer has neither a refresh token nor an authorization code
+    /// (a reconciliation has been asked for).
+    #[error("no authorizer_refresh_token stored; reconciling with api_get_authorizer_list")]
+    NoRefreshToken,
+    /// `api_query_auth` answered for another authorizer than asked.
+    #[error("api_query_auth answered for another authorizer ({0})")]
+    WrongAuthorizer(String),
     /// Today's stable `force_refresh`es of the credential are used up.
     #[error("today's {0} stable force_refresh calls are used up (refresh.force_refresh_per_day)")]
     ForceBudget(u32),
@@ -59,18 +77,33 @@ impl LeaseError {
     /// How the failure is treated.
     pub fn class(&self, kind: Kind) -> ErrorClass {
         match self {
-            LeaseError::Wechat(w) => w.class(kind != Kind::AccessToken),
+            LeaseError::Wechat(w) => w.class(kind.is_ticket()),
+            LeaseError::NoRefreshToken | LeaseError::WrongAuthorizer(_) => ErrorClass::Config,
             _ => ErrorClass::Retryable,
         }
     }
 
-    /// A refusal or failure of WeChat's: recorded in the status hash and
-    /// subject to the shared backoff (Redis trouble, a missing access token
-    /// and a lapsed lease are not).
+    /// A refusal or failure of WeChat's (or a missing verify ticket or
+    /// refresh token, which only WeChat can fix): recorded in the status
+    /// hash and subject to the shared backoff (Redis trouble, a missing
+    /// access or component token and a lapsed lease are not).
     pub fn is_wechat_failure(&self) -> bool {
         matches!(
             self,
-            LeaseError::Wechat(_) | LeaseError::StillRefused | LeaseError::ForceBudget(_)
+            LeaseError::Wechat(_)
+                | LeaseError::StillRefused
+                | LeaseError::ForceBudget(_)
+                | LeaseError::NoVerifyTicket
+                | LeaseError::NoRefreshToken
+                | LeaseError::WrongAuthorizer(_)
+        )
+    }
+
+    /// Waiting for another value to be stored first (not a failure).
+    pub fn is_waiting(&self) -> bool {
+        matches!(
+            self,
+            LeaseError::NoAccessToken | LeaseError::NoComponentToken
         )
     }
 }
@@ -118,7 +151,7 @@ pub enum Claimed<'a> {
 /// when it was granted.
 pub struct Lease<'a> {
     sh: &'a Shared,
-    cred: &'a Credential,
+    held: &'a Held,
     keys: CredentialKeys,
     kind: Kind,
     owner: String,
@@ -130,27 +163,39 @@ pub struct Lease<'a> {
     /// The claim's round trip: a write's TTL leaves it out, so the stored
     /// TTL never outlasts the real expiry.
     rtt: Duration,
+    /// The authorization code this lease is exchanging, if any.
+    code: Option<String>,
+    /// WeChat said the code is used up or expired.
+    code_spent: bool,
+    /// A refresh token to store with the value (an exchange's, or a
+    /// changed one).
+    new_refresh_token: Option<String>,
 }
 
 impl<'a> Lease<'a> {
-    /// Step 1: claims `kind` of `cred` if it is due.
+    /// Step 1: claims `kind` of `held` if it is due.
     pub async fn claim(
         sh: &'a Shared,
-        cred: &'a Credential,
-        keys: CredentialKeys,
+        held: &'a Held,
         kind: Kind,
     ) -> Result<Claimed<'a>, RedisError> {
         let owner = format!("{}#{:016x}", sh.replica, rand::random::<u64>());
+        let keys = held.keys.clone();
+        let rate = sh.rate_for(held);
+        let rules = ClaimRules {
+            rate: rate.as_ref(),
+            ..sh.claim_rules()
+        };
         let sent = Instant::now();
         let mut con = sh.redis.con();
         let answer = sh
             .redis
-            .step(claim(&mut con, &keys, kind, &owner, &sh.claim_rules()))
+            .step(claim(&mut con, &keys, kind, &owner, &rules))
             .await?;
         Ok(match answer {
             Claim::Granted { fence, state } => Claimed::Granted(Lease {
                 sh,
-                cred,
+                held,
                 keys,
                 kind,
                 owner,
@@ -158,6 +203,9 @@ impl<'a> Lease<'a> {
                 state,
                 valid_until: sent + sh.refresh.lock_ttl,
                 rtt: sent.elapsed(),
+                code: None,
+                code_spent: false,
+                new_refresh_token: None,
             }),
             other => Claimed::Refused(other),
         })
@@ -167,7 +215,17 @@ impl<'a> Lease<'a> {
     /// fenced write or a finish. Returns the reason (`None` when no call
     /// was needed) and the outcome.
     pub async fn run(mut self) -> (Option<Reason>, Outcome) {
-        let reason = match policy::decide(&self.sh.refresh, &self.state) {
+        let exchange = self.kind == Kind::AccessToken
+            && matches!(self.held.target, Target::Authorizer { .. })
+            && self.state.authorization_code.is_some();
+        let decided = if exchange {
+            // A new authorization: its code is single use and its old token
+            // is already invalid.
+            Ok(Reason::Authorized)
+        } else {
+            policy::decide(&self.sh.refresh, &self.state)
+        };
+        let reason = match decided {
             Ok(reason) => reason,
             Err(next) => {
                 self.finish(next, None).await;
@@ -185,35 +243,67 @@ impl<'a> Lease<'a> {
     }
 
     /// Step 3: one WeChat call (two for a stable token WeChat hands back
-    /// after it was reported refused), on a confirmed, renewed lease.
+    /// after it was reported refused; for a reconciliation, one per page),
+    /// on a confirmed, renewed lease.
     async fn fetch(&mut self, reason: Reason) -> Result<Fetched, LeaseError> {
-        let access_token = match self.kind {
+        match (&self.held.target, self.kind) {
+            (Target::Component(_), Kind::AuthorizerList) => {
+                let token = self.state.input.clone().ok_or(LeaseError::NoAccessToken)?;
+                self.confirm().await?;
+                let sh = self.sh;
+                let held = self.held;
+                let started_ms = self.state.now_ms;
+                self.renewing(crate::authorizer::reconcile(sh, held, token, started_ms))
+                    .await
+            }
+            (Target::Authorizer { .. }, Kind::AccessToken) => self.fetch_authorizer().await,
+            _ => self.fetch_value(reason).await,
+        }
+    }
+
+    /// A credential's access token or ticket, an authorizer's ticket, a
+    /// component token.
+    async fn fetch_value(&mut self, reason: Reason) -> Result<Fetched, LeaseError> {
+        let input = match self.kind {
             Kind::AccessToken => None,
-            _ => Some(
-                self.state
-                    .access_token
-                    .clone()
-                    .ok_or(LeaseError::NoAccessToken)?,
-            ),
+            Kind::ComponentAccessToken => match self.state.input.clone() {
+                Some(ticket) => Some(ticket),
+                None => {
+                    self.confirm().await?;
+                    self.ask_for_push().await;
+                    return Err(LeaseError::NoVerifyTicket);
+                }
+            },
+            _ => Some(self.state.input.clone().ok_or(LeaseError::NoAccessToken)?),
         };
         self.confirm().await?;
         let refused = self.state.value.clone().filter(|_| reason.is_passive());
-        let mut fetched = self
-            .renewing(self.call(access_token.as_deref(), false))
-            .await;
-        if let (Err(e), Some(token)) = (&fetched, &access_token) {
-            if e.class(self.kind) == ErrorClass::TokenInvalid {
-                self.report_access_token(token).await;
+        let mut fetched = self.renewing(self.call(input.as_deref(), false)).await;
+        if let (Err(e), Some(token)) = (&fetched, &input) {
+            if self.kind.is_ticket() && e.class(self.kind) == ErrorClass::TokenInvalid {
+                let (keys, primary) = (self.keys.clone(), Kind::AccessToken);
+                self.report(&keys, primary, token).await;
             }
         }
+        if let Err(LeaseError::Wechat(e)) = &fetched {
+            if self.kind == Kind::ComponentAccessToken && matches!(e.errcode(), Some(61005 | 61006))
+            {
+                // The ticket expired or is not WeChat's: only a new push helps.
+                self.ask_for_push().await;
+            }
+        }
+        let stable = matches!(&self.held.target, Target::App(c) if c.mode == Mode::Stable);
         let handed_back = fetched
             .as_ref()
             .is_ok_and(|f| Some(&f.token) == refused.as_ref());
-        if handed_back && self.kind == Kind::AccessToken && self.cred.mode == Mode::Stable {
+        if handed_back && self.kind == Kind::AccessToken && stable {
             // Normal mode handed back the refused token: only now is a
             // force_refresh (20 a day) spent, and only on a lease still ours.
             self.take_force_budget().await?;
-            tracing::info!(id = %self.cred.id, "WeChat still hands out the refused stable token; using force_refresh");
+            tracing::info!(
+                id = self.keys.id(),
+                "WeChat still hands out the refused stable token; using force_refresh"
+            );
             self.confirm().await?;
             fetched = self.renewing(self.call(None, true)).await;
         }
@@ -222,6 +312,127 @@ impl<'a> Lease<'a> {
             return Err(LeaseError::StillRefused);
         }
         Ok(fetched)
+    }
+
+    /// An authorizer's access token: the pending authorization code is
+    /// exchanged (`api_query_auth`), else the refresh token is used
+    /// (`api_authorizer_token`). A refused refresh token (61023) or a lost
+    /// authorization (61003) asks for a reconciliation of the platform.
+    async fn fetch_authorizer(&mut self) -> Result<Fetched, LeaseError> {
+        let Target::Authorizer { component, appid } = &self.held.target else {
+            return Err(LeaseError::NoAccessToken);
+        };
+        let component_keys = CredentialKeys::component(&self.sh.namespace, &component.appid)
+            .map_err(|e| RedisError(e.to_string()))?;
+        let component_token = {
+            let mut con = self.sh.redis.con();
+            self.sh
+                .redis
+                .step(wxtoken_schema::read_value(
+                    &mut con,
+                    &component_keys,
+                    Kind::ComponentAccessToken,
+                ))
+                .await?
+                .ok_or(LeaseError::NoComponentToken)?
+        };
+        let code = self.state.authorization_code.clone();
+        let refresh_token = self.state.input.clone();
+        if code.is_none() && refresh_token.is_none() {
+            crate::authorizer::request_reconcile(self.sh, &component.appid).await;
+            return Err(LeaseError::NoRefreshToken);
+        }
+        self.confirm().await?;
+        let started = Instant::now();
+        let result = match &code {
+            Some(code) => {
+                self.code = Some(code.clone());
+                let r = self
+                    .renewing_any(self.sh.wechat.query_auth(
+                        &component_token,
+                        &component.appid,
+                        code,
+                    ))
+                    .await;
+                self.sh
+                    .metrics
+                    .wechat_call("api_query_auth", started.elapsed());
+                match r {
+                    Ok(grant) if grant.appid != *appid => {
+                        self.code_spent = true;
+                        Err(LeaseError::WrongAuthorizer(grant.appid))
+                    }
+                    Ok(grant) => {
+                        self.new_refresh_token = Some(grant.refresh_token);
+                        Ok(grant.token)
+                    }
+                    Err(e) => {
+                        // 61009 code invalid or used, 61010 expired: it
+                        // will never work.
+                        self.code_spent = matches!(e.errcode(), Some(61009 | 61010));
+                        Err(LeaseError::Wechat(e))
+                    }
+                }
+            }
+            None => {
+                let refresh_token = refresh_token.unwrap_or_default();
+                let r = self
+                    .renewing_any(self.sh.wechat.authorizer_token(
+                        &component_token,
+                        &component.appid,
+                        appid,
+                        &refresh_token,
+                    ))
+                    .await;
+                self.sh
+                    .metrics
+                    .wechat_call("api_authorizer_token", started.elapsed());
+                match r {
+                    Ok((token, returned)) => {
+                        self.new_refresh_token = returned.filter(|r| *r != refresh_token);
+                        Ok(token)
+                    }
+                    Err(e) => Err(LeaseError::Wechat(e)),
+                }
+            }
+        };
+        if let Err(LeaseError::Wechat(e)) = &result {
+            match e.errcode() {
+                Some(61023 | 61003) => {
+                    tracing::warn!(id = self.keys.id(), errcode = e.errcode(), "WeChat refused the authorizer's refresh token or authorization; reconciling the platform's authorizers");
+                    crate::authorizer::request_reconcile(self.sh, &component.appid).await;
+                }
+                Some(40001 | 40014 | 42001) => {
+                    self.report(
+                        &component_keys,
+                        Kind::ComponentAccessToken,
+                        &component_token,
+                    )
+                    .await;
+                }
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// Asks WeChat to push a verify ticket again (once per lease; the
+    /// lease's backoff spaces these out).
+    async fn ask_for_push(&self) {
+        let Target::Component(c) = &self.held.target else {
+            return;
+        };
+        let started = Instant::now();
+        let r = self.sh.wechat.start_push_ticket(&c.appid, &c.secret).await;
+        self.sh
+            .metrics
+            .wechat_call("api_start_push_ticket", started.elapsed());
+        match r {
+            Ok(()) => {
+                tracing::info!(component = %c.id, "asked WeChat to push a component_verify_ticket (api_start_push_ticket)")
+            }
+            Err(e) => tracing::warn!(component = %c.id, error = %e, "api_start_push_ticket failed"),
+        }
     }
 
     /// Step 4a: the fenced write, retried while the lease is valid.
@@ -242,7 +453,9 @@ impl<'a> Lease<'a> {
             tracing::warn!(id = self.keys.id(), kind = %self.kind, ?remaining, "WeChat returned a value that is already within the refresh margin");
         }
         let keys = &self.keys;
-        let tickets: Vec<Kind> = self.cred.tickets.iter().map(|t| t.kind()).collect();
+        let tickets: Vec<Kind> = self.held.kinds().into_iter().skip(1).collect();
+        let refresh_token = self.new_refresh_token.as_deref();
+        let code_used = self.code.as_deref();
         let written = self
             .retrying("store the fetched value", |mut con| {
                 // Time left as the write is sent (a retry stores less), less
@@ -257,6 +470,8 @@ impl<'a> Lease<'a> {
                     replica: &self.sh.replica,
                     next_due,
                     tickets: &tickets,
+                    refresh_token,
+                    code_used,
                 };
                 async move { write_token(&mut con, keys, &write).await }
             })
@@ -321,7 +536,7 @@ impl<'a> Lease<'a> {
             ),
             // Writing the access token brings the ticket forward; this is
             // only the fallback should that write be missed.
-            LeaseError::NoAccessToken => self.sh.refresh.retry_max,
+            e if e.is_waiting() => self.sh.refresh.retry_max,
             _ => self.sh.refresh.retry_initial,
         };
         if matches!(error, LeaseError::LockLapsed) {
@@ -347,9 +562,13 @@ impl<'a> Lease<'a> {
     /// Ends the lease without a write: next look after `delay`.
     async fn finish(&self, delay: Duration, failure: Option<&Failure<'_>>) {
         let (keys, kind, owner) = (&self.keys, self.kind, self.owner.as_str());
+        let exchanged = self.code.as_deref().map(|code| Exchanged {
+            code,
+            spent: self.code_spent,
+        });
         let r = self
             .retrying("release the lock", |mut con| async move {
-                finish(&mut con, keys, kind, owner, delay, failure).await
+                finish(&mut con, keys, kind, owner, delay, failure, exchanged).await
             })
             .await;
         match r {
@@ -439,14 +658,19 @@ impl<'a> Lease<'a> {
     }
 
     /// Runs `call`, renewing the lease every third of its TTL.
-    async fn renewing(
+    async fn renewing<E: Into<LeaseError>>(
         &mut self,
-        call: impl Future<Output = Result<Fetched, WechatError>>,
+        call: impl Future<Output = Result<Fetched, E>>,
     ) -> Result<Fetched, LeaseError> {
+        self.renewing_any(call).await.map_err(Into::into)
+    }
+
+    /// [`Lease::renewing`] for any answer.
+    async fn renewing_any<T>(&mut self, call: impl Future<Output = T>) -> T {
         tokio::pin!(call);
         loop {
             tokio::select! {
-                r = &mut call => return Ok(r?),
+                r = &mut call => return r,
                 _ = tokio::time::sleep(self.sh.refresh.lock_ttl / 3) => {
                     match self.renew().await {
                         Ok(true) => {}
@@ -458,18 +682,20 @@ impl<'a> Lease<'a> {
         }
     }
 
-    /// One WeChat call for the value (`force` only for stable tokens).
+    /// One WeChat call for the value, with `input` (the access token of a
+    /// ticket, the verify ticket of a component token); `force` only for
+    /// stable tokens.
     fn call(
         &self,
-        access_token: Option<&str>,
+        input: Option<&str>,
         force: bool,
     ) -> impl Future<Output = Result<Fetched, WechatError>> + 'a {
-        let (sh, cred, kind) = (self.sh, self.cred, self.kind);
-        let access_token = access_token.map(str::to_owned);
+        let (sh, held, kind) = (self.sh, self.held, self.kind);
+        let input = input.map(str::to_owned).unwrap_or_default();
         async move {
             let started = Instant::now();
-            let (endpoint, result) = match kind {
-                Kind::AccessToken => match cred.mode {
+            let (endpoint, result) = match (&held.target, kind) {
+                (Target::App(cred), Kind::AccessToken) => match cred.mode {
                     Mode::Classic => (
                         "token",
                         sh.wechat.classic_token(&cred.appid, &cred.secret).await,
@@ -481,17 +707,19 @@ impl<'a> Lease<'a> {
                             .await,
                     ),
                 },
-                Kind::JsapiTicket | Kind::WxCardTicket => {
-                    let ticket = if kind == Kind::JsapiTicket {
-                        Ticket::Jsapi
-                    } else {
+                (Target::Component(c), _) => (
+                    "api_component_token",
+                    sh.wechat.component_token(&c.appid, &c.secret, &input).await,
+                ),
+                (_, kind) => {
+                    let ticket = if kind == Kind::WxCardTicket {
                         Ticket::WxCard
+                    } else {
+                        Ticket::Jsapi
                     };
                     (
                         "ticket",
-                        sh.wechat
-                            .ticket(access_token.as_deref().unwrap_or(""), ticket.wechat_type())
-                            .await,
+                        sh.wechat.ticket(&input, ticket.wechat_type()).await,
                     )
                 }
             };
@@ -500,25 +728,26 @@ impl<'a> Lease<'a> {
         }
     }
 
-    /// A ticket call said the access token is invalid: ask for it to be
-    /// replaced (compare-and-request, so concurrent reports cost one refresh).
-    async fn report_access_token(&self, token: &str) {
+    /// WeChat refused the token a call was made with (`kind` of `keys`):
+    /// ask for it to be replaced (compare-and-request, so concurrent reports
+    /// cost one refresh).
+    async fn report(&self, keys: &CredentialKeys, kind: Kind, token: &str) {
         let mut con = self.sh.redis.con();
         let r = self
             .sh
             .redis
             .step(request_refresh(
                 &mut con,
-                &self.keys,
-                Kind::AccessToken,
+                keys,
+                kind,
                 token,
                 Duration::from_secs(REQUEST_TTL_SECS),
             ))
             .await;
         match r {
             Ok(outcome) => {
-                tracing::warn!(id = self.keys.id(), token = %token_prefix(token), ?outcome,
-                "WeChat refused the access token for a ticket call; requested its refresh")
+                tracing::warn!(id = keys.id(), %kind, token = %token_prefix(token), ?outcome,
+                "WeChat refused the token a call was made with; requested its refresh")
             }
             Err(e) => {
                 tracing::warn!(id = self.keys.id(), error = %e, "could not request an access token refresh")

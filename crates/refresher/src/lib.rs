@@ -21,6 +21,7 @@
 //! The key layout and Lua scripts come from `wxtoken_schema`; this crate must
 //! not build key names or scripts of its own.
 
+mod authorizer;
 pub mod config;
 mod conn;
 mod events;
@@ -75,9 +76,30 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     metrics: Arc<metrics::Metrics>,
     registry: registry::Registry,
+    /// Wake-ups for the scheduler.
+    inbox: Arc<scheduler::Inbox>,
 }
 
 impl Shared {
+    /// The shared call rate a claim on `held` must fit in: a platform's own
+    /// (for its component token, reconciliation and authorizers), else the
+    /// WeChat host's.
+    fn rate_for(&self, held: &registry::Held) -> Option<RateLimit> {
+        let component = match &held.target {
+            registry::Target::App(_) => return self.rate.clone(),
+            registry::Target::Component(c) => c,
+            registry::Target::Authorizer { component, .. } => component,
+        };
+        (component.calls_per_second > 0.0).then(|| RateLimit {
+            key: wxtoken_schema::rate_key(
+                &self.namespace,
+                &format!("component/{}", component.appid),
+            ),
+            interval: Duration::from_secs_f64(1.0 / component.calls_per_second),
+            burst: component.burst,
+        })
+    }
+
     /// The rules of this replica's claims.
     fn claim_rules(&self) -> wxtoken_schema::ClaimRules<'_> {
         let r = &self.refresh;
@@ -160,8 +182,10 @@ pub async fn run(
         shutdown: shutdown.clone(),
         metrics: Arc::new(metrics::Metrics::new()),
         registry: registry::Registry::new(&config.redis.namespace),
+        inbox: Arc::new(scheduler::Inbox::default()),
     });
-    sh.registry.replace(config.credentials.clone());
+    sh.registry
+        .replace(config.credentials.clone(), config.components.clone());
     sh.metrics.credentials.set(config.credentials.len() as i64);
     tracing::info!(
         %replica,
@@ -172,11 +196,11 @@ pub async fn run(
         "refresher starting"
     );
     let http = match &config.http {
-        Some(h) => Some(http::Server::bind(h, &config.components, sh.clone()).await?),
+        Some(h) => Some(http::Server::bind(h, sh.clone()).await?),
         None => None,
     };
 
-    let inbox = Arc::new(scheduler::Inbox::default());
+    let inbox = sh.inbox.clone();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(events::listen(sh.clone(), client, inbox.clone()));
     let register = Arc::new(Notify::new());
@@ -308,7 +332,7 @@ async fn registrar(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>, register: Arc<
 /// once), dropped ones unregistered. Retries Redis until it answers.
 async fn reload(sh: &Shared, inbox: &scheduler::Inbox, cfg: Config) {
     let n = cfg.credentials.len();
-    let changes = sh.registry.replace(cfg.credentials);
+    let changes = sh.registry.replace(cfg.credentials, cfg.components);
     sh.metrics.credentials.set(n as i64);
     tracing::info!(
         credentials = n,

@@ -137,6 +137,14 @@ pub struct Metrics {
     pub wechat_latency: Family<EndpointLabels, Histogram>,
     /// `wxtoken_redis_up`: 1 when the last Redis operation succeeded.
     pub redis_up: Gauge,
+    /// `wxtoken_component_pushes_total`: pushes to the third-party
+    /// platforms' receiver, by component id and what became of them
+    /// (`component_verify_ticket`, `authorized`, `updateauthorized`,
+    /// `unauthorized`, `ignored`, `rejected`, `failed`).
+    pub pushes: Family<PushLabels, Counter>,
+    /// `wxtoken_authorizer_reconciliations_total`: reconciliations with
+    /// `api_get_authorizer_list` this replica completed.
+    pub reconciliations: Counter,
     /// When this replica started.
     pub started_at: SystemTime,
 }
@@ -209,8 +217,22 @@ impl Metrics {
             "1 when this replica's last Redis operation succeeded",
             redis_up.clone(),
         );
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "component_pushes",
+            "Pushes to the third-party platform receiver, by component and outcome",
+            pushes.clone(),
+        );
+        let reconciliations = Counter::default();
+        registry.register(
+            "authorizer_reconciliations",
+            "Reconciliations of a platform's authorizers with api_get_authorizer_list",
+            reconciliations.clone(),
+        );
         Metrics {
             registry,
+            pushes,
+            reconciliations,
             refreshes,
             lock_contention,
             fence_rejections,
@@ -242,10 +264,39 @@ impl Metrics {
     }
 }
 
+/// Labels of a push to the third-party platform receiver.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// The component's id (config).
+    pub component: String,
+    /// What became of it.
+    pub outcome: String,
+}
+
+impl Metrics {
+    /// Counts one push to component `component`.
+    pub fn push(&self, component: &str, outcome: &str) {
+        self.pushes
+            .get_or_create(&PushLabels {
+                component: component.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
 /// Labels for a stored value.
+/// Authorizers (up to 100,000 per platform) are counted per platform:
+/// `authorizer/<component appid>/*`.
 pub fn value(id: &str, kind: wxtoken_schema::Kind) -> ValueLabels {
+    let id = match wxtoken_schema::Subject::parse(id) {
+        Some(wxtoken_schema::Subject::Authorizer { component, .. }) => {
+            format!("authorizer/{component}/*")
+        }
+        _ => id.to_owned(),
+    };
     ValueLabels {
-        id: id.to_owned(),
+        id,
         kind: kind.as_str().to_owned(),
     }
 }

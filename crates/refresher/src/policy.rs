@@ -24,6 +24,10 @@ pub enum Reason {
     Reported,
     /// An operator asked for a refresh whatever is stored.
     Forced,
+    /// An authorizer (re-)authorized the platform: its authorization code
+    /// is exchanged at once (it is single use and short-lived, and a
+    /// re-authorization invalidates the old token).
+    Authorized,
 }
 
 impl Reason {
@@ -34,6 +38,7 @@ impl Reason {
             Reason::Expiring => "expiring",
             Reason::Reported => "reported",
             Reason::Forced => "forced",
+            Reason::Authorized => "authorized",
         }
     }
 
@@ -158,7 +163,8 @@ mod tests {
             refreshed_at_ms: Some(now_ms - refreshed_ago_s * 1000),
             request,
             failures: 0,
-            access_token: None,
+            input: None,
+            authorization_code: None,
             now_ms,
             due_at_ms: now_ms,
         }

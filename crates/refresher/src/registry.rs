@@ -11,8 +11,14 @@
 //! replica notices that Redis lost its data (or that it was taken for dead):
 //! Redis then no longer knows when it was last seen, and the replica
 //! registers all its credentials again at once.
+//!
+//! Third-party platforms (`[[component]]`) are held the same way, as the
+//! subject `component/<appid>` (component token and reconciliation). Their
+//! authorizers are not in the config: they are registered at run time
+//! (`authorizer` module) and held by every replica that holds their
+//! platform; nothing about them is kept in this process.
 
-use crate::config::Credential;
+use crate::config::{Component, Credential};
 use crate::conn::RedisError;
 use crate::Shared;
 use arc_swap::ArcSwap;
@@ -20,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use wxtoken_schema::registry::{self, Registration};
-use wxtoken_schema::{CredentialKeys, Kind};
+use wxtoken_schema::{component_id, CredentialKeys, Kind, Subject};
 
 /// How often a replica marks itself alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -32,27 +38,69 @@ pub const LIVENESS: Duration = Duration::from_secs(15);
 /// Credentials registered per round trip.
 const CHUNK: usize = 500;
 
-/// One held credential: its config entry and key names.
+/// What a held subject is.
+#[derive(Debug)]
+pub enum Target {
+    /// A credential of the config (with its secret).
+    App(Credential),
+    /// A third-party platform of the config (with its secrets).
+    Component(Arc<Component>),
+    /// An authorizer of a held platform.
+    Authorizer {
+        /// The platform.
+        component: Arc<Component>,
+        /// The authorizer's appid.
+        appid: String,
+    },
+}
+
+/// One held subject: what it is and its key names.
 #[derive(Debug)]
 pub struct Held {
-    /// The config entry (with the secret).
-    pub cred: Credential,
+    /// What it is.
+    pub target: Target,
     /// Its key names.
     pub keys: CredentialKeys,
 }
 
 impl Held {
-    /// The values kept for it: the access token, then its tickets.
+    /// The values kept for it, the primary one first: a credential's access
+    /// token and tickets; a platform's component token and reconciliation;
+    /// an authorizer's access token and the platform's authorizer tickets.
     pub fn kinds(&self) -> Vec<Kind> {
-        std::iter::once(Kind::AccessToken)
-            .chain(self.cred.tickets.iter().map(|t| t.kind()))
-            .collect()
+        match &self.target {
+            Target::App(cred) => std::iter::once(Kind::AccessToken)
+                .chain(cred.tickets.iter().map(|t| t.kind()))
+                .collect(),
+            Target::Component(_) => vec![Kind::ComponentAccessToken, Kind::AuthorizerList],
+            Target::Authorizer { component, .. } => component.authorizer_kinds(),
+        }
+    }
+
+    /// The WeChat appid (public).
+    pub fn appid(&self) -> &str {
+        match &self.target {
+            Target::App(cred) => &cred.appid,
+            Target::Component(c) => &c.appid,
+            Target::Authorizer { appid, .. } => appid,
+        }
+    }
+
+    /// The mode shown in status: `classic`/`stable`, `component`, `authorizer`.
+    pub fn mode(&self) -> &'static str {
+        match &self.target {
+            Target::App(cred) => cred.mode.as_str(),
+            Target::Component(_) => "component",
+            Target::Authorizer { .. } => "authorizer",
+        }
     }
 }
 
-/// The held credentials by id, swapped whole on reload.
+/// The held credentials and platforms by id, swapped whole on reload.
 pub struct Registry {
     held: ArcSwap<HashMap<String, Arc<Held>>>,
+    /// The held platforms by component appid.
+    components: ArcSwap<HashMap<String, Arc<Component>>>,
     namespace: String,
 }
 
@@ -70,42 +118,112 @@ impl Registry {
     pub fn new(namespace: &str) -> Registry {
         Registry {
             held: ArcSwap::from_pointee(HashMap::new()),
+            components: ArcSwap::from_pointee(HashMap::new()),
             namespace: namespace.to_owned(),
         }
     }
 
-    /// The credential `id`, if this replica holds it.
+    /// The subject `id`, if this replica holds it (an authorizer: if it
+    /// holds the authorizer's platform).
     pub fn get(&self, id: &str) -> Option<Arc<Held>> {
+        if let Some(Subject::Authorizer { component, appid }) = Subject::parse(id) {
+            let component = self.component(component)?;
+            let keys = CredentialKeys::for_id(&self.namespace, id).ok()?;
+            return Some(Arc::new(Held {
+                target: Target::Authorizer {
+                    component,
+                    appid: appid.to_owned(),
+                },
+                keys,
+            }));
+        }
         self.held.load().get(id).cloned()
     }
 
-    /// Every held credential.
+    /// Whether this replica holds the subject `id` (cheaper than [`get`](Registry::get)).
+    pub fn holds(&self, id: &str) -> bool {
+        match Subject::parse(id) {
+            Some(Subject::Authorizer { component, .. }) => {
+                self.components.load().contains_key(component)
+            }
+            _ => self.held.load().contains_key(id),
+        }
+    }
+
+    /// The held platform with this component appid.
+    pub fn component(&self, appid: &str) -> Option<Arc<Component>> {
+        self.components.load().get(appid).cloned()
+    }
+
+    /// The held platform whose config id is `id`.
+    pub fn component_by_id(&self, id: &str) -> Option<Arc<Component>> {
+        self.components
+            .load()
+            .values()
+            .find(|c| c.id == id)
+            .cloned()
+    }
+
+    /// Every held platform.
+    pub fn components(&self) -> Vec<Arc<Component>> {
+        self.components.load().values().cloned().collect()
+    }
+
+    /// Every held credential and platform (not the authorizers).
     pub fn all(&self) -> Arc<HashMap<String, Arc<Held>>> {
         self.held.load_full()
     }
 
-    /// Replaces the held set with `creds` (ids were validated with the
-    /// config) and says what changed.
-    pub fn replace(&self, creds: Vec<Credential>) -> Changes {
+    /// Replaces the held set with `creds` and `components` (ids were
+    /// validated with the config) and says what changed.
+    pub fn replace(&self, creds: Vec<Credential>, components: Vec<Component>) -> Changes {
         let old = self.held.load_full();
-        let mut new = HashMap::with_capacity(creds.len());
+        let mut new = HashMap::with_capacity(creds.len() + components.len());
         let mut changes = Changes::default();
         for cred in creds {
             let Ok(keys) = CredentialKeys::new(&self.namespace, &cred.id) else {
                 tracing::error!(id = %cred.id, "invalid key names; credential skipped");
                 continue;
             };
-            let same = old.get(&cred.id).filter(|h| {
-                h.cred.appid == cred.appid
-                    && h.cred.mode == cred.mode
-                    && h.cred.tickets == cred.tickets
+            let same = old.get(&cred.id).filter(|h| match &h.target {
+                Target::App(c) => {
+                    c.appid == cred.appid && c.mode == cred.mode && c.tickets == cred.tickets
+                }
+                _ => false,
             });
-            let held = Arc::new(Held { cred, keys });
+            let id = cred.id.clone();
+            let held = Arc::new(Held {
+                target: Target::App(cred),
+                keys,
+            });
             if same.is_none() {
                 changes.added.push(held.clone());
             }
-            new.insert(held.cred.id.clone(), held);
+            new.insert(id, held);
         }
+        let mut by_appid = HashMap::with_capacity(components.len());
+        for c in components {
+            let Ok(keys) = CredentialKeys::component(&self.namespace, &c.appid) else {
+                tracing::error!(id = %c.id, "invalid key names; component skipped");
+                continue;
+            };
+            let id = component_id(&c.appid);
+            let c = Arc::new(c);
+            let same = old.get(&id).filter(|h| match &h.target {
+                Target::Component(o) => o.authorizer_tickets == c.authorizer_tickets,
+                _ => false,
+            });
+            let held = Arc::new(Held {
+                target: Target::Component(c.clone()),
+                keys,
+            });
+            if same.is_none() {
+                changes.added.push(held.clone());
+            }
+            by_appid.insert(c.appid.clone(), c);
+            new.insert(id, held);
+        }
+        self.components.store(Arc::new(by_appid));
         changes.removed = old
             .iter()
             .filter(|(id, _)| !new.contains_key(*id))
@@ -129,8 +247,8 @@ pub async fn register(sh: &Shared, creds: &[Arc<Held>]) -> Result<u32, RedisErro
                 (
                     h.keys.clone(),
                     Registration {
-                        appid: &h.cred.appid,
-                        mode: h.cred.mode.as_str(),
+                        appid: h.appid(),
+                        mode: h.mode(),
                         kinds,
                         ticket_delay: sh.refresh.lock_ttl,
                     },

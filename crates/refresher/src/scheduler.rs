@@ -236,7 +236,7 @@ pub async fn run(sh: Arc<Shared>, inbox: Arc<Inbox>) {
         // After any scan (which replaces the agenda): values someone asked
         // for may be due now; the claim checks.
         for member in requested {
-            let held = parse_member(&member).is_some_and(|(id, _)| sh.registry.get(id).is_some());
+            let held = parse_member(&member).is_some_and(|(id, _)| sh.registry.holds(id));
             if held {
                 agenda.set(member, clock.now_ms());
             }
@@ -327,7 +327,7 @@ async fn attempt(
     held: &Held,
     kind: Kind,
 ) -> Result<Result<(Option<Reason>, Outcome), Claim>, RedisError> {
-    match Lease::claim(sh, &held.cred, held.keys.clone(), kind).await? {
+    match Lease::claim(sh, held, kind).await? {
         Claimed::Granted(lease) => Ok(Ok(lease.run().await)),
         Claimed::Refused(claim) => Ok(Err(claim)),
     }
@@ -364,8 +364,7 @@ async fn rescan_all(sh: &Shared, agenda: &mut Agenda) -> Result<Clock, RedisErro
                 if d.at_ms <= c.now_ms() {
                     due_total += 1;
                 }
-                let held =
-                    parse_member(&d.member).is_some_and(|(id, _)| sh.registry.get(id).is_some());
+                let held = parse_member(&d.member).is_some_and(|(id, _)| sh.registry.holds(id));
                 if held {
                     mine += 1;
                     found.push(d);
@@ -532,10 +531,10 @@ fn log_failure(
 ) {
     let message = error.to_string();
     match error {
-        LeaseError::NoAccessToken => {
+        LeaseError::NoAccessToken | LeaseError::NoComponentToken => {
             // Not a failure: the ticket waits for its access token, whose
             // write brings it forward.
-            tracing::debug!(%id, %kind, "waiting for the access token");
+            tracing::debug!(%id, %kind, error = %error, "waiting for the value it is fetched with");
             return;
         }
         LeaseError::LockLapsed => {
@@ -546,7 +545,12 @@ fn log_failure(
             tracing::warn!(%id, %kind, error = %e, "Redis failed during a refresh; retrying");
             return;
         }
-        LeaseError::Wechat(_) | LeaseError::StillRefused | LeaseError::ForceBudget(_) => {}
+        LeaseError::Wechat(_)
+        | LeaseError::StillRefused
+        | LeaseError::ForceBudget(_)
+        | LeaseError::NoVerifyTicket
+        | LeaseError::NoRefreshToken
+        | LeaseError::WrongAuthorizer(_) => {}
     }
     let errcode = match error {
         LeaseError::Wechat(w) => w.errcode(),
@@ -561,7 +565,7 @@ fn log_failure(
                 let appid = sh
                     .registry
                     .get(id)
-                    .map(|h| h.cred.appid.clone())
+                    .map(|h| h.appid().to_owned())
                     .unwrap_or_default();
                 tracing::error!(%id, %kind, %appid, error = %message,
                     "CONFIGURATION FAULT: WeChat refuses this credential; fix the secret, appid or IP whitelist. Retrying every {}",
@@ -586,9 +590,12 @@ fn count(sh: &Shared, value: &metrics::ValueLabels, reason: Reason, outcome: &Ou
     let m = &sh.metrics;
     let (outcome, errcode) = match outcome {
         Outcome::Refreshed { expires_at_ms, .. } => {
-            m.expires_at
-                .get_or_create(value)
-                .set(*expires_at_ms as f64 / 1000.0);
+            // Authorizers are counted per platform: one expiry means nothing.
+            if !value.id.ends_with("/*") {
+                m.expires_at
+                    .get_or_create(value)
+                    .set(*expires_at_ms as f64 / 1000.0);
+            }
             ("ok", None)
         }
         Outcome::Rejected => {
@@ -597,7 +604,12 @@ fn count(sh: &Shared, value: &metrics::ValueLabels, reason: Reason, outcome: &Ou
         }
         Outcome::NotNeeded { .. } => return,
         Outcome::Failed { error, .. } => match error {
-            LeaseError::NoAccessToken | LeaseError::LockLapsed => return,
+            LeaseError::NoAccessToken | LeaseError::NoComponentToken | LeaseError::LockLapsed => {
+                return
+            }
+            LeaseError::NoVerifyTicket => ("no_verify_ticket", None),
+            LeaseError::NoRefreshToken => ("no_refresh_token", None),
+            LeaseError::WrongAuthorizer(_) => ("wrong_authorizer", None),
             LeaseError::Redis(_) => {
                 m.redis_up.set(0);
                 return;

@@ -11,6 +11,10 @@
 //! before it is put into a [`WechatError`]. JSON parser messages are never
 //! quoted: a wrong-typed field's message would quote the value.
 
+mod component;
+
+pub use component::{AuthorizerGrant, ListedAuthorizer, LIST_PAGE};
+
 use crate::config::WechatConfig;
 use secrecy::{ExposeSecret, SecretString};
 use std::time::{Duration, Instant};
@@ -286,19 +290,30 @@ impl Wechat {
         field: &'static str,
         scrub: &Scrub,
     ) -> Result<Fetched, WechatError> {
-        self.send_unscrubbed(req, field, scrub)
+        let (reply, sent_at) = self.send_object(req, scrub).await?;
+        token_of(&reply, field, sent_at).map_err(|e| scrub.error(e))
+    }
+
+    /// Sends `req` and returns WeChat's JSON object (errcode 0 or none) and
+    /// when the request was sent; every error scrubbed.
+    async fn send_object(
+        &self,
+        req: reqwest::RequestBuilder,
+        scrub: &Scrub,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, Instant), WechatError> {
+        self.send_unscrubbed(req, scrub)
             .await
             .map_err(|e| scrub.error(e))
     }
 
     /// `scrub` is applied here only to the errmsg, before it is truncated (so
-    /// no part of a secret survives the cut); [`Wechat::send`] scrubs the rest.
+    /// no part of a secret survives the cut); [`Wechat::send_object`] scrubs
+    /// the rest.
     async fn send_unscrubbed(
         &self,
         req: reqwest::RequestBuilder,
-        field: &'static str,
         scrub: &Scrub,
-    ) -> Result<Fetched, WechatError> {
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, Instant), WechatError> {
         let sent_at = Instant::now();
         let resp = req.send().await.map_err(|e| self.transport(e))?;
         let status = resp.status();
@@ -319,7 +334,7 @@ impl Wechat {
             }
             body.extend_from_slice(&chunk);
         }
-        parse(&body, field, sent_at, scrub)
+        Ok((reply(&body, scrub)?, sent_at))
     }
 
     fn transport(&self, e: reqwest::Error) -> WechatError {
@@ -348,14 +363,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Parses a WeChat reply carrying `field` ("access_token" or "ticket").
-/// Error texts name fields and positions, never content: the JSON parser's
-/// own messages can quote the input, so they are not used.
+#[cfg(test)]
 fn parse(
     body: &[u8],
     field: &str,
     sent_at: Instant,
     scrub: &Scrub,
 ) -> Result<Fetched, WechatError> {
+    token_of(&reply(body, scrub)?, field, sent_at)
+}
+
+/// A WeChat reply: a JSON object whose errcode is 0 or absent (else
+/// [`WechatError::Api`]). Error texts name fields and positions, never
+/// content: the JSON parser's own messages can quote the input, so they are
+/// not used.
+fn reply(
+    body: &[u8],
+    scrub: &Scrub,
+) -> Result<serde_json::Map<String, serde_json::Value>, WechatError> {
     use serde_json::Value;
     let reply: Value = serde_json::from_slice(body).map_err(|e| {
         let what = match e.classify() {
@@ -394,12 +419,21 @@ fn parse(
             errmsg: truncate(errmsg, 200),
         });
     }
+    Ok(reply)
+}
+
+/// The printable token in `reply[field]` (at most [`MAX_TOKEN_LEN`]).
+fn text_field(
+    reply: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<String, WechatError> {
+    use serde_json::Value;
     let token = match reply.get(field) {
         Some(Value::String(t)) => t,
         None | Some(Value::Null) => {
             return Err(WechatError::Malformed(format!("no {field} in the reply")))
         }
-        Some(_) => return Err(wrong_type(field, "a string")),
+        Some(_) => return Err(WechatError::Malformed(format!("{field} is not a string"))),
     };
     if token.is_empty()
         || token.len() > MAX_TOKEN_LEN
@@ -409,6 +443,18 @@ fn parse(
             "{field} is empty, too long or not printable ASCII"
         )));
     }
+    Ok(token.clone())
+}
+
+/// The token `field` and its `expires_in` in `reply`, fetched by a request
+/// sent at `sent_at`.
+fn token_of(
+    reply: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    sent_at: Instant,
+) -> Result<Fetched, WechatError> {
+    use serde_json::Value;
+    let token = text_field(reply, field)?;
     // expires_in is a number; accept a numeric string too, reject anything else.
     let expires_in = match reply.get("expires_in") {
         Some(Value::Number(n)) => n.as_u64(),
@@ -418,7 +464,7 @@ fn parse(
     .filter(|n| *n > 0)
     .ok_or_else(|| WechatError::Malformed("expires_in missing or not a positive integer".into()))?;
     Ok(Fetched {
-        token: token.clone(),
+        token,
         expires_in,
         sent_at,
     })

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// What a stored value is. Access tokens and the two JS-SDK tickets share the
-/// same lock, fence and write machinery.
+/// What a stored value is. Every kind shares the same lock, fence, queue
+/// and write machinery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -16,10 +16,24 @@ pub enum Kind {
     JsapiTicket,
     /// `wx_card` api_ticket from `/cgi-bin/ticket/getticket?type=wx_card`.
     WxCardTicket,
+    /// A third-party platform's `component_access_token`, from
+    /// `/cgi-bin/component/api_component_token` with the newest verify ticket.
+    ComponentAccessToken,
+    /// A third-party platform's last reconciliation with
+    /// `api_get_authorizer_list` (a summary such as
+    /// `listed=1000,added=0,updated=1,removed=2`; its TTL is when the next
+    /// one is due at the latest). Scheduled, locked and fenced like a token.
+    AuthorizerList,
 }
 
 /// All kinds, in a stable order.
-pub const KINDS: [Kind; 3] = [Kind::AccessToken, Kind::JsapiTicket, Kind::WxCardTicket];
+pub const KINDS: [Kind; 5] = [
+    Kind::AccessToken,
+    Kind::JsapiTicket,
+    Kind::WxCardTicket,
+    Kind::ComponentAccessToken,
+    Kind::AuthorizerList,
+];
 
 impl Kind {
     /// The name used in key names, events and the CLI.
@@ -28,7 +42,14 @@ impl Kind {
             Kind::AccessToken => "access_token",
             Kind::JsapiTicket => "jsapi_ticket",
             Kind::WxCardTicket => "wx_card_ticket",
+            Kind::ComponentAccessToken => "component_access_token",
+            Kind::AuthorizerList => "authorizer_list",
         }
+    }
+
+    /// Whether this is a JS-SDK ticket (fetched with an access token).
+    pub fn is_ticket(self) -> bool {
+        matches!(self, Kind::JsapiTicket | Kind::WxCardTicket)
     }
 }
 
@@ -74,6 +95,76 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<(), InvalidName>
     }
 }
 
+/// What a credential id names. Operators name the credentials of their
+/// config (`oa-main`: [`validate_name`], no `/`); third-party platforms and
+/// their authorizers get ids built from appids, which hold a `/` so they can
+/// never clash with an operator's name:
+///
+/// - `component/<component appid>`: a platform's component token and its
+///   reconciliation;
+/// - `authorizer/<component appid>/<authorizer appid>`: an account that
+///   authorized the platform (one account may authorize several platforms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject<'a> {
+    /// A credential of the config (Official Account, Mini Program).
+    Credential(&'a str),
+    /// A third-party platform, by its component appid.
+    Component(&'a str),
+    /// An authorizer of a platform.
+    Authorizer {
+        /// The platform's component appid.
+        component: &'a str,
+        /// The authorizer's appid.
+        appid: &'a str,
+    },
+}
+
+impl<'a> Subject<'a> {
+    /// The subject named by `id`, if `id` is well formed.
+    pub fn parse(id: &'a str) -> Option<Subject<'a>> {
+        let ok = |part: &str| validate_name("appid", part).is_ok();
+        match id.split('/').collect::<Vec<_>>().as_slice() {
+            [name] if validate_name("credential id", name).is_ok() => {
+                Some(Subject::Credential(name))
+            }
+            ["component", appid] if ok(appid) => Some(Subject::Component(appid)),
+            ["authorizer", component, appid] if ok(component) && ok(appid) => {
+                Some(Subject::Authorizer { component, appid })
+            }
+            _ => None,
+        }
+    }
+
+    /// The kinds of value refreshers keep for it, at most: a credential's
+    /// access token and tickets; a platform's component token and
+    /// reconciliation; an authorizer's access token and JS-SDK ticket.
+    pub fn kinds(self) -> &'static [Kind] {
+        match self {
+            Subject::Credential(_) => &[Kind::AccessToken, Kind::JsapiTicket, Kind::WxCardTicket],
+            Subject::Component(_) => &[Kind::ComponentAccessToken, Kind::AuthorizerList],
+            Subject::Authorizer { .. } => &[Kind::AccessToken, Kind::JsapiTicket],
+        }
+    }
+
+    /// The kind every other kind of the subject is fetched with.
+    pub fn primary(self) -> Kind {
+        match self {
+            Subject::Component(_) => Kind::ComponentAccessToken,
+            _ => Kind::AccessToken,
+        }
+    }
+}
+
+/// The id of a platform's component subject: `component/<appid>`.
+pub fn component_id(component_appid: &str) -> String {
+    format!("component/{component_appid}")
+}
+
+/// The id of an authorizer: `authorizer/<component appid>/<appid>`.
+pub fn authorizer_id(component_appid: &str, appid: &str) -> String {
+    format!("authorizer/{component_appid}/{appid}")
+}
+
 /// The key names of one credential in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialKeys {
@@ -84,15 +175,61 @@ pub struct CredentialKeys {
 }
 
 impl CredentialKeys {
-    /// Keys for credential `id` under `namespace`; both must pass [`validate_name`].
+    /// Keys for credential `id` of the config under `namespace`; both must
+    /// pass [`validate_name`].
     pub fn new(namespace: &str, id: &str) -> Result<CredentialKeys, InvalidName> {
-        validate_name("namespace", namespace)?;
         validate_name("credential id", id)?;
+        CredentialKeys::for_id(namespace, id)
+    }
+
+    /// Keys for any [`Subject`] id (a credential of the config, a
+    /// `component/…` or an `authorizer/…/…`).
+    pub fn for_id(namespace: &str, id: &str) -> Result<CredentialKeys, InvalidName> {
+        validate_name("namespace", namespace)?;
+        if Subject::parse(id).is_none() {
+            return Err(InvalidName {
+                what: "credential id",
+                value: id.to_owned(),
+            });
+        }
         Ok(CredentialKeys {
             namespace: namespace.to_owned(),
             id: id.to_owned(),
             prefix: format!("{namespace}:{{{id}}}"),
         })
+    }
+
+    /// Keys of a third-party platform's component token and reconciliation
+    /// (id `component/<appid>`; same hash tag as [`ComponentKeys`]).
+    pub fn component(
+        namespace: &str,
+        component_appid: &str,
+    ) -> Result<CredentialKeys, InvalidName> {
+        validate_name("component appid", component_appid)?;
+        CredentialKeys::for_id(namespace, &component_id(component_appid))
+    }
+
+    /// Keys of an authorizer of a platform (id
+    /// `authorizer/<component appid>/<appid>`).
+    pub fn authorizer(
+        namespace: &str,
+        component_appid: &str,
+        appid: &str,
+    ) -> Result<CredentialKeys, InvalidName> {
+        validate_name("component appid", component_appid)?;
+        validate_name("authorizer appid", appid)?;
+        CredentialKeys::for_id(namespace, &authorizer_id(component_appid, appid))
+    }
+
+    /// What the id names.
+    pub fn subject(&self) -> Subject<'_> {
+        // `for_id` checked it; a credential name is the fallback.
+        Subject::parse(&self.id).unwrap_or(Subject::Credential(&self.id))
+    }
+
+    /// The kinds of value refreshers keep for it, at most.
+    pub fn kinds(&self) -> &'static [Kind] {
+        self.subject().kinds()
     }
 
     /// The credential id.
@@ -146,6 +283,40 @@ impl CredentialKeys {
         format!("{}:force_request:{}", self.prefix, kind.as_str())
     }
 
+    /// STRING, **durable** (no TTL): an authorizer's
+    /// `authorizer_refresh_token`. A secret: never logged, never in a key
+    /// name, not readable by the business-reader ACL user. Recovered from
+    /// `api_get_authorizer_list` when lost.
+    pub fn refresh_token(&self) -> String {
+        format!("{}:refresh_token", self.prefix)
+    }
+
+    /// STRING: an authorizer's pending authorization code (from an
+    /// `authorized`/`updateauthorized` push or an operator), `PX` until it
+    /// expires. Single use: the refresher that exchanges it deletes it.
+    pub fn authorization_code(&self) -> String {
+        format!("{}:authorization_code", self.prefix)
+    }
+
+    /// The key of the stored value `kind` is fetched with: the access token
+    /// for a ticket, the verify ticket for a component token, the component
+    /// token for a reconciliation, the refresh token for an authorizer's
+    /// access token. `None` for a config credential's access token.
+    pub fn input(&self, kind: Kind) -> Option<String> {
+        match (self.subject(), kind) {
+            (Subject::Component(appid), Kind::ComponentAccessToken) => Some(format!(
+                "{}:{{component/{appid}}}:verify_ticket",
+                self.namespace
+            )),
+            (Subject::Component(_), Kind::AuthorizerList) => {
+                Some(self.value(Kind::ComponentAccessToken))
+            }
+            (Subject::Authorizer { .. }, Kind::AccessToken) => Some(self.refresh_token()),
+            (_, Kind::AccessToken) => None,
+            (_, _) => Some(self.value(Kind::AccessToken)),
+        }
+    }
+
     /// SET: ids of the refresher replicas whose config lists this
     /// credential (its secret's holders). The credential's keys are deleted
     /// when the last live holder drops it.
@@ -196,6 +367,13 @@ impl ComponentKeys {
         &self.appid
     }
 
+    /// ZSET, **durable**: the platform's authorizer appids, scored by when
+    /// each was (last) authorized or found, Unix ms (Redis clock). The
+    /// index behind listing, summaries and reconciliation.
+    pub fn authorizers(&self) -> String {
+        format!("{}:authorizers", self.prefix)
+    }
+
     /// STRING: the newest `component_verify_ticket` WeChat pushed, as is;
     /// `PX` [`VERIFY_TICKET_TTL_MS`] from when it was received.
     /// `wxtoken:{component/wx123}:verify_ticket`.
@@ -239,8 +417,11 @@ pub fn due_key(namespace: &str, shard: u32) -> String {
 /// credential id and kind; `None` when it is not one.
 pub fn parse_member(member: &str) -> Option<(&str, Kind)> {
     let (id, kind) = member.split_once(' ')?;
-    validate_name("credential id", id).ok()?;
-    Some((id, Kind::parse(kind)?))
+    let kind = Kind::parse(kind)?;
+    Subject::parse(id)?
+        .kinds()
+        .contains(&kind)
+        .then_some((id, kind))
 }
 
 /// ZSET: live refresher replicas, scored by their last heartbeat (Unix ms,

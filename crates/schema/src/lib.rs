@@ -20,13 +20,14 @@ pub mod snapshot;
 pub mod testing;
 
 pub use keys::{
-    due_key, parse_member, rate_key, replicas_key, shard_of, validate_name, ComponentKeys,
-    CredentialKeys, InvalidName, Kind, DUE_SHARDS, KINDS, VERIFY_TICKET_TTL_MS,
+    authorizer_id, component_id, due_key, parse_member, rate_key, replicas_key, shard_of,
+    validate_name, ComponentKeys, CredentialKeys, InvalidName, Kind, Subject, DUE_SHARDS, KINDS,
+    VERIFY_TICKET_TTL_MS,
 };
 pub use scripts::{
-    claim, finish, force_refresh, renew_lock, request_refresh, store_verify_ticket,
-    take_force_budget, write_token, Claim, ClaimRules, Failure, RateLimit, Request, RequestOutcome,
-    TokenWrite, ValueState, WriteOutcome,
+    claim, finish, force_refresh, read_value, renew_lock, request_refresh, store_verify_ticket,
+    take_force_budget, wake_if_missing, write_token, Claim, ClaimRules, Exchanged, Failure,
+    RateLimit, Request, RequestOutcome, TokenWrite, ValueState, WriteOutcome,
 };
 
 use serde::{Deserialize, Serialize};

@@ -12,12 +12,18 @@
 //!   never (first start, or Redis lost its data) or too long ago means it
 //!   must register its credentials again.
 //! - [`scan`] reads the earliest entries of every due-queue shard.
+//! - [`authorize`] / [`remove_authorizer`]: a third-party platform's
+//!   authorizers, registered at run time by authorization pushes,
+//!   operators and reconciliations (they have no holders: any replica that
+//!   holds the platform refreshes them); [`authorizers`] pages the index.
 //!
 //! These scripts touch the registry set, the replica set and a due-queue
 //! shard beside a credential's keys: they run on a single Redis (Redis
 //! Cluster support splits them; see ARCHITECTURE.md).
 
-use crate::keys::{due_key, replicas_key, CredentialKeys, Kind, DUE_SHARDS};
+use crate::keys::{
+    due_key, replicas_key, validate_name, ComponentKeys, CredentialKeys, Kind, DUE_SHARDS,
+};
 use crate::{registry_key, STATUS_TTL_SECS};
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
@@ -101,9 +107,9 @@ pub struct Registration<'a> {
     pub mode: &'a str,
     /// The values refreshers keep for it (the access token first).
     pub kinds: &'a [Kind],
-    /// When a newly queued ticket is first due. Its access token is due at
-    /// once, and writing it brings missing tickets forward, so this only
-    /// matters if the access token cannot be had.
+    /// When a newly queued dependent (ticket, reconciliation) is first due.
+    /// The primary value is due at once, and writing it brings missing
+    /// dependents forward, so this only matters if it cannot be had.
     pub ticket_delay: Duration,
 }
 
@@ -138,9 +144,10 @@ pub async fn register<C: ConnectionLike>(
                 .arg(STATUS_TTL_SECS)
                 .arg(millis(liveness));
             for kind in facts.kinds {
-                let delay = match kind {
-                    Kind::AccessToken => Duration::ZERO,
-                    _ => facts.ticket_delay,
+                let delay = if *kind == keys.subject().primary() {
+                    Duration::ZERO
+                } else {
+                    facts.ticket_delay
                 };
                 inv.arg(keys.member(*kind)).arg(millis(delay));
             }
@@ -172,7 +179,7 @@ pub async fn unregister<C: ConnectionLike>(
         .key(keys.due());
     // Locks are left to lapse by their TTL: deleting a held one would let
     // another replica call WeChat while the holder's call is in flight.
-    for kind in crate::KINDS {
+    for &kind in keys.kinds() {
         inv.key(keys.value(kind))
             .key(keys.info(kind))
             .key(keys.refresh_request(kind))
@@ -180,7 +187,7 @@ pub async fn unregister<C: ConnectionLike>(
     }
     inv.key(keys.fence()).key(keys.status());
     inv.arg(keys.id()).arg(replica).arg(millis(liveness));
-    for kind in crate::KINDS {
+    for &kind in keys.kinds() {
         inv.arg(keys.member(kind));
     }
     let n: i64 = inv.invoke_async(con).await?;
@@ -309,4 +316,296 @@ pub async fn pending_requests<C: ConnectionLike>(
         })
         .collect();
     Ok((next, members))
+}
+
+/// Registers an authorizer of a third-party platform (see [`authorize`]).
+///
+/// KEYS: registry, status, due shard, authorization code, refresh token,
+/// the platform's authorizers. ARGV: id, authorizer appid, component appid,
+/// code ('' = none), code ttl ms, refresh token ('' = none), requests
+/// channel, status ttl s, whether this is a new authorization (1: the
+/// authorized time is now; 0: found by a reconciliation, an earlier time
+/// is kept), then the members of the values kept for it (the access token
+/// first). Returns {values newly queued, refresh token replaced (0/1)}.
+static AUTHORIZE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('TYPE', KEYS[6])['ok'] ~= 'zset' then redis.call('DEL', KEYS[6]) end
+if ARGV[9] == '1' then
+  redis.call('ZADD', KEYS[6], now, ARGV[2])
+else
+  redis.call('ZADD', KEYS[6], 'NX', now, ARGV[2])
+end
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'hash' then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'mode', 'authorizer', 'component', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+local changed = 0
+if ARGV[6] ~= '' then
+  local cur = redis.pcall('GET', KEYS[5])
+  if cur ~= ARGV[6] then
+    redis.call('SET', KEYS[5], ARGV[6])
+    changed = 1
+  end
+end
+local queued = 0
+for i = 10, #ARGV do
+  queued = queued + redis.call('ZADD', KEYS[3], 'NX', now, ARGV[i])
+end
+if ARGV[4] ~= '' or changed == 1 then
+  -- A new authorization or refresh token: the old holds no longer apply,
+  -- and the access token is due at once.
+  redis.call('HDEL', KEYS[2], 'failures', 'retry_after_ms', 'paused_until_ms',
+    'last_error', 'last_errcode', 'last_error_at_ms')
+  if ARGV[4] ~= '' then
+    redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
+  end
+  if redis.call('ZADD', KEYS[3], 'LT', 'CH', now, ARGV[10]) == 1 or ARGV[4] ~= '' then
+    redis.call('PUBLISH', ARGV[7], ARGV[10])
+  end
+end
+return {queued, changed}
+",
+    )
+});
+
+/// Removes an authorizer (see [`remove_authorizer`]).
+///
+/// KEYS: registry, due shard, the platform's authorizers, then every key of
+/// the authorizer (its lock included: nobody may write for it any more).
+/// ARGV: id, authorizer appid, authorized before (Unix ms; '' = whenever),
+/// then its members.
+static REMOVE_AUTHORIZER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[3] ~= '' then
+  local at = redis.pcall('ZSCORE', KEYS[3], ARGV[2])
+  if type(at) == 'string' and (tonumber(at) or 0) >= tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+if redis.call('TYPE', KEYS[3])['ok'] == 'zset' then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+end
+for i = 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+",
+    )
+});
+
+/// One authorization of a platform's authorizer, as [`authorize`] records it.
+#[derive(Clone, Copy)]
+pub struct Authorization<'a> {
+    /// The authorization code to exchange (from a push or an operator), and
+    /// how long it is valid.
+    pub code: Option<(&'a str, Duration)>,
+    /// The refresh token, when known (a reconciliation).
+    pub refresh_token: Option<&'a str>,
+    /// The values refreshers keep for it: the access token first, then the
+    /// platform's configured tickets.
+    pub kinds: &'a [Kind],
+    /// A new authorization (now), rather than one a reconciliation found.
+    pub new: bool,
+}
+
+impl std::fmt::Debug for Authorization<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorization")
+            .field("code", &self.code.map(|(_, ttl)| ("***", ttl)))
+            .field("refresh_token", &self.refresh_token.map(|_| "***"))
+            .field("kinds", &self.kinds)
+            .field("new", &self.new)
+            .finish()
+    }
+}
+
+/// What [`authorize`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authorized {
+    /// Values of the authorizer newly queued (0 when it was known).
+    pub queued: u32,
+    /// The stored refresh token was missing or different and was replaced.
+    pub refresh_token_replaced: bool,
+}
+
+/// Registers the authorizer `keys` (built with
+/// [`CredentialKeys::authorizer`]) of the platform `component`: in the
+/// registry, in the platform's authorizer index, its public facts in the
+/// status hash, its values queued (due now if they were not). With a code,
+/// the code is kept for its lifetime, the access token is due at once and
+/// the refreshers are woken (the exchange is single use: the refresher that
+/// claims the value exchanges it). With a refresh token that differs from
+/// the stored one, it is stored (durable) and the access token is due at
+/// once. Either clears the authorizer's failures and holds.
+pub async fn authorize<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    component: &ComponentKeys,
+    a: &Authorization<'_>,
+) -> RedisResult<Authorized> {
+    let inv = authorize_invocation(keys, component, a);
+    let (queued, replaced): (u32, u32) = inv.invoke_async(con).await?;
+    Ok(Authorized {
+        queued,
+        refresh_token_replaced: replaced == 1,
+    })
+}
+
+fn authorize_invocation<'s>(
+    keys: &CredentialKeys,
+    component: &ComponentKeys,
+    a: &Authorization<'_>,
+) -> redis::ScriptInvocation<'s> {
+    let mut inv = AUTHORIZE.prepare_invoke();
+    inv.key(registry_key(keys.namespace()))
+        .key(keys.status())
+        .key(keys.due())
+        .key(keys.authorization_code())
+        .key(keys.refresh_token())
+        .key(component.authorizers())
+        .arg(keys.id())
+        .arg(match keys.subject() {
+            crate::Subject::Authorizer { appid, .. } => appid,
+            _ => "",
+        })
+        .arg(component.appid())
+        .arg(a.code.map_or("", |(c, _)| c))
+        .arg(a.code.map_or(1, |(_, ttl)| millis(ttl).max(1)))
+        .arg(a.refresh_token.unwrap_or(""))
+        .arg(crate::requests_channel(keys.namespace()))
+        .arg(STATUS_TTL_SECS)
+        .arg(if a.new { "1" } else { "0" });
+    for kind in a.kinds {
+        inv.arg(keys.member(*kind));
+    }
+    inv
+}
+
+/// [`authorize`] for many authorizers in one round trip (a reconciliation's
+/// page). Returns one answer per item, in order.
+pub async fn authorize_many<C: ConnectionLike>(
+    con: &mut C,
+    component: &ComponentKeys,
+    items: &[(CredentialKeys, Authorization<'_>)],
+) -> RedisResult<Vec<Authorized>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let invocations: Vec<_> = items
+        .iter()
+        .map(|(keys, a)| authorize_invocation(keys, component, a))
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.load_script(&AUTHORIZE).ignore();
+    for inv in &invocations {
+        pipe.invoke_script(inv);
+    }
+    let answers: Vec<(u32, u32)> = pipe.query_async(con).await?;
+    Ok(answers
+        .into_iter()
+        .map(|(queued, replaced)| Authorized {
+            queued,
+            refresh_token_replaced: replaced == 1,
+        })
+        .collect())
+}
+
+/// Removes the authorizer `keys` of the platform `component`: its registry
+/// and index entries, its queue entries and every key it has (durable
+/// refresh token and lock included). With `authorized_before` (Unix ms,
+/// Redis clock), only if it was authorized before then (a reconciliation
+/// never removes an authorizer that arrived while it ran). Returns whether
+/// it was removed.
+pub async fn remove_authorizer<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    component: &ComponentKeys,
+    authorized_before: Option<u64>,
+) -> RedisResult<bool> {
+    let mut inv = REMOVE_AUTHORIZER.prepare_invoke();
+    inv.key(registry_key(keys.namespace()))
+        .key(keys.due())
+        .key(component.authorizers());
+    for &kind in keys.kinds() {
+        inv.key(keys.value(kind))
+            .key(keys.info(kind))
+            .key(keys.refresh_request(kind))
+            .key(keys.force_request(kind))
+            .key(keys.lock(kind));
+    }
+    inv.key(keys.fence())
+        .key(keys.status())
+        .key(keys.holders())
+        .key(keys.refresh_token())
+        .key(keys.authorization_code());
+    inv.arg(keys.id())
+        .arg(match keys.subject() {
+            crate::Subject::Authorizer { appid, .. } => appid,
+            _ => "",
+        })
+        .arg(
+            authorized_before
+                .map(|ms| ms.to_string())
+                .unwrap_or_default(),
+        );
+    for &kind in keys.kinds() {
+        inv.arg(keys.member(kind));
+    }
+    let n: i64 = inv.invoke_async(con).await?;
+    Ok(n == 1)
+}
+
+/// One page of a platform's authorizers, in the order they were authorized:
+/// `(appid, authorized at Unix ms)`, starting at `offset`.
+pub async fn authorizers<C: ConnectionLike>(
+    con: &mut C,
+    component: &ComponentKeys,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<(String, u64)>> {
+    let pairs: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+        .arg(component.authorizers())
+        .arg(offset)
+        .arg(offset.saturating_add(count.max(1)) - 1)
+        .arg("WITHSCORES")
+        .query_async(con)
+        .await
+        .or_else(|e| match e.code() {
+            Some("WRONGTYPE") => Ok(Vec::new()),
+            _ => Err(e),
+        })?;
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(m, s)| {
+            let appid = String::from_utf8(m).ok()?;
+            validate_name("authorizer appid", &appid).ok()?;
+            Some((
+                appid,
+                if s.is_finite() && s > 0.0 {
+                    s as u64
+                } else {
+                    0
+                },
+            ))
+        })
+        .collect())
+}
+
+/// How many authorizers a platform has.
+pub async fn count_authorizers<C: ConnectionLike>(
+    con: &mut C,
+    component: &ComponentKeys,
+) -> RedisResult<u64> {
+    redis::cmd("ZCARD")
+        .arg(component.authorizers())
+        .query_async(con)
+        .await
+        .or_else(|e| match e.code() {
+            Some("WRONGTYPE") => Ok(0),
+            _ => Err(e),
+        })
 }

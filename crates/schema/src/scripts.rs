@@ -37,10 +37,13 @@ use std::time::Duration;
 /// fence counter that is not a number is started again (and raised past the
 /// stored value's fence).
 ///
-/// KEYS: lock, fence, info, due shard, value, status, request, access token
-/// value, rate, force request. ARGV: owner, ttl_ms, member, rate interval µs (0 = no
-/// limit), burst, whether the access token is needed (1/0), min_interval ms,
-/// longest hold ms (a pause or backoff further ahead is cut to it), kind.
+/// KEYS: lock, fence, info, due shard, value, status, request, input (the
+/// value this one is fetched with, see [`CredentialKeys::input`]), rate,
+/// force request, authorization code. ARGV: owner, ttl_ms, member, rate
+/// interval µs (0 = no limit), burst, whether the input is read (1/0),
+/// min_interval ms, longest hold ms (a pause or backoff further ahead is cut
+/// to it), the status-field suffix of the kind ('' for the subject's primary
+/// kind, else `:<kind>`).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -87,10 +90,9 @@ if lpttl > 0 then
   redis.call('ZADD', KEYS[4], 'XX', now + lpttl, ARGV[3])
   return {-3, now + lpttl}
 end
--- Holds of the access token (unsuffixed fields) hold every kind; a
--- ticket's own holds (fields suffixed ':<kind>') hold only that ticket.
-local sfx = ''
-if ARGV[9] ~= 'access_token' then sfx = ':' .. ARGV[9] end
+-- Holds of the primary kind (unsuffixed fields) hold every kind; another
+-- kind's own holds (fields suffixed ':<kind>') hold only that kind.
+local sfx = ARGV[9]
 local names = {'paused_until_ms', 'retry_after_ms', 'paused_until_ms' .. sfx,
   'retry_after_ms' .. sfx}
 local st = hmget(KEYS[6], names[1], names[2], names[3], names[4], 'failures' .. sfx)
@@ -146,7 +148,7 @@ if ARGV[6] == '1' then access = get(KEYS[8]) end
 local f = 0
 if forced then f = 1 end
 return {fence, now, value, pttl, info[2] or false, info[3] or false,
-  get(KEYS[7]), st[5] or false, access, score, f}
+  get(KEYS[7]), st[5] or false, access, score, f, get(KEYS[11])}
 ",
     )
 });
@@ -174,13 +176,21 @@ return 0
 /// error is this kind's (errors are recorded as `"<kind>: …"`) or there is
 /// none: a ticket success must not hide a failing access token.
 ///
-/// A new access token also brings the credential's queued tickets that are
-/// not stored to the front of the queue (they were waiting for it).
+/// A new primary value (access token, component token) also brings the
+/// subject's queued dependents that are not stored (tickets, the
+/// reconciliation) to the front of the queue (they were waiting for it).
 ///
-/// KEYS: value, info, lock, request, status, due shard, force request, then
-/// (for an access token) the ticket values. ARGV: owner, fence, token, ttl_ms,
-/// expires_in, replica, channel, id, kind, member, next due in ms, status
-/// ttl s, then the tickets' members.
+/// An authorizer's refresh token, when given, is stored without a TTL
+/// (durable state). A pending authorization code is deleted if it is the
+/// one this lease exchanged; one that arrived during the lease makes the
+/// value due at once instead of at its next refresh.
+///
+/// KEYS: value, info, lock, request, status, due shard, force request,
+/// refresh token, authorization code, then (for a primary kind) the
+/// dependents' values. ARGV: owner, fence, token, ttl_ms, expires_in,
+/// replica, channel, id, kind, member, next due in ms, status ttl s,
+/// refresh token ('' = none), the code exchanged ('' = none), status-field
+/// suffix ('' for the primary kind), then the dependents' members.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -218,24 +228,29 @@ if type(last) == 'table' and last.err then
   redis.call('DEL', KEYS[5])
   last = false
 end
-local sfx = ''
-if ARGV[9] ~= 'access_token' then sfx = ':' .. ARGV[9] end
+local sfx = ARGV[15]
 redis.call('HDEL', KEYS[5], 'paused_until_ms' .. sfx, 'retry_after_ms' .. sfx,
   'failures' .. sfx)
 if (not last) or string.sub(last, 1, #ARGV[9] + 1) == ARGV[9] .. ':' then
   redis.call('HDEL', KEYS[5], 'last_error', 'last_errcode', 'last_error_at_ms')
 end
 redis.call('HSET', KEYS[5], 'replica', ARGV[6])
-if ARGV[9] == 'access_token' then
+if sfx == '' then
   redis.call('HSET', KEYS[5], 'last_ok_at_ms', string.format('%d', now))
 end
 redis.call('EXPIRE', KEYS[5], ARGV[12])
-redis.call('ZADD', KEYS[6], 'XX', now + tonumber(ARGV[11]), ARGV[10])
+if ARGV[13] ~= '' then redis.call('SET', KEYS[8], ARGV[13]) end
+local due = now + tonumber(ARGV[11])
+local code = redis.pcall('GET', KEYS[9])
+if type(code) == 'string' then
+  if code == ARGV[14] then redis.call('DEL', KEYS[9]) else due = now end
+end
+redis.call('ZADD', KEYS[6], 'XX', due, ARGV[10])
 local pulled = {}
-for i = 8, #KEYS do
+for i = 10, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    if redis.call('ZADD', KEYS[6], 'XX', 'LT', 'CH', now, ARGV[i + 5]) == 1 then
-      table.insert(pulled, ARGV[i + 5])
+    if redis.call('ZADD', KEYS[6], 'XX', 'LT', 'CH', now, ARGV[i + 6]) == 1 then
+      table.insert(pulled, ARGV[i + 6])
     end
   end
 end
@@ -256,12 +271,18 @@ return {1, exp, unpack(pulled)}
 /// more consecutive failure, the error, and `retry_after_ms` (and with
 /// `paused`, `paused_until_ms`) at the same instant as the queue entry.
 ///
-/// An access token's failure holds every kind of the credential; a
-/// ticket's holds only that ticket (status fields suffixed `:<kind>`).
+/// A primary kind's failure holds every kind of the credential; another
+/// kind's holds only that kind (status fields suffixed `:<kind>`).
 ///
-/// KEYS: lock, due shard, status. ARGV: owner, member, delay_ms, failure
-/// (0/1), message, errcode ('' = none), paused (0/1), replica, status ttl s,
-/// kind.
+/// An authorizer's pending authorization code that this lease did not
+/// exchange (it arrived during the lease) makes the value due at once, with
+/// no hold; the one it exchanged is deleted when `drop_code` (WeChat said
+/// it is used up or expired).
+///
+/// KEYS: lock, due shard, status, authorization code. ARGV: owner, member,
+/// delay_ms, failure (0/1), message, errcode ('' = none), paused (0/1),
+/// replica, status ttl s, status-field suffix, code exchanged ('' = none),
+/// drop code (0/1).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -271,25 +292,36 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[3])
+local fresh = false
+local code = redis.pcall('GET', KEYS[4])
+if type(code) == 'string' then
+  if code ~= ARGV[11] then
+    fresh = true
+    due = now
+  elseif ARGV[12] == '1' then
+    redis.call('DEL', KEYS[4])
+  end
+end
 if ARGV[4] == '1' then
-  -- An access token's failure holds every kind (unsuffixed fields); a
-  -- ticket's only that ticket (fields suffixed ':<kind>').
-  local sfx = ''
-  if ARGV[10] ~= 'access_token' then sfx = ':' .. ARGV[10] end
+  -- A primary kind's failure holds every kind (unsuffixed fields); another
+  -- kind's only that kind (fields suffixed ':<kind>').
+  local sfx = ARGV[10]
   if type(redis.pcall('HINCRBY', KEYS[3], 'failures' .. sfx, 1)) ~= 'number' then
     local f = redis.pcall('HGET', KEYS[3], 'failures' .. sfx)
     if type(f) == 'table' then redis.call('DEL', KEYS[3]) end
     redis.call('HSET', KEYS[3], 'failures' .. sfx, 1)
   end
   redis.call('HSET', KEYS[3], 'last_error', ARGV[5],
-    'last_error_at_ms', string.format('%d', now),
-    'replica', ARGV[8], 'retry_after_ms' .. sfx, string.format('%d', due))
+    'last_error_at_ms', string.format('%d', now), 'replica', ARGV[8])
+  if not fresh then
+    redis.call('HSET', KEYS[3], 'retry_after_ms' .. sfx, string.format('%d', due))
+  end
   if ARGV[6] == '' then
     redis.call('HDEL', KEYS[3], 'last_errcode')
   else
     redis.call('HSET', KEYS[3], 'last_errcode', ARGV[6])
   end
-  if ARGV[7] == '1' then
+  if ARGV[7] == '1' and not fresh then
     redis.call('HSET', KEYS[3], 'paused_until_ms' .. sfx, string.format('%d', due))
   end
   redis.call('EXPIRE', KEYS[3], ARGV[9])
@@ -343,6 +375,16 @@ return 1
 ",
     )
 });
+
+/// The status-field suffix of `kind`: none for the subject's primary kind
+/// (whose holds hold every kind), `:<kind>` for the others.
+fn suffix(keys: &CredentialKeys, kind: Kind) -> String {
+    if kind == keys.subject().primary() {
+        String::new()
+    } else {
+        format!(":{kind}")
+    }
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -428,8 +470,14 @@ pub struct ValueState {
     pub request: Request,
     /// Consecutive WeChat failures of the credential (shared backoff).
     pub failures: u32,
-    /// The credential's stored access token (tickets are fetched with it).
-    pub access_token: Option<String>,
+    /// The stored value this one is fetched with
+    /// ([`CredentialKeys::input`]): the access token of a ticket, the verify
+    /// ticket of a component token, the component token of a
+    /// reconciliation, the refresh token of an authorizer's access token.
+    pub input: Option<String>,
+    /// An authorizer's pending authorization code (to exchange with
+    /// `api_query_auth` instead of refreshing).
+    pub authorization_code: Option<String>,
     /// The Redis clock at the claim, Unix ms.
     pub now_ms: u64,
     /// When the value was due (its queue score at the claim), Unix ms.
@@ -445,9 +493,10 @@ impl std::fmt::Debug for ValueState {
             .field("refreshed_at_ms", &self.refreshed_at_ms)
             .field("request", &self.request)
             .field("failures", &self.failures)
+            .field("input", &self.input.as_deref().map(crate::token_prefix))
             .field(
-                "access_token",
-                &self.access_token.as_deref().map(crate::token_prefix),
+                "authorization_code",
+                &self.authorization_code.as_ref().map(|_| "***"),
             )
             .field("now_ms", &self.now_ms)
             .field("due_at_ms", &self.due_at_ms)
@@ -525,6 +574,7 @@ pub async fn claim<C: ConnectionLike>(
         ),
         None => (format!("{}:rate:none", keys.namespace()), 0, 1),
     };
+    let input = keys.input(kind);
     let answer: Vec<Value> = CLAIM
         .key(keys.lock(kind))
         .key(keys.fence())
@@ -533,18 +583,19 @@ pub async fn claim<C: ConnectionLike>(
         .key(keys.value(kind))
         .key(keys.status())
         .key(keys.refresh_request(kind))
-        .key(keys.value(Kind::AccessToken))
+        .key(input.clone().unwrap_or_else(|| keys.value(kind)))
         .key(rate_key)
         .key(keys.force_request(kind))
+        .key(keys.authorization_code())
         .arg(owner)
         .arg(millis(ttl))
         .arg(keys.member(kind))
         .arg(interval_us)
         .arg(burst)
-        .arg(if kind == Kind::AccessToken { "0" } else { "1" })
+        .arg(if input.is_some() { "1" } else { "0" })
         .arg(u64::try_from(rules.min_interval.as_millis()).unwrap_or(u64::MAX))
         .arg(u64::try_from(rules.max_hold.as_millis()).unwrap_or(u64::MAX))
-        .arg(kind.as_str())
+        .arg(suffix(keys, kind))
         .invoke_async(con)
         .await?;
     let first = answer
@@ -565,7 +616,7 @@ pub async fn claim<C: ConnectionLike>(
         -4 => Claim::Held(at()?),
         -5 => Claim::RateLimited(Duration::from_micros(at()?)),
         -6 => Claim::HoldCut(at()?),
-        fence if fence > 0 && answer.len() == 11 => {
+        fence if fence > 0 && answer.len() == 12 => {
             let opt_u64 = |i: usize| {
                 answer
                     .get(i)
@@ -592,7 +643,8 @@ pub async fn claim<C: ConnectionLike>(
                     expires_in: opt_u64(4),
                     refreshed_at_ms: opt_u64(5),
                     failures: opt_u64(7).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-                    access_token: text(&answer[8]),
+                    input: text(&answer[8]),
+                    authorization_code: text(&answer[11]),
                     now_ms: opt_u64(1).unwrap_or(0),
                     due_at_ms: opt_u64(9).unwrap_or(0),
                 },
@@ -688,9 +740,14 @@ pub struct TokenWrite<'a> {
     pub replica: &'a str,
     /// When the value is due for its next refresh, from now.
     pub next_due: Duration,
-    /// For an access token: the credential's tickets, which are brought
-    /// forward if they are not stored (they wait for the token).
+    /// For a primary kind: the subject's dependents held (tickets, the
+    /// reconciliation), brought forward if they are not stored (they wait
+    /// for it).
     pub tickets: &'a [Kind],
+    /// An authorizer's refresh token to store (durable, no TTL).
+    pub refresh_token: Option<&'a str>,
+    /// The authorization code this lease exchanged, deleted with the write.
+    pub code_used: Option<&'a str>,
 }
 
 impl std::fmt::Debug for TokenWrite<'_> {
@@ -705,6 +762,8 @@ impl std::fmt::Debug for TokenWrite<'_> {
             .field("replica", &self.replica)
             .field("next_due", &self.next_due)
             .field("tickets", &self.tickets)
+            .field("refresh_token", &self.refresh_token.map(|_| "***"))
+            .field("code_used", &self.code_used.map(|_| "***"))
             .finish()
     }
 }
@@ -735,7 +794,7 @@ pub async fn write_token<C: ConnectionLike>(
     w: &TokenWrite<'_>,
 ) -> RedisResult<WriteOutcome> {
     let ttl_ms = u64::try_from(w.ttl.as_millis()).unwrap_or(u64::MAX);
-    let tickets: &[Kind] = if w.kind == Kind::AccessToken {
+    let tickets: &[Kind] = if w.kind == keys.subject().primary() {
         w.tickets
     } else {
         &[]
@@ -748,6 +807,8 @@ pub async fn write_token<C: ConnectionLike>(
         .key(keys.status())
         .key(keys.due())
         .key(keys.force_request(w.kind))
+        .key(keys.refresh_token())
+        .key(keys.authorization_code())
         .arg(w.owner)
         .arg(w.fence)
         .arg(w.token)
@@ -759,7 +820,10 @@ pub async fn write_token<C: ConnectionLike>(
         .arg(w.kind.as_str())
         .arg(keys.member(w.kind))
         .arg(u64::try_from(w.next_due.as_millis()).unwrap_or(u64::MAX))
-        .arg(STATUS_TTL_SECS);
+        .arg(STATUS_TTL_SECS)
+        .arg(w.refresh_token.unwrap_or(""))
+        .arg(w.code_used.unwrap_or(""))
+        .arg(suffix(keys, w.kind));
     for t in tickets {
         inv.key(keys.value(*t)).arg(keys.member(*t));
     }
@@ -795,6 +859,24 @@ pub struct Failure<'a> {
     pub replica: &'a str,
 }
 
+/// The authorization code a lease tried to exchange (authorizers).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Exchanged<'a> {
+    /// The code.
+    pub code: &'a str,
+    /// WeChat said it is used up or expired: delete it.
+    pub spent: bool,
+}
+
+impl std::fmt::Debug for Exchanged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchanged")
+            .field("code", &"***")
+            .field("spent", &self.spent)
+            .finish()
+    }
+}
+
 /// Ends a lease without a write, queueing the next look `delay` from now
 /// and recording `failure` if any. `false` when the lease had already
 /// lapsed (nothing changed).
@@ -805,11 +887,13 @@ pub async fn finish<C: ConnectionLike>(
     owner: &str,
     delay: Duration,
     failure: Option<&Failure<'_>>,
+    exchanged: Option<Exchanged<'_>>,
 ) -> RedisResult<bool> {
     let n: i64 = FINISH
         .key(keys.lock(kind))
         .key(keys.due())
         .key(keys.status())
+        .key(keys.authorization_code())
         .arg(owner)
         .arg(keys.member(kind))
         .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
@@ -828,7 +912,13 @@ pub async fn finish<C: ConnectionLike>(
         })
         .arg(failure.map_or("", |f| f.replica))
         .arg(STATUS_TTL_SECS)
-        .arg(kind.as_str())
+        .arg(suffix(keys, kind))
+        .arg(exchanged.map_or("", |e| e.code))
+        .arg(if exchanged.is_some_and(|e| e.spent) {
+            "1"
+        } else {
+            "0"
+        })
         .invoke_async(con)
         .await?;
     Ok(n == 1)
@@ -930,6 +1020,60 @@ pub async fn take_force_budget<C: ConnectionLike>(
         .key(keys.status())
         .arg(per_day)
         .arg(STATUS_TTL_SECS)
+        .invoke_async(con)
+        .await?;
+    Ok(n == 1)
+}
+
+/// The stored `kind` of a credential, as a refresher uses it: `None` when
+/// missing, of the wrong type or not a printable token.
+pub async fn read_value<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> RedisResult<Option<String>> {
+    let v: Value = redis::cmd("GET")
+        .arg(keys.value(kind))
+        .query_async(con)
+        .await
+        .or_else(|e| match e.code() {
+            Some("WRONGTYPE") => Ok(Value::Nil),
+            _ => Err(e),
+        })?;
+    Ok(text(&v).filter(|t| crate::is_printable_token(t)))
+}
+
+/// Moves a value that is not stored to the front of the queue and wakes
+/// the refreshers (a component token waiting for its first verify ticket).
+///
+/// KEYS: value, due shard. ARGV: member, requests channel.
+static WAKE_IF_MISSING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZADD', KEYS[2], 'XX', 'LT', 'CH', now, ARGV[1]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Makes `kind` of a credential due now if it is not stored (refreshers
+/// only: it moves the due-queue). `true` when it was moved.
+pub async fn wake_if_missing<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> RedisResult<bool> {
+    let n: i64 = WAKE_IF_MISSING
+        .key(keys.value(kind))
+        .key(keys.due())
+        .arg(keys.member(kind))
+        .arg(requests_channel(keys.namespace()))
         .invoke_async(con)
         .await?;
     Ok(n == 1)

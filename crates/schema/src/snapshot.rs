@@ -13,7 +13,7 @@
 //! (not serialized; the caller decides whether to show it), a request only
 //! as "forced or not".
 
-use crate::keys::{CredentialKeys, Kind, KINDS};
+use crate::keys::{CredentialKeys, Kind};
 use crate::{info, registry_key, status, Request};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisResult, Value};
@@ -47,7 +47,8 @@ pub struct Credential {
     /// Its status hash.
     #[serde(flatten)]
     pub status: Status,
-    /// One entry per kind, in [`KINDS`] order, stored or not.
+    /// One entry per kind the subject can have ([`CredentialKeys::kinds`],
+    /// in [`KINDS`](crate::KINDS) order), stored or not.
     pub kinds: Vec<ValueStatus>,
 }
 
@@ -297,7 +298,7 @@ pub async fn read_chunked<'a, C: ConnectionLike>(
 fn ask_about(pipe: &mut redis::Pipeline, creds: &[&CredentialKeys]) {
     for keys in creds {
         pipe.hgetall(keys.status());
-        for kind in KINDS {
+        for &kind in keys.kinds() {
             pipe.get(keys.value(kind))
                 .pttl(keys.value(kind))
                 .hgetall(keys.info(kind))
@@ -318,8 +319,8 @@ fn take_answers(
 ) -> RedisResult<()> {
     for keys in creds {
         let status = Status::from_hash(&r.lenient(HashMap::new())?, now_ms);
-        let mut kinds = Vec::with_capacity(KINDS.len());
-        for kind in KINDS {
+        let mut kinds = Vec::with_capacity(keys.kinds().len());
+        for &kind in keys.kinds() {
             let raw = RawValue {
                 value: r.lenient(None)?,
                 pttl: r.lenient(-2)?,

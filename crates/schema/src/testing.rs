@@ -70,6 +70,8 @@ pub async fn store<C: ConnectionLike>(
         replica,
         next_due: ttl / 2,
         tickets: &[],
+        refresh_token: None,
+        code_used: None,
     };
     Ok((write_token(con, keys, &w).await?, fence))
 }

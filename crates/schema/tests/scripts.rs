@@ -29,6 +29,8 @@ fn write<'a>(owner: &'a str, fence: u64, token: &'a str) -> TokenWrite<'a> {
         replica: "r1",
         next_due: Duration::from_secs(50),
         tickets: &[Kind::JsapiTicket, Kind::WxCardTicket],
+        refresh_token: None,
+        code_used: None,
     }
 }
 
@@ -154,6 +156,7 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
         Kind::AccessToken,
         "b#1",
         Duration::ZERO,
+        None,
         None
     )
     .await
@@ -164,6 +167,7 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
         Kind::AccessToken,
         "a#1",
         Duration::ZERO,
+        None,
         None
     )
     .await
@@ -605,7 +609,8 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
         kind,
         "a#1",
         Duration::from_secs(60),
-        Some(&failure)
+        Some(&failure),
+        None
     )
     .await
     .unwrap());
@@ -789,7 +794,8 @@ async fn a_ticket_failure_holds_only_the_ticket_and_a_token_failure_holds_both()
         ticket,
         "a#1",
         Duration::from_secs(300),
-        Some(&failure)
+        Some(&failure),
+        None
     )
     .await
     .unwrap());
@@ -816,7 +822,8 @@ async fn a_ticket_failure_holds_only_the_ticket_and_a_token_failure_holds_both()
         at,
         "b#2",
         Duration::from_secs(60),
-        Some(&failure)
+        Some(&failure),
+        None
     )
     .await
     .unwrap());

@@ -1,10 +1,16 @@
 //! `POST /wechat/component/{id}`: the authorization event URL (授权事件接收URL)
-//! of a third-party platform (`[[component]]`). WeChat POSTs encrypted
-//! pushes here; a `component_verify_ticket` is stored under
-//! [`ComponentKeys::verify_ticket`] (unless a later push's ticket is
-//! stored: [`store_verify_ticket`] compares `CreateTime`s) and `success` is
-//! answered only after Redis confirmed the write (WeChat pushes again in 10
-//! minutes otherwise).
+//! of a third-party platform (`[[component]]`, as held now: SIGHUP adds and
+//! removes platforms). WeChat POSTs encrypted pushes here, and `success` is
+//! answered only after Redis confirmed what the push asks for (WeChat
+//! pushes again otherwise):
+//!
+//! - `component_verify_ticket`: stored under [`ComponentKeys::verify_ticket`]
+//!   (unless a later push's ticket is stored: [`store_verify_ticket`]
+//!   compares `CreateTime`s); a component token that is missing is due at
+//!   once;
+//! - `authorized` / `updateauthorized`: the authorization code is stored
+//!   with the authorizer, registered and due at once (`authorizer`);
+//! - `unauthorized`: the authorizer and all its keys are removed.
 //!
 //! No bearer token: WeChat cannot send one. What authenticates a push is
 //! its `msg_signature` (over the message token) and the appid inside the
@@ -13,7 +19,6 @@
 //! tickets appear as 8-character prefixes.
 
 use super::App;
-use crate::config::Component;
 use crate::token_prefix;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -27,7 +32,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 use wxtoken_crypto::{CryptoError, MsgCrypt, SignedQuery};
 use wxtoken_schema::{
-    is_printable_token, store_verify_ticket, ComponentKeys, MAX_TOKEN_LEN, VERIFY_TICKET_TTL_MS,
+    is_printable_token, store_verify_ticket, validate_name, wake_if_missing, ComponentKeys,
+    CredentialKeys, Kind, MAX_TOKEN_LEN, VERIFY_TICKET_TTL_MS,
 };
 
 use super::limits::Peer;
@@ -35,38 +41,10 @@ use super::limits::Peer;
 /// Largest accepted push body (WeChat's are a few KiB).
 pub(super) const BODY_LIMIT: usize = wxtoken_crypto::MAX_BODY_LEN;
 
-/// One configured component, ready to verify its pushes.
-pub(crate) struct Receiver {
-    keys: ComponentKeys,
-    crypt: MsgCrypt,
-}
-
-/// The receivers of `components`, by id; a component whose appid cannot be
-/// a key name is left out with an error logged (config validation already
-/// refuses such appids).
-pub(crate) fn receivers(namespace: &str, components: &[Component]) -> HashMap<String, Receiver> {
-    components
-        .iter()
-        .filter_map(|c| match ComponentKeys::new(namespace, &c.appid) {
-            Ok(keys) => Some((
-                c.id.clone(),
-                Receiver {
-                    keys,
-                    crypt: MsgCrypt::new(
-                        c.token.clone(),
-                        c.encoding_aes_key.clone(),
-                        c.previous_encoding_aes_key.clone(),
-                        c.appid.clone(),
-                    ),
-                },
-            )),
-            Err(e) => {
-                tracing::error!(id = %c.id, error = %e, "component left out");
-                None
-            }
-        })
-        .collect()
-}
+/// How long an authorization code is kept when its push does not say
+/// (WeChat's codes live about 10 minutes), and the longest it is kept.
+const CODE_TTL: Duration = Duration::from_secs(600);
+const CODE_TTL_MAX: Duration = Duration::from_secs(3600);
 
 /// Why a push was refused. Messages hold no secret and no ticket.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +59,7 @@ enum PushError {
     BadSignature,
     #[error("cannot decrypt: {0}")]
     Crypto(CryptoError),
-    #[error("storing the verify ticket in Redis: {0}")]
+    #[error("storing the push in Redis: {0}")]
     Redis(String),
 }
 
@@ -116,8 +94,21 @@ pub(super) async fn push(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match receive(&app, id, query, body).await {
-        Ok(()) => (
+    let component = id
+        .as_ref()
+        .ok()
+        .map(|Path(c)| c.chars().take(64).collect::<String>());
+    let result = receive(&app, id, query, body).await;
+    if let Some(component) = component.filter(|c| app.sh.registry.component_by_id(c).is_some()) {
+        let outcome = match &result {
+            Ok(handled) => *handled,
+            Err(PushError::Redis(_)) => "failed",
+            Err(_) => "rejected",
+        };
+        app.sh.metrics.push(&component, outcome);
+    }
+    match result {
+        Ok(_) => (
             StatusCode::OK,
             [(CONTENT_TYPE, "text/plain; charset=utf-8")],
             "success",
@@ -134,14 +125,27 @@ pub(super) async fn push(
     }
 }
 
+/// Verifies, decrypts and acts on one push; says what it was.
 async fn receive(
     app: &super::AppState,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(), PushError> {
+) -> Result<&'static str, PushError> {
     let Path(id) = id.map_err(|e| PushError::BadRequest(e.body_text()))?;
-    let receiver = app.components.get(&id).ok_or(PushError::Unknown)?;
+    let component = app
+        .sh
+        .registry
+        .component_by_id(&id)
+        .ok_or(PushError::Unknown)?;
+    let keys =
+        ComponentKeys::new(&app.sh.namespace, &component.appid).map_err(|_| PushError::Unknown)?;
+    let crypt = MsgCrypt::new(
+        component.token.clone(),
+        component.encoding_aes_key.clone(),
+        component.previous_encoding_aes_key.clone(),
+        component.appid.clone(),
+    );
     let Query(params) = query.map_err(|e| PushError::BadRequest(e.body_text()))?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => PushError::TooLarge,
@@ -163,8 +167,7 @@ async fn receive(
         nonce: param("nonce")?,
         msg_signature: param("msg_signature")?,
     };
-    let decrypted = receiver
-        .crypt
+    let decrypted = crypt
         .verify_and_decrypt(signed, &body)
         .map_err(|e| match e {
             CryptoError::BadSignature => PushError::BadSignature,
@@ -174,23 +177,36 @@ async fn receive(
         .map_err(|why| PushError::BadRequest(format!("decrypted message: {why}")))?;
     // The appid inside the ciphertext was checked by MsgCrypt; the one in
     // the message must agree.
-    if msg.get("AppId").is_some_and(|a| a != receiver.keys.appid()) {
+    if msg.get("AppId").is_some_and(|a| a != keys.appid()) {
         return Err(PushError::BadRequest(
             "decrypted message: wrong AppId".into(),
         ));
     }
     let info_type = msg.get("InfoType").map(String::as_str).unwrap_or("");
-    if info_type != "component_verify_ticket" {
-        // `authorized`, `updateauthorized`, `unauthorized` (and whatever
-        // WeChat adds): not handled yet; acknowledged so WeChat does not
-        // retry, and logged for the operator.
-        tracing::info!(
-            id = %id,
-            info_type = %info_type.chars().take(64).collect::<String>().escape_debug(),
-            authorizer = msg.get("AuthorizerAppid").map(|a| a.chars().take(64).collect::<String>()).unwrap_or_default().escape_debug().to_string(),
-            "component push acknowledged but not handled (only component_verify_ticket is)"
-        );
-        return Ok(());
+    match info_type {
+        "component_verify_ticket" => {}
+        "authorized" => return authorization(app, &component, &msg, "authorized").await,
+        "updateauthorized" => {
+            return authorization(app, &component, &msg, "updateauthorized").await
+        }
+        "unauthorized" => {
+            let appid = authorizer_of(&msg)?;
+            let removed = crate::authorizer::unauthorized(&app.sh, &component.appid, appid)
+                .await
+                .map_err(|e| PushError::Redis(e.to_string()))?;
+            tracing::info!(id = %id, authorizer = appid, removed, "authorizer unauthorized the platform; its keys were removed");
+            return Ok("unauthorized");
+        }
+        _ => {
+            // Whatever else WeChat sends here: acknowledged so WeChat does
+            // not retry, and logged for the operator.
+            tracing::info!(
+                id = %id,
+                info_type = %info_type.chars().take(64).collect::<String>().escape_debug(),
+                "component push acknowledged but not handled"
+            );
+            return Ok("ignored");
+        }
     }
     let ticket = msg
         .get("ComponentVerifyTicket")
@@ -203,10 +219,10 @@ async fn receive(
         .get("CreateTime")
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| PushError::BadRequest("decrypted message: no usable CreateTime".into()))?;
-    if store(app, &receiver.keys, ticket, create_time).await? {
+    if store(app, &keys, ticket, create_time).await? {
         tracing::info!(
             id = %id,
-            appid = receiver.keys.appid(),
+            appid = keys.appid(),
             ticket = %token_prefix(ticket),
             create_time,
             "component_verify_ticket stored"
@@ -216,18 +232,60 @@ async fn receive(
         // push): acknowledged, the newer ticket kept.
         tracing::info!(
             id = %id,
-            appid = receiver.keys.appid(),
+            appid = keys.appid(),
             ticket = %token_prefix(ticket),
             create_time,
             "component_verify_ticket older than the stored one; kept the stored one"
         );
     }
-    Ok(())
+    Ok("component_verify_ticket")
+}
+
+/// The `AuthorizerAppid` of an authorization push.
+fn authorizer_of(msg: &HashMap<String, String>) -> Result<&str, PushError> {
+    msg.get("AuthorizerAppid")
+        .map(|a| a.trim())
+        .filter(|a| validate_name("authorizer appid", a).is_ok())
+        .ok_or_else(|| PushError::BadRequest("decrypted message: no usable AuthorizerAppid".into()))
+}
+
+/// `authorized` / `updateauthorized`: the code is stored with the
+/// authorizer, which is registered and due at once; the refresher that
+/// claims it exchanges the code.
+async fn authorization(
+    app: &super::AppState,
+    component: &crate::config::Component,
+    msg: &HashMap<String, String>,
+    info_type: &'static str,
+) -> Result<&'static str, PushError> {
+    let appid = authorizer_of(msg)?;
+    let code = msg
+        .get("AuthorizationCode")
+        .map(|c| c.trim())
+        .filter(|c| is_printable_token(c))
+        .ok_or_else(|| {
+            PushError::BadRequest("decrypted message: no usable AuthorizationCode".into())
+        })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ttl = msg
+        .get("AuthorizationCodeExpiredTime")
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map_or(CODE_TTL, |at| Duration::from_secs(at.saturating_sub(now)))
+        .clamp(Duration::from_secs(60), CODE_TTL_MAX);
+    let r = crate::authorizer::authorized(&app.sh, component, appid, code, ttl)
+        .await
+        .map_err(|e| PushError::Redis(e.to_string()))?;
+    tracing::info!(component = %component.id, authorizer = appid, event = info_type, new = r.queued > 0,
+        "authorization received; exchanging its code");
+    Ok(info_type)
 }
 
 /// Stores the ticket unless a later push's is stored (`SET … PX 12h`
 /// through [`store_verify_ticket`]), bounded by the Redis timeout; `true`
-/// when stored.
+/// when stored. A component token that is not stored is then due at once
+/// (it was waiting for a ticket).
 async fn store(
     app: &super::AppState,
     keys: &ComponentKeys,
@@ -236,7 +294,8 @@ async fn store(
 ) -> Result<bool, PushError> {
     let sh = &app.sh;
     let mut con = sh.redis.con();
-    sh.redis
+    let stored = sh
+        .redis
         .step(store_verify_ticket(
             &mut con,
             keys,
@@ -245,7 +304,24 @@ async fn store(
             Duration::from_millis(VERIFY_TICKET_TTL_MS),
         ))
         .await
-        .map_err(|e| PushError::Redis(e.to_string()))
+        .map_err(|e| PushError::Redis(e.to_string()))?;
+    if stored {
+        if let Ok(token_keys) = CredentialKeys::component(&sh.namespace, keys.appid()) {
+            let mut con = sh.redis.con();
+            if let Err(e) = sh
+                .redis
+                .step(wake_if_missing(
+                    &mut con,
+                    &token_keys,
+                    Kind::ComponentAccessToken,
+                ))
+                .await
+            {
+                tracing::debug!(error = %e, "could not wake the component token");
+            }
+        }
+    }
+    Ok(stored)
 }
 
 /// The direct children of the root `<xml>` of a decrypted message, by name
