@@ -352,7 +352,11 @@ if ARGV[6] ~= '' then
 end
 local queued = 0
 for i = 10, #ARGV do
-  queued = queued + redis.call('ZADD', KEYS[3], 'NX', now, ARGV[i])
+  -- The access token at once; the tickets when it is written (its write
+  -- brings them forward), at the latest a minute later.
+  local at = now
+  if i > 10 then at = now + 60000 end
+  queued = queued + redis.call('ZADD', KEYS[3], 'NX', at, ARGV[i])
 end
 if ARGV[4] ~= '' or changed == 1 then
   -- A new authorization or refresh token: the old holds no longer apply,
@@ -435,7 +439,8 @@ pub struct Authorized {
 /// Registers the authorizer `keys` (built with
 /// [`CredentialKeys::authorizer`]) of the platform `component`: in the
 /// registry, in the platform's authorizer index, its public facts in the
-/// status hash, its values queued (due now if they were not). With a code,
+/// status hash, its values queued if they were not (the access token due
+/// now, tickets when it is written, at the latest a minute later). With a code,
 /// the code is kept for its lifetime, the access token is due at once and
 /// the refreshers are woken (the exchange is single use: the refresher that
 /// claims the value exchanges it). With a refresh token that differs from
