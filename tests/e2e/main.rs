@@ -15,6 +15,7 @@ mod failover;
 mod http_limits;
 mod http_surface;
 mod passive;
+mod platform;
 mod process;
 mod redis_outage;
 mod scheduler;

@@ -727,6 +727,12 @@ impl Config {
         let http = check.http(file.http)?;
         let credentials = check.credentials(file.credentials)?;
         let components = check.components(file.components)?;
+        if credentials.is_empty() && components.is_empty() {
+            check.warnings.push(
+                "no [[credential]] or [[component]] configured: this replica has nothing to refresh"
+                    .into(),
+            );
+        }
         if !components.is_empty() && http.is_none() {
             check.warnings.push(
                 "[[component]] is configured but http.listen is not: no verify-ticket push can be received"
@@ -1166,10 +1172,6 @@ impl Check<'_> {
         &mut self,
         entries: Vec<CredentialSection>,
     ) -> Result<Vec<Credential>, ConfigError> {
-        if entries.is_empty() {
-            self.warnings
-                .push("no [[credential]] configured: this replica has nothing to refresh".into());
-        }
         let mut ids: HashMap<String, usize> = HashMap::with_capacity(entries.len());
         let mut appids: HashMap<(String, Mode), String> = HashMap::with_capacity(entries.len());
         let mut inline = (0usize, Vec::new()); // count, first ids

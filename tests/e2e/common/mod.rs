@@ -251,6 +251,19 @@ impl Env {
         self.spawn_configured(name, extra_env, stderr)
     }
 
+    /// Starts replica `name` with `config` as its config file.
+    pub fn spawn_replica_config(
+        &self,
+        name: &str,
+        config: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Replica {
+        std::fs::write(self.dir.path().join(format!("{name}.toml")), config).unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        self.spawn_configured(name, extra_env, stderr.into()).0
+    }
+
     /// Starts replica `name` with the config file already written for it.
     fn spawn_configured(
         &self,
