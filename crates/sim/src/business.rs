@@ -1,7 +1,8 @@
 //! A business API that checks access tokens: `GET|POST /cgi-bin/get_api_domain_ip`.
 //!
 //! It stands in for every WeChat API a token is used with: it accepts any currently valid
-//! access token (classic or stable) and counts accepted and rejected calls per app, so tests
+//! access token (classic or stable, or a third-party platform's authorizer access token) and
+//! counts accepted and rejected calls per app (authorizer calls per authorizer), so tests
 //! can prove that consumers never saw an invalid token. Must not: accept tickets, revoked
 //! tokens or tokens past their overlap; must not attribute a call to an app it cannot identify.
 
@@ -48,6 +49,15 @@ pub(crate) async fn get_api_domain_ip(
         return WxReply::err(errcode::ACCESS_TOKEN_MISSING).into_response();
     };
     let now = shared.now();
+    if owner.is_none() {
+        // Not an app's token: perhaps an authorizer's (their own lock, taken alone).
+        if let Some(result) = shared.authorizers.business_call(&token, now.at) {
+            return match result {
+                Ok(()) => WxReply::Ok(json!({ "ip_list": IP_LIST })).into_response(),
+                Err(code) => WxReply::err(code).into_response(),
+            };
+        }
+    }
     let mut inner = shared.lock();
     let result = inner.check_access_token(&token, &now);
     if let Some(app) = owner.as_deref().and_then(|a| inner.app_mut(a, &now)) {

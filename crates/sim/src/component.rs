@@ -222,6 +222,51 @@ impl Components {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Where and how a component's pushes go: its `push_url` and message crypto.
+    pub(crate) fn push_target(
+        &self,
+        appid: &str,
+    ) -> Result<(String, Arc<MsgCrypt>), ComponentError> {
+        let map = self.lock();
+        let state = map
+            .get(appid)
+            .ok_or_else(|| ComponentError::UnknownComponent(appid.to_string()))?;
+        let url = state
+            .push_url
+            .clone()
+            .ok_or_else(|| ComponentError::NoPushUrl(appid.to_string()))?;
+        Ok((url, Arc::clone(&state.crypt)))
+    }
+
+    /// The client pushes are sent with.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The component a component access token was issued to, and whether it is valid at
+    /// `at`: `Ok(())`, or 40001 (replaced past its overlap) / 42001 (expired). `None` for a
+    /// string that is no component token.
+    pub(crate) fn check_token(
+        &self,
+        token: &str,
+        at: Instant,
+        overlap: Duration,
+    ) -> Option<(String, Result<(), i64>)> {
+        let map = self.lock();
+        map.iter().find_map(|(appid, s)| {
+            let life = s.tokens.get(token)?;
+            let overlap_end = life
+                .replaced_at
+                .map(|r| r.checked_add(overlap).unwrap_or(r));
+            let result = match overlap_end {
+                Some(end) if end < life.expires_at && at >= end => Err(errcode::INVALID_CREDENTIAL),
+                _ if at >= life.expires_at => Err(errcode::ACCESS_TOKEN_EXPIRED),
+                _ => Ok(()),
+            };
+            Some((appid.clone(), result))
+        })
+    }
+
     fn push_appids(&self) -> Vec<String> {
         self.lock()
             .iter()
@@ -381,15 +426,37 @@ fn build_push(
     if tamper == Some(Tamper::BadSignature) {
         msg_signature = flip_hex(&msg_signature);
     }
-    let signature = crypt.signature(&timestamp, &nonce);
-    let query = form_urlencoded::Serializer::new(String::new())
-        .append_pair("signature", &signature)
-        .append_pair("timestamp", &timestamp)
-        .append_pair("nonce", &nonce)
-        .append_pair("encrypt_type", "aes")
-        .append_pair("msg_signature", &msg_signature)
-        .finish();
+    let query = push_query(crypt, &timestamp, &nonce, &msg_signature);
     Ok((query, body, ticket))
+}
+
+/// A genuine encrypted push of `msg` to a component, as WeChat sends every event to the
+/// authorization event URL: (query string, body).
+pub(crate) fn seal(
+    crypt: &MsgCrypt,
+    appid: &str,
+    msg: &str,
+    create_time: u64,
+) -> Result<(String, String), ComponentError> {
+    let timestamp = create_time.to_string();
+    let nonce = format!("{}", rand::random::<u32>());
+    let push = crypt
+        .push(msg, Recipient::AppId(appid), &timestamp, &nonce)
+        .map_err(|e| ComponentError::Crypto(e.to_string()))?;
+    let query = push_query(crypt, &timestamp, &nonce, &push.msg_signature);
+    Ok((query, push.body))
+}
+
+/// `signature, timestamp, nonce, encrypt_type=aes, msg_signature`.
+fn push_query(crypt: &MsgCrypt, timestamp: &str, nonce: &str, msg_signature: &str) -> String {
+    let signature = crypt.signature(timestamp, nonce);
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("signature", &signature)
+        .append_pair("timestamp", timestamp)
+        .append_pair("nonce", nonce)
+        .append_pair("encrypt_type", "aes")
+        .append_pair("msg_signature", msg_signature)
+        .finish()
 }
 
 /// The same hex string with its first digit changed.
@@ -402,7 +469,7 @@ fn flip_hex(s: &str) -> String {
 }
 
 /// POSTs a push; (status, answered `success`, transport error).
-async fn send(
+pub(crate) async fn send(
     http: &reqwest::Client,
     url: &str,
     query: &str,
@@ -445,7 +512,8 @@ async fn send(
     }
 }
 
-fn str_field(v: &Value, name: &str) -> Option<String> {
+/// A non-empty string field of a JSON body.
+pub(crate) fn str_field(v: &Value, name: &str) -> Option<String> {
     v.get(name)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
@@ -664,21 +732,11 @@ impl Admin {
     /// Whether a component access token is valid now: `Ok(())`, or the errcode WeChat would
     /// answer (40001 unknown or replaced past its overlap, 42001 expired).
     pub fn check_component_token(&self, token: &str) -> Result<(), i64> {
-        let at = self.shared().clock.now();
-        let overlap = self.shared().timing.overlap;
-        let map = self.shared().components.lock();
-        let life = map
-            .values()
-            .find_map(|s| s.tokens.get(token))
-            .ok_or(errcode::INVALID_CREDENTIAL)?;
-        let overlap_end = life
-            .replaced_at
-            .map(|r| r.checked_add(overlap).unwrap_or(r));
-        match overlap_end {
-            Some(end) if end < life.expires_at && at >= end => Err(errcode::INVALID_CREDENTIAL),
-            _ if at >= life.expires_at => Err(errcode::ACCESS_TOKEN_EXPIRED),
-            _ => Ok(()),
-        }
+        let shared = self.shared();
+        shared
+            .components
+            .check_token(token, shared.clock.now(), shared.timing.overlap)
+            .map_or(Err(errcode::INVALID_CREDENTIAL), |(_, result)| result)
     }
 
     /// Makes the next `times` `api_component_token` calls of the component answer `errcode`

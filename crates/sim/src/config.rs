@@ -43,6 +43,30 @@ pub struct SimConfig {
     /// Third-party platforms (第三方平台). In TOML this is the `[[component]]` array.
     #[serde(rename = "component", default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<ComponentConfig>,
+    /// Authorizers created at start, without pushes ([`crate::Admin::bulk_authorize`]). In
+    /// TOML this is the `[[authorizers]]` array: `component = "wx..."`, `count = 100000`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorizers: Vec<BulkAuthorizers>,
+}
+
+/// The most authorizers [`BulkAuthorizers`] may create for one component (each costs about
+/// 300 bytes).
+pub const MAX_BULK_AUTHORIZERS: u32 = 1_000_000;
+
+/// `count` authorizers of a component created at start exactly as
+/// [`crate::Admin::bulk_authorize`] creates them: authorized now, no push, appids `wxa`
+/// followed by 15 decimal digits counting from 0 (`wxa000000000000000`, ...), listed by
+/// `api_get_authorizer_list` in that order.
+///
+/// A separate table rather than a field of [`ComponentConfig`], so that adding it changed
+/// no existing struct literal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkAuthorizers {
+    /// The component's appid (one of the `[[component]]`s).
+    pub component: String,
+    /// How many (at most [`MAX_BULK_AUTHORIZERS`] in total per component).
+    pub count: u32,
 }
 
 /// One third-party platform (第三方平台, "component") the simulator hosts: it answers
@@ -189,11 +213,11 @@ impl fmt::Debug for AppConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timing {
-    /// Lifetime of access tokens and tickets (7200 s). Reported on the wire as whole seconds,
-    /// at least 1.
+    /// Lifetime of access tokens (app, component and authorizer) and tickets (7200 s).
+    /// Reported on the wire as whole seconds, at least 1.
     #[serde(with = "humantime_serde")]
     pub expires_in: Duration,
-    /// How long a replaced token stays valid (300 s).
+    /// How long a replaced token stays valid (300 s), for every kind of token.
     #[serde(with = "humantime_serde")]
     pub overlap: Duration,
     /// Successful classic `/cgi-bin/token` fetches per app per day (2000).
@@ -223,6 +247,14 @@ pub struct Timing {
     pub verify_ticket_lifetime: Duration,
     /// Successful `api_component_token` fetches per component per day (10000).
     pub component_token_daily_quota: u32,
+    /// How long an authorization code (`AuthorizationCode` of an `authorized` or
+    /// `updateauthorized` push) can be exchanged with `api_query_auth` (600 s). Authorizer
+    /// access tokens live [`Timing::expires_in`], and a replaced one [`Timing::overlap`]
+    /// more, like every other token; authorizer refresh tokens never expire.
+    #[serde(with = "humantime_serde")]
+    pub authorization_code_lifetime: Duration,
+    /// Successful `api_authorizer_token` fetches per authorizer per component per day (2000).
+    pub authorizer_token_daily_quota: u32,
 }
 
 impl Default for Timing {
@@ -240,6 +272,8 @@ impl Default for Timing {
             ticket_push_interval: Duration::from_secs(600),
             verify_ticket_lifetime: Duration::from_secs(12 * 3600),
             component_token_daily_quota: 10_000,
+            authorization_code_lifetime: Duration::from_secs(600),
+            authorizer_token_daily_quota: 2000,
         }
     }
 }
@@ -354,6 +388,16 @@ impl SimConfig {
         self
     }
 
+    /// Creates `count` authorizers of a component at start ([`BulkAuthorizers`]; builder
+    /// style). Several calls for one component add up.
+    pub fn with_authorizers(mut self, component: impl Into<String>, count: u32) -> SimConfig {
+        self.authorizers.push(BulkAuthorizers {
+            component: component.into(),
+            count,
+        });
+        self
+    }
+
     /// Replaces the timing rules (builder style).
     pub fn with_timing(mut self, timing: Timing) -> SimConfig {
         self.timing = timing;
@@ -435,6 +479,23 @@ impl SimConfig {
                 return Err(invalid(
                     &format!("component[{i}].appid"),
                     &format!("duplicate component appid {}", c.appid),
+                ));
+            }
+        }
+        let mut bulk: HashMap<&str, u64> = HashMap::new();
+        for (i, b) in self.authorizers.iter().enumerate() {
+            if !components.contains_key(b.component.as_str()) {
+                return Err(invalid(
+                    &format!("authorizers[{i}].component"),
+                    &format!("no [[component]] with appid {}", b.component),
+                ));
+            }
+            let total = bulk.entry(b.component.as_str()).or_insert(0);
+            *total += u64::from(b.count);
+            if *total > u64::from(MAX_BULK_AUTHORIZERS) {
+                return Err(invalid(
+                    &format!("authorizers[{i}].count"),
+                    &format!("at most {MAX_BULK_AUTHORIZERS} per component"),
                 ));
             }
         }

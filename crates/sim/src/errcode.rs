@@ -40,6 +40,23 @@ pub const MINUTE_QUOTA: i64 = 45011;
 pub const COMPONENT_TICKET_EXPIRED: i64 = 61005;
 /// `component_verify_ticket` unknown (never pushed to this component, or missing).
 pub const COMPONENT_TICKET_INVALID: i64 = 61006;
+/// The authorizer has not authorized this component (never, or no longer).
+pub const COMPONENT_NOT_AUTHORIZED: i64 = 61003;
+/// An authorization code that is unknown, used already, or superseded.
+pub const AUTHORIZATION_CODE_INVALID: i64 = 61009;
+/// An authorization code past its lifetime.
+pub const AUTHORIZATION_CODE_EXPIRED: i64 = 61010;
+/// `component_appid` is not the component the component access token belongs to.
+pub const INVALID_COMPONENT: i64 = 61011;
+/// A component API called with something other than a component access token (an app's or
+/// an authorizer's access token).
+pub const COMPONENT_TOKEN_REQUIRED: i64 = 61014;
+/// `authorizer_refresh_token` missing, wrong, or replaced (by a re-authorization).
+pub const REFRESH_TOKEN_INVALID: i64 = 61023;
+/// `component_appid` missing from a component API's body.
+pub const COMPONENT_APPID_MISSING: i64 = 41018;
+/// `count` of `api_get_authorizer_list` above 500.
+pub const ARGS_COUNT_EXCEEDED: i64 = 40170;
 /// The request body is not valid JSON of the expected shape.
 pub const DATA_FORMAT_ERROR: i64 = 47001;
 
@@ -66,6 +83,14 @@ pub fn errmsg(code: i64) -> &'static str {
         DATA_FORMAT_ERROR => "data format error",
         COMPONENT_TICKET_EXPIRED => "verify ticket timeout",
         COMPONENT_TICKET_INVALID => "verify ticket invalid",
+        COMPONENT_NOT_AUTHORIZED => "component is not authorized by this account",
+        AUTHORIZATION_CODE_INVALID => "code is invalid",
+        AUTHORIZATION_CODE_EXPIRED => "code is expired",
+        INVALID_COMPONENT => "invalid component",
+        COMPONENT_TOKEN_REQUIRED => "must use component token for component api",
+        REFRESH_TOKEN_INVALID => "refresh_token is invalid",
+        COMPONENT_APPID_MISSING => "missing component_appid",
+        ARGS_COUNT_EXCEEDED => "args count exceed count limit",
         _ => "simulated error",
     }
 }

@@ -19,6 +19,9 @@
 //! | `GET,POST /cgi-bin/get_api_domain_ip` | a business API that checks the token |
 //! | `POST /cgi-bin/component/api_component_token` | component (第三方平台) access token for a pushed `component_verify_ticket` |
 //! | `POST /cgi-bin/component/api_start_push_ticket` | pushes a `component_verify_ticket` at once |
+//! | `POST /cgi-bin/component/api_query_auth` | exchanges an authorization code for an authorizer's tokens |
+//! | `POST /cgi-bin/component/api_authorizer_token` | a new authorizer access token for a refresh token |
+//! | `POST /cgi-bin/component/api_get_authorizer_list` | a component's authorizers with their refresh tokens |
 //! | `/_sim/...` | the HTTP admin API mirroring [`Admin`] |
 //!
 //! Everything is scriptable at run time through [`Admin`] (in-process) or `/_sim/` (HTTP):
@@ -45,6 +48,16 @@
 //! | `POST /_sim/clock/advance` `{"by":"30s"}` ([`Advance`]) | [`Admin::try_advance`] |
 //! | `POST /_sim/clock/pause` | [`Admin::pause_clock`] |
 //! | `POST /_sim/clock/resume` | [`Admin::resume_clock`] |
+//! | `GET /_sim/components/{appid}/authorizers/evidence` | [`Admin::authorizer_evidence`] |
+//! | `GET /_sim/components/{appid}/authorizers/issue_counts` | [`Admin::authorizer_issue_counts`] |
+//! | `POST /_sim/components/{appid}/authorizers/bulk` `{"count":N}` → `{"appids":[...]}` | [`Admin::bulk_authorize`] |
+//! | `POST /_sim/components/{appid}/authorizers/fail` ([`FailAuthorizerEndpoint`]) | [`Admin::fail_authorizer_endpoint`] |
+//! | `GET /_sim/components/{appid}/authorizers/{authorizer}/counts` | [`Admin::authorizer_counts`] |
+//! | `POST /_sim/components/{appid}/authorizers/{authorizer}/authorize[?push=false]` | [`Admin::authorize`], [`Admin::authorize_without_push`] |
+//! | `POST /_sim/components/{appid}/authorizers/{authorizer}/reauthorize[?push=false]` | [`Admin::reauthorize`], [`Admin::reauthorize_without_push`] |
+//! | `POST /_sim/components/{appid}/authorizers/{authorizer}/unauthorize[?push=false]` | [`Admin::unauthorize`], [`Admin::unauthorize_without_push`] |
+//! | `POST /_sim/components/{appid}/authorizers/{authorizer}/rotate_refresh_token` | [`Admin::rotate_refresh_token`] |
+//! | `POST /_sim/components/{appid}/authorizers/{authorizer}/revoke` | [`Admin::revoke_authorizer_token`] |
 //!
 //! Third-party platforms ([`ComponentConfig`], `[[component]]` in TOML) with a `push_url` get
 //! an encrypted `component_verify_ticket` POSTed there at start and every
@@ -52,7 +65,20 @@
 //! [`Admin::push_tampered`], [`Admin::component_evidence`] and
 //! [`Admin::check_component_token`] script and inspect them (in-process only so far).
 //!
-//! Unknown appids are 404, malformed bodies 400, an existing appid in `POST /_sim/apps` 409;
+//! Their authorizers (授权方) are created by [`Admin::authorize`] (an encrypted `authorized`
+//! push with a single-use authorization code), [`Admin::bulk_authorize`] (many at once, no
+//! push; in TOML `[[authorizers]]`, [`BulkAuthorizers`]), changed by [`Admin::reauthorize`] /
+//! [`Admin::unauthorize`] (`updateauthorized` / `unauthorized` pushes) and the test faults
+//! [`Admin::rotate_refresh_token`] / [`Admin::revoke_authorizer_token`]. Authorizer access
+//! tokens are accepted by the business API and `getticket` like app tokens; see
+//! [`Admin::check_authorizer_token`] and [`Admin::authorizer_evidence`] ([`AuthorizerEvidence`]).
+//! Errcodes: `api_query_auth` 61009 (code unknown, used or superseded) and 61010 (expired);
+//! `api_authorizer_token` 41002, 61003 (not authorized), 61023 (refresh token), 45009; the
+//! list 40170 (`count` > 500) and 40097; all three first 41001, 61014 (not a component
+//! token), 40001, 42001, 47001, 41018 (no `component_appid`) and 61011 (another component's).
+//!
+//! Unknown appids are 404, malformed bodies 400, an existing appid in `POST /_sim/apps` 409
+//! (and an authorization change that does not fit the authorizer's state 409);
 //! all answer `{"error": "..."}`.
 //!
 //! ## Example
@@ -181,6 +207,7 @@
 //!   100,000 apps refreshing every two hours add about 0.5 GB a day.
 
 mod admin;
+mod authorizer;
 mod business;
 mod clock;
 mod component;
@@ -195,13 +222,19 @@ mod token;
 mod wire;
 
 pub use admin::{Admin, AdminError, Flags, QuotaUsed};
+pub use authorizer::{
+    AuthEvent, AuthorizeRecord, AuthorizerCounts, AuthorizerEndpoint, AuthorizerEndpointCounts,
+    AuthorizerError, AuthorizerEvidence, BulkAuthorize, EndpointCounts, EventCounts, EventPush,
+    FailAuthorizerEndpoint,
+};
 pub use clock::{Advance, ClockState, MAX_CLOCK_ADVANCE};
 pub use component::{
     ComponentCounts, ComponentEndpoint, ComponentError, ComponentEvidence, ComponentFetchRecord,
     PushRecord, PushTrigger, Tamper,
 };
 pub use config::{
-    AppConfig, ComponentConfig, ConfigError, GeneratedApps, SimConfig, Timing, MAX_GENERATED_APPS,
+    AppConfig, BulkAuthorizers, ComponentConfig, ConfigError, GeneratedApps, SimConfig, Timing,
+    MAX_BULK_AUTHORIZERS, MAX_GENERATED_APPS,
 };
 pub use evidence::{
     AppEvidence, Counts, Endpoint, Evidence, FetchCounts, FetchOutcome, FetchRecord, LiveToken,

@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use crate::admin::{self, Admin};
 use crate::config::SimConfig;
 use crate::state::Shared;
-use crate::{business, component, ticket, token};
+use crate::{authorizer, business, component, ticket, token};
 
 /// A running simulator, serving in a background tokio task.
 ///
@@ -147,6 +147,18 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/cgi-bin/component/api_start_push_ticket",
             post(component::start_push_ticket),
+        )
+        .route(
+            "/cgi-bin/component/api_query_auth",
+            post(authorizer::query_auth),
+        )
+        .route(
+            "/cgi-bin/component/api_authorizer_token",
+            post(authorizer::authorizer_token),
+        )
+        .route(
+            "/cgi-bin/component/api_get_authorizer_list",
+            post(authorizer::get_authorizer_list),
         )
         .route(
             "/cgi-bin/get_api_domain_ip",

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::authorizer::Authorizers;
 use crate::clock::SimClock;
 use crate::component::Components;
 use crate::config::{SimConfig, Timing};
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     /// Third-party platforms (their own lock; never held with `inner`'s).
     pub(crate) components: Components,
+    /// Their authorizers (their own lock; never held with `inner`'s or `components`').
+    pub(crate) authorizers: Authorizers,
 }
 
 /// One reading of the simulator clock ([`SimClock`]), taken once per request so that every rule
@@ -172,7 +175,20 @@ pub(crate) struct TokenEntry {
 }
 
 impl TokenEntry {
-    fn check(&self, now: Instant) -> Result<(), i64> {
+    /// A fresh token of `appid` (also used by `authorizer.rs` for authorizer tokens).
+    pub(crate) fn new(appid: Arc<str>, kind: TokenKind, expires_at: Instant) -> TokenEntry {
+        TokenEntry {
+            appid,
+            kind,
+            expires_at,
+            killed_at: None,
+            replaced: false,
+            revoked: false,
+        }
+    }
+
+    /// `Ok(())` while valid, else 40001 or 42001 (see the type's docs).
+    pub(crate) fn check(&self, now: Instant) -> Result<(), i64> {
         if self.revoked {
             return Err(crate::errcode::INVALID_CREDENTIAL);
         }
@@ -190,7 +206,7 @@ impl TokenEntry {
     }
 
     /// Marks the token replaced; it stays valid until `dies` (or its expiry, if sooner).
-    fn replace(&mut self, dies: Instant) {
+    pub(crate) fn replace(&mut self, dies: Instant) {
         self.replaced = true;
         if dies < self.expires_at && self.killed_at.is_none_or(|k| dies < k) {
             self.killed_at = Some(dies);
@@ -223,10 +239,12 @@ impl Shared {
         }
         let clock = SimClock::new();
         let components = Components::new(config, clock.now());
+        let authorizers = Authorizers::new(config, started_unix_ms / 1000);
         Shared {
             timing: config.timing.clone(),
             clock,
             components,
+            authorizers,
             started_unix_ms,
             inner: Mutex::new(Inner {
                 apps,
@@ -344,14 +362,7 @@ impl Inner {
         }
         self.tokens.insert(
             Arc::clone(&token),
-            TokenEntry {
-                appid: owner,
-                kind,
-                expires_at: now.at + timing.expires_in,
-                killed_at: None,
-                replaced: false,
-                revoked: false,
-            },
+            TokenEntry::new(owner, kind, now.at + timing.expires_in),
         );
         app.current[kind.index()] = Some(Arc::clone(&token));
         app.issued.push(Arc::clone(&token));
@@ -388,6 +399,14 @@ impl Inner {
     /// The app owning a token or ticket, if the simulator ever issued it.
     pub(crate) fn owner_of(&self, token: &str) -> Option<Arc<str>> {
         self.tokens.get(token).map(|e| Arc::clone(&e.appid))
+    }
+
+    /// Whether the simulator issued this string as an app's access token (classic or
+    /// stable; valid or not).
+    pub(crate) fn is_access_token(&self, token: &str) -> bool {
+        self.tokens
+            .get(token)
+            .is_some_and(|e| e.kind.is_access_token())
     }
 
     /// The business API's check of an access token (classic or stable). Tickets and unknown

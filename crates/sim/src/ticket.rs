@@ -1,6 +1,7 @@
 //! JS-SDK tickets: `GET /cgi-bin/ticket/getticket?access_token=..&type=jsapi|wx_card`.
 //!
-//! Requires a currently valid access token (classic or stable). Each successful fetch issues
+//! Requires a currently valid access token (classic or stable; an authorizer access token gets
+//! the authorizer account's tickets, see `authorizer.rs`). Each successful fetch issues
 //! a new ticket of that type for the token's app; the previous ticket of that type stays valid
 //! for `overlap` more (the classic-token model). Must not: issue a ticket on an invalid token,
 //! or attribute a call to an app other than the one owning the access token.
@@ -37,10 +38,20 @@ pub(crate) async fn get_ticket(
     }
 
     let now = shared.now();
-    let mut inner = shared.lock();
     let Some(access_token) = access_token else {
         return WxReply::err(errcode::ACCESS_TOKEN_MISSING).into_response();
     };
+    if owner.is_none() {
+        // Not an app's token: perhaps an authorizer's (their own lock, taken alone).
+        if let Some(reply) =
+            shared
+                .authorizers
+                .ticket(&access_token, ticket_type.as_deref(), &shared.timing, &now)
+        {
+            return reply.into_response();
+        }
+    }
+    let mut inner = shared.lock();
     let reply = ticket_rules(
         &mut inner,
         &shared,

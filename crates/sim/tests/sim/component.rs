@@ -1,6 +1,7 @@
 //! Third-party platform: verify-ticket pushes to a real HTTP receiver, `api_component_token`,
 //! `api_start_push_ticket`, tampered pushes. The receiver is a small axum server in the test;
-//! pushes are checked with `wxtoken_crypto::MsgCrypt`.
+//! pushes are checked with `wxtoken_crypto::MsgCrypt`. The receiver and crypto helpers are
+//! shared with `authorizer.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,23 +20,23 @@ use wxtoken_sim::{
     ComponentConfig, ComponentError, PushTrigger, SimConfig, Simulator, Tamper, Timing,
 };
 
-const CAPPID: &str = "wxcomponent0000001";
-const CSECRET: &str = "00112233445566778899aabbccddeeff";
-const CTOKEN: &str = "componenttoken";
-const CKEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub const CAPPID: &str = "wxcomponent0000001";
+pub const CSECRET: &str = "00112233445566778899aabbccddeeff";
+pub const CTOKEN: &str = "componenttoken";
+pub const CKEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
-struct Pushed {
-    query: HashMap<String, String>,
-    raw_query: String,
-    body: Vec<u8>,
+pub struct Pushed {
+    pub query: HashMap<String, String>,
+    pub raw_query: String,
+    pub body: Vec<u8>,
 }
 
 impl Pushed {
-    fn q(&self, name: &str) -> &str {
+    pub fn q(&self, name: &str) -> &str {
         self.query.get(name).map(String::as_str).unwrap_or_default()
     }
 
-    fn signed(&self) -> SignedQuery<'_> {
+    pub fn signed(&self) -> SignedQuery<'_> {
         SignedQuery {
             timestamp: self.q("timestamp"),
             nonce: self.q("nonce"),
@@ -47,14 +48,14 @@ impl Pushed {
 type Shared = (mpsc::UnboundedSender<Pushed>, Arc<Mutex<String>>);
 
 /// A push receiver answering `answer` (initially `success`) and handing every push to the test.
-struct Receiver {
-    url: String,
-    pushes: mpsc::UnboundedReceiver<Pushed>,
-    answer: Arc<Mutex<String>>,
+pub struct Receiver {
+    pub url: String,
+    pub pushes: mpsc::UnboundedReceiver<Pushed>,
+    pub answer: Arc<Mutex<String>>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub async fn start() -> Receiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let answer = Arc::new(Mutex::new("success".to_string()));
         let app = Router::new()
@@ -70,7 +71,7 @@ impl Receiver {
         }
     }
 
-    async fn next(&mut self) -> Pushed {
+    pub async fn next(&mut self) -> Pushed {
         tokio::time::timeout(Duration::from_secs(10), self.pushes.recv())
             .await
             .expect("a push arrives")
@@ -78,7 +79,7 @@ impl Receiver {
     }
 
     /// No push arrives within 200 ms of real time.
-    async fn none(&mut self) {
+    pub async fn none(&mut self) {
         let got = tokio::time::timeout(Duration::from_millis(200), self.pushes.recv()).await;
         assert!(got.is_err(), "unexpected push");
     }
@@ -101,7 +102,7 @@ async fn receive(
     answer.lock().unwrap().clone()
 }
 
-fn crypt() -> MsgCrypt {
+pub fn crypt() -> MsgCrypt {
     MsgCrypt::new(
         SecretString::from(CTOKEN.to_string()),
         EncodingAesKey::parse(CKEY).unwrap(),
@@ -110,7 +111,7 @@ fn crypt() -> MsgCrypt {
     )
 }
 
-fn component(push_url: Option<String>) -> ComponentConfig {
+pub fn component(push_url: Option<String>) -> ComponentConfig {
     ComponentConfig {
         appid: CAPPID.into(),
         secret: CSECRET.into(),
@@ -120,14 +121,14 @@ fn component(push_url: Option<String>) -> ComponentConfig {
     }
 }
 
-fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
+pub fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
     let from = s.find(start).expect("start tag") + start.len();
     let len = s[from..].find(end).expect("end tag");
     &s[from..from + len]
 }
 
 /// Verifies and decrypts a push like a real receiver and returns its ticket.
-fn ticket_of(p: &Pushed) -> String {
+pub fn ticket_of(p: &Pushed) -> String {
     assert_eq!(p.q("encrypt_type"), "aes");
     let c = crypt();
     assert_eq!(

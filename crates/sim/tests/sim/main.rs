@@ -11,6 +11,7 @@
 mod common;
 
 mod admin_http;
+mod authorizer;
 mod business;
 mod classic;
 mod component;
