@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// Largest response body read from WeChat; anything longer is malformed.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest body of a list page (`api_get_authorizer_list`: 500 entries of
+/// an appid, a refresh token and a time).
+const MAX_LIST_BODY: usize = 1024 * 1024;
 /// Longest token or ticket accepted (WeChat says reserve 512 characters).
 const MAX_TOKEN_LEN: usize = 2048;
 
@@ -301,8 +304,20 @@ impl Wechat {
         req: reqwest::RequestBuilder,
         scrub: &Scrub,
     ) -> Result<(serde_json::Map<String, serde_json::Value>, Instant), WechatError> {
-        self.send_unscrubbed(req, scrub)
+        self.send_unscrubbed(req, scrub, MAX_BODY)
             .await
+            .map_err(|e| scrub.error(e))
+    }
+
+    /// [`Wechat::send_object`] for a list page, whose body may be larger.
+    async fn send_list(
+        &self,
+        req: reqwest::RequestBuilder,
+        scrub: &Scrub,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, WechatError> {
+        self.send_unscrubbed(req, scrub, MAX_LIST_BODY)
+            .await
+            .map(|(reply, _)| reply)
             .map_err(|e| scrub.error(e))
     }
 
@@ -313,6 +328,7 @@ impl Wechat {
         &self,
         req: reqwest::RequestBuilder,
         scrub: &Scrub,
+        max_body: usize,
     ) -> Result<(serde_json::Map<String, serde_json::Value>, Instant), WechatError> {
         let sent_at = Instant::now();
         let resp = req.send().await.map_err(|e| self.transport(e))?;
@@ -322,14 +338,14 @@ impl Wechat {
                 status: status.as_u16(),
             });
         }
-        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        if resp.content_length().is_some_and(|n| n > max_body as u64) {
             return Err(WechatError::Malformed("body too large".into()));
         }
         // Read at most MAX_BODY bytes, whatever Content-Length said.
         let mut resp = resp;
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
-            if body.len() + chunk.len() > MAX_BODY {
+            if body.len() + chunk.len() > max_body {
                 return Err(WechatError::Malformed("body too large".into()));
             }
             body.extend_from_slice(&chunk);

@@ -172,14 +172,15 @@ impl Wechat {
             "offset": offset,
             "count": count.clamp(1, LIST_PAGE),
         });
-        let (reply, _) = self
-            .component_post(
-                "api_get_authorizer_list",
-                Some(component_token),
-                &body,
-                &scrub,
-            )
-            .await?;
+        let req = self
+            .http
+            .post(format!(
+                "{}/cgi-bin/component/api_get_authorizer_list",
+                self.base_url
+            ))
+            .query(&[("component_access_token", component_token)])
+            .json(&body);
+        let reply = self.send_list(req, &scrub).await?;
         let total = reply
             .get("total_count")
             .and_then(Value::as_u64)

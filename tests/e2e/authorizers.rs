@@ -1,0 +1,357 @@
+//! A third-party platform's authorizers end to end: three real replicas,
+//! the simulator pushing `authorized` / `updateauthorized` /
+//! `unauthorized` events and verify tickets to one replica's receiver, as
+//! WeChat does.
+//! - each authorization code is exchanged once (`api_query_auth`), the
+//!   tokens are valid at WeChat at every sampled instant over several
+//!   lifetimes, and every refresh is exactly one `api_authorizer_token`;
+//! - re-authorization and unauthorization mid-run;
+//! - Redis restarted empty with 1,000 authorizers: every one back, its
+//!   refresh token recovered from `api_get_authorizer_list`, one fetch
+//!   each, no human action.
+
+use crate::common::{eventually, stored, Env, Replica, Setup};
+use crate::platform::{ports, push_url, spawn, Platform};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wxtoken_schema::{authorizer_id, CredentialKeys, Kind, UpdateEvent};
+
+const NS: &str = "wxtoken";
+
+fn keys(p: &Platform, appid: &str) -> CredentialKeys {
+    CredentialKeys::authorizer(NS, &p.appid, appid).unwrap()
+}
+
+/// Counts fenced writes of access tokens per subject id, from update events.
+async fn count_writes(
+    env: &Env,
+) -> (
+    Arc<Mutex<HashMap<String, u64>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("wxtoken:events").await.unwrap();
+    let writes = Arc::new(Mutex::new(HashMap::new()));
+    let task = {
+        let writes = writes.clone();
+        tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(msg) = stream.next().await {
+                let payload: Vec<u8> = msg.get_payload().unwrap_or_default();
+                if let Ok(ev) = UpdateEvent::parse(&payload) {
+                    if ev.kind == Kind::AccessToken {
+                        *writes.lock().unwrap().entry(ev.id).or_insert(0) += 1;
+                    }
+                }
+            }
+        })
+    };
+    (writes, task)
+}
+
+fn assert_no_secrets(replicas: &[Replica], secrets: &[(&str, String)]) {
+    for r in replicas {
+        let logs = r.logs();
+        for (what, value) in secrets {
+            assert!(
+                !logs.contains(value.as_str()),
+                "the {what} is in {}'s log",
+                r.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizers_are_exchanged_once_refreshed_once_per_cycle_and_follow_events() {
+    let platform = Platform::new(11);
+    let ports = ports(3);
+    let env = Env::start(Setup {
+        credentials: 0,
+        lifetime: Duration::from_secs(8),
+        overlap: Duration::from_secs(2),
+        margin: Duration::from_secs(3),
+        sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        ..Setup::default()
+    })
+    .await;
+    let (writes, counter) = count_writes(&env).await;
+    let replicas = spawn(
+        &env,
+        std::slice::from_ref(&platform),
+        &ports,
+        "authorizer_tickets = [\"jsapi\"]\n",
+    )
+    .await;
+    let component = platform.keys();
+    eventually(Duration::from_secs(20), "the component token", || async {
+        stored(
+            &mut env.redis_con().await,
+            &component,
+            Kind::ComponentAccessToken,
+        )
+        .await
+        .is_some()
+    })
+    .await;
+
+    // Five accounts authorize the platform.
+    let appids: Vec<String> = (1..=5).map(|i| format!("wxauthorizer{i:06}")).collect();
+    let mut codes = Vec::new();
+    for a in &appids {
+        let record = env.admin.authorize(&platform.appid, a).await.unwrap();
+        let push = record.push.expect("pushed");
+        assert!(push.success, "{push:?}\n{}", replicas[0].logs());
+        codes.push(record.authorization_code.unwrap());
+    }
+    eventually(
+        Duration::from_secs(20),
+        "every authorizer's token and ticket",
+        || async {
+            let mut con = env.redis_con().await;
+            for a in &appids {
+                let k = keys(&platform, a);
+                if stored(&mut con, &k, Kind::AccessToken).await.is_none()
+                    || stored(&mut con, &k, Kind::JsapiTicket).await.is_none()
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+
+    // Sampled over three lifetimes; one re-authorizes and one leaves midway.
+    let (again, gone) = (&appids[0], &appids[1]);
+    let started = Instant::now();
+    let mut reauthorized: Option<String> = None;
+    let mut old_token = None;
+    let mut unauthorized = false;
+    while started.elapsed() < Duration::from_secs(24) {
+        let mut con = env.redis_con().await;
+        if reauthorized.is_none() && started.elapsed() > Duration::from_secs(8) {
+            old_token = stored(&mut con, &keys(&platform, again), Kind::AccessToken).await;
+            let r = env.admin.reauthorize(&platform.appid, again).await.unwrap();
+            assert!(r.push.unwrap().success);
+            codes.push(r.authorization_code.unwrap());
+            reauthorized = Some(again.clone());
+        }
+        if !unauthorized && started.elapsed() > Duration::from_secs(10) {
+            let r = env.admin.unauthorize(&platform.appid, gone).await.unwrap();
+            assert!(r.push.unwrap().success);
+            unauthorized = true;
+        }
+        for a in &appids {
+            if unauthorized && a == gone {
+                continue;
+            }
+            let token = stored(&mut con, &keys(&platform, a), Kind::AccessToken)
+                .await
+                .unwrap_or_else(|| panic!("{a}'s token lapsed; log:\n{}", replicas[0].logs()));
+            if reauthorized.as_ref() == Some(a) && Some(&token) == old_token.as_ref() {
+                // Re-authorization invalidated it; the new code is on its way.
+                continue;
+            }
+            assert_eq!(
+                env.admin.check_authorizer_token(&token),
+                Ok(a.clone()),
+                "{a}'s stored token is refused by WeChat"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The unauthorized account is gone from Redis, durable state included.
+    let mut con = env.redis_con().await;
+    let k = keys(&platform, gone);
+    for key in [
+        k.value(Kind::AccessToken),
+        k.value(Kind::JsapiTicket),
+        k.refresh_token(),
+        k.status(),
+    ] {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{key} left after unauthorized");
+    }
+    let gone_counts = env.admin.authorizer_counts(&platform.appid, gone).unwrap();
+
+    // Exactly one exchange per code, one call per refresh.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = writes.lock().unwrap().clone();
+    for a in &appids {
+        let c = env.admin.authorizer_counts(&platform.appid, a).unwrap();
+        let expect_exchanges = if a == again { 2 } else { 1 };
+        assert_eq!(c.query_auth, expect_exchanges, "{a}: {c:?}");
+        let w = written
+            .get(&authorizer_id(&platform.appid, a))
+            .copied()
+            .unwrap_or(0);
+        let fetched = c.query_auth + c.authorizer_token_issued;
+        assert!(
+            fetched == w || fetched == w + 1,
+            "{a}: {fetched} tokens fetched from WeChat, {w} written"
+        );
+        if a == gone {
+            assert_eq!(
+                c.authorizer_token_calls, gone_counts.authorizer_token_calls,
+                "no call after it left"
+            );
+            continue;
+        }
+        assert!(c.authorizer_token_issued >= 2, "{a} refreshed: {c:?}");
+        assert_eq!(
+            c.authorizer_token_calls, c.authorizer_token_issued,
+            "{a}: no refused api_authorizer_token"
+        );
+        // The durable refresh token is WeChat's current one.
+        let rt: String = redis::cmd("GET")
+            .arg(keys(&platform, a).refresh_token())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.refresh_token_prefix.as_deref(),
+            Some(&rt.trim_start_matches("refreshtoken@@@")[..8]),
+            "{a}"
+        );
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(keys(&platform, a).refresh_token())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(ttl, -1, "refresh tokens are kept without a TTL");
+    }
+    counter.abort();
+    let mut secrets: Vec<(&str, String)> = codes
+        .iter()
+        .map(|c| ("authorization code", c.clone()))
+        .collect();
+    for a in &appids[2..] {
+        let rt: String = redis::cmd("GET")
+            .arg(keys(&platform, a).refresh_token())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        secrets.push(("refresh token", rt));
+    }
+    assert_no_secrets(&replicas, &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_heals_a_thousand_authorizers_from_the_authorizer_list() {
+    const N: usize = 1000;
+    let platform = Platform::new(12);
+    let ports = ports(3);
+    let mut env = Env::start(Setup {
+        credentials: 0,
+        lifetime: Duration::from_secs(600),
+        sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        ..Setup::default()
+    })
+    .await;
+    // Authorized before wxtoken ever ran: only WeChat's list knows them.
+    let appids = env.admin.bulk_authorize(&platform.appid, N as u32).unwrap();
+    let replicas = spawn(
+        &env,
+        std::slice::from_ref(&platform),
+        &ports,
+        "calls_per_second = 500\nburst = 20\n",
+    )
+    .await;
+    let all_stored = |env: &Env| {
+        let keys: Vec<String> = appids
+            .iter()
+            .map(|a| keys(&platform, a).value(Kind::AccessToken))
+            .collect();
+        let url = env.redis.url();
+        async move {
+            let Ok(client) = redis::Client::open(url) else {
+                return 0;
+            };
+            let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+                return 0;
+            };
+            let mut n = 0;
+            for chunk in keys.chunks(500) {
+                let values: Vec<Option<String>> =
+                    match redis::cmd("MGET").arg(chunk).query_async(&mut con).await {
+                        Ok(v) => v,
+                        Err(_) => return 0,
+                    };
+                n += values.iter().filter(|v| v.is_some()).count();
+            }
+            n
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while all_stored(&env).await != N {
+        if Instant::now() > deadline {
+            let logs = replicas[0].logs();
+            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+            panic!(
+                "not all fetched: {} of {N}; {:?}\nreplica-1 log tail:\n{}",
+                all_stored(&env).await,
+                env.admin
+                    .authorizer_evidence(&platform.appid)
+                    .map(|e| e.endpoints),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = env.admin.authorizer_evidence(&platform.appid).unwrap();
+    assert_eq!(
+        first.authorizer_token_issued_histogram,
+        [(1, N as u64)].into_iter().collect(),
+        "one api_authorizer_token per authorizer"
+    );
+
+    // Redis comes back empty: tickets, tokens, refresh tokens all gone.
+    env.redis.restart().unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "all 1,000 authorizers back after Redis lost everything",
+        || async { all_stored(&env).await == N },
+    )
+    .await;
+    let healed = env.admin.authorizer_evidence(&platform.appid).unwrap();
+    assert_eq!(
+        healed.authorizer_token_issued_histogram,
+        [(2, N as u64)].into_iter().collect(),
+        "exactly one more fetch per authorizer, no duplicate; log:\n{}",
+        replicas[0].logs()
+    );
+    assert_eq!(
+        healed.endpoints.authorizer_token.calls,
+        healed.endpoints.authorizer_token.ok
+    );
+    // The refresh tokens came back from WeChat's list, durable.
+    let mut con = env.redis_con().await;
+    for a in appids.iter().step_by(97) {
+        let rt: String = redis::cmd("GET")
+            .arg(keys(&platform, a).refresh_token())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let c = env.admin.authorizer_counts(&platform.appid, a).unwrap();
+        assert_eq!(
+            c.refresh_token_prefix.as_deref(),
+            Some(&rt.trim_start_matches("refreshtoken@@@")[..8])
+        );
+    }
+    // Pages of at most 500: two per reconciliation.
+    assert!(
+        healed.endpoints.get_authorizer_list.ok >= 4,
+        "{:?}",
+        healed.endpoints
+    );
+    let _ = &mut env;
+}
