@@ -355,3 +355,88 @@ async fn redis_restarted_empty_heals_a_thousand_authorizers_from_the_authorizer_
     );
     let _ = &mut env;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_token_is_recovered_from_the_authorizer_list() {
+    let platform = Platform::new(13);
+    let ports = ports(1);
+    let env = Env::start(Setup {
+        credentials: 0,
+        lifetime: Duration::from_secs(600),
+        sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        ..Setup::default()
+    })
+    .await;
+    let replicas = spawn(&env, std::slice::from_ref(&platform), &ports, "").await;
+    let appid = "wxauthorizer000777";
+    let r = env.admin.authorize(&platform.appid, appid).await.unwrap();
+    assert!(r.push.unwrap().success, "{}", replicas[0].logs());
+    let k = keys(&platform, appid);
+    eventually(
+        Duration::from_secs(20),
+        "the authorizer's token",
+        || async {
+            stored(&mut env.redis_con().await, &k, Kind::AccessToken)
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    let mut con = env.redis_con().await;
+    let before = stored(&mut con, &k, Kind::AccessToken).await.unwrap();
+    let lists_before = env
+        .admin
+        .authorizer_evidence(&platform.appid)
+        .unwrap()
+        .endpoints
+        .get_authorizer_list
+        .ok;
+
+    // WeChat changed the refresh token behind our back and the token is
+    // revoked: a business server reports it (passive refresh).
+    env.admin
+        .rotate_refresh_token(&platform.appid, appid)
+        .unwrap();
+    env.admin
+        .revoke_authorizer_token(&platform.appid, appid)
+        .unwrap();
+    wxtoken_schema::request_refresh(
+        &mut con,
+        &k,
+        Kind::AccessToken,
+        &before,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "a new, valid token after 61023",
+        || async {
+            let now = stored(&mut env.redis_con().await, &k, Kind::AccessToken).await;
+            now.is_some_and(|t| t != before && env.admin.check_authorizer_token(&t).is_ok())
+        },
+    )
+    .await;
+    let evidence = env.admin.authorizer_evidence(&platform.appid).unwrap();
+    assert_eq!(
+        evidence.endpoints.authorizer_token.errcodes.get(&61023),
+        Some(&1),
+        "one refusal, then recovered: {:?}",
+        evidence.endpoints
+    );
+    assert!(
+        evidence.endpoints.get_authorizer_list.ok > lists_before,
+        "reconciled"
+    );
+    let rt: String = redis::cmd("GET")
+        .arg(k.refresh_token())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let c = env.admin.authorizer_counts(&platform.appid, appid).unwrap();
+    assert_eq!(
+        c.refresh_token_prefix.as_deref(),
+        Some(&rt.trim_start_matches("refreshtoken@@@")[..8])
+    );
+}
