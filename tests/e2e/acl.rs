@@ -12,8 +12,8 @@ use wxtoken_schema::{Kind, RequestOutcome};
 
 /// The ACL rules of the README, word for word (namespace `wxtoken`).
 const REFRESHER: &str = "on >refresher-pw resetkeys ~wxtoken:* resetchannels &wxtoken:events &wxtoken:requests -@all +@read +@write +@scripting +@pubsub +@connection +@transaction +time +scan -@dangerous";
-const READER: &str = "on >reader-pw resetkeys %R~wxtoken:{*}:access_token %R~wxtoken:{*}:jsapi_ticket %R~wxtoken:{*}:wx_card_ticket %R~wxtoken:{*}:*:info %W~wxtoken:{*}:refresh_request:* resetchannels &wxtoken:events &wxtoken:requests -@all +get +pttl +hget +time +set +publish +subscribe +unsubscribe +ping";
-const MONITOR: &str = "on >monitor-pw resetkeys %R~wxtoken:* resetchannels -@all +@read +@connection +@transaction +time";
+const READER: &str = "on >reader-pw resetkeys %R~wxtoken:{*}:access_token %R~wxtoken:{*}:jsapi_ticket %R~wxtoken:{*}:wx_card_ticket %R~wxtoken:{*}:component_access_token %R~wxtoken:{*}:*:info %W~wxtoken:{*}:refresh_request:* resetchannels &wxtoken:events &wxtoken:requests -@all +get +pttl +hget +time +set +publish +subscribe +unsubscribe +ping";
+const MONITOR: &str = "on >monitor-pw resetkeys %R~wxtoken:credentials %R~wxtoken:replicas %R~wxtoken:rate:* %R~wxtoken:{due/*}:queue %R~wxtoken:{*}:access_token %R~wxtoken:{*}:jsapi_ticket %R~wxtoken:{*}:wx_card_ticket %R~wxtoken:{*}:component_access_token %R~wxtoken:{*}:authorizer_list %R~wxtoken:{*}:*:info %R~wxtoken:{*}:status %R~wxtoken:{*}:holders %R~wxtoken:{*}:fence %R~wxtoken:{*}:lock:* %R~wxtoken:{*}:refresh_request:* %R~wxtoken:{*}:force_request:* %R~wxtoken:{*}:authorizers resetchannels -@all +@read +@connection +@transaction +time";
 
 async fn set_user(env: &Env, name: &str, rule: &str) {
     let mut con = env.redis_con().await;
@@ -112,6 +112,60 @@ async fn refresher_reader_and_monitor_work_under_their_rules_and_no_more() {
     .await
     .expect_err("a reader may not force");
     assert_eq!(refused_force.code(), Some("NOPERM"));
+
+    // Third-party platform values: tokens readable, durable secrets not.
+    let component = wxtoken_schema::CredentialKeys::component("wxtoken", "wxcomp").unwrap();
+    let authorizer =
+        wxtoken_schema::CredentialKeys::authorizer("wxtoken", "wxcomp", "wxauth").unwrap();
+    let ticket = wxtoken_schema::ComponentKeys::new("wxtoken", "wxcomp")
+        .unwrap()
+        .verify_ticket();
+    let mut admin = env.redis_con().await;
+    for (key, value) in [
+        (component.value(Kind::ComponentAccessToken), "ctoken"),
+        (authorizer.value(Kind::AccessToken), "atoken"),
+        (authorizer.refresh_token(), "refreshtoken@@@secret"),
+        (authorizer.authorization_code(), "queryauthcode@@@secret"),
+        (ticket.clone(), "ticket@@@secret"),
+    ] {
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    let secrets = [
+        authorizer.refresh_token(),
+        authorizer.authorization_code(),
+        ticket,
+    ];
+    for (user, password) in [("reader", "reader-pw"), ("monitor", "monitor-pw")] {
+        let mut con = redis::Client::open(url_as(&env, user, password).as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for key in [
+            component.value(Kind::ComponentAccessToken),
+            authorizer.value(Kind::AccessToken),
+        ] {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .unwrap_or_else(|e| panic!("{user} may read {key}: {e}"));
+            assert!(v.is_some());
+        }
+        for key in &secrets {
+            let err = redis::cmd("GET")
+                .arg(key)
+                .query_async::<redis::Value>(&mut con)
+                .await
+                .expect_err("a durable secret");
+            assert_eq!(err.code(), Some("NOPERM"), "{user} read {key}");
+        }
+    }
 
     // A reader whose user may not file requests gets an error that says so.
     let no_requests = READER.replace(" %W~wxtoken:{*}:refresh_request:*", "");
