@@ -6,6 +6,7 @@
 mod common;
 
 mod acl;
+mod cli_authorizers;
 mod cli_config;
 mod cli_ops;
 mod client_e2e;
