@@ -1,6 +1,7 @@
 //! `wxtoken`: the one binary. `run` is a refresher replica, `sim` the WeChat
 //! simulator, `demo` the quick start (local Redis + simulator + replicas);
-//! `status`, `refresh` and `get` are the operator's commands (`ops`).
+//! `status`, `refresh`, `get` and `authorizers` are the operator's commands
+//! (`ops`).
 //!
 //! This file only parses the command line, sets up logging and hands over;
 //! the work lives in the crates under `crates/` and in the modules here.
@@ -85,6 +86,9 @@ enum Command {
     /// Ask the refreshers to replace a stored value now, and wait for it
     /// (exit 0 replaced, 4 not within --wait, 1 error).
     Refresh(ops::refresh::Args),
+    /// A third-party platform's authorizers: list them, add one by
+    /// authorization code, remove one, reconcile with WeChat's list.
+    Authorizers(ops::authorizers::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -137,6 +141,10 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
+        Err(e) if e.is::<ops::Usage>() => {
+            report(format_args!("error: {e:#}"));
+            ExitCode::from(ops::EXIT_USAGE)
+        }
         Err(e) => {
             report(format_args!("error: {e:#}"));
             ExitCode::FAILURE
@@ -152,7 +160,7 @@ fn report(line: std::fmt::Arguments<'_>) {
 }
 
 /// Runs the command; `Ok` carries the exit code (some commands report
-/// findings through it), `Err` exits 1.
+/// findings through it), `Err` exits 1 ([`ops::Usage`]: 2).
 async fn dispatch(command: Command) -> Result<ExitCode> {
     let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     match command {
@@ -180,6 +188,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Get(args) => done(ops::get::run(args).await),
         Command::Status(args) => ops::status::run(args).await,
         Command::Refresh(args) => ops::refresh::run(args).await,
+        Command::Authorizers(args) => ops::authorizers::run(args).await,
     }
 }
 

@@ -1,30 +1,35 @@
 //! `wxtoken get ID`: prints a stored token or ticket, whole, for scripts
-//! (`TOKEN=$(wxtoken get oa-main)`). The one command that prints a whole
+//! (`TOKEN=$(wxtoken get oa-main)`, `wxtoken get authorizer/wxC/wxA`,
+//! `wxtoken get component/wxC`). The one command that prints a whole
 //! token; it must not print anything else on stdout.
 
 use super::target::TargetArgs;
-use super::KindArg;
+use super::{kind_for, subject_id, KindArg};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
-use wxtoken_schema::{CredentialKeys, Kind};
+use wxtoken_schema::CredentialKeys;
 
 /// `wxtoken get` flags.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Credential id.
+    /// Credential id: a credential of the config (oa-main), a third-party
+    /// platform (component/APPID) or one of its authorizers
+    /// (authorizer/COMPONENT_APPID/APPID).
+    #[arg(value_parser = subject_id)]
     id: String,
-    /// What to print.
-    #[arg(long, value_enum, default_value = "access_token")]
-    kind: KindArg,
+    /// What to print [default: access_token; component_access_token for a
+    /// component/…].
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
     #[command(flatten)]
     target: TargetArgs,
 }
 
 /// Runs `wxtoken get`: the value on stdout, or exit 1 naming the key.
 pub async fn run(args: Args) -> Result<()> {
+    let kind = kind_for(&args.id, args.kind)?;
     let target = args.target.resolve()?;
-    let keys = CredentialKeys::new(&target.namespace, &args.id)?;
-    let kind = Kind::from(args.kind);
+    let keys = CredentialKeys::for_id(&target.namespace, &args.id)?;
     let mut con = target.connect().await?;
     let value: Option<String> = redis::cmd("GET")
         .arg(keys.value(kind))

@@ -8,7 +8,7 @@
 //! tokens only as 8-character prefixes.
 
 use super::target::{Target, TargetArgs};
-use super::{KindArg, EXIT_TIMEOUT};
+use super::{kind_for, subject_id, KindArg, EXIT_TIMEOUT};
 use anyhow::{Context, Result};
 use redis::aio::MultiplexedConnection;
 use std::process::ExitCode;
@@ -25,15 +25,19 @@ const POLL: Duration = Duration::from_millis(100);
 /// `wxtoken refresh` flags.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Credential id.
+    /// Credential id: a credential of the config (oa-main), a third-party
+    /// platform (component/APPID) or one of its authorizers
+    /// (authorizer/COMPONENT_APPID/APPID).
+    #[arg(value_parser = subject_id)]
     id: String,
     /// Replace whatever is stored, skipping the refreshers' minimum interval
     /// (stable mode uses force_refresh).
     #[arg(long)]
     force: bool,
-    /// Which value to replace.
-    #[arg(long, value_enum, default_value = "access_token")]
-    kind: KindArg,
+    /// Which value to replace [default: access_token;
+    /// component_access_token for a component/…].
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
     /// How long to wait for the new value; 0 = only file the request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     wait: Duration,
@@ -114,9 +118,9 @@ async fn snapshot(
 
 /// Runs `wxtoken refresh`.
 pub async fn run(args: Args) -> Result<ExitCode> {
+    let kind = kind_for(&args.id, args.kind)?;
     let target = args.target.resolve()?;
-    let keys = CredentialKeys::new(&target.namespace, &args.id)?;
-    let kind = Kind::from(args.kind);
+    let keys = CredentialKeys::for_id(&target.namespace, &args.id)?;
     let mut con = target.connect().await?;
     request_and_wait(&target, &mut con, &keys, kind, args.force, args.wait)
         .await
@@ -140,7 +144,7 @@ async fn request_and_wait(
         .query_async(con)
         .await
         .context("reading the registry")?;
-    if !registered && !target.configured.iter().any(|c| c.id == id) {
+    if !registered && !target.is_configured(id) {
         eprintln!(
             "warning: no refresher has registered {id} in namespace {}; the request waits for one",
             target.namespace

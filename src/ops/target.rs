@@ -53,6 +53,15 @@ pub struct Configured {
     pub kinds: Vec<Kind>,
 }
 
+/// A third-party platform the `--config` file lists.
+#[derive(Debug, Clone)]
+pub struct ConfiguredComponent {
+    /// Its component appid.
+    pub appid: String,
+    /// The values kept for each authorizer: access token, then tickets.
+    pub authorizer_kinds: Vec<Kind>,
+}
+
 /// The resolved Redis and namespace.
 pub struct Target {
     url: SecretString,
@@ -62,6 +71,10 @@ pub struct Target {
     pub namespace: String,
     /// Credentials from `--config`, if one was given.
     pub configured: Vec<Configured>,
+    /// Third-party platforms from `--config`, if one was given.
+    pub components: Vec<ConfiguredComponent>,
+    /// Whether `--config` was given.
+    pub has_config: bool,
     /// The `[refresh]` settings of `--config`, if one was given.
     pub refresh: Option<RefreshConfig>,
 }
@@ -103,6 +116,19 @@ impl TargetArgs {
         };
         wxtoken_schema::validate_name("namespace", &namespace)?;
         let refresh = config.as_ref().map(|cfg| cfg.refresh.clone());
+        let has_config = config.is_some();
+        let components = config
+            .as_ref()
+            .map(|cfg| {
+                cfg.components
+                    .iter()
+                    .map(|c| ConfiguredComponent {
+                        appid: c.appid.clone(),
+                        authorizer_kinds: c.authorizer_kinds(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let configured = config
             .map(|cfg| {
                 cfg.credentials
@@ -121,12 +147,24 @@ impl TargetArgs {
             source,
             namespace,
             configured,
+            components,
+            has_config,
             refresh,
         })
     }
 }
 
 impl Target {
+    /// Whether `--config` lists `id`: a credential, or a platform's
+    /// `component/<appid>`.
+    pub fn is_configured(&self, id: &str) -> bool {
+        self.configured.iter().any(|c| c.id == id)
+            || self
+                .components
+                .iter()
+                .any(|c| wxtoken_schema::component_id(&c.appid) == id)
+    }
+
     /// The Redis URL with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         redacted_url(&self.url)
@@ -209,6 +247,8 @@ mod tests {
             source: "--redis-url".into(),
             namespace: DEFAULT_NAMESPACE.into(),
             configured: Vec::new(),
+            components: Vec::new(),
+            has_config: false,
             refresh: None,
         }
     }

@@ -7,6 +7,7 @@ mod common;
 
 mod acl;
 mod authorizers;
+mod cli_authorizers;
 mod cli_config;
 mod cli_ops;
 mod client_e2e;

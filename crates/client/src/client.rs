@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 use wxtoken_schema::{
-    events_channel, request_refresh, validate_name, CredentialKeys, Kind, RequestOutcome,
-    REQUEST_TTL_SECS,
+    authorizer_id, component_id, events_channel, request_refresh, validate_name, CredentialKeys,
+    InvalidName, Kind, RequestOutcome, Subject, REQUEST_TTL_SECS,
 };
 
 /// While waiting for a value that is not stored yet, Redis is asked again at
@@ -150,7 +150,7 @@ impl Client {
         })
     }
 
-    /// The access token of credential `id`.
+    /// The access token of credential `id` (any id [`Client::get`] takes).
     pub async fn access_token(&self, id: &str) -> Result<String, Error> {
         self.get(id, Kind::AccessToken).await.map(|t| t.value)
     }
@@ -164,6 +164,15 @@ impl Client {
 
     /// The value of `kind` for credential `id`, with its fence and time left.
     ///
+    /// `id` is a credential of the refreshers' config (`oa-main`), a
+    /// third-party platform (`component/<component appid>`, see
+    /// [`Client::component_token`]) or one of its authorizers
+    /// (`authorizer/<component appid>/<authorizer appid>`, see
+    /// [`Client::authorizer_token`]). A malformed id fails with
+    /// [`Error::InvalidName`] naming the part that is wrong, and a kind the
+    /// subject does not keep (a platform has no `access_token`) with
+    /// [`Error::KindNotKept`], both without touching Redis.
+    ///
     /// Served from memory while fresh; otherwise read from Redis in one round
     /// trip. When Redis fails, or has nothing stored (e.g. it restarted
     /// empty), a cached value that has not expired yet is served instead —
@@ -173,7 +182,7 @@ impl Client {
     /// [`Options::wait_for_token`], then fails with [`Error::NotAvailable`].
     /// An expired value is never served.
     pub async fn get(&self, id: &str, kind: Kind) -> Result<Token, Error> {
-        validate_name("credential id", id)?;
+        check_id(id, kind)?;
         let now = Instant::now();
         if let Some(entry) = self.inner.cache.fresh(id, kind, now) {
             return Ok(Token::from_entry(&entry, now));
@@ -200,7 +209,7 @@ impl Client {
         kind: Kind,
         refused: &str,
     ) -> Result<RequestOutcome, Error> {
-        let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
+        let keys = self.keys(id, kind)?;
         self.inner.cache.distrust(id, kind, refused);
         let mut con = self.inner.reader.redis.clone();
         let request = request_refresh(
@@ -234,7 +243,7 @@ impl Client {
         refused: &str,
         timeout: Duration,
     ) -> Result<Token, Error> {
-        let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
+        let keys = self.keys(id, kind)?;
         let cache = &self.inner.cache;
         let started = Instant::now();
         // Too far ahead to represent: wait for as long as it takes.
@@ -267,6 +276,54 @@ impl Client {
                 _ = tokio::time::sleep_until(next_read.into()) => {}
             }
         }
+    }
+
+    /// The `component_access_token` of the third-party platform
+    /// `component_appid`: [`Client::get`] of `component/<component_appid>`,
+    /// [`Kind::ComponentAccessToken`]. A malformed appid fails with
+    /// [`Error::InvalidName`] naming it.
+    pub async fn component_token(&self, component_appid: &str) -> Result<String, Error> {
+        validate_name("component appid", component_appid)?;
+        self.get(&component_id(component_appid), Kind::ComponentAccessToken)
+            .await
+            .map(|t| t.value)
+    }
+
+    /// The `authorizer_access_token` of `authorizer_appid`, an account that
+    /// authorized the platform `component_appid`: [`Client::get`] of
+    /// `authorizer/<component_appid>/<authorizer_appid>`,
+    /// [`Kind::AccessToken`]. One account that authorized two platforms has
+    /// two separate tokens. A malformed appid fails with
+    /// [`Error::InvalidName`] naming it. For the authorizer's JS-SDK ticket,
+    /// call [`Client::get`] with [`authorizer_id`](crate::authorizer_id) and
+    /// [`Kind::JsapiTicket`].
+    pub async fn authorizer_token(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+    ) -> Result<String, Error> {
+        let id = checked_authorizer_id(component_appid, authorizer_appid)?;
+        self.access_token(&id).await
+    }
+
+    /// [`Client::report_invalid`] for an authorizer's access token (as read
+    /// with [`Client::authorizer_token`]): files the request under the
+    /// authorizer's keys. For a refused ticket or the component token, call
+    /// [`Client::report`] with the subject's id.
+    pub async fn report_authorizer_invalid(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        refused: &str,
+    ) -> Result<RequestOutcome, Error> {
+        let id = checked_authorizer_id(component_appid, authorizer_appid)?;
+        self.report(&id, Kind::AccessToken, refused).await
+    }
+
+    /// The keys of `id` in this client's namespace, after [`check_id`].
+    fn keys(&self, id: &str, kind: Kind) -> Result<CredentialKeys, Error> {
+        check_id(id, kind)?;
+        Ok(CredentialKeys::for_id(&self.inner.options.namespace, id)?)
     }
 
     /// Whether the update-event subscription is live. While it is not, cached
@@ -304,7 +361,7 @@ impl Client {
     }
 
     async fn read_or_wait(&self, id: &str, kind: Kind) -> Result<Token, Error> {
-        let keys = CredentialKeys::new(&self.inner.options.namespace, id)?;
+        let keys = self.keys(id, kind)?;
         let cache = &self.inner.cache;
         let started = Instant::now();
         let give_up = started.checked_add(self.inner.options.wait_for_token);
@@ -399,6 +456,53 @@ impl Client {
     #[doc(hidden)]
     pub fn debug_stats(&self) -> DebugStats {
         self.inner.cache.stats()
+    }
+}
+
+/// `authorizer/<component>/<appid>`, both appids checked first so an
+/// error names the one that is wrong.
+fn checked_authorizer_id(component_appid: &str, authorizer_appid: &str) -> Result<String, Error> {
+    validate_name("component appid", component_appid)?;
+    validate_name("authorizer appid", authorizer_appid)?;
+    Ok(authorizer_id(component_appid, authorizer_appid))
+}
+
+/// Checks that `id` names a subject (see [`Subject`]) that keeps `kind`.
+/// The error names the part of the id that is wrong: the whole id for a
+/// credential name, else the component or authorizer appid.
+fn check_id(id: &str, kind: Kind) -> Result<(), Error> {
+    let Some(subject) = Subject::parse(id) else {
+        return Err(Error::InvalidName(invalid_part(id)));
+    };
+    if subject.kinds().contains(&kind) {
+        Ok(())
+    } else {
+        Err(Error::KindNotKept {
+            id: id.to_owned(),
+            kind,
+            kept: subject.kinds(),
+        })
+    }
+}
+
+/// Why [`Subject::parse`] refused `id`, as precisely as can be said.
+fn invalid_part(id: &str) -> InvalidName {
+    let parts: Vec<&str> = id.split('/').collect();
+    let bad = |what: &'static str, value: &str| {
+        validate_name(what, value).err().unwrap_or(InvalidName {
+            what: "credential id",
+            value: id.to_owned(),
+        })
+    };
+    match parts.as_slice() {
+        ["component", appid] => bad("component appid", appid),
+        ["authorizer", component, appid] => validate_name("component appid", component)
+            .err()
+            .unwrap_or_else(|| bad("authorizer appid", appid)),
+        _ => InvalidName {
+            what: "credential id",
+            value: id.to_owned(),
+        },
     }
 }
 

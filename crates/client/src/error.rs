@@ -9,9 +9,22 @@ use wxtoken_schema::{InvalidName, Kind};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The namespace or credential id cannot be part of a key name.
+    /// The namespace, credential id or an appid in it cannot be part of a
+    /// key name (`what` says which).
     #[error(transparent)]
     InvalidName(#[from] InvalidName),
+    /// The credential id is well formed, but refreshers never keep this kind
+    /// for what it names (e.g. an `access_token` of a `component/…`, whose
+    /// token is a `component_access_token`).
+    #[error("{id:?} has no {kind}: refreshers keep only {} for it", kinds(kept))]
+    KindNotKept {
+        /// Credential id.
+        id: String,
+        /// What was asked for.
+        kind: Kind,
+        /// The kinds kept for it.
+        kept: &'static [Kind],
+    },
     /// [`Client::connect`](crate::Client::connect) could not reach Redis or
     /// subscribe to the update events.
     #[error("connecting to Redis: {0}")]
@@ -69,4 +82,11 @@ pub enum Error {
         /// How long it waited.
         waited: Duration,
     },
+}
+
+fn kinds(kept: &[Kind]) -> String {
+    kept.iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

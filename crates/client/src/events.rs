@@ -159,7 +159,7 @@ fn handle(cache: &Cache, reader: &Reader, rereads: &mut JoinSet<()>, payload: &[
     };
     let (id, kind) = (event.id, event.kind);
     match cache.hint(&id, kind) {
-        Hint::Reread(cell) => match CredentialKeys::new(&reader.namespace, &id) {
+        Hint::Reread(cell) => match CredentialKeys::for_id(&reader.namespace, &id) {
             Ok(keys) => {
                 tracing::debug!(%id, %kind, "update event; reading the value again");
                 rereads.spawn(reread(reader.clone(), cell, keys, kind));

@@ -72,6 +72,37 @@
 //! # }
 //! ```
 //!
+//! # Third-party platforms
+//!
+//! Besides the credentials of the refreshers' config (`oa-main`), every id
+//! takes the run-time subjects of a third-party platform (第三方平台):
+//! `component/<component appid>` keeps the platform's
+//! [`Kind::ComponentAccessToken`], and
+//! `authorizer/<component appid>/<authorizer appid>` an authorizer's
+//! [`Kind::AccessToken`] (and [`Kind::JsapiTicket`] if the platform keeps
+//! it). [`Client::component_token`] and [`Client::authorizer_token`] build
+//! the id from appids; [`Client::report_authorizer_invalid`] reports a
+//! refused authorizer token. The same account authorized by two platforms
+//! has two separate tokens. Ids and appids are checked before Redis is
+//! touched ([`Error::InvalidName`] names the bad part), and so is the kind:
+//! a platform has no `access_token` ([`Error::KindNotKept`]).
+//!
+//! ```no_run
+//! # use wxtoken_client::{authorizer_id, Client, Kind};
+//! # async fn example(client: Client) -> Result<(), wxtoken_client::Error> {
+//! let token = client.authorizer_token("wxcomponent1", "wxauthorizer9").await?;
+//! let ticket = client
+//!     .ticket(&authorizer_id("wxcomponent1", "wxauthorizer9"), Kind::JsapiTicket)
+//!     .await?;
+//! // WeChat answered 40001 to a call made with `token`:
+//! client
+//!     .report_authorizer_invalid("wxcomponent1", "wxauthorizer9", &token)
+//!     .await?;
+//! # let _ = ticket;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Tokens are logged only as 8-character prefixes, and [`Token`]'s `Debug`
 //! shows only that prefix.
 //!
@@ -90,6 +121,6 @@ pub use client::DebugStats;
 pub use client::{Client, Token};
 pub use error::Error;
 pub use options::Options;
-pub use wxtoken_schema::{InvalidName, Kind, RequestOutcome};
+pub use wxtoken_schema::{authorizer_id, component_id, InvalidName, Kind, RequestOutcome};
 
 pub(crate) use wxtoken_schema::token_prefix;

@@ -8,7 +8,7 @@ mod common;
 use common::{connect, eventually, read_commands, redis_now_ms, Refresher, NS};
 use std::time::{Duration, Instant};
 use wxtoken_client::{Client, Error, Kind, Options};
-use wxtoken_schema::events_channel;
+use wxtoken_schema::{events_channel, CredentialKeys};
 use wxtoken_testkit::RedisServer;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -795,4 +795,234 @@ async fn malformed_and_oversized_events_are_dropped_without_touching_the_cache()
         client.access_token("app").await.unwrap() == "AT-2"
     })
     .await;
+}
+
+// ---- Third-party platforms: component and authorizer subjects ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizer_and_component_tokens_are_read_by_appid() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    // One account (wxshop) authorized two platforms: two separate tokens.
+    refresher
+        .write(
+            "authorizer/wxcompA/wxshop",
+            Kind::AccessToken,
+            "AUTH-A",
+            HOUR,
+        )
+        .await;
+    refresher
+        .write(
+            "authorizer/wxcompB/wxshop",
+            Kind::AccessToken,
+            "AUTH-B",
+            HOUR,
+        )
+        .await;
+    refresher
+        .write("authorizer/wxcompA/wxshop", Kind::JsapiTicket, "JT-A", HOUR)
+        .await;
+    refresher
+        .write(
+            "component/wxcompA",
+            Kind::ComponentAccessToken,
+            "COMP-A",
+            HOUR,
+        )
+        .await;
+
+    let client = client(&server, Options::default()).await;
+    assert_eq!(
+        client.authorizer_token("wxcompA", "wxshop").await.unwrap(),
+        "AUTH-A"
+    );
+    assert_eq!(
+        client.authorizer_token("wxcompB", "wxshop").await.unwrap(),
+        "AUTH-B"
+    );
+    assert_eq!(
+        client
+            .access_token(&wxtoken_client::authorizer_id("wxcompB", "wxshop"))
+            .await
+            .unwrap(),
+        "AUTH-B"
+    );
+    assert_eq!(
+        client
+            .ticket("authorizer/wxcompA/wxshop", Kind::JsapiTicket)
+            .await
+            .unwrap(),
+        "JT-A"
+    );
+    assert_eq!(client.component_token("wxcompA").await.unwrap(), "COMP-A");
+    assert_eq!(
+        client
+            .get("component/wxcompA", Kind::ComponentAccessToken)
+            .await
+            .unwrap()
+            .value,
+        "COMP-A"
+    );
+
+    // An update event about an authorizer switches the cached value through
+    // one re-read, like a credential's.
+    let before = client.debug_stats();
+    refresher
+        .write(
+            "authorizer/wxcompA/wxshop",
+            Kind::AccessToken,
+            "AUTH-A2",
+            HOUR,
+        )
+        .await;
+    eventually("the new authorizer token", LIMIT, async || {
+        client.authorizer_token("wxcompA", "wxshop").await.unwrap() == "AUTH-A2"
+    })
+    .await;
+    let after = client.debug_stats();
+    assert_eq!(after.rereads - before.rereads, 1);
+    // The other platform's token of the same account is untouched.
+    assert_eq!(
+        client.authorizer_token("wxcompB", "wxshop").await.unwrap(),
+        "AUTH-B"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_about_an_authorizer_token_files_a_request_under_its_keys() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    refresher
+        .write(
+            "authorizer/wxcompA/wxshop",
+            Kind::AccessToken,
+            "AUTH-A",
+            HOUR,
+        )
+        .await;
+    refresher
+        .write(
+            "authorizer/wxcompB/wxshop",
+            Kind::AccessToken,
+            "AUTH-B",
+            HOUR,
+        )
+        .await;
+    let client = client(&server, Options::default()).await;
+    let token = client.authorizer_token("wxcompA", "wxshop").await.unwrap();
+
+    let outcome = client
+        .report_authorizer_invalid("wxcompA", "wxshop", &token)
+        .await
+        .unwrap();
+    assert_eq!(outcome, wxtoken_client::RequestOutcome::Requested);
+    let mut con = connect(&server).await;
+    let a = CredentialKeys::authorizer(NS, "wxcompA", "wxshop").unwrap();
+    let b = CredentialKeys::authorizer(NS, "wxcompB", "wxshop").unwrap();
+    let filed: Option<String> = redis::cmd("GET")
+        .arg(a.refresh_request(Kind::AccessToken))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(filed.as_deref(), Some("AUTH-A"));
+    assert_eq!(
+        a.refresh_request(Kind::AccessToken),
+        "wxtoken:{authorizer/wxcompA/wxshop}:refresh_request:access_token"
+    );
+    let other: Option<String> = redis::cmd("GET")
+        .arg(b.refresh_request(Kind::AccessToken))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        other, None,
+        "the other platform's authorizer was not reported"
+    );
+
+    // `report` with the id does the same, for any kind it keeps; a report
+    // about a token that was replaced meanwhile files nothing.
+    let outcome = client
+        .report("authorizer/wxcompB/wxshop", Kind::AccessToken, "OLD")
+        .await
+        .unwrap();
+    assert_eq!(outcome, wxtoken_client::RequestOutcome::AlreadyReplaced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_appids_and_kinds_a_subject_does_not_keep_are_refused() {
+    let server = RedisServer::start().unwrap();
+    let client = client(&server, Options::default()).await;
+    let mut admin = connect(&server).await;
+    let before = read_commands(&mut admin).await;
+    let started = Instant::now();
+
+    let err = client.component_token("wx:bad").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("component appid \"wx:bad\""),
+        "{err}"
+    );
+    let err = client
+        .authorizer_token("wx{c}", "wxshop")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("component appid \"wx{c}\""),
+        "{err}"
+    );
+    let err = client.authorizer_token("wxcomp", "").await.unwrap_err();
+    assert!(err.to_string().contains("authorizer appid \"\""), "{err}");
+    let err = client
+        .report_authorizer_invalid("wx/comp", "wxshop", "AT")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("component appid \"wx/comp\""),
+        "{err}"
+    );
+    // Whole ids: the error names the part that is wrong.
+    let err = client
+        .access_token("authorizer/wxcomp/wx shop")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("authorizer appid \"wx shop\""),
+        "{err}"
+    );
+    let err = client
+        .get("component/wx:1", Kind::ComponentAccessToken)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("component appid \"wx:1\""),
+        "{err}"
+    );
+    for bad in ["authorizer/wxcomp", "component/a/b", "other/wxcomp", "a/b"] {
+        let err = client.access_token(bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName(_)), "{bad}: {err:?}");
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    // A platform has no access_token; an authorizer no component token.
+    let err = client.access_token("component/wxcomp").await.unwrap_err();
+    assert!(matches!(err, Error::KindNotKept { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("component_access_token, authorizer_list"),
+        "{err}"
+    );
+    let err = client
+        .get("authorizer/wxcomp/wxshop", Kind::ComponentAccessToken)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KindNotKept { .. }), "{err:?}");
+    let err = client
+        .report("oa-main", Kind::ComponentAccessToken, "AT")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KindNotKept { .. }), "{err:?}");
+
+    // Refused before Redis: no read, no wait.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(read_commands(&mut admin).await, before);
 }

@@ -41,7 +41,7 @@ impl Refresher {
 
     /// Stores `token` for `id`/`kind` with `ttl` left; returns its fence.
     pub async fn write(&mut self, id: &str, kind: Kind, token: &str, ttl: Duration) -> u64 {
-        let keys = CredentialKeys::new(&self.namespace, id).unwrap();
+        let keys = CredentialKeys::for_id(&self.namespace, id).unwrap();
         let (outcome, fence) =
             wxtoken_schema::testing::store(&mut self.con, &keys, kind, token, ttl, "test-replica")
                 .await
