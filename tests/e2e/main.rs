@@ -18,5 +18,6 @@ mod passive;
 mod process;
 mod redis_outage;
 mod scheduler;
+mod status_component;
 mod status_scale;
 mod wechat_faults;
