@@ -435,3 +435,129 @@ async fn a_platform_is_one_section_and_authorizers_are_drilled_into() {
         out.stderr
     );
 }
+
+/// The status page and `/status.json` of a replica holding the platform:
+/// one `platforms` entry counting every authorizer, no authorizer among the
+/// credentials or "other credentials" by default, drill-down by id and
+/// prefix through the same paging, and no secret anywhere. (The replica
+/// works meanwhile: no verify ticket is pushed, so states may move between
+/// requests, but the index stays whole.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_summarizes_a_held_platform() {
+    use crate::common::{Env, Setup};
+    let port = wxtoken_testkit::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let (secret, token, aes_key) = (
+        "csecretSECRET0123456789abcdefgh",
+        "ctokenSECRET0123456789",
+        "abcdefghijABCDEFGHIJ0123456789abcdefghijABC",
+    );
+    let env = Env::start(Setup {
+        credentials: 1,
+        lifetime: Duration::from_secs(120),
+        overlap: Duration::from_secs(5),
+        extra_config: format!(
+            "\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [[component]]\nid = \"platform\"\nappid = \"{C}\"\nsecret_env = \"WXT_C_SECRET\"\n\
+             token_env = \"WXT_C_TOKEN\"\nencoding_aes_key_env = \"WXT_C_KEY\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let mut con = env.redis_con().await;
+    seed(&mut con).await;
+    let replica = env.spawn_replica_with(
+        "replica-1",
+        None,
+        &[
+            ("WXT_C_SECRET", secret),
+            ("WXT_C_TOKEN", token),
+            ("WXT_C_KEY", aes_key),
+        ],
+    );
+    crate::common::wait_healthz(&base, || replica.logs()).await;
+    let get = |path: String| {
+        let base = base.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let res = reqwest::get(format!("{base}{path}")).await.unwrap();
+            let status = res.status().as_u16();
+            let text = res.text().await.unwrap();
+            println!("GET {path}: {:?}, {} bytes", started.elapsed(), text.len());
+            assert_eq!(status, 200, "{path}: {text}");
+            for s in [
+                REFRESH_TOKEN,
+                CODE,
+                VERIFY_TICKET,
+                COMPONENT_TOKEN,
+                secret,
+                token,
+                aes_key,
+            ] {
+                assert!(!text.contains(s), "{s} in {path}");
+            }
+            text
+        }
+    };
+    let json = |path: &str| {
+        let path = path.to_owned();
+        async move { serde_json::from_str::<serde_json::Value>(&get(path).await).unwrap() }
+    };
+
+    let s = json("/status.json").await;
+    let platforms = s["platforms"].as_array().unwrap();
+    assert_eq!(platforms.len(), 1, "{}", s["platforms"]);
+    let p = &platforms[0];
+    assert_eq!(p["appid"], C);
+    let a = &p["authorizers"];
+    assert_eq!(a["total"], N as u64);
+    assert_eq!(a["counted"], N as u64);
+    let sum: u64 = ["ok", "expiring", "missing", "failing", "paused"]
+        .iter()
+        .map(|k| a[*k].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, N as u64, "{a}");
+    assert_eq!(a["paused"], count(Want::Paused), "pauses hold");
+    assert!(p["problems"].as_array().unwrap().len() <= 50);
+    assert_eq!(p["round_trips"], 1 + N.div_ceil(1_000) as u64);
+    let ids: Vec<&str> = s["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&format!("component/{C}").as_str()), "{ids:?}");
+    assert!(
+        !ids.iter().any(|id| id.starts_with("authorizer/")),
+        "{ids:?}"
+    );
+    // oa-main of the seed is registered here but held by nobody: the only
+    // "other credential"; the 2,000 authorizers are held through the platform.
+    assert_eq!(s["other_credentials"], serde_json::json!(["oa-main"]));
+    assert_eq!(s["other_credentials_total"], 1);
+
+    // Drill down: by prefix through the same paging, problems first.
+    let prefix = format!("authorizer/{C}/");
+    let s = json(&format!("/status.json?prefix={prefix}&limit=10")).await;
+    assert_eq!(s["page"]["total_matching"], N as u64);
+    let page = s["credentials"].as_array().unwrap();
+    assert_eq!(page.len(), 10);
+    assert!(page
+        .iter()
+        .all(|c| c["id"].as_str().unwrap().starts_with(&prefix) && c["problem"] == true));
+    assert_eq!(page[0]["mode"], "authorizer");
+    let s = json(&format!("/status.json?id={}", id(4))).await;
+    assert_eq!(s["page"]["total_matching"], 1);
+    assert_eq!(s["credentials"][0]["id"], id(4));
+    assert_eq!(s["credentials"][0]["kinds"][0]["kind"], "access_token");
+
+    // The page: the platform block, a bounded table, escaped errors.
+    let html = get("/".to_owned()).await;
+    assert!(html.contains(&format!("id=\"platform-{C}\"")), "{html}");
+    assert!(html.contains(&format!("{} authorizers", "2,000")), "{html}");
+    assert!(html.matches("?id=authorizer/").count() <= 10);
+    assert!(!html.contains("<b>9</b>"), "error texts are escaped");
+    let html = get(format!("/?prefix={prefix}&problems=true")).await;
+    assert!(html.matches("class=\"cred\" id=\"cred-authorizer/").count() <= 500);
+    assert!(html.contains("more</b>"), "pages through the rest");
+}

@@ -594,12 +594,17 @@ async fn a_platform_is_summarized_in_chunks_without_secrets() {
     use wxtoken_schema::snapshot::{read_component, AuthorizerState};
     let server = RedisServer::start().unwrap();
     let mut con = connect(&server).await;
-    const N: usize = 5_000;
-    platform::seed(&mut con, N).await;
+    // `WXTOKEN_SCALE_AUTHORIZERS` to measure other sizes (timings printed
+    // with --nocapture, never asserted).
+    let n: usize = std::env::var("WXTOKEN_SCALE_AUTHORIZERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    platform::seed(&mut con, n).await;
     platform::ticket_and_token(&mut con).await;
 
     let mut want = std::collections::HashMap::<AuthorizerState, u64>::new();
-    for i in 0..N {
+    for i in 0..n {
         *want.entry(platform::expected(i)).or_default() += 1;
     }
     let _: () = redis::cmd("CONFIG")
@@ -618,12 +623,12 @@ async fn a_platform_is_summarized_in_chunks_without_secrets() {
         .await
         .unwrap();
     println!(
-        "{N} authorizers read in {took:?}, {} round trips",
+        "{n} authorizers read in {took:?}, {} round trips",
         v.round_trips
     );
 
     let a = v.authorizers;
-    assert_eq!((a.total, a.counted), (N as u64, N as u64));
+    assert_eq!((a.total, a.counted), (n as u64, n as u64));
     for s in [
         AuthorizerState::Ok,
         AuthorizerState::Expiring,
@@ -633,7 +638,7 @@ async fn a_platform_is_summarized_in_chunks_without_secrets() {
     ] {
         assert_eq!(a.of(s), want[&s], "{s:?}: {a:?}");
     }
-    assert_eq!(a.with_problems(), N as u64 - want[&AuthorizerState::Ok]);
+    assert_eq!(a.with_problems(), n as u64 - want[&AuthorizerState::Ok]);
 
     // Problems: bounded, worst first, each state in index order.
     assert_eq!(v.problems.len(), 50);
@@ -673,10 +678,10 @@ async fn a_platform_is_summarized_in_chunks_without_secrets() {
         .unwrap();
     assert_eq!(expiring.appid, "wxa00007");
     assert!(expiring.ttl_ms.is_some_and(|t| t <= 60_000));
-    assert_eq!(v2.round_trips, 1 + N.div_ceil(700));
+    assert_eq!(v2.round_trips, 1 + n.div_ceil(700));
 
-    // Round trips stay chunked: 1 + N / chunk transactions, one TIME each.
-    let chunks = N.div_ceil(1_000) as u64;
+    // Round trips stay chunked: 1 + n / chunk transactions, one TIME each.
+    let chunks = n.div_ceil(1_000) as u64;
     let stats = |cmd: &str| -> u64 {
         info.lines()
             .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
@@ -689,7 +694,7 @@ async fn a_platform_is_summarized_in_chunks_without_secrets() {
     assert_eq!(stats("exec"), 1 + chunks, "{info}");
     assert_eq!(stats("time"), 1 + chunks, "{info}");
     assert_eq!(stats("zrange"), 1 + chunks, "{info}");
-    assert_eq!(stats("hmget"), N as u64, "{info}");
+    assert_eq!(stats("hmget"), n as u64, "{info}");
     // Never a value read beyond the reconciliation summary: no GET of a
     // token, refresh token or ticket.
     assert_eq!(stats("get"), 1, "{info}");
@@ -698,11 +703,11 @@ async fn a_platform_is_summarized_in_chunks_without_secrets() {
     // Backlog: every authorizer's access token without a stored value and
     // every jsapi ticket was queued due "now" by authorize_many; the
     // component token is queued for later, its reconciliation not at all.
-    let stored = (0..N)
+    let stored = (0..n)
         .filter(|i| i % 5 == 0 || platform::expected(*i) == AuthorizerState::Expiring)
         .count() as u64;
-    assert_eq!(v.backlog.queued, 2 * N as u64 + 1);
-    assert_eq!(v.backlog.due_now, 2 * N as u64 - stored, "{:?}", v.backlog);
+    assert_eq!(v.backlog.queued, 2 * n as u64 + 1);
+    assert_eq!(v.backlog.due_now, 2 * n as u64 - stored, "{:?}", v.backlog);
     assert!(v.backlog.oldest_due_at_ms.is_some_and(|t| t <= v.now_ms));
 
     // The platform itself.
