@@ -9,6 +9,14 @@
 //! summary and the exit code cover every selected credential, whatever the
 //! limit.
 //!
+//! Third-party platforms get a section each (from the registry's
+//! `component/…` ids): verify ticket, component token, last
+//! reconciliation, backlog and their authorizers counted by state, never
+//! listed one per row (up to 100,000 of them): only those with a problem,
+//! at most `--limit`. Authorizers become rows only when asked for by
+//! `--id authorizer/C/A` or `--prefix authorizer/…`; in `--json` the
+//! platform is the `platform` object of its `component/…` credential.
+//!
 //! Redis is read and interpreted by `wxtoken_schema::snapshot`, the reader
 //! the replicas' status page uses too; this module only picks the kinds to
 //! show, judges health (`registered`, `configured`, `healthy`, `problems`)
@@ -26,8 +34,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 use wxtoken_refresher::config::RefreshConfig;
 use wxtoken_refresher::human;
-use wxtoken_schema::snapshot::{self, Status, ValueStatus};
-use wxtoken_schema::{CredentialKeys, Kind, KINDS};
+use wxtoken_schema::snapshot::{
+    self, AuthorizerState, ComponentRead, ComponentView, Status, ValueStatus,
+};
+use wxtoken_schema::{CredentialKeys, Kind, Subject, KINDS};
 
 /// Table rows (credentials) shown when `--limit` is not given.
 pub const DEFAULT_LIMIT: usize = 200;
@@ -83,6 +93,17 @@ impl Selection {
             || self.ids.contains(id)
             || self.prefix.as_deref().is_some_and(|p| id.starts_with(p))
     }
+
+    /// Whether the authorizer `id` is asked for as a row: by `--id`, or by
+    /// a `--prefix` that starts with `authorizer/` (a platform may have
+    /// 100,000: they are never rows by default, only counted).
+    fn lists_authorizer(&self, id: &str) -> bool {
+        self.ids.contains(id)
+            || self
+                .prefix
+                .as_deref()
+                .is_some_and(|p| p.starts_with("authorizer/") && id.starts_with(p))
+    }
 }
 
 /// One credential, as printed by `status --json`: what Redis holds
@@ -105,6 +126,9 @@ pub struct CredentialStatus {
     pub problems: Vec<String>,
     /// The access token, then each stored or configured ticket.
     pub kinds: Vec<ValueStatus>,
+    /// A third-party platform's summary (`component/…` ids only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<ComponentView>,
 }
 
 /// Runs `wxtoken status`.
@@ -115,10 +139,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         prefix: args.prefix.clone(),
     };
     for id in &selection.ids {
-        CredentialKeys::new(&target.namespace, id).map_err(|e| anyhow!("--id {id:?}: {e}"))?;
+        CredentialKeys::for_id(&target.namespace, id).map_err(|e| anyhow!("--id {id:?}: {e}"))?;
     }
     let mut con = target.connect().await?;
-    let gathered = gather(&target, &mut con, &selection)
+    let gathered = gather(&target, &mut con, &selection, args.limit)
         .await
         .map_err(|e| target.failed("reading the status", &e))?;
     let Gathered {
@@ -177,24 +201,44 @@ struct Gathered {
 }
 
 /// Reads the registry, then the Redis clock and every selected registered
-/// or configured credential (and every `--id`, known or not), in chunks.
+/// or configured credential (and every `--id`, known or not), in chunks;
+/// then each selected platform (at most `limit` of its problem authorizers
+/// kept; 0: all).
 async fn gather(
     target: &Target,
     con: &mut redis::aio::MultiplexedConnection,
     selection: &Selection,
+    limit: usize,
 ) -> Result<Gathered> {
     let registered = snapshot::registered(con, &target.namespace)
         .await
         .context("reading the registry")?;
     // id → (registered, configured kinds)
     let mut ids: BTreeMap<String, (bool, Option<Vec<Kind>>)> = BTreeMap::new();
+    // Authorizers not asked for as rows (counted by their platform).
+    let mut authorizers = 0;
+    let mut malformed: Vec<String> = Vec::new();
     for id in registered {
-        ids.entry(id).or_default().0 = true;
+        match Subject::parse(&id) {
+            Some(Subject::Authorizer { .. }) if !selection.lists_authorizer(&id) => {
+                authorizers += 1;
+            }
+            Some(_) => ids.entry(id).or_default().0 = true,
+            None => malformed.push(id),
+        }
+    }
+    if let Some(first) = malformed.first() {
+        eprintln!(
+            "warning: skipping {} malformed registry entr{} (first: {:?})",
+            malformed.len(),
+            if malformed.len() == 1 { "y" } else { "ies" },
+            one_line(&first.chars().take(80).collect::<String>())
+        );
     }
     for c in &target.configured {
         ids.entry(c.id.clone()).or_default().1 = Some(c.kinds.clone());
     }
-    let in_namespace = ids.len();
+    let in_namespace = ids.len() + authorizers;
     // Asked about by name: shown even if nothing knows it (then unhealthy).
     for id in &selection.ids {
         ids.entry(id.clone()).or_default();
@@ -203,7 +247,7 @@ async fn gather(
     let mut keys = Vec::with_capacity(ids.len());
     let mut found = Vec::with_capacity(ids.len());
     for (id, found_as) in ids {
-        match CredentialKeys::new(&target.namespace, &id) {
+        match CredentialKeys::for_id(&target.namespace, &id) {
             Ok(k) => {
                 keys.push(k);
                 found.push(found_as);
@@ -214,12 +258,28 @@ async fn gather(
     let snap = snapshot::read(con, &target.namespace, &keys)
         .await
         .context("reading the credentials")?;
-    let report = snap
+    let mut report: Vec<CredentialStatus> = snap
         .credentials
         .into_iter()
         .zip(found)
         .map(|(c, (registered, configured))| judge(c, registered, configured.as_deref()))
         .collect();
+    let margin = Margin(target.refresh.clone());
+    let margin_ms = |expires_in: Option<u64>| margin.ms(expires_in);
+    let opts = ComponentRead {
+        chunk: snapshot::AUTHORIZER_CHUNK,
+        problems: if limit == 0 { usize::MAX } else { limit },
+        margin_ms: &margin_ms,
+    };
+    for c in &mut report {
+        let Some(Subject::Component(appid)) = Subject::parse(&c.id) else {
+            continue;
+        };
+        let view = snapshot::read_component(con, &target.namespace, appid, &opts)
+            .await
+            .with_context(|| format!("reading platform {appid}"))?;
+        judge_platform(c, view);
+    }
     Ok(Gathered {
         now_ms: snap.now_ms,
         report,
@@ -233,11 +293,12 @@ fn judge(
     registered: bool,
     configured: Option<&[Kind]>,
 ) -> CredentialStatus {
+    let primary = primary(&c.id);
     let kinds: Vec<ValueStatus> = c
         .kinds
         .into_iter()
         .filter(|v| {
-            v.kind == Kind::AccessToken
+            v.kind == primary
                 || configured.is_some_and(|k| k.contains(&v.kind))
                 || v.stored
                 || v.refresh_request.is_some()
@@ -247,7 +308,7 @@ fn judge(
         .collect();
     let mut problems: Vec<String> = kinds
         .iter()
-        .filter(|v| missing(v, configured.is_some()))
+        .filter(|v| missing(v, primary, configured.is_some()))
         .map(|v| format!("no {} stored", v.kind))
         .collect();
     if c.status.failing() {
@@ -264,13 +325,46 @@ fn judge(
         healthy: problems.is_empty(),
         problems,
         kinds,
+        platform: None,
     }
 }
 
-/// Nothing is stored where something should be: the access token, or any
-/// kind shown for a credential listed in `--config`.
-fn missing(v: &ValueStatus, configured: bool) -> bool {
-    !v.stored && (v.kind == Kind::AccessToken || configured)
+/// The kind every other kind of the subject `id` is fetched with: the
+/// access token, or a platform's component token.
+fn primary(id: &str) -> Kind {
+    Subject::parse(id).map_or(Kind::AccessToken, Subject::primary)
+}
+
+/// Adds a platform's summary to its `component/…` credential, and what is
+/// wrong with it: no verify ticket (no component token can be fetched),
+/// authorizers failing, paused or without an access token. (Expiring ones
+/// are due, not unhealthy, as for credentials.)
+fn judge_platform(c: &mut CredentialStatus, view: ComponentView) {
+    if !view.verify_ticket.stored {
+        c.problems
+            .push("no verify ticket stored (WeChat pushes one every 10 minutes)".to_owned());
+    }
+    let a = &view.authorizers;
+    for (n, what) in [
+        (a.paused, "paused (daily quota exhausted)"),
+        (a.failing, "failing"),
+        (a.missing, "without an access token"),
+    ] {
+        if n > 0 {
+            c.problems.push(format!(
+                "{n} authorizer{} {what}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    c.healthy = c.problems.is_empty();
+    c.platform = Some(view);
+}
+
+/// Nothing is stored where something should be: the subject's `primary`
+/// kind, or any kind shown for a credential listed in `--config`.
+fn missing(v: &ValueStatus, primary: Kind, configured: bool) -> bool {
+    !v.stored && (v.kind == primary || configured)
 }
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
@@ -422,6 +516,10 @@ fn render_all(
     let summary = Summary::of(report, margin);
     let mut out = summary.render((!selection.is_all()).then_some(in_namespace));
     out.push('\n');
+    for view in report.iter().filter_map(|c| c.platform.as_ref()) {
+        out.push_str(&render_platform(view, args.limit));
+        out.push('\n');
+    }
     // Unhealthy first; `report` is sorted by id, and the sort is stable.
     let mut shown: Vec<&CredentialStatus> = report
         .iter()
@@ -479,7 +577,10 @@ fn render(report: &[&CredentialStatus], now_ms: u64, footer: Option<&str>) -> St
     for c in report.iter().copied() {
         let st = &c.status;
         let mut state = Vec::new();
-        if c.kinds.iter().any(|k| missing(k, c.configured)) {
+        if c.kinds
+            .iter()
+            .any(|k| missing(k, primary(&c.id), c.configured))
+        {
             state.push("missing".to_owned());
         }
         if st.failing() {
@@ -556,6 +657,179 @@ fn render(report: &[&CredentialStatus], now_ms: u64, footer: Option<&str>) -> St
         }
     }
     out
+}
+
+/// A platform's section: the facts its component token depends on, its
+/// authorizers by state, its backlog, then at most `limit` (0: all)
+/// authorizers with a problem (as many as were read).
+fn render_platform(v: &ComponentView, limit: usize) -> String {
+    let now = v.now_ms;
+    let a = &v.authorizers;
+    let mut out = format!(
+        "platform {} ({}): {} authorizer{}: {}\n",
+        v.appid,
+        v.id,
+        a.total,
+        if a.total == 1 { "" } else { "s" },
+        [
+            AuthorizerState::Ok,
+            AuthorizerState::Expiring,
+            AuthorizerState::Missing,
+            AuthorizerState::Failing,
+            AuthorizerState::Paused,
+        ]
+        .iter()
+        .map(|s| format!("{} {}", a.of(*s), s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+    );
+    let t = &v.verify_ticket;
+    let ticket = if t.stored {
+        let mut parts = vec!["stored".to_owned()];
+        if let Some(at) = t.received_at_ms {
+            parts.push(format!("received {}", human::relative(at, now)));
+        }
+        if let Some(ms) = t.ttl_ms {
+            parts.push(format!("{} left", human::duration(ms)));
+        }
+        if let Some(ct) = t.create_time {
+            parts.push(format!(
+                "CreateTime {}",
+                human::clock(ct.saturating_mul(1000))
+            ));
+        }
+        parts.join(", ")
+    } else {
+        "MISSING: no component token can be fetched until WeChat pushes one".to_owned()
+    };
+    let ct = &v.component_token;
+    let mut token = match (ct.stored, ct.ttl_ms) {
+        (false, _) => "MISSING".to_owned(),
+        (true, Some(ms)) => format!("{} left", human::duration(ms)),
+        (true, None) => "stored, no expiry".to_owned(),
+    };
+    if let Some(at) = ct.refreshed_at_ms {
+        token.push_str(&format!(", refreshed {}", human::relative(at, now)));
+    }
+    if let Some(err) = &ct.status.last_error {
+        token.push_str(&format!(
+            ", last error{}{}{}: {}",
+            ct.status
+                .last_error_at_ms
+                .map(|at| format!(" {}", human::relative(at, now)))
+                .unwrap_or_default(),
+            ct.status
+                .last_errcode
+                .map(|c| format!(" (errcode {c})"))
+                .unwrap_or_default(),
+            if ct.failing { "" } else { " (recovered since)" },
+            one_line(&shorten(err, 200))
+        ));
+    }
+    if ct.status.paused {
+        token.push_str(", PAUSED");
+    }
+    let reconciliation = match &v.reconciliation {
+        None => "none stored yet".to_owned(),
+        Some(r) => {
+            let n = |x: Option<u64>| or_dash(x);
+            let mut s = format!(
+                "listed {}, added {}, updated {}, removed {}",
+                n(r.listed),
+                n(r.added),
+                n(r.updated),
+                n(r.removed)
+            );
+            if r.listed.is_none() {
+                s = format!("{:?}", r.summary);
+            }
+            if let Some(at) = r.at_ms {
+                s.push_str(&format!(", {}", human::relative(at, now)));
+            }
+            if let Some(ms) = r.ttl_ms {
+                s.push_str(&format!(" (next within {})", human::duration(ms)));
+            }
+            s
+        }
+    };
+    let b = &v.backlog;
+    let mut backlog = format!("{} due now", b.due_now);
+    if let Some(at) = b.oldest_due_at_ms {
+        backlog.push_str(&format!(", oldest due {}", human::relative(at, now)));
+    }
+    backlog.push_str(&format!(" ({} queued)", b.queued));
+    let facts = [
+        ["  verify ticket".to_owned(), ticket],
+        ["  component token".to_owned(), token],
+        ["  reconciliation".to_owned(), reconciliation],
+        ["  backlog".to_owned(), backlog],
+    ]
+    .map(|r| r.to_vec());
+    out.push_str(&table(&facts));
+    if a.counted != a.total {
+        out.push_str(&format!(
+            "  ({} authorizers counted: the index changed while it was read)\n",
+            a.counted
+        ));
+    }
+    let problems = a.with_problems();
+    if problems == 0 {
+        return out;
+    }
+    let shown: Vec<_> = if limit == 0 {
+        v.problems.iter().collect()
+    } else {
+        v.problems.iter().take(limit).collect()
+    };
+    let mut rows = vec![["  AUTHORIZER", "STATE", "LEFT", "LAST ERROR"]
+        .map(String::from)
+        .to_vec()];
+    for p in &shown {
+        let left = match p.ttl_ms {
+            Some(ms) => format!("{} left", human::duration(ms)),
+            None if p.state == AuthorizerState::Missing => "missing".to_owned(),
+            None => "-".to_owned(),
+        };
+        let mut state = p.state.as_str().to_owned();
+        if let (AuthorizerState::Paused, Some(until)) = (p.state, p.paused_until_ms) {
+            state = format!("paused {}", human::duration(until.saturating_sub(now)));
+        }
+        let error = match &p.last_error {
+            None => "-".to_owned(),
+            Some(e) => format!(
+                "{}{}{}: {}",
+                p.last_error_at_ms
+                    .map(|at| human::relative(at, now))
+                    .unwrap_or_default(),
+                p.last_errcode
+                    .map(|c| format!(", errcode {c}"))
+                    .unwrap_or_default(),
+                p.failures
+                    .map(|f| format!(", {f} failures"))
+                    .unwrap_or_default(),
+                one_line(&shorten(e, 160))
+            ),
+        };
+        rows.push(vec![format!("  {}", one_line(&p.id)), state, left, error]);
+    }
+    out.push_str(&table(&rows));
+    let left_out = problems.saturating_sub(shown.len() as u64);
+    if left_out > 0 {
+        out.push_str(&format!(
+            "  … {left_out} more authorizers not ok (--limit {limit}; `wxtoken status --prefix authorizer/{}/ --problems` lists them as rows)\n",
+            v.appid
+        ));
+    }
+    out
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        s.chars().take(max).chain(std::iter::once('…')).collect()
+    }
 }
 
 /// Rows of cells as columns padded to the widest cell; the last column is

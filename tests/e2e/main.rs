@@ -21,5 +21,6 @@ mod platform;
 mod process;
 mod redis_outage;
 mod scheduler;
+mod status_component;
 mod status_scale;
 mod wechat_faults;

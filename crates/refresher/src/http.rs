@@ -51,8 +51,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wxtoken_schema::{
-    request_refresh, validate_name, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST, KINDS,
-    REQUEST_TTL_SECS,
+    request_refresh, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST, KINDS, REQUEST_TTL_SECS,
 };
 
 /// Content type of `GET /metrics` (the encoder writes OpenMetrics text).
@@ -346,12 +345,12 @@ fn parse_view(
             "prefix" => {
                 once(&mut seen, "prefix")?;
                 if !value.is_empty() {
-                    validate_name("prefix", value).map_err(|_| {
-                        format!(
-                            "prefix: expected up to 64 characters of A-Z a-z 0-9 _ . -, got {}",
+                    if !snapshot::View::valid_prefix(value) {
+                        return Err(format!(
+                            "prefix: expected up to 140 characters of A-Z a-z 0-9 _ . - /, got {}",
                             quoted(value)
-                        )
-                    })?;
+                        ));
+                    }
                     view.prefix = Some(value.clone());
                 }
             }
@@ -361,12 +360,12 @@ fn parse_view(
                     return Err("id: empty; give one or more credential ids".into());
                 }
                 for id in value.split(',').filter(|id| !id.is_empty()) {
-                    validate_name("id", id).map_err(|_| {
-                        format!(
-                            "id: expected credential ids (1-64 characters of A-Z a-z 0-9 _ . -), got {}",
+                    if !snapshot::View::valid_id(id) {
+                        return Err(format!(
+                            "id: expected credential ids (1-64 characters of A-Z a-z 0-9 _ . -, or component/APPID, authorizer/COMPONENT/APPID), got {}",
                             quoted(id)
-                        )
-                    })?;
+                        ));
+                    }
                     ids.insert(id.to_owned());
                 }
                 if ids.len() > MAX_IDS {

@@ -13,7 +13,7 @@
 //! (not serialized; the caller decides whether to show it), a request only
 //! as "forced or not".
 
-use crate::keys::{CredentialKeys, Kind};
+use crate::keys::{ComponentKeys, CredentialKeys, Kind};
 use crate::{info, registry_key, status, Request};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisResult, Value};
@@ -369,6 +369,503 @@ impl Replies {
         let (secs, micros): (u64, u64) = self.next()?;
         Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
     }
+}
+
+// ---- third-party platforms ------------------------------------------------
+
+/// Authorizers [`read_component`] asks about per MULTI/EXEC round trip
+/// (each costs 3 commands, plus one `ZMSCORE` per due-queue shard).
+pub const AUTHORIZER_CHUNK: usize = 1_000;
+
+/// The status fields [`read_component`] reads of each authorizer, in the
+/// order it expects them.
+const AUTHORIZER_FIELDS: [&str; 6] = [
+    status::LAST_OK_AT_MS,
+    status::LAST_ERROR,
+    status::LAST_ERRCODE,
+    status::LAST_ERROR_AT_MS,
+    status::PAUSED_UNTIL_MS,
+    status::FAILURES,
+];
+
+/// How [`read_component`] reads and judges a platform.
+pub struct ComponentRead<'a> {
+    /// Authorizers per round trip (at least 1; [`AUTHORIZER_CHUNK`]).
+    pub chunk: usize,
+    /// Authorizers with a problem kept in [`ComponentView::problems`], at
+    /// most.
+    pub problems: usize,
+    /// The refresh margin, ms, of a value WeChat announced to live
+    /// `expires_in` seconds (`None`: not known): an access token with less
+    /// than this left is `expiring`.
+    pub margin_ms: &'a (dyn Fn(Option<u64>) -> u64 + Sync),
+}
+
+/// One third-party platform at a glance: what its component token depends
+/// on, how its authorizers are doing (counted, never listed whole) and how
+/// much of its work is waiting. No secret and no token: the verify
+/// ticket, the component token and refresh tokens are never read, only
+/// their time left and bookkeeping.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentView {
+    /// The component appid.
+    pub appid: String,
+    /// Its subject id, `component/<appid>`.
+    pub id: String,
+    /// The Redis clock when the read began, Unix ms.
+    pub now_ms: u64,
+    /// The newest verify ticket WeChat pushed.
+    pub verify_ticket: VerifyTicketView,
+    /// The component token and the platform subject's status hash.
+    pub component_token: ComponentTokenView,
+    /// The last reconciliation with `api_get_authorizer_list`, if one is
+    /// stored.
+    pub reconciliation: Option<Reconciliation>,
+    /// The platform's authorizers by state.
+    pub authorizers: AuthorizerCounts,
+    /// Due-queue entries of the platform and its authorizers that are due.
+    pub backlog: Backlog,
+    /// Authorizers with a problem: the first [`ComponentRead::problems`]
+    /// in the order paused, failing, missing, expiring (each in the order
+    /// they were authorized).
+    pub problems: Vec<AuthorizerProblem>,
+    /// Round trips the read took (1 + one per chunk of authorizers).
+    pub round_trips: usize,
+}
+
+/// `wxtoken:{component/C}:verify_ticket` and its info hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyTicketView {
+    /// A ticket is stored.
+    pub stored: bool,
+    /// Time until it lapses, ms.
+    pub ttl_ms: Option<u64>,
+    /// When it was received, Unix ms (Redis clock).
+    pub received_at_ms: Option<u64>,
+    /// Time since it was received, ms.
+    pub age_ms: Option<u64>,
+    /// The push's `CreateTime`, Unix s as WeChat sent it.
+    pub create_time: Option<u64>,
+}
+
+/// The component token and the platform subject's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ComponentTokenView {
+    /// A token is stored.
+    pub stored: bool,
+    /// Time left, ms.
+    pub ttl_ms: Option<u64>,
+    /// Absolute expiry, Unix ms.
+    pub expires_at_ms: Option<u64>,
+    /// Lifetime WeChat announced, s.
+    pub expires_in: Option<u64>,
+    /// When it was written, Unix ms.
+    pub refreshed_at_ms: Option<u64>,
+    /// The last error is newer than the last success.
+    pub failing: bool,
+    /// The platform subject's status hash (`mode` = `component`).
+    pub status: Status,
+}
+
+/// The last reconciliation, from the `authorizer_list` value
+/// (`listed=N,added=A,updated=U,removed=R`) and its info hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reconciliation {
+    /// The stored summary as written (one line, at most 200 characters).
+    pub summary: String,
+    /// Authorizers WeChat listed.
+    pub listed: Option<u64>,
+    /// Authorizers added by it.
+    pub added: Option<u64>,
+    /// Authorizers whose refresh token it replaced.
+    pub updated: Option<u64>,
+    /// Authorizers it removed.
+    pub removed: Option<u64>,
+    /// When it finished, Unix ms.
+    pub at_ms: Option<u64>,
+    /// Time until the next one is due at the latest, ms.
+    pub ttl_ms: Option<u64>,
+}
+
+impl Reconciliation {
+    /// Interprets a stored summary: `key=value` pairs separated by `,`;
+    /// unknown keys and unparsable numbers are ignored.
+    pub fn parse(summary: &str) -> Reconciliation {
+        let mut r = Reconciliation {
+            summary: summary
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+            ..Reconciliation::default()
+        };
+        for part in summary.split(',') {
+            let Some((k, v)) = part.split_once('=') else {
+                continue;
+            };
+            let v = v.trim().parse().ok();
+            match k.trim() {
+                "listed" => r.listed = v,
+                "added" => r.added = v,
+                "updated" => r.updated = v,
+                "removed" => r.removed = v,
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+/// A platform's authorizers by state. Each authorizer is counted once,
+/// under the first state that applies: `paused`, `failing`, `missing`
+/// (no access token stored), `expiring` (less than the refresh margin
+/// left), `ok`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuthorizerCounts {
+    /// Authorizers in the platform's index (`ZCARD`) when the read began.
+    pub total: u64,
+    /// Authorizers read and counted below (differs from `total` only if
+    /// the index changed during the read, or holds malformed appids).
+    pub counted: u64,
+    pub ok: u64,
+    pub expiring: u64,
+    pub missing: u64,
+    pub failing: u64,
+    pub paused: u64,
+}
+
+impl AuthorizerCounts {
+    /// Authorizers in state `s`.
+    pub fn of(&self, s: AuthorizerState) -> u64 {
+        match s {
+            AuthorizerState::Ok => self.ok,
+            AuthorizerState::Expiring => self.expiring,
+            AuthorizerState::Missing => self.missing,
+            AuthorizerState::Failing => self.failing,
+            AuthorizerState::Paused => self.paused,
+        }
+    }
+
+    /// Authorizers that are not `ok`.
+    pub fn with_problems(&self) -> u64 {
+        self.expiring + self.missing + self.failing + self.paused
+    }
+
+    fn add(&mut self, s: AuthorizerState) {
+        self.counted += 1;
+        match s {
+            AuthorizerState::Ok => self.ok += 1,
+            AuthorizerState::Expiring => self.expiring += 1,
+            AuthorizerState::Missing => self.missing += 1,
+            AuthorizerState::Failing => self.failing += 1,
+            AuthorizerState::Paused => self.paused += 1,
+        }
+    }
+}
+
+/// How one authorizer is doing (see [`AuthorizerCounts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizerState {
+    /// Refreshes paused (daily quota exhausted).
+    Paused,
+    /// The last refresh attempt failed (and nothing succeeded since).
+    Failing,
+    /// No access token stored.
+    Missing,
+    /// Less than the refresh margin left.
+    Expiring,
+    /// Fine.
+    Ok,
+}
+
+impl AuthorizerState {
+    /// Problem states, in the order problems are listed.
+    pub const PROBLEMS: [AuthorizerState; 4] = [
+        AuthorizerState::Paused,
+        AuthorizerState::Failing,
+        AuthorizerState::Missing,
+        AuthorizerState::Expiring,
+    ];
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizerState::Paused => "paused",
+            AuthorizerState::Failing => "failing",
+            AuthorizerState::Missing => "missing",
+            AuthorizerState::Expiring => "expiring",
+            AuthorizerState::Ok => "ok",
+        }
+    }
+}
+
+/// Due-queue entries of the platform's subjects (its own values and every
+/// authorizer's) whose due time has come: work waiting for a refresher.
+/// Counted with `ZMSCORE` of exactly those members while the authorizers
+/// are read (the queue's shards are shared with every other subject, and
+/// `ZCOUNT` cannot filter by member), so it costs no extra round trip.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// Entries due now (each chunk judged by its own clock reading).
+    pub due_now: u64,
+    /// The earliest due time among them, Unix ms.
+    pub oldest_due_at_ms: Option<u64>,
+    /// Entries queued in all (due or not).
+    pub queued: u64,
+}
+
+impl Backlog {
+    fn add(&mut self, score: Option<f64>, now_ms: u64) {
+        let Some(s) = score.filter(|s| s.is_finite()) else {
+            return;
+        };
+        self.queued += 1;
+        let at = if s > 0.0 { s as u64 } else { 0 };
+        if at <= now_ms {
+            self.due_now += 1;
+            self.oldest_due_at_ms = Some(self.oldest_due_at_ms.map_or(at, |o| o.min(at)));
+        }
+    }
+}
+
+/// An authorizer that is not `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuthorizerProblem {
+    /// Its subject id, `authorizer/<component>/<appid>`.
+    pub id: String,
+    /// The authorizer appid.
+    pub appid: String,
+    /// Why it is listed.
+    pub state: AuthorizerState,
+    /// Time its access token has left, ms (`None`: none stored, or no TTL).
+    pub ttl_ms: Option<u64>,
+    /// The last failure, in words (never a secret; untrusted text).
+    pub last_error: Option<String>,
+    /// WeChat's errcode of the last failure.
+    pub last_errcode: Option<i64>,
+    /// When the last failure happened, Unix ms.
+    pub last_error_at_ms: Option<u64>,
+    /// Consecutive failures.
+    pub failures: Option<u64>,
+    /// Paused until then, Unix ms.
+    pub paused_until_ms: Option<u64>,
+}
+
+/// Reads platform `component_appid` of `namespace` for operators: the
+/// verify ticket, the component token and status, the last
+/// reconciliation, the size of the authorizer index, then every authorizer
+/// in index order, [`ComponentRead::chunk`] per MULTI/EXEC round trip
+/// (the next page of the index is asked for in the same round trip), each
+/// judged and counted and then dropped: memory stays bounded by the chunk
+/// and [`ComponentRead::problems`], whatever the number of authorizers.
+///
+/// The index is paged by rank, so an authorizer added or removed while
+/// the read runs may shift a page: counts are then off by the few that
+/// moved (`counted` vs `total` shows it). Read-only; never reads a token,
+/// the verify ticket, a refresh token or an authorization code.
+pub async fn read_component<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    component_appid: &str,
+    opts: &ComponentRead<'_>,
+) -> RedisResult<ComponentView> {
+    let ck = ComponentKeys::new(namespace, component_appid)
+        .map_err(|e| redis::RedisError::from((ErrorKind::Client, "bad name", e.to_string())))?;
+    let subject = CredentialKeys::component(namespace, component_appid)
+        .map_err(|e| redis::RedisError::from((ErrorKind::Client, "bad name", e.to_string())))?;
+    let chunk = opts.chunk.max(1);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .ignore_errors()
+        .cmd("TIME")
+        .pttl(ck.verify_ticket())
+        .hgetall(ck.verify_ticket_info())
+        .hgetall(subject.status())
+        .pttl(subject.value(Kind::ComponentAccessToken))
+        .hgetall(subject.info(Kind::ComponentAccessToken))
+        .get(subject.value(Kind::AuthorizerList))
+        .pttl(subject.value(Kind::AuthorizerList))
+        .hgetall(subject.info(Kind::AuthorizerList))
+        .zcard(ck.authorizers());
+    ask_due(&mut pipe, [&subject]);
+    pipe.cmd("ZRANGE")
+        .arg(ck.authorizers())
+        .arg(0)
+        .arg(chunk - 1);
+    let replies: Vec<Value> = pipe.query_async(con).await?;
+    let mut r = Replies(replies.into_iter());
+    let now_ms = r.now_ms()?;
+    let ticket_pttl: i64 = r.lenient(-2)?;
+    let ticket_info: HashMap<String, String> = r.lenient(HashMap::new())?;
+    let status = Status::from_hash(&r.lenient(HashMap::new())?, now_ms);
+    let token_pttl: i64 = r.lenient(-2)?;
+    let token_info: HashMap<String, String> = r.lenient(HashMap::new())?;
+    let list: Option<String> = r.lenient(None)?;
+    let list_pttl: i64 = r.lenient(-2)?;
+    let list_info: HashMap<String, String> = r.lenient(HashMap::new())?;
+    let total: u64 = r.lenient(0)?;
+    let mut backlog = Backlog::default();
+    take_due(&mut r, [&subject], now_ms, &mut backlog)?;
+    let mut page: Vec<String> = r.lenient(Vec::new())?;
+
+    let received_at_ms = num(&ticket_info, "received_at_ms");
+    let ticket_stored = ticket_pttl != -2;
+    let mut view = ComponentView {
+        appid: component_appid.to_owned(),
+        id: subject.id().to_owned(),
+        now_ms,
+        verify_ticket: VerifyTicketView {
+            stored: ticket_stored,
+            ttl_ms: ttl(ticket_pttl),
+            received_at_ms: received_at_ms.filter(|_| ticket_stored),
+            age_ms: received_at_ms
+                .filter(|_| ticket_stored)
+                .map(|at| now_ms.saturating_sub(at)),
+            create_time: num(&ticket_info, "create_time").filter(|_| ticket_stored),
+        },
+        component_token: ComponentTokenView {
+            stored: token_pttl != -2,
+            ttl_ms: ttl(token_pttl),
+            expires_at_ms: num(&token_info, info::EXPIRES_AT_MS),
+            expires_in: num(&token_info, info::EXPIRES_IN),
+            refreshed_at_ms: num(&token_info, info::REFRESHED_AT_MS),
+            failing: status.failing(),
+            status,
+        },
+        reconciliation: list.map(|summary| Reconciliation {
+            at_ms: num(&list_info, info::REFRESHED_AT_MS),
+            ttl_ms: ttl(list_pttl),
+            ..Reconciliation::parse(&summary)
+        }),
+        authorizers: AuthorizerCounts {
+            total,
+            ..AuthorizerCounts::default()
+        },
+        backlog,
+        problems: Vec::new(),
+        round_trips: 1,
+    };
+    // Problems kept per state (each at most `opts.problems`), merged in
+    // state order at the end.
+    let mut kept: [Vec<AuthorizerProblem>; 4] = Default::default();
+    let mut offset = 0usize;
+    while !page.is_empty() {
+        let full = page.len() >= chunk;
+        let keys: Vec<CredentialKeys> = page
+            .iter()
+            .filter_map(|appid| CredentialKeys::authorizer(namespace, component_appid, appid).ok())
+            .collect();
+        offset += page.len();
+        let mut pipe = redis::pipe();
+        pipe.atomic().ignore_errors().cmd("TIME");
+        for k in &keys {
+            pipe.cmd("HMGET").arg(k.status()).arg(&AUTHORIZER_FIELDS);
+            pipe.pttl(k.value(Kind::AccessToken))
+                .hget(k.info(Kind::AccessToken), info::EXPIRES_IN);
+        }
+        ask_due(&mut pipe, &keys);
+        if full {
+            pipe.cmd("ZRANGE")
+                .arg(ck.authorizers())
+                .arg(offset)
+                .arg(offset + chunk - 1);
+        }
+        let replies: Vec<Value> = pipe.query_async(con).await?;
+        view.round_trips += 1;
+        let mut r = Replies(replies.into_iter());
+        let now_ms = r.now_ms()?;
+        for k in &keys {
+            let fields: Vec<Option<String>> = r.lenient(Vec::new())?;
+            let field = |i: usize| fields.get(i).cloned().flatten();
+            let h: HashMap<String, String> = AUTHORIZER_FIELDS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| Some(((*name).to_owned(), field(i)?)))
+                .collect();
+            let st = Status::from_hash(&h, now_ms);
+            let pttl: i64 = r.lenient(-2)?;
+            let expires_in: Option<String> = r.lenient(None)?;
+            let expires_in = expires_in.and_then(|v| v.trim().parse().ok());
+            let state = if st.paused {
+                AuthorizerState::Paused
+            } else if st.failing() {
+                AuthorizerState::Failing
+            } else if pttl == -2 {
+                AuthorizerState::Missing
+            } else if ttl(pttl).is_some_and(|left| left <= (opts.margin_ms)(expires_in)) {
+                AuthorizerState::Expiring
+            } else {
+                AuthorizerState::Ok
+            };
+            view.authorizers.add(state);
+            if let Some(slot) = AuthorizerState::PROBLEMS.iter().position(|s| *s == state) {
+                if kept[slot].len() < opts.problems {
+                    let appid = match k.subject() {
+                        crate::Subject::Authorizer { appid, .. } => appid.to_owned(),
+                        _ => String::new(),
+                    };
+                    kept[slot].push(AuthorizerProblem {
+                        id: k.id().to_owned(),
+                        appid,
+                        state,
+                        ttl_ms: ttl(pttl),
+                        last_error: st.last_error,
+                        last_errcode: st.last_errcode,
+                        last_error_at_ms: st.last_error_at_ms,
+                        failures: num(&h, status::FAILURES),
+                        paused_until_ms: st.paused_until_ms,
+                    });
+                }
+            }
+        }
+        take_due(&mut r, &keys, now_ms, &mut view.backlog)?;
+        page = if full {
+            r.lenient(Vec::new())?
+        } else {
+            Vec::new()
+        };
+    }
+    view.problems = kept.into_iter().flatten().take(opts.problems).collect();
+    Ok(view)
+}
+
+/// The due-queue members of `subjects`, grouped by shard: one `ZMSCORE`
+/// per shard, in shard order.
+fn due_groups<'a>(
+    subjects: impl IntoIterator<Item = &'a CredentialKeys>,
+) -> Vec<(String, Vec<String>)> {
+    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for k in subjects {
+        let members = groups.entry(k.due()).or_default();
+        for &kind in k.kinds() {
+            members.push(k.member(kind));
+        }
+    }
+    groups.into_iter().collect()
+}
+
+/// Adds the due-queue reads of `subjects` to `pipe` (see [`take_due`]).
+fn ask_due<'a>(pipe: &mut redis::Pipeline, subjects: impl IntoIterator<Item = &'a CredentialKeys>) {
+    for (shard, members) in due_groups(subjects) {
+        pipe.cmd("ZMSCORE").arg(shard).arg(members);
+    }
+}
+
+/// Counts the answers of [`ask_due`] into `backlog`, seen at `now_ms`.
+fn take_due<'a>(
+    r: &mut Replies,
+    subjects: impl IntoIterator<Item = &'a CredentialKeys>,
+    now_ms: u64,
+    backlog: &mut Backlog,
+) -> RedisResult<()> {
+    for _ in due_groups(subjects) {
+        let scores: Vec<Option<f64>> = r.lenient(Vec::new())?;
+        for s in scores {
+            backlog.add(s, now_ms);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -423,3 +423,380 @@ async fn hostile_values_read_as_missing_and_hide_nothing_else() {
         Some("86_abcde")
     );
 }
+
+/// A platform with `n` authorizers `wxa00000…`, by `authorize_many` (as a
+/// reconciliation would, with a refresh token each): every fifth has an
+/// access token with plenty left, every seventh (not a fifth) one within
+/// the margin, every eleventh a standing error, every thirteenth a pause.
+mod platform {
+    use super::*;
+    use wxtoken_schema::registry::{self, Authorization};
+    use wxtoken_schema::snapshot::{AuthorizerState, ComponentRead};
+    use wxtoken_schema::{info, store_verify_ticket, ComponentKeys};
+
+    pub const C: &str = "wxcomponent0001";
+    pub const SECRET_RT: &str = "refreshtoken-SECRET-";
+
+    pub fn appid(i: usize) -> String {
+        format!("wxa{i:05}")
+    }
+
+    pub fn expected(i: usize) -> AuthorizerState {
+        if i % 13 == 0 {
+            AuthorizerState::Paused
+        } else if i % 11 == 0 {
+            AuthorizerState::Failing
+        } else if i % 5 == 0 {
+            AuthorizerState::Ok
+        } else if i % 7 == 0 {
+            AuthorizerState::Expiring
+        } else {
+            AuthorizerState::Missing
+        }
+    }
+
+    pub async fn seed(con: &mut redis::aio::MultiplexedConnection, n: usize) -> u64 {
+        let ck = ComponentKeys::new(NS, C).unwrap();
+        let keys: Vec<CredentialKeys> = (0..n)
+            .map(|i| CredentialKeys::authorizer(NS, C, &appid(i)).unwrap())
+            .collect();
+        let tokens: Vec<String> = (0..n).map(|i| format!("{SECRET_RT}{i}")).collect();
+        for (ks, ts) in keys.chunks(500).zip(tokens.chunks(500)) {
+            let items: Vec<(CredentialKeys, Authorization<'_>)> = ks
+                .iter()
+                .zip(ts)
+                .map(|(k, t)| {
+                    (
+                        k.clone(),
+                        Authorization {
+                            code: None,
+                            refresh_token: Some(t),
+                            kinds: &[Kind::AccessToken, Kind::JsapiTicket],
+                            new: false,
+                        },
+                    )
+                })
+                .collect();
+            registry::authorize_many(con, &ck, &items).await.unwrap();
+        }
+        let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(con).await.unwrap();
+        let now_ms = secs * 1000;
+        let mut pipe = redis::pipe();
+        for (i, k) in keys.iter().enumerate() {
+            let ttl_ms = match expected(i) {
+                _ if i % 5 == 0 => Some(7_000_000),
+                AuthorizerState::Expiring => Some(60_000),
+                _ => None,
+            };
+            if let Some(ttl_ms) = ttl_ms {
+                pipe.cmd("SET")
+                    .arg(k.value(Kind::AccessToken))
+                    .arg(format!("authorizer-token-{i}"))
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+                pipe.hset(k.info(Kind::AccessToken), info::EXPIRES_IN, 7200)
+                    .ignore();
+                // Stored values are not due now.
+                pipe.zadd(k.due(), k.member(Kind::AccessToken), now_ms + 3_600_000)
+                    .ignore();
+            }
+            if i % 11 == 0 {
+                pipe.hset_multiple(
+                    k.status(),
+                    &[
+                        (
+                            status::LAST_ERROR,
+                            format!("access_token: errcode 61023 <{i}>"),
+                        ),
+                        (status::LAST_ERRCODE, "61023".to_owned()),
+                        (status::LAST_ERROR_AT_MS, now_ms.to_string()),
+                        (status::FAILURES, "3".to_owned()),
+                    ],
+                )
+                .ignore();
+            }
+            if i % 13 == 0 {
+                pipe.hset(k.status(), status::PAUSED_UNTIL_MS, now_ms + 3_600_000)
+                    .ignore();
+            }
+        }
+        let () = pipe.query_async(con).await.unwrap();
+        now_ms
+    }
+
+    pub fn margin(expires_in: Option<u64>) -> u64 {
+        expires_in.map_or(300_000, |s| (s * 1000 / 4).min(300_000))
+    }
+
+    pub fn opts(chunk: usize, problems: usize) -> ComponentRead<'static> {
+        ComponentRead {
+            chunk,
+            problems,
+            margin_ms: &margin,
+        }
+    }
+
+    pub async fn ticket_and_token(con: &mut redis::aio::MultiplexedConnection) {
+        let ck = ComponentKeys::new(NS, C).unwrap();
+        store_verify_ticket(
+            con,
+            &ck,
+            "ticket@@@SECRET-VERIFY-TICKET",
+            1_700_000_000,
+            Duration::from_millis(wxtoken_schema::VERIFY_TICKET_TTL_MS),
+        )
+        .await
+        .unwrap();
+        let subject = CredentialKeys::component(NS, C).unwrap();
+        let (outcome, _) = testing::store(
+            con,
+            &subject,
+            Kind::ComponentAccessToken,
+            "component-token-SECRET-0123456789",
+            Duration::from_secs(7200),
+            "refresher-1",
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, WriteOutcome::Written { .. }));
+        let _: () = redis::cmd("SET")
+            .arg(subject.value(Kind::AuthorizerList))
+            .arg("listed=5000,added=3,updated=1,removed=2")
+            .arg("PX")
+            .arg(3_600_000)
+            .query_async(con)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(subject.info(Kind::AuthorizerList))
+            .arg(info::REFRESHED_AT_MS)
+            .arg(1_700_000_000_000u64)
+            .query_async(con)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(subject.status())
+            .arg(&[
+                (status::MODE, "component"),
+                (status::LAST_ERROR, "component_access_token: errcode 61006"),
+                (status::LAST_ERRCODE, "61006"),
+                (status::LAST_ERROR_AT_MS, "1"),
+            ])
+            .query_async(con)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_platform_is_summarized_in_chunks_without_secrets() {
+    use wxtoken_schema::snapshot::{read_component, AuthorizerState};
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    // `WXTOKEN_SCALE_AUTHORIZERS` to measure other sizes (timings printed
+    // with --nocapture, never asserted).
+    let n: usize = std::env::var("WXTOKEN_SCALE_AUTHORIZERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    platform::seed(&mut con, n).await;
+    platform::ticket_and_token(&mut con).await;
+
+    let mut want = std::collections::HashMap::<AuthorizerState, u64>::new();
+    for i in 0..n {
+        *want.entry(platform::expected(i)).or_default() += 1;
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let v = read_component(&mut con, NS, platform::C, &platform::opts(1_000, 50))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    println!(
+        "{n} authorizers read in {took:?}, {} round trips",
+        v.round_trips
+    );
+
+    let a = v.authorizers;
+    assert_eq!((a.total, a.counted), (n as u64, n as u64));
+    for s in [
+        AuthorizerState::Ok,
+        AuthorizerState::Expiring,
+        AuthorizerState::Missing,
+        AuthorizerState::Failing,
+        AuthorizerState::Paused,
+    ] {
+        assert_eq!(a.of(s), want[&s], "{s:?}: {a:?}");
+    }
+    assert_eq!(a.with_problems(), n as u64 - want[&AuthorizerState::Ok]);
+
+    // Problems: bounded, worst first, each state in index order.
+    assert_eq!(v.problems.len(), 50);
+    assert!(v
+        .problems
+        .iter()
+        .all(|p| p.state == AuthorizerState::Paused));
+    assert_eq!(
+        v.problems[0].id,
+        format!("authorizer/{}/wxa00000", platform::C)
+    );
+    assert_eq!(v.problems[1].appid, "wxa00013");
+    let v2 = read_component(&mut con, NS, platform::C, &platform::opts(700, 100_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        v2.authorizers, v.authorizers,
+        "the chunk size changes nothing"
+    );
+    assert_eq!(v2.problems.len() as u64, a.with_problems());
+    let failing = v2
+        .problems
+        .iter()
+        .find(|p| p.state == AuthorizerState::Failing)
+        .unwrap();
+    assert_eq!(failing.appid, "wxa00011");
+    assert_eq!(failing.last_errcode, Some(61023));
+    assert_eq!(failing.failures, Some(3));
+    assert_eq!(
+        failing.last_error.as_deref(),
+        Some("access_token: errcode 61023 <11>")
+    );
+    let expiring = v2
+        .problems
+        .iter()
+        .find(|p| p.state == AuthorizerState::Expiring)
+        .unwrap();
+    assert_eq!(expiring.appid, "wxa00007");
+    assert!(expiring.ttl_ms.is_some_and(|t| t <= 60_000));
+    assert_eq!(v2.round_trips, 1 + n.div_ceil(700));
+
+    // Round trips stay chunked: 1 + n / chunk transactions, one TIME each.
+    let chunks = n.div_ceil(1_000) as u64;
+    let stats = |cmd: &str| -> u64 {
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(v.round_trips as u64, 1 + chunks);
+    assert_eq!(stats("exec"), 1 + chunks, "{info}");
+    assert_eq!(stats("time"), 1 + chunks, "{info}");
+    assert_eq!(stats("zrange"), 1 + chunks, "{info}");
+    assert_eq!(stats("hmget"), n as u64, "{info}");
+    // Never a value read beyond the reconciliation summary: no GET of a
+    // token, refresh token or ticket.
+    assert_eq!(stats("get"), 1, "{info}");
+    assert!(stats("zmscore") <= (1 + chunks) * 16, "{info}");
+
+    // Backlog: every authorizer's access token without a stored value and
+    // every jsapi ticket was queued due "now" by authorize_many; the
+    // component token is queued for later, its reconciliation not at all.
+    let stored = (0..n)
+        .filter(|i| i % 5 == 0 || platform::expected(*i) == AuthorizerState::Expiring)
+        .count() as u64;
+    assert_eq!(v.backlog.queued, 2 * n as u64 + 1);
+    assert_eq!(v.backlog.due_now, 2 * n as u64 - stored, "{:?}", v.backlog);
+    assert!(v.backlog.oldest_due_at_ms.is_some_and(|t| t <= v.now_ms));
+
+    // The platform itself.
+    let t = &v.verify_ticket;
+    assert!(t.stored && t.ttl_ms.is_some_and(|t| t > 43_000_000));
+    assert_eq!(t.create_time, Some(1_700_000_000));
+    assert!(t.age_ms.is_some_and(|a| a < 60_000));
+    let ct = &v.component_token;
+    assert!(ct.stored && ct.ttl_ms.is_some_and(|t| t > 7_000_000));
+    assert_eq!(ct.expires_in, Some(7200));
+    assert!(ct.expires_at_ms.is_some() && ct.refreshed_at_ms.is_some());
+    assert_eq!(ct.status.last_errcode, Some(61006));
+    assert!(!ct.failing, "the token was written after the error");
+    let rec = v.reconciliation.as_ref().unwrap();
+    assert_eq!(
+        (rec.listed, rec.added, rec.updated, rec.removed),
+        (Some(5000), Some(3), Some(1), Some(2))
+    );
+    assert_eq!(rec.at_ms, Some(1_700_000_000_000));
+    assert!(rec.ttl_ms.is_some_and(|t| t <= 3_600_000));
+
+    let json = serde_json::to_string(&v2).unwrap();
+    for secret in [
+        platform::SECRET_RT,
+        "SECRET-VERIFY-TICKET",
+        "component-token-SECRET",
+        "authorizer-token-",
+    ] {
+        assert!(!json.contains(secret), "{secret} in {json:.300}");
+    }
+    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for field in [
+        "appid",
+        "id",
+        "now_ms",
+        "verify_ticket",
+        "component_token",
+        "reconciliation",
+        "authorizers",
+        "backlog",
+        "problems",
+        "round_trips",
+    ] {
+        assert!(j.get(field).is_some(), "{field}");
+    }
+    assert_eq!(j["authorizers"]["failing"], want[&AuthorizerState::Failing]);
+    assert_eq!(j["problems"][0]["state"], "paused");
+}
+
+#[tokio::test]
+async fn an_empty_or_broken_platform_reads_as_missing() {
+    use wxtoken_schema::snapshot::read_component;
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let v = read_component(&mut con, NS, "wxnothing", &platform::opts(10, 10))
+        .await
+        .unwrap();
+    assert_eq!(v.round_trips, 1);
+    assert!(!v.verify_ticket.stored && !v.component_token.stored);
+    assert!(v.reconciliation.is_none() && v.problems.is_empty());
+    assert_eq!(v.authorizers, Default::default());
+    assert_eq!(v.backlog, Default::default());
+
+    // Wrong types everywhere: read as missing, never an error.
+    let ck = wxtoken_schema::ComponentKeys::new(NS, "wxbroken").unwrap();
+    let subject = CredentialKeys::component(NS, "wxbroken").unwrap();
+    let mut pipe = redis::pipe();
+    pipe.hset(ck.authorizers(), "a", "b")
+        .ignore()
+        .hset(subject.value(Kind::AuthorizerList), "a", "b")
+        .ignore()
+        .set(ck.verify_ticket_info(), "x")
+        .ignore()
+        .set(subject.status(), "x")
+        .ignore();
+    let () = pipe.query_async(&mut con).await.unwrap();
+    let v = read_component(&mut con, NS, "wxbroken", &platform::opts(10, 10))
+        .await
+        .unwrap();
+    assert_eq!(v.authorizers.total, 0);
+    assert!(v.reconciliation.is_none());
+    assert!(v.verify_ticket.create_time.is_none());
+
+    // Exactly a multiple of the chunk: the last page comes back empty.
+    platform::seed(&mut con, 20).await;
+    let v = read_component(&mut con, NS, platform::C, &platform::opts(10, 3))
+        .await
+        .unwrap();
+    assert_eq!(v.authorizers.counted, 20);
+    assert_eq!(v.round_trips, 3);
+    assert_eq!(v.problems.len(), 3);
+}

@@ -1,7 +1,9 @@
 //! The status page for people: a [`Snapshot`] as one self-contained HTML
 //! document (inline CSS, no scripts, no external assets; it reloads itself
-//! every few seconds): the summary of every credential first, then one page
-//! of credentials (problems first) and links to the rest.
+//! every few seconds): the summary of every credential first, then a block
+//! per third-party platform (its authorizers counted by state, the first
+//! few with a problem, links to page through the rest), then one page of
+//! credentials (problems first) and links to the rest.
 //!
 //! Pure rendering: no I/O, no decisions about health (those come with the
 //! snapshot). Every text that comes from Redis or the config is
@@ -12,6 +14,7 @@ use super::snapshot::{CredentialStatus, Health, KindStatus, Snapshot, View, MAX_
 use crate::human::{clock, duration, relative};
 use crate::metrics::Refreshes;
 use std::fmt::Write;
+use wxtoken_schema::snapshot::{AuthorizerState, ComponentView};
 
 /// Seconds between reloads of the page.
 const RELOAD_SECS: u32 = 5;
@@ -19,6 +22,8 @@ const RELOAD_SECS: u32 = 5;
 const COLUMNS: usize = 9;
 /// Ids of other replicas' credentials listed in the footer.
 const OTHERS_LISTED: usize = 100;
+/// Authorizers with a problem listed in a platform's block.
+const PLATFORM_PROBLEMS_LISTED: usize = 10;
 
 macro_rules! w {
     ($out:expr, $($arg:tt)*) => {
@@ -66,6 +71,9 @@ pub(crate) fn render(s: &Snapshot, view: &View) -> String {
     }
     cards(&mut out, s);
     summary(&mut out, s, view);
+    for p in &s.platforms {
+        platform(&mut out, p);
+    }
     table(&mut out, s, view);
     more(&mut out, s, view);
     footer(&mut out, s);
@@ -264,6 +272,191 @@ fn summary(out: &mut String, s: &Snapshot, view: &View) {
         "</tbody></table><div class=\"sum-note\">{} failing · {} paused</div></section>\n",
         thousands(c.failing),
         thousands(c.paused)
+    );
+}
+
+/// One platform: its verify ticket, component token, authorizers by
+/// state, last reconciliation and backlog as cards, then the first
+/// authorizers with a problem, each linking to its row.
+fn platform(out: &mut String, p: &ComponentView) {
+    let now = p.now_ms;
+    let a = &p.authorizers;
+    let not_ok = a.with_problems();
+    let base = format!("?prefix=authorizer/{}/", p.appid);
+    w!(
+        out,
+        "<section class=\"platform\" id=\"platform-{}\"><div class=\"section\"><h2>Platform <code>{}</code> \
+         <span>{} authorizer{} · <b class=\"{}\">{} not ok</b></span></h2>\
+         <div class=\"filters\">authorizers: <a href=\"{}\">all</a> · <a href=\"{}\">with problems</a></div></div>\n",
+        esc(&p.appid),
+        esc(&p.appid),
+        thousands(a.total as usize),
+        if a.total == 1 { "" } else { "s" },
+        if not_ok > 0 { "bad" } else { "good" },
+        thousands(not_ok as usize),
+        esc(&base),
+        esc(&format!("{base}&problems=true"))
+    );
+    out.push_str("<div class=\"cards pcards\">");
+    let t = &p.verify_ticket;
+    let (v, sub) = if t.stored {
+        (
+            format!(
+                "<span class=\"good\">{}</span> <small>left</small>",
+                t.ttl_ms.map_or("no expiry".to_owned(), duration)
+            ),
+            format!(
+                "received {}{}",
+                t.received_at_ms
+                    .map_or("?".to_owned(), |at| relative(at, now)),
+                t.create_time.map_or(String::new(), |ct| format!(
+                    " · CreateTime {}",
+                    clock(ct.saturating_mul(1000))
+                ))
+            ),
+        )
+    } else {
+        (
+            "<span class=\"bad\">missing</span>".to_owned(),
+            "no component token until WeChat pushes one".to_owned(),
+        )
+    };
+    card(out, "Verify ticket", &v, &esc(&sub));
+    let ct = &p.component_token;
+    let v = match (ct.stored, ct.ttl_ms) {
+        (false, _) => "<span class=\"bad\">missing</span>".to_owned(),
+        (true, Some(ms)) => format!(
+            "<span class=\"good\">{}</span> <small>left</small>",
+            duration(ms)
+        ),
+        (true, None) => "stored <small>no expiry</small>".to_owned(),
+    };
+    let sub = match (&ct.status.last_error, ct.failing) {
+        (Some(e), true) => format!(
+            "<span class=\"bad\">{}{}</span>",
+            ct.status
+                .last_errcode
+                .map_or(String::new(), |c| format!("errcode {c}: ")),
+            esc(&shorten(e, 120))
+        ),
+        _ => esc(&ct
+            .refreshed_at_ms
+            .map_or("never refreshed".to_owned(), |at| {
+                format!("refreshed {}", relative(at, now))
+            })),
+    };
+    card(out, "Component token", &v, &sub);
+    let mut detail = Vec::new();
+    for (st, class) in [
+        (AuthorizerState::Expiring, "warn"),
+        (AuthorizerState::Missing, "bad"),
+        (AuthorizerState::Failing, "bad"),
+        (AuthorizerState::Paused, "warn"),
+    ] {
+        let n = a.of(st) as usize;
+        if n > 0 {
+            detail.push(format!(
+                "<span class=\"{class}\">{} {}</span>",
+                thousands(n),
+                st.as_str()
+            ));
+        }
+    }
+    if detail.is_empty() {
+        detail.push("all fine".to_owned());
+    }
+    card(
+        out,
+        "Authorizers ok",
+        &format!(
+            "{} <small>/ {}</small>",
+            thousands(a.ok as usize),
+            thousands(a.total as usize)
+        ),
+        &detail.join(" · "),
+    );
+    let (v, sub) = match &p.reconciliation {
+        None => (
+            "<span class=\"zero\">none yet</span>".to_owned(),
+            String::new(),
+        ),
+        Some(r) => (
+            esc(&r.at_ms.map_or("?".to_owned(), |at| relative(at, now))),
+            match r.listed {
+                Some(listed) => format!(
+                    "listed {} · added {} · updated {} · removed {}",
+                    thousands(listed as usize),
+                    r.added.unwrap_or(0),
+                    r.updated.unwrap_or(0),
+                    r.removed.unwrap_or(0)
+                ),
+                None => esc(&r.summary),
+            },
+        ),
+    };
+    card(out, "Last reconciliation", &v, &sub);
+    let b = &p.backlog;
+    card(
+        out,
+        "Backlog",
+        &format!(
+            "<span class=\"{}\">{}</span> <small>due now</small>",
+            if b.due_now > 0 { "warn" } else { "good" },
+            thousands(b.due_now as usize)
+        ),
+        &esc(&format!(
+            "{}{} queued",
+            b.oldest_due_at_ms.map_or(String::new(), |at| format!(
+                "oldest due {} · ",
+                relative(at, now)
+            )),
+            thousands(b.queued as usize)
+        )),
+    );
+    out.push_str("</div>\n");
+    if !p.problems.is_empty() {
+        out.push_str(
+            "<table class=\"sum probs\"><thead><tr><th>Authorizer</th><th>State</th>\
+             <th>Time left</th><th>Last error</th></tr></thead><tbody>",
+        );
+        for x in p.problems.iter().take(PLATFORM_PROBLEMS_LISTED) {
+            let class = match x.state {
+                AuthorizerState::Expiring | AuthorizerState::Paused => "warn",
+                _ => "bad",
+            };
+            w!(
+                out,
+                "<tr><td><a href=\"{}\"><code>{}</code></a></td><td><span class=\"badge {class}\">{}</span></td><td>{}</td><td class=\"msg\">{}{}</td></tr>",
+                esc(&format!("?id={}", x.id)),
+                esc(&x.appid),
+                x.state.as_str(),
+                esc(&x.ttl_ms.map_or("—".to_owned(), duration)),
+                x.last_errcode
+                    .map_or(String::new(), |c| format!("<span class=\"errcode\">errcode {c}</span>")),
+                esc(&shorten(x.last_error.as_deref().unwrap_or(""), 160))
+            );
+        }
+        out.push_str("</tbody></table>");
+        let left = not_ok.saturating_sub(PLATFORM_PROBLEMS_LISTED.min(p.problems.len()) as u64);
+        if left > 0 {
+            w!(
+                out,
+                "<p class=\"more\"><b>{} more</b> not ok — <a href=\"{}\">page through them</a></p>",
+                thousands(left as usize),
+                esc(&format!("{base}&problems=true"))
+            );
+        }
+    }
+    out.push_str("</section>\n");
+}
+
+/// One card: a label, a value (HTML) and a line under it (HTML).
+fn card(out: &mut String, label: &str, value: &str, sub: &str) {
+    w!(
+        out,
+        "<div class=\"card\"><div class=\"k\">{}</div><div class=\"v\">{value}</div>\
+         <div class=\"s\">{sub}</div></div>",
+        esc(label)
     );
 }
 
@@ -717,6 +910,10 @@ table.sum tbody tr:last-child td{border-bottom:0}
 .sum-note{font-size:12px;color:var(--muted);margin:5px 2px 0}
 tbody.group td{background:#f8fafc;color:var(--muted);font-size:11px;text-transform:uppercase;letter-spacing:.6px;font-weight:600;padding:6px 10px}
 .more{margin:10px 2px;font-size:13px}
+.platform{margin-bottom:18px}
+.pcards{grid-template-columns:repeat(5,minmax(0,1fr));margin-bottom:10px}
+table.probs td{white-space:normal}
+table.probs td.msg{color:#9b1c1c;font-size:12.5px;word-break:break-word}
 "#;
 
 #[cfg(test)]
@@ -807,6 +1004,7 @@ mod tests {
             }],
             other_credentials: vec!["elsewhere".into()],
             other_credentials_total: 1,
+            platforms: Vec::new(),
         }
     }
 
@@ -916,6 +1114,96 @@ mod tests {
         let html = render(&s, &v);
         assert!(!html.contains("more</b>"));
         assert!(html.contains("<a href=\"?prefix=oa&amp;offset=19998\">previous page</a>"));
+    }
+
+    fn platform_view() -> ComponentView {
+        use wxtoken_schema::snapshot::{
+            AuthorizerCounts, AuthorizerProblem, Backlog, ComponentTokenView, Reconciliation,
+            VerifyTicketView,
+        };
+        let now = 1_700_000_200_000;
+        ComponentView {
+            appid: "wxcomp".into(),
+            id: "component/wxcomp".into(),
+            now_ms: now,
+            verify_ticket: VerifyTicketView {
+                stored: true,
+                ttl_ms: Some(40_000_000),
+                received_at_ms: Some(now - 180_000),
+                age_ms: Some(180_000),
+                create_time: Some(1_700_000_000),
+            },
+            component_token: ComponentTokenView {
+                stored: false,
+                failing: true,
+                status: Status {
+                    last_error: Some("component_access_token: <img src=x> & co".into()),
+                    last_errcode: Some(61006),
+                    ..Status::default()
+                },
+                ..ComponentTokenView::default()
+            },
+            reconciliation: Some(Reconciliation {
+                at_ms: Some(now - 3_600_000),
+                ..Reconciliation::parse("listed=100000,added=3,updated=1,removed=2")
+            }),
+            authorizers: AuthorizerCounts {
+                total: 100_000,
+                counted: 100_000,
+                ok: 99_000,
+                expiring: 400,
+                missing: 300,
+                failing: 250,
+                paused: 50,
+            },
+            backlog: Backlog {
+                due_now: 12,
+                oldest_due_at_ms: Some(now - 5_000),
+                queued: 200_002,
+            },
+            problems: (0..50)
+                .map(|i| AuthorizerProblem {
+                    id: format!("authorizer/wxcomp/wxa{i:05}"),
+                    appid: format!("wxa{i:05}"),
+                    state: AuthorizerState::Failing,
+                    ttl_ms: None,
+                    last_error: Some(format!("access_token: <script>x{i}</script>")),
+                    last_errcode: Some(61023),
+                    last_error_at_ms: Some(now),
+                    failures: Some(2),
+                    paused_until_ms: None,
+                })
+                .collect(),
+            round_trips: 101,
+        }
+    }
+
+    #[test]
+    fn a_platform_is_a_block_of_counts_and_its_first_problems() {
+        let mut s = snapshot();
+        s.platforms = vec![platform_view()];
+        let html = render(&s, &view());
+        assert!(!html.contains("<script"), "escaped");
+        assert!(!html.contains("<img"), "escaped");
+        assert!(html.contains("&lt;img src=x&gt; &amp; co"), "{html}");
+        let block = html.find("id=\"platform-wxcomp\"").unwrap();
+        let table = html.find("<table class=\"creds\">").unwrap();
+        assert!(block < table, "platforms before the credentials");
+        assert!(
+            html.contains("100,000 authorizers · <b class=\"bad\">1,000 not ok</b>"),
+            "{html}"
+        );
+        assert!(html.contains("99,000 <small>/ 100,000</small>"), "{html}");
+        assert!(html.contains("400 expiring") && html.contains("250 failing"));
+        assert!(html.contains("listed 100,000 · added 3 · updated 1 · removed 2"));
+        assert!(html.contains(">12</span> <small>due now"), "{html}");
+        assert!(html.contains("errcode 61006"));
+        // Ten problem rows, linking to their own rows; the rest by link.
+        assert_eq!(html.matches("href=\"?id=authorizer/wxcomp/").count(), 10);
+        assert!(html.contains("<a href=\"?id=authorizer/wxcomp/wxa00000\">"));
+        assert!(!html.contains("wxa00010"));
+        assert!(html.contains("<b>990 more</b> not ok"), "{html}");
+        assert!(html.contains("href=\"?prefix=authorizer/wxcomp/&amp;problems=true\""));
     }
 
     #[test]

@@ -13,6 +13,13 @@
 //!   status`, so field names and meanings are shared) reads everything about
 //!   the credentials of the requested page only (at most [`MAX_LIMIT`]).
 //!
+//! Third-party platforms held here get a [`ComponentView`] each
+//! ([`wxtoken_schema::snapshot::read_component`]): their authorizers (up to
+//! 100,000 each, held through the platform) are counted by state in chunks
+//! and never listed whole; they are credentials of the table only when the
+//! view asks for them (`id=authorizer/C/A`, `prefix=authorizer/…`), and
+//! never "other credentials".
+//!
 //! When Redis does not answer, the snapshot says so and still describes the
 //! configuration. What is added here is this replica's own: health against
 //! its refresh margin, its refresh counts, Redis latency and uptime. It must
@@ -28,8 +35,10 @@ use redis::{ErrorKind, FromRedisValue, RedisResult, Value};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Instant, UNIX_EPOCH};
-use wxtoken_schema::snapshot::{self as redis_view, Status, ValueStatus};
-use wxtoken_schema::{info, status, Kind, KINDS};
+use wxtoken_schema::snapshot::{
+    self as redis_view, ComponentRead, ComponentView, Status, ValueStatus,
+};
+use wxtoken_schema::{info, status, ComponentKeys, CredentialKeys, Kind, Subject, KINDS};
 
 /// Credentials per request unless `limit` says otherwise.
 pub(crate) const DEFAULT_LIMIT: usize = 500;
@@ -40,6 +49,10 @@ pub(crate) const OTHERS_SHOWN: usize = 1_000;
 /// Credentials [`triage`] asks about per round trip (1 + 2 per kind
 /// commands each).
 const TRIAGE_CHUNK: usize = 1_000;
+/// Authorizers with a problem listed per platform (the rest are counted).
+pub(crate) const PLATFORM_PROBLEMS: usize = 50;
+/// Longest `prefix` or `id` accepted: `authorizer/<64>/<64>`.
+const MAX_ID_LEN: usize = 140;
 
 /// What one request asks to see: the filters, then the page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +101,35 @@ impl View {
     pub fn filtered(&self) -> bool {
         self.problems || self.ids.is_some() || self.prefix.is_some()
     }
+
+    /// Whether `id` can be asked for: a credential id, `component/<appid>`
+    /// or `authorizer/<component appid>/<appid>`.
+    pub fn valid_id(id: &str) -> bool {
+        Subject::parse(id).is_some()
+    }
+
+    /// Whether `prefix` can be a prefix filter: up to 140 characters of
+    /// `A-Z a-z 0-9 _ . -` and `/` (which needs no percent-encoding in a
+    /// query string).
+    pub fn valid_prefix(prefix: &str) -> bool {
+        prefix.len() <= MAX_ID_LEN
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
+    }
+
+    /// Whether the view asks for authorizers of platform `component` as
+    /// credentials of the table: by id, or by a prefix starting with
+    /// `authorizer/` that some of them match.
+    fn asks_for_authorizers_of(&self, component: &str) -> bool {
+        let base = format!("authorizer/{component}/");
+        self.prefix.as_deref().is_some_and(|p| {
+            p.starts_with("authorizer/") && (p.starts_with(&base) || base.starts_with(p))
+        }) || self
+            .ids
+            .as_ref()
+            .is_some_and(|ids| ids.iter().any(|id| id.starts_with(&base)))
+    }
 }
 
 /// This replica and its credentials, at one instant.
@@ -120,6 +162,11 @@ pub(crate) struct Snapshot {
     pub other_credentials: Vec<String>,
     /// How many there are in all.
     pub other_credentials_total: usize,
+    /// The third-party platforms held here, by component appid: each with
+    /// its authorizers counted by state and the first
+    /// [`PLATFORM_PROBLEMS`] with a problem (empty when Redis did not
+    /// answer).
+    pub platforms: Vec<ComponentView>,
 }
 
 /// The requested page.
@@ -318,11 +365,58 @@ pub(crate) async fn take(
 ) -> Snapshot {
     let started = Instant::now();
     let margin = |expires_in: Option<u64>| margin_ms(&sh.refresh, expires_in);
+    // The platforms held here (their authorizers are held through them).
+    let platforms: Vec<&str> = creds
+        .iter()
+        .filter_map(|c| match c.keys.subject() {
+            Subject::Component(appid) => Some(appid),
+            _ => None,
+        })
+        .collect();
+    let is_held = |id: &str| {
+        is_held(id)
+            || matches!(Subject::parse(id), Some(Subject::Authorizer { component, .. })
+                if platforms.contains(&component))
+    };
     let triaged = triage(sh, creds, margin).await;
-    let (summary, problems) = match &triaged {
+    // Authorizers asked for by the view, triaged too (not in the summary).
+    let asked = match &triaged {
+        Ok(_) => asked_authorizers(sh, &platforms, view).await,
+        Err(e) => Err(e.clone()),
+    };
+    let asked = asked.unwrap_or_default();
+    let extra: Vec<Managed<'_>> = asked
+        .iter()
+        .map(|(keys, appid, kinds)| Managed {
+            keys,
+            appid,
+            mode: "authorizer",
+            kinds: kinds.clone(),
+        })
+        .collect();
+    let extra_triaged = match &triaged {
+        Ok(_) if !extra.is_empty() => triage(sh, &extra, margin).await.ok(),
+        _ => None,
+    };
+    let (summary, mut problems) = match &triaged {
         Ok(t) => (t.summary.clone(), t.problems.clone()),
         Err(_) => (unknown_summary(creds), vec![false; creds.len()]),
     };
+    problems.extend(match extra_triaged {
+        Some(t) => t.problems,
+        None => vec![false; extra.len()],
+    });
+    let all: Vec<Managed<'_>> = creds
+        .iter()
+        .map(|c| Managed {
+            keys: c.keys,
+            appid: c.appid,
+            mode: c.mode,
+            kinds: c.kinds.clone(),
+        })
+        .chain(extra)
+        .collect();
+    let creds = &all[..];
     let shown = select(creds, &problems, view);
     let page = Page {
         offset: view.offset,
@@ -334,6 +428,10 @@ pub(crate) async fn take(
     let read = match &triaged {
         Ok(_) => read(sh, shown.indices.iter().map(|&i| &creds[i])).await,
         Err(e) => Err(e.clone()),
+    };
+    let platform_views = match &read {
+        Ok(_) => read_platforms(sh, &platforms, margin).await,
+        Err(_) => Vec::new(),
     };
     let latency = started.elapsed();
     let refreshes = sh.metrics.refreshes.by_value();
@@ -396,7 +494,101 @@ pub(crate) async fn take(
         credentials,
         other_credentials,
         other_credentials_total,
+        platforms: platform_views,
     }
+}
+
+/// An authorizer asked for by the view: its keys, appid and kinds.
+type Asked = (CredentialKeys, String, Vec<Kind>);
+
+/// The authorizers of held `platforms` that `view` asks for as credentials
+/// of the table (none unless it names them or filters by an
+/// `authorizer/…` prefix), from the platforms' indexes.
+async fn asked_authorizers(
+    sh: &Shared,
+    platforms: &[&str],
+    view: &View,
+) -> Result<Vec<Asked>, RedisError> {
+    let mut out = Vec::new();
+    for &component in platforms {
+        if !view.asks_for_authorizers_of(component) {
+            continue;
+        }
+        let Some(config) = sh.registry.component(component) else {
+            continue;
+        };
+        let kinds = config.authorizer_kinds();
+        let Ok(ck) = ComponentKeys::new(&sh.namespace, component) else {
+            continue;
+        };
+        // By id: exactly those (if in the index); by prefix: the index.
+        let appids: Vec<String> = match (&view.prefix, &view.ids) {
+            (None, Some(ids)) => ids
+                .iter()
+                .filter_map(|id| match Subject::parse(id) {
+                    Some(Subject::Authorizer {
+                        component: c,
+                        appid,
+                    }) if c == component => Some(appid.to_owned()),
+                    _ => None,
+                })
+                .collect(),
+            _ => {
+                let mut con = sh.redis.con();
+                sh.redis
+                    .step(wxtoken_schema::registry::authorizers(
+                        &mut con,
+                        &ck,
+                        0,
+                        1 << 40,
+                    ))
+                    .await?
+                    .into_iter()
+                    .map(|(appid, _)| appid)
+                    .collect()
+            }
+        };
+        for appid in appids {
+            if let Ok(keys) = CredentialKeys::authorizer(&sh.namespace, component, &appid) {
+                let id = keys.id();
+                if view.ids.as_ref().is_none_or(|ids| ids.contains(id))
+                    && view.prefix.as_deref().is_none_or(|p| id.starts_with(p))
+                {
+                    out.push((keys, appid, kinds.clone()));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.id().cmp(b.0.id()));
+    Ok(out)
+}
+
+/// Each held platform's view, by component appid; a platform Redis did not
+/// answer about is left out (logged). Each round trip is bounded by the
+/// connection's response timeout.
+async fn read_platforms(
+    sh: &Shared,
+    platforms: &[&str],
+    margin_ms: impl Fn(Option<u64>) -> u64 + Sync,
+) -> Vec<ComponentView> {
+    let mut sorted = platforms.to_vec();
+    sorted.sort_unstable();
+    let opts = ComponentRead {
+        chunk: redis_view::AUTHORIZER_CHUNK,
+        problems: PLATFORM_PROBLEMS,
+        margin_ms: &margin_ms,
+    };
+    let mut out = Vec::with_capacity(sorted.len());
+    for appid in sorted {
+        let mut con = sh.redis.con();
+        match redis_view::read_component(&mut con, &sh.namespace, appid, &opts).await {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                tracing::warn!(component = appid, error = %e, "could not read the platform for the status page")
+            }
+        }
+    }
+    out
 }
 
 /// The credentials a view shows.
@@ -821,6 +1013,46 @@ mod tests {
             (vec!["a1", "c1"], 2)
         );
         assert_eq!(shown(View { limit: 0, ..all }), (vec![], 5));
+    }
+
+    #[test]
+    fn authorizers_are_asked_for_by_id_or_authorizer_prefix_only() {
+        assert!(View::valid_id("authorizer/wxc/wxa1"));
+        assert!(View::valid_id("component/wxc") && View::valid_id("oa-main"));
+        for bad in ["authorizer/wxc", "a/b", "<b>", "authorizer/wxc/wxa1/x", ""] {
+            assert!(!View::valid_id(bad), "{bad:?}");
+        }
+        assert!(View::valid_prefix("authorizer/wxc/") && View::valid_prefix("oa-"));
+        assert!(!View::valid_prefix("a b") && !View::valid_prefix(&"x".repeat(141)));
+        let prefix = |p: &str| View {
+            prefix: Some(p.into()),
+            ..View::default()
+        };
+        assert!(prefix("authorizer/wxc/").asks_for_authorizers_of("wxc"));
+        assert!(prefix("authorizer/wxc/wxa1").asks_for_authorizers_of("wxc"));
+        assert!(prefix("authorizer/").asks_for_authorizers_of("wxc"));
+        assert!(prefix("authorizer/wx").asks_for_authorizers_of("wxc"));
+        assert!(!prefix("authorizer/wxd/").asks_for_authorizers_of("wxc"));
+        assert!(
+            !prefix("a").asks_for_authorizers_of("wxc"),
+            "not by default"
+        );
+        assert!(!View::default().asks_for_authorizers_of("wxc"));
+        let ids = View {
+            ids: Some(["authorizer/wxc/wxa1".to_owned(), "oa".to_owned()].into()),
+            ..View::default()
+        };
+        assert!(ids.asks_for_authorizers_of("wxc"));
+        assert!(!ids.asks_for_authorizers_of("wxcc"));
+        assert_eq!(
+            View {
+                prefix: Some("authorizer/wxc/".into()),
+                problems: true,
+                ..View::default()
+            }
+            .filters_query(),
+            "problems=true&prefix=authorizer/wxc/"
+        );
     }
 
     #[test]
