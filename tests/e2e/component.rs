@@ -83,6 +83,20 @@ async fn start() -> Scenario {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The replica fetches the component token with the first ticket it
+    // gets (asking WeChat for a push at start): wait until that is done,
+    // so that the pushes below are the only ones.
+    let token_keys = wxtoken_schema::CredentialKeys::component("wxtoken", APPID).unwrap();
+    crate::common::eventually(Duration::from_secs(20), "the component token", || async {
+        crate::common::stored(
+            &mut env.redis_con().await,
+            &token_keys,
+            wxtoken_schema::Kind::ComponentAccessToken,
+        )
+        .await
+        .is_some()
+    })
+    .await;
     Scenario {
         env,
         replica,

@@ -1747,6 +1747,18 @@ secret_env = "MINI_SECRET"
         .unwrap();
         assert_eq!(c.components.len(), 1);
         assert!(c.components[0].previous_encoding_aes_key.is_some());
+        assert_eq!(
+            c.components[0].authorizer_kinds(),
+            [
+                wxtoken_schema::Kind::AccessToken,
+                wxtoken_schema::Kind::JsapiTicket
+            ]
+        );
+        assert_eq!(c.components[0].calls_per_second, 100.0);
+        assert_eq!(
+            c.components[0].reconcile_interval,
+            Duration::from_secs(86_400)
+        );
     }
 
     const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
@@ -1859,6 +1871,22 @@ secret_env = "MINI_SECRET"
                     component("encoding_aes_key_env = \"CK\"\n").replace("platform", "other")
                 ),
                 "component[1].appid: wxc1 is already used by component \"platform\"",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\nauthorizer_tickets = [\"wx_card\"]\n"),
+                "component[0].authorizer_tickets: only \"jsapi\" is kept for authorizers",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\nburst = 0\n"),
+                "component[0].burst: must be at least 1",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\ncalls_per_second = -1\n"),
+                "component[0].calls_per_second: must be a number of calls per second",
+            ),
+            (
+                component("encoding_aes_key_env = \"CK\"\nreconcile_interval = \"10s\"\n"),
+                "component[0].reconcile_interval: must be at least 1m",
             ),
         ];
         for (text, want) in cases {
