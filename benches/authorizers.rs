@@ -78,7 +78,6 @@ async fn start(n: u32, lifetime: Duration) -> Run {
                     ports[0]
                 )),
             })
-            .with_authorizers(COMPONENT, n)
             .with_timing(Timing {
                 expires_in: lifetime,
                 authorizer_token_daily_quota: u32::MAX,
@@ -88,16 +87,11 @@ async fn start(n: u32, lifetime: Duration) -> Run {
     )
     .await
     .expect("simulator");
-    let appids = {
-        let admin = sim.admin();
-        let mut appids: Vec<String> = admin
-            .authorizer_issue_counts(COMPONENT)
-            .expect("component")
-            .into_keys()
-            .collect();
-        appids.sort();
-        appids
-    };
+    // Authorized before wxtoken ever ran: only WeChat's list knows them.
+    let appids = sim
+        .admin()
+        .bulk_authorize(COMPONENT, n)
+        .expect("bulk authorize");
     assert_eq!(appids.len(), n as usize);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut replicas = Vec::new();

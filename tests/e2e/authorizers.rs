@@ -440,3 +440,185 @@ async fn a_refused_refresh_token_is_recovered_from_the_authorizer_list() {
         Some(&rt.trim_start_matches("refreshtoken@@@")[..8])
     );
 }
+
+/// Runs the `wxtoken` binary with `stdin`; (exit code, stdout + stderr).
+async fn wxtoken(args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+        .args(args)
+        .env_remove("WXTOKEN_REDIS_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_add_by_code_and_a_reconciliation_removes_who_left_unannounced() {
+    let platform = Platform::new(14);
+    let ports = ports(1);
+    let env = Env::start(Setup {
+        credentials: 0,
+        lifetime: Duration::from_secs(600),
+        sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        ..Setup::default()
+    })
+    .await;
+    let replicas = spawn(&env, std::slice::from_ref(&platform), &ports, "").await;
+    let component = platform.keys();
+    eventually(Duration::from_secs(20), "the component token", || async {
+        stored(
+            &mut env.redis_con().await,
+            &component,
+            Kind::ComponentAccessToken,
+        )
+        .await
+        .is_some()
+    })
+    .await;
+    let url = env.redis.url();
+
+    // An operator adds an account by the code the authorization page gave.
+    let added = "wxauthorizer000100";
+    let code = env
+        .admin
+        .authorize_without_push(&platform.appid, added)
+        .unwrap()
+        .authorization_code
+        .unwrap();
+    let (status, out) = wxtoken(
+        &[
+            "authorizers",
+            "add",
+            "--redis-url",
+            &url,
+            "--component",
+            &platform.appid,
+            "--authorizer",
+            added,
+            "--code",
+            "-",
+        ],
+        &code,
+    )
+    .await;
+    assert_eq!(status, Some(0), "{out}");
+    assert!(!out.contains(&code), "the code was echoed: {out}");
+    let k = keys(&platform, added);
+    eventually(
+        Duration::from_secs(20),
+        "the added account's token",
+        || async {
+            stored(&mut env.redis_con().await, &k, Kind::AccessToken)
+                .await
+                .is_some_and(|t| env.admin.check_authorizer_token(&t).is_ok())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.admin
+            .authorizer_counts(&platform.appid, added)
+            .unwrap()
+            .query_auth,
+        1
+    );
+
+    // Two more by push; one of them leaves without WeChat telling us.
+    let (stays, leaves) = ("wxauthorizer000101", "wxauthorizer000102");
+    for a in [stays, leaves] {
+        assert!(
+            env.admin
+                .authorize(&platform.appid, a)
+                .await
+                .unwrap()
+                .push
+                .unwrap()
+                .success
+        );
+    }
+    eventually(Duration::from_secs(20), "both tokens", || async {
+        let mut con = env.redis_con().await;
+        stored(&mut con, &keys(&platform, stays), Kind::AccessToken)
+            .await
+            .is_some()
+            && stored(&mut con, &keys(&platform, leaves), Kind::AccessToken)
+                .await
+                .is_some()
+    })
+    .await;
+    env.admin
+        .unauthorize_without_push(&platform.appid, leaves)
+        .unwrap();
+    let (status, out) = wxtoken(
+        &[
+            "authorizers",
+            "reconcile",
+            "--redis-url",
+            &url,
+            "--component",
+            &platform.appid,
+            "--wait",
+            "20s",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, Some(0), "{out}\n{}", replicas[0].logs());
+    let mut con = env.redis_con().await;
+    let gone = keys(&platform, leaves);
+    for key in [
+        gone.value(Kind::AccessToken),
+        gone.refresh_token(),
+        gone.status(),
+    ] {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{key} left after the reconciliation");
+    }
+    for a in [added, stays] {
+        assert!(
+            stored(&mut con, &keys(&platform, a), Kind::AccessToken)
+                .await
+                .is_some(),
+            "{a} was removed"
+        );
+    }
+    let summary: String = redis::cmd("GET")
+        .arg(component.value(Kind::AuthorizerList))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(summary.ends_with("removed=1"), "{summary}");
+    let (status, out) = wxtoken(
+        &[
+            "authorizers",
+            "list",
+            "--redis-url",
+            &url,
+            "--component",
+            &platform.appid,
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, Some(0), "{out}");
+    assert!(
+        out.contains(added) && out.contains(stays) && !out.contains(leaves),
+        "{out}"
+    );
+}

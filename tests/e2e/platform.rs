@@ -342,3 +342,81 @@ async fn two_platforms_on_one_deployment_keep_tickets_and_tokens_apart() {
     // The app credential is refreshed beside them.
     env.wait_all_stored(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_added_and_removed_by_sighup_is_received_and_refreshed() {
+    let platform = Platform::new(5);
+    let port = ports(1)[0];
+    let env = Env::start(Setup {
+        credentials: 1,
+        lifetime: Duration::from_secs(60),
+        sim_components: vec![platform.sim(push_url(port, &platform))],
+        ..Setup::default()
+    })
+    .await;
+    let base =
+        env.config_text(&env.redis.url()) + &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    let vars = platform.env(0);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let replica = env.spawn_replica_config("replica-1", &base, &vars);
+    wait_healthz(&format!("http://127.0.0.1:{port}"), || replica.logs()).await;
+    env.wait_all_stored(Duration::from_secs(10)).await;
+
+    // Not configured yet: pushes are 404 and nothing is fetched.
+    let push = env.admin.push_ticket(&platform.appid).await.unwrap();
+    assert_eq!(push.status, Some(404), "{push:?}");
+
+    // Added by SIGHUP: received, and the component token fetched.
+    let config = env.dir.path().join("replica-1.toml");
+    std::fs::write(&config, base.clone() + &platform.config(0, "")).unwrap();
+    replica.signal(nix::sys::signal::Signal::SIGHUP);
+    let keys = platform.keys();
+    eventually(
+        Duration::from_secs(20),
+        "the component token after SIGHUP",
+        || async {
+            if stored(&env, &keys, Kind::ComponentAccessToken)
+                .await
+                .is_some()
+            {
+                return true;
+            }
+            // The replica asks for a push when it finds no ticket; push too, in
+            // case the reload came after WeChat's push.
+            let _ = env.admin.push_ticket(&platform.appid).await;
+            false
+        },
+    )
+    .await;
+    let token = stored(&env, &keys, Kind::ComponentAccessToken)
+        .await
+        .unwrap();
+    assert_eq!(env.admin.check_component_token(&token), Ok(()));
+
+    // Removed by SIGHUP: pushes are 404 again, the platform's own keys go
+    // (no other replica holds it); the app credential stays.
+    std::fs::write(&config, &base).unwrap();
+    replica.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(
+        Duration::from_secs(10),
+        "pushes refused after removal",
+        || async {
+            env.admin
+                .push_ticket(&platform.appid)
+                .await
+                .is_ok_and(|p| p.status == Some(404))
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the platform's keys deleted",
+        || async {
+            stored(&env, &keys, Kind::ComponentAccessToken)
+                .await
+                .is_none()
+        },
+    )
+    .await;
+    env.wait_all_stored(Duration::from_secs(5)).await;
+}

@@ -228,6 +228,13 @@ pub async fn reconcile(
     })
 }
 
+/// Whether removing `unlisted` of `registered` authorizers at once is more
+/// than a reconciliation may do by itself: more than 10 and more than a
+/// tenth of them.
+fn too_many_to_remove(unlisted: u64, registered: u64) -> bool {
+    unlisted > 10 && unlisted * 10 > registered
+}
+
 /// Removes the platform's registered authorizers that are not in `listed`
 /// and were authorized before `started_ms`. Returns how many.
 async fn remove_unlisted(
@@ -238,6 +245,7 @@ async fn remove_unlisted(
 ) -> Result<u64, RedisError> {
     let mut gone = Vec::new();
     let mut offset = 0;
+    let mut last_page;
     loop {
         let mut con = sh.redis.con();
         let page = sh
@@ -245,6 +253,7 @@ async fn remove_unlisted(
             .step(registry::authorizers(&mut con, index, offset, INDEX_PAGE))
             .await?;
         offset += INDEX_PAGE;
+        last_page = page.len();
         let last = page.len() < INDEX_PAGE;
         gone.extend(
             page.into_iter()
@@ -254,6 +263,15 @@ async fn remove_unlisted(
         if last {
             break;
         }
+    }
+    // WeChat's list is the truth, but a wrong one (an outage answering an
+    // empty or short list) must not wipe the durable state of many
+    // accounts: a large removal waits for an operator.
+    let registered = offset.saturating_sub(INDEX_PAGE) as u64 + last_page as u64;
+    if too_many_to_remove(gone.len() as u64, registered) {
+        tracing::error!(component = index.appid(), unlisted = gone.len(), registered,
+            "WeChat's authorizer list leaves out more than a tenth of the registered authorizers; none removed. If they really left, remove them with `wxtoken authorizers remove`");
+        return Ok(0);
     }
     let mut removed = 0;
     for appid in gone {
@@ -276,4 +294,33 @@ async fn remove_unlisted(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconciliation_removes_only_a_few_at_once() {
+        assert!(!too_many_to_remove(0, 0));
+        assert!(!too_many_to_remove(10, 10), "a small platform may lose all");
+        assert!(too_many_to_remove(11, 100));
+        assert!(!too_many_to_remove(11, 111));
+        assert!(
+            too_many_to_remove(100_000, 100_000),
+            "an empty list wipes nothing"
+        );
+    }
+
+    #[test]
+    fn the_summary_is_a_printable_token() {
+        let s = Summary {
+            listed: 3,
+            added: 1,
+            updated: 0,
+            removed: 2,
+        };
+        assert_eq!(s.text(), "listed=3,added=1,updated=0,removed=2");
+        assert!(wxtoken_schema::is_printable_token(&s.text()));
+    }
 }
