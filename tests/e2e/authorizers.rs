@@ -419,10 +419,18 @@ async fn a_refused_refresh_token_is_recovered_from_the_authorizer_list() {
     )
     .await;
     let evidence = env.admin.authorizer_evidence(&platform.appid).unwrap();
-    assert_eq!(
-        evidence.endpoints.authorizer_token.errcodes.get(&61023),
-        Some(&1),
-        "one refusal, then recovered: {:?}",
+    // Refused until a reconciliation may run again (ten min_intervals
+    // after the one at start), retried at config_error_retry meanwhile.
+    let refusals = evidence
+        .endpoints
+        .authorizer_token
+        .errcodes
+        .get(&61023)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        (1..=4).contains(&refusals),
+        "a few refusals, then recovered: {:?}",
         evidence.endpoints
     );
     assert!(

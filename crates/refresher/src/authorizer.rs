@@ -36,6 +36,10 @@ use wxtoken_schema::{force_refresh, ComponentKeys, CredentialKeys, Kind, REQUEST
 /// Authorizers read from the index per round trip while reconciling.
 const INDEX_PAGE: usize = 1000;
 
+/// Most authorizers a reconciliation lists (WeChat's answer is untrusted:
+/// a `total_count` that never ends, or pages that repeat, stop here).
+const MAX_LISTED: u64 = 1_000_000;
+
 /// Records an authorization code for `appid` of `component` (from a push
 /// or an operator) and registers the authorizer, due at once.
 pub async fn authorized(
@@ -76,13 +80,37 @@ pub async fn unauthorized(
         .await
 }
 
-/// Asks for a reconciliation of the platform `component_appid` now (at
-/// most one runs at a time: it is a locked value; repeated asks while one
-/// runs cost nothing more). Best effort: logged on failure.
-pub async fn request_reconcile(sh: &Shared, component_appid: &str) {
-    let Ok(keys) = CredentialKeys::component(&sh.namespace, component_appid) else {
+/// Asks for a reconciliation of `component` now, unless one completed
+/// within the last ten `refresh.min_interval`s (10 minutes by default): a
+/// refresh token WeChat keeps refusing must not turn into a full listing
+/// (200 calls for 100,000 authorizers) every few seconds. At most one runs
+/// at a time (it is a locked value), and asks while one runs cost nothing
+/// more. Best effort: logged on failure.
+pub async fn request_reconcile(sh: &Shared, component: &Component) {
+    let Ok(keys) = CredentialKeys::component(&sh.namespace, &component.appid) else {
         return;
     };
+    let floor = sh.refresh.min_interval.saturating_mul(10);
+    let mut con = sh.redis.con();
+    let left = sh
+        .redis
+        .step(
+            redis::cmd("PTTL")
+                .arg(keys.value(Kind::AuthorizerList))
+                .query_async::<i64>(&mut con),
+        )
+        .await;
+    if let Ok(left) = left {
+        let since = u64::try_from(left).ok().map(|left| {
+            component
+                .reconcile_interval
+                .saturating_sub(Duration::from_millis(left))
+        });
+        if since.is_some_and(|since| since < floor) {
+            tracing::debug!(component = %component.id, "reconciled recently; not again yet");
+            return;
+        }
+    }
     let mut con = sh.redis.con();
     let r = sh
         .redis
@@ -94,7 +122,7 @@ pub async fn request_reconcile(sh: &Shared, component_appid: &str) {
         ))
         .await;
     if let Err(e) = r {
-        tracing::warn!(component = component_appid, error = %e, "could not ask for a reconciliation of the authorizers");
+        tracing::warn!(component = %component.id, error = %e, "could not ask for a reconciliation of the authorizers");
     }
 }
 
@@ -169,6 +197,7 @@ pub async fn reconcile(
             break;
         }
         offset += page.len() as u64;
+        let before = listed.len();
         let mut items = Vec::with_capacity(page.len());
         for entry in &page {
             if !listed.insert(entry.appid.clone()) {
@@ -202,6 +231,14 @@ pub async fn reconcile(
             }
         }
         if offset >= total {
+            break;
+        }
+        if listed.len() == before || offset >= MAX_LISTED {
+            // A page with nothing new, or more than any platform has: the
+            // listing cannot be trusted to be complete, so it removes nothing.
+            tracing::warn!(component = %component.id, offset, total,
+                "api_get_authorizer_list repeats itself or never ends; stopped listing");
+            total = u64::MAX;
             break;
         }
         if let Some(pace) = pace {

@@ -77,6 +77,11 @@ impl LeaseError {
     /// How the failure is treated.
     pub fn class(&self, kind: Kind) -> ErrorClass {
         match self {
+            // A refused refresh token or authorization is fixed by a
+            // reconciliation (asked for at once), not by asking again soon.
+            LeaseError::Wechat(w) if matches!(w.errcode(), Some(61023 | 61003)) => {
+                ErrorClass::Config
+            }
             LeaseError::Wechat(w) => w.class(kind.is_ticket()),
             LeaseError::NoRefreshToken | LeaseError::WrongAuthorizer(_) => ErrorClass::Config,
             _ => ErrorClass::Retryable,
@@ -339,7 +344,7 @@ impl<'a> Lease<'a> {
         let code = self.state.authorization_code.clone();
         let refresh_token = self.state.input.clone();
         if code.is_none() && refresh_token.is_none() {
-            crate::authorizer::request_reconcile(self.sh, &component.appid).await;
+            crate::authorizer::request_reconcile(self.sh, component).await;
             return Err(LeaseError::NoRefreshToken);
         }
         self.confirm().await?;
@@ -400,7 +405,7 @@ impl<'a> Lease<'a> {
             match e.errcode() {
                 Some(61023 | 61003) => {
                     tracing::warn!(id = self.keys.id(), errcode = e.errcode(), "WeChat refused the authorizer's refresh token or authorization; reconciling the platform's authorizers");
-                    crate::authorizer::request_reconcile(self.sh, &component.appid).await;
+                    crate::authorizer::request_reconcile(self.sh, component).await;
                 }
                 Some(40001 | 40014 | 42001) => {
                     self.report(

@@ -557,6 +557,14 @@ fn log_failure(
         _ => None,
     };
     match error.class(kind) {
+        ErrorClass::Config
+            if matches!(errcode, Some(61023 | 61003))
+                || matches!(error, LeaseError::NoRefreshToken) =>
+        {
+            tracing::warn!(%id, %kind, error = %message,
+                "WeChat refuses this authorizer's refresh token or authorization; a reconciliation with api_get_authorizer_list repairs or removes it. Retrying every {}",
+                humantime::format_duration(sh.refresh.config_error_retry));
+        }
         ErrorClass::Config => {
             // Loud once per distinct fault (by errcode: WeChat's messages
             // carry a fresh request id each time).
