@@ -7,6 +7,10 @@
 //! saying how to install it. It must not grow knowledge of wxtoken's key
 //! schema or protocol; it only runs servers.
 
+mod sentinel;
+
+pub use sentinel::SentinelSet;
+
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
