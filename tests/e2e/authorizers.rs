@@ -259,6 +259,7 @@ async fn redis_restarted_empty_heals_a_thousand_authorizers_from_the_authorizer_
     .await;
     // Authorized before wxtoken ever ran: only WeChat's list knows them.
     let appids = env.admin.bulk_authorize(&platform.appid, N as u32).unwrap();
+    let started = Instant::now();
     let replicas = spawn(
         &env,
         std::slice::from_ref(&platform),
@@ -307,6 +308,14 @@ async fn redis_restarted_empty_heals_a_thousand_authorizers_from_the_authorizer_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The shared rate (500/s, burst 20) spreads the 1,000 fetches out:
+    // never faster than the rate allows (a lower bound: a slow machine
+    // only makes it longer).
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs_f64((N - 20) as f64 / 500.0),
+        "1,000 fetches in {took:?}: faster than 500/s"
+    );
     let first = env.admin.authorizer_evidence(&platform.appid).unwrap();
     assert_eq!(
         first.authorizer_token_issued_histogram,
