@@ -81,6 +81,8 @@ pub(crate) struct Managed<'a> {
 struct AppState {
     sh: Arc<Shared>,
     token: Option<SecretString>,
+    /// The platforms' summaries, read at most every few seconds.
+    platforms: snapshot::PlatformCache,
 }
 
 /// The credentials held at one instant (they change on reload).
@@ -127,6 +129,7 @@ impl Server {
             app: Arc::new(AppState {
                 sh,
                 token: cfg.token.clone(),
+                platforms: snapshot::PlatformCache::default(),
             }),
             cap: limits::connection_cap(),
         })
@@ -255,7 +258,10 @@ async fn status_page(
         }
     };
     let held = app.sh.registry.all();
-    let snap = snapshot::take(&app.sh, &managed(&held), &view, |id| held.contains_key(id)).await;
+    let snap = snapshot::take(&app.sh, &app.platforms, &managed(&held), &view, |id| {
+        held.contains_key(id)
+    })
+    .await;
     (
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -278,7 +284,10 @@ async fn status_json(
         Err(msg) => return ApiError::BadRequest(msg).into_response(),
     };
     let held = app.sh.registry.all();
-    let snap = snapshot::take(&app.sh, &managed(&held), &view, |id| held.contains_key(id)).await;
+    let snap = snapshot::take(&app.sh, &app.platforms, &managed(&held), &view, |id| {
+        held.contains_key(id)
+    })
+    .await;
     ([(CACHE_CONTROL, "no-store")], Json(snap)).into_response()
 }
 

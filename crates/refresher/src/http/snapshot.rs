@@ -359,6 +359,7 @@ impl Health {
 /// `is_held` tells the registered ids held here from the others.
 pub(crate) async fn take(
     sh: &Shared,
+    cache: &PlatformCache,
     creds: &[Managed<'_>],
     view: &View,
     is_held: impl Fn(&str) -> bool,
@@ -430,7 +431,7 @@ pub(crate) async fn take(
         Err(e) => Err(e.clone()),
     };
     let platform_views = match &read {
-        Ok(_) => read_platforms(sh, &platforms, margin).await,
+        Ok(_) => cache.get(sh, &platforms, margin).await,
         Err(_) => Vec::new(),
     };
     let latency = started.elapsed();
@@ -561,6 +562,49 @@ async fn asked_authorizers(
     }
     out.sort_by(|a, b| a.0.id().cmp(b.0.id()));
     Ok(out)
+}
+
+/// How long a platform summary is served before it is read again. Reading
+/// one platform costs one round trip per 1,000 authorizers (100,000: about
+/// 3 s of reads), so page loads (every 5 s per open page) and scrapers
+/// must not each cause one.
+const PLATFORM_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The held platforms' summaries, shared by every request: read at most
+/// once per [`PLATFORM_CACHE_TTL`], by one request at a time (the others
+/// wait for it and take its result).
+#[derive(Default)]
+pub(crate) struct PlatformCache {
+    last: tokio::sync::Mutex<Option<CachedPlatforms>>,
+}
+
+/// When the views were read, of which platforms (sorted), and the views.
+type CachedPlatforms = (Instant, Vec<String>, Vec<ComponentView>);
+
+impl PlatformCache {
+    /// The views of `platforms`, from the cache if it is fresh and about
+    /// the same platforms, else read now.
+    async fn get(
+        &self,
+        sh: &Shared,
+        platforms: &[&str],
+        margin_ms: impl Fn(Option<u64>) -> u64 + Sync,
+    ) -> Vec<ComponentView> {
+        if platforms.is_empty() {
+            return Vec::new();
+        }
+        let mut wanted: Vec<String> = platforms.iter().map(|p| (*p).to_owned()).collect();
+        wanted.sort_unstable();
+        let mut last = self.last.lock().await;
+        if let Some((at, which, views)) = last.as_ref() {
+            if at.elapsed() < PLATFORM_CACHE_TTL && *which == wanted {
+                return views.clone();
+            }
+        }
+        let views = read_platforms(sh, platforms, margin_ms).await;
+        *last = Some((Instant::now(), wanted, views.clone()));
+        views
+    }
 }
 
 /// Each held platform's view, by component appid; a platform Redis did not
