@@ -23,6 +23,8 @@
 //!
 //! The platform's shared call rate is `WXTOKEN_BENCH_RATE` (default 1000/s).
 
+mod common;
+
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -185,61 +187,6 @@ async fn wait_all(run: &Run, limit: Duration) -> Duration {
     }
 }
 
-/// Redis commands so far: (all executed, including those inside Lua
-/// scripts; sent by clients as `EVALSHA` and the scans' `ZRANGEBYSCORE`).
-async fn redis_calls(run: &Run) -> (u64, u64) {
-    let mut con = con(run).await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut con)
-        .await
-        .expect("info");
-    let (mut all, mut sent) = (0, 0);
-    for l in info.lines() {
-        let Some((name, rest)) = l
-            .strip_prefix("cmdstat_")
-            .and_then(|l| l.split_once(":calls="))
-        else {
-            continue;
-        };
-        let calls: u64 = rest
-            .split(',')
-            .next()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        all += calls;
-        if matches!(name, "evalsha" | "zrangebyscore") {
-            sent += calls;
-        }
-    }
-    (all, sent)
-}
-
-/// (RSS in MB, CPU seconds) of a process.
-fn proc_usage(pid: u32) -> (f64, f64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0)
-        / 1024.0;
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0);
-    (rss, cpu)
-}
-
 fn verdict(h: &BTreeMap<u64, u64>, each: u64, n: usize) -> &'static str {
     if h.len() == 1 && h.get(&each) == Some(&(n as u64)) {
         " (exactly as many as authorizers)"
@@ -266,11 +213,19 @@ async fn scale(n: u32) {
     );
 
     let window = Duration::from_secs(30);
-    let c0 = redis_calls(&run).await;
-    let u0: Vec<(f64, f64)> = run.replicas.iter().map(|r| proc_usage(r.id())).collect();
+    let c0 = common::redis_calls(&mut con(&run).await).await;
+    let u0: Vec<(f64, f64)> = run
+        .replicas
+        .iter()
+        .map(|r| common::proc_usage(r.id()))
+        .collect();
     tokio::time::sleep(window).await;
-    let c1 = redis_calls(&run).await;
-    let u1: Vec<(f64, f64)> = run.replicas.iter().map(|r| proc_usage(r.id())).collect();
+    let c1 = common::redis_calls(&mut con(&run).await).await;
+    let u1: Vec<(f64, f64)> = run
+        .replicas
+        .iter()
+        .map(|r| common::proc_usage(r.id()))
+        .collect();
     println!(
         "steady, nothing due: {:.1} Redis commands/s executed ({:.1}/s sent; all replicas together)",
         (c1.0 - c0.0) as f64 / window.as_secs_f64(),

@@ -960,16 +960,9 @@ pub async fn request_refresh<C: ConnectionLike>(
             "expected 1 to 2048 printable ASCII characters".to_owned(),
         )));
     }
-    let stored: Value = redis::cmd("GET")
-        .arg(keys.value(kind))
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            // A value of the wrong type is no token: ask for one.
-            Some("WRONGTYPE") => Ok(Value::Nil),
-            _ => Err(e),
-        })?;
-    if text(&stored).is_some_and(|v| v != reported) {
+    // A value of the wrong type or not a token is no token: ask for one.
+    let stored = read_value(con, keys, kind).await?;
+    if stored.is_some_and(|v| v != reported) {
         return Ok(RequestOutcome::AlreadyReplaced);
     }
     redis::pipe()
