@@ -690,8 +690,10 @@ pub async fn renew_lock<C: ConnectionLike>(
 
 /// Stores a pushed `component_verify_ticket` unless a newer one is stored:
 /// when the stored ticket's `create_time` is greater than this push's, it
-/// is kept (a replayed old push cannot bring back an older ticket).
-/// Otherwise `SET ticket PX ttl` and the info hash (`create_time`,
+/// is kept (a replayed old push cannot bring back an older ticket) — unless
+/// the stored one is no ticket (not 1 to 2048 printable ASCII characters)
+/// or its `create_time` is more than a day ahead of the Redis clock
+/// (corrupt or hostile data must not keep every push out). Otherwise `SET ticket PX ttl` and the info hash (`create_time`,
 /// `received_at_ms`) with the same TTL. Values of the wrong type are
 /// replaced.
 ///
@@ -700,12 +702,17 @@ pub async fn renew_lock<C: ConnectionLike>(
 static STORE_VERIFY_TICKET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local stored = redis.pcall('HGET', KEYS[2], 'create_time')
-if type(stored) == 'string' and redis.call('EXISTS', KEYS[1]) == 1 then
-  if (tonumber(stored) or 0) > tonumber(ARGV[2]) then return 0 end
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stored = redis.pcall('HGET', KEYS[2], 'create_time')
+local ticket = redis.pcall('GET', KEYS[1])
+if type(stored) == 'string' and type(ticket) == 'string'
+  and #ticket <= 2048 and string.find(ticket, '^[!-~]+$') then
+  -- A create_time more than a day ahead of the Redis clock is no
+  -- push's (corrupt or hostile): it keeps nothing out.
+  local at = tonumber(stored) or 0
+  if at > tonumber(ARGV[2]) and at <= tonumber(t[1]) + 86400 then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'create_time', ARGV[2], 'received_at_ms', now)

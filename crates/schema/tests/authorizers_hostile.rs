@@ -159,3 +159,42 @@ async fn an_unusable_code_does_not_make_a_refresh_due_again_at_once() {
         assert!(retry.is_some(), "#{i}: no shared backoff recorded");
     }
 }
+
+/// A stored verify ticket whose `create_time` lies far in the future
+/// (corrupt or hostile: WeChat's pushes carry the current time) or that is
+/// no ticket at all kept every genuine push out: the platform could never
+/// get a component token again.
+#[tokio::test]
+async fn a_stored_ticket_from_the_future_does_not_keep_pushes_out() {
+    use wxtoken_schema::store_verify_ticket;
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = ComponentKeys::new(NS, "wxcomp").unwrap();
+    let ttl = Duration::from_secs(43_200);
+    let now_s = redis_now(&mut con).await / 1000;
+    for (stored, create_time) in [
+        (b"ticket@@@planted".to_vec(), "99999999999"),
+        (b"\xff\xfe".to_vec(), "99999999999"),
+        (b"ticket@@@planted".to_vec(), "1e300"),
+    ] {
+        let _: () = con.set(keys.verify_ticket(), stored).await.unwrap();
+        let _: () = con
+            .hset(keys.verify_ticket_info(), "create_time", create_time)
+            .await
+            .unwrap();
+        assert!(
+            store_verify_ticket(&mut con, &keys, "ticket@@@genuine", now_s, ttl)
+                .await
+                .unwrap(),
+            "a push was kept out by create_time {create_time}"
+        );
+        let t: String = con.get(keys.verify_ticket()).await.unwrap();
+        assert_eq!(t, "ticket@@@genuine");
+    }
+    // A replayed older push still cannot bring back an older ticket.
+    assert!(
+        !store_verify_ticket(&mut con, &keys, "ticket@@@older", now_s - 600, ttl)
+            .await
+            .unwrap()
+    );
+}
