@@ -18,6 +18,7 @@ mod http_limits;
 mod http_surface;
 mod passive;
 mod platform;
+mod platform_hostile;
 mod process;
 mod redis_outage;
 mod scheduler;

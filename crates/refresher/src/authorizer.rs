@@ -282,16 +282,20 @@ async fn remove_unlisted(
 ) -> Result<u64, RedisError> {
     let mut gone = Vec::new();
     let mut offset = 0;
-    let mut last_page;
+    let mut registered = 0u64;
     loop {
         let mut con = sh.redis.con();
-        let page = sh
+        let (covered, page) = sh
             .redis
-            .step(registry::authorizers(&mut con, index, offset, INDEX_PAGE))
+            .step(registry::authorizers_page(
+                &mut con, index, offset, INDEX_PAGE,
+            ))
             .await?;
         offset += INDEX_PAGE;
-        last_page = page.len();
-        let last = page.len() < INDEX_PAGE;
+        registered += page.len() as u64;
+        // Members that are not appids were left out of the page: only a
+        // short read of the index is its end.
+        let last = covered < INDEX_PAGE;
         gone.extend(
             page.into_iter()
                 .filter(|(appid, at)| *at < started_ms && !listed.contains(appid))
@@ -304,7 +308,6 @@ async fn remove_unlisted(
     // WeChat's list is the truth, but a wrong one (an outage answering an
     // empty or short list) must not wipe the durable state of many
     // accounts: a large removal waits for an operator.
-    let registered = offset.saturating_sub(INDEX_PAGE) as u64 + last_page as u64;
     if too_many_to_remove(gone.len() as u64, registered) {
         tracing::error!(component = index.appid(), unlisted = gone.len(), registered,
             "WeChat's authorizer list leaves out more than a tenth of the registered authorizers; none removed. If they really left, remove them with `wxtoken authorizers remove`");

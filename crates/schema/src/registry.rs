@@ -565,13 +565,28 @@ pub async fn remove_authorizer<C: ConnectionLike>(
 }
 
 /// One page of a platform's authorizers, in the order they were authorized:
-/// `(appid, authorized at Unix ms)`, starting at `offset`.
+/// `(appid, authorized at Unix ms)`, starting at `offset`. Members that are
+/// not appids (corrupt or hostile) are left out, so a page may be shorter
+/// than `count` before the end of the index: to page through it, use
+/// [`authorizers_page`].
 pub async fn authorizers<C: ConnectionLike>(
     con: &mut C,
     component: &ComponentKeys,
     offset: usize,
     count: usize,
 ) -> RedisResult<Vec<(String, u64)>> {
+    Ok(authorizers_page(con, component, offset, count).await?.1)
+}
+
+/// [`authorizers`], with how many members of the index the page covered
+/// (those left out included): fewer than `count` only at the end of the
+/// index.
+pub async fn authorizers_page<C: ConnectionLike>(
+    con: &mut C,
+    component: &ComponentKeys,
+    offset: usize,
+    count: usize,
+) -> RedisResult<(usize, Vec<(String, u64)>)> {
     let pairs: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
         .arg(component.authorizers())
         .arg(offset)
@@ -583,7 +598,8 @@ pub async fn authorizers<C: ConnectionLike>(
             Some("WRONGTYPE") => Ok(Vec::new()),
             _ => Err(e),
         })?;
-    Ok(pairs
+    let covered = pairs.len();
+    let listed = pairs
         .into_iter()
         .filter_map(|(m, s)| {
             let appid = String::from_utf8(m).ok()?;
@@ -597,7 +613,8 @@ pub async fn authorizers<C: ConnectionLike>(
                 },
             ))
         })
-        .collect())
+        .collect();
+    Ok((covered, listed))
 }
 
 /// How many authorizers a platform has.

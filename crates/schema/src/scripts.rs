@@ -183,7 +183,9 @@ return 0
 /// An authorizer's refresh token, when given, is stored without a TTL
 /// (durable state). A pending authorization code is deleted if it is the
 /// one this lease exchanged; one that arrived during the lease makes the
-/// value due at once instead of at its next refresh.
+/// value due at once instead of at its next refresh. A stored "code" that
+/// cannot be one (not 1 to 2048 printable ASCII characters: corrupt or
+/// hostile, and never handed out by a claim) is deleted, never due at once.
 ///
 /// KEYS: value, info, lock, request, status, due shard, force request,
 /// refresh token, authorization code, then (for a primary kind) the
@@ -243,7 +245,15 @@ if ARGV[13] ~= '' then redis.call('SET', KEYS[8], ARGV[13]) end
 local due = now + tonumber(ARGV[11])
 local code = redis.pcall('GET', KEYS[9])
 if type(code) == 'string' then
-  if code == ARGV[14] then redis.call('DEL', KEYS[9]) else due = now end
+  if code == ARGV[14] then
+    redis.call('DEL', KEYS[9])
+  elseif #code > 2048 or not string.find(code, '^[!-~]+$') then
+    -- Not a code (corrupt or hostile): no claim hands it out, so it
+    -- must not make the value due at once (a loop of WeChat calls).
+    redis.call('DEL', KEYS[9])
+  else
+    due = now
+  end
 end
 redis.call('ZADD', KEYS[6], 'XX', due, ARGV[10])
 local pulled = {}
@@ -277,7 +287,7 @@ return {1, exp, unpack(pulled)}
 /// An authorizer's pending authorization code that this lease did not
 /// exchange (it arrived during the lease) makes the value due at once, with
 /// no hold; the one it exchanged is deleted when `drop_code` (WeChat said
-/// it is used up or expired).
+/// it is used up or expired). One that cannot be a code is deleted.
 ///
 /// KEYS: lock, due shard, status, authorization code. ARGV: owner, member,
 /// delay_ms, failure (0/1), message, errcode ('' = none), paused (0/1),
@@ -295,11 +305,15 @@ local due = now + tonumber(ARGV[3])
 local fresh = false
 local code = redis.pcall('GET', KEYS[4])
 if type(code) == 'string' then
-  if code ~= ARGV[11] then
+  if code == ARGV[11] then
+    if ARGV[12] == '1' then redis.call('DEL', KEYS[4]) end
+  elseif #code > 2048 or not string.find(code, '^[!-~]+$') then
+    -- Not a code (corrupt or hostile): no claim hands it out; dropped,
+    -- and the failure holds as usual.
+    redis.call('DEL', KEYS[4])
+  else
     fresh = true
     due = now
-  elseif ARGV[12] == '1' then
-    redis.call('DEL', KEYS[4])
   end
 end
 if ARGV[4] == '1' then
@@ -644,7 +658,9 @@ pub async fn claim<C: ConnectionLike>(
                     refreshed_at_ms: opt_u64(5),
                     failures: opt_u64(7).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
                     input: text(&answer[8]),
-                    authorization_code: text(&answer[11]),
+                    // Only a code that can be one (see `is_printable_token`):
+                    // WRITE and FINISH drop any other.
+                    authorization_code: text(&answer[11]).filter(|c| crate::is_printable_token(c)),
                     now_ms: opt_u64(1).unwrap_or(0),
                     due_at_ms: opt_u64(9).unwrap_or(0),
                 },
@@ -674,8 +690,10 @@ pub async fn renew_lock<C: ConnectionLike>(
 
 /// Stores a pushed `component_verify_ticket` unless a newer one is stored:
 /// when the stored ticket's `create_time` is greater than this push's, it
-/// is kept (a replayed old push cannot bring back an older ticket).
-/// Otherwise `SET ticket PX ttl` and the info hash (`create_time`,
+/// is kept (a replayed old push cannot bring back an older ticket) — unless
+/// the stored one is no ticket (not 1 to 2048 printable ASCII characters)
+/// or its `create_time` is more than a day ahead of the Redis clock
+/// (corrupt or hostile data must not keep every push out). Otherwise `SET ticket PX ttl` and the info hash (`create_time`,
 /// `received_at_ms`) with the same TTL. Values of the wrong type are
 /// replaced.
 ///
@@ -684,12 +702,17 @@ pub async fn renew_lock<C: ConnectionLike>(
 static STORE_VERIFY_TICKET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local stored = redis.pcall('HGET', KEYS[2], 'create_time')
-if type(stored) == 'string' and redis.call('EXISTS', KEYS[1]) == 1 then
-  if (tonumber(stored) or 0) > tonumber(ARGV[2]) then return 0 end
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stored = redis.pcall('HGET', KEYS[2], 'create_time')
+local ticket = redis.pcall('GET', KEYS[1])
+if type(stored) == 'string' and type(ticket) == 'string'
+  and #ticket <= 2048 and string.find(ticket, '^[!-~]+$') then
+  -- A create_time more than a day ahead of the Redis clock is no
+  -- push's (corrupt or hostile): it keeps nothing out.
+  local at = tonumber(stored) or 0
+  if at > tonumber(ARGV[2]) and at <= tonumber(t[1]) + 86400 then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'create_time', ARGV[2], 'received_at_ms', now)
