@@ -221,13 +221,18 @@ async fn read_page(
     let mut next = offset;
     while rows.len() < wanted {
         let n = CHUNK.min(wanted - rows.len());
-        let listed = registry::authorizers(con, component, next, n)
+        let (covered, listed) = registry::authorizers_page(con, component, next, n)
             .await
             .context("reading the authorizer index")?;
-        if listed.is_empty() {
+        if covered == 0 {
             break;
         }
-        next += n;
+        // Members that are not appids (hostile or corrupt) are skipped,
+        // never the end of the index.
+        next += covered;
+        if listed.is_empty() {
+            continue;
+        }
         let keys: Vec<CredentialKeys> = listed
             .iter()
             .map(|(a, _)| CredentialKeys::authorizer(namespace, component.appid(), a))

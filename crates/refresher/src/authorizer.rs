@@ -26,7 +26,7 @@ use crate::config::Component;
 use crate::conn::RedisError;
 use crate::lease::LeaseError;
 use crate::registry::{Held, Target};
-use crate::wechat::{Fetched, LIST_PAGE};
+use crate::wechat::{Fetched, ListPage, LIST_PAGE};
 use crate::Shared;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -41,13 +41,16 @@ const INDEX_PAGE: usize = 1000;
 const MAX_LISTED: u64 = 1_000_000;
 
 /// Records an authorization code for `appid` of `component` (from a push
-/// or an operator) and registers the authorizer, due at once.
+/// that WeChat says happened at `pushed_at`, Unix ms) and registers the
+/// authorizer, due at once — unless the authorizer was registered after
+/// `pushed_at` and has a refresh token (a replayed or late push: `stale`).
 pub async fn authorized(
     sh: &Shared,
     component: &Component,
     appid: &str,
     code: &str,
     code_ttl: Duration,
+    pushed_at: Option<u64>,
 ) -> Result<Authorized, RedisError> {
     let (keys, index) = keys_of(sh, &component.appid, appid)?;
     let kinds = component.authorizer_kinds();
@@ -60,23 +63,32 @@ pub async fn authorized(
     let mut con = sh.redis.con();
     let r = sh
         .redis
-        .step(registry::authorize(&mut con, &keys, &index, &a))
+        .step(registry::authorize_pushed(
+            &mut con, &keys, &index, &a, pushed_at,
+        ))
         .await?;
-    sh.inbox.due_now(keys.member(Kind::AccessToken));
+    if !r.stale {
+        sh.inbox.due_now(keys.member(Kind::AccessToken));
+    }
     Ok(r)
 }
 
-/// Removes `appid` of `component` and every key it has. `true` if it was
-/// registered.
+/// Removes `appid` of `component` and every key it has, if it was
+/// authorized before `pushed_at` (Unix ms, when WeChat says it left; a
+/// replayed old `unauthorized` must not remove a newer authorization).
+/// `true` if it was registered and removed.
 pub async fn unauthorized(
     sh: &Shared,
     component_appid: &str,
     appid: &str,
+    pushed_at: Option<u64>,
 ) -> Result<bool, RedisError> {
     let (keys, index) = keys_of(sh, component_appid, appid)?;
     let mut con = sh.redis.con();
     sh.redis
-        .step(registry::remove_authorizer(&mut con, &keys, &index, None))
+        .step(registry::remove_authorizer(
+            &mut con, &keys, &index, pushed_at,
+        ))
         .await
 }
 
@@ -186,17 +198,22 @@ pub async fn reconcile(
     let mut total;
     loop {
         let started = Instant::now();
-        let (t, page) = sh
+        let ListPage {
+            total: t,
+            covered,
+            entries: page,
+        } = sh
             .wechat
             .authorizer_list(&component_token, &component.appid, offset, LIST_PAGE)
             .await?;
         sh.metrics
             .wechat_call("api_get_authorizer_list", started.elapsed());
         total = t;
-        if page.is_empty() {
+        if covered == 0 {
             break;
         }
-        offset += page.len() as u64;
+        // Malformed entries are skipped, but the next page starts after them.
+        offset += covered;
         let before = listed.len();
         let mut items = Vec::with_capacity(page.len());
         for entry in &page {

@@ -13,7 +13,7 @@
 
 mod component;
 
-pub use component::{AuthorizerGrant, ListedAuthorizer, LIST_PAGE};
+pub use component::{AuthorizerGrant, ListPage, ListedAuthorizer, LIST_PAGE};
 
 use crate::config::WechatConfig;
 use secrecy::{ExposeSecret, SecretString};

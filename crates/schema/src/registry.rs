@@ -325,15 +325,25 @@ pub async fn pending_requests<C: ConnectionLike>(
 /// code ('' = none), code ttl ms, refresh token ('' = none), requests
 /// channel, status ttl s, whether this is a new authorization (1: the
 /// authorized time is now; 0: found by a reconciliation, an earlier time
-/// is kept), then the members of the values kept for it (the access token
-/// first). Returns {values newly queued, refresh token replaced (0/1)}.
+/// is kept), when the authorization happened at WeChat (Unix ms; '' =
+/// unknown), then the members of the values kept for it (the access token
+/// first). Returns {values newly queued, refresh token replaced (0/1),
+/// stale (0/1)}: an authorization older than the one registered (a
+/// replayed or late push) changes nothing when a refresh token is kept.
 static AUTHORIZE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SADD', KEYS[1], ARGV[1])
 if redis.call('TYPE', KEYS[6])['ok'] ~= 'zset' then redis.call('DEL', KEYS[6]) end
+if ARGV[10] ~= '' then
+  local at = redis.call('ZSCORE', KEYS[6], ARGV[2])
+  if at and (tonumber(at) or 0) > tonumber(ARGV[10])
+    and redis.call('TYPE', KEYS[5])['ok'] == 'string' then
+    return {0, 0, 1}
+  end
+end
+redis.call('SADD', KEYS[1], ARGV[1])
 if ARGV[9] == '1' then
   redis.call('ZADD', KEYS[6], now, ARGV[2])
 else
@@ -351,11 +361,11 @@ if ARGV[6] ~= '' then
   end
 end
 local queued = 0
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   -- The access token at once; the tickets when it is written (its write
   -- brings them forward), at the latest a minute later.
   local at = now
-  if i > 10 then at = now + 60000 end
+  if i > 11 then at = now + 60000 end
   queued = queued + redis.call('ZADD', KEYS[3], 'NX', at, ARGV[i])
 end
 if ARGV[4] ~= '' or changed == 1 then
@@ -366,16 +376,17 @@ if ARGV[4] ~= '' or changed == 1 then
   if ARGV[4] ~= '' then
     redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
   end
-  if redis.call('ZADD', KEYS[3], 'LT', 'CH', now, ARGV[10]) == 1 or ARGV[4] ~= '' then
-    redis.call('PUBLISH', ARGV[7], ARGV[10])
+  if redis.call('ZADD', KEYS[3], 'LT', 'CH', now, ARGV[11]) == 1 or ARGV[4] ~= '' then
+    redis.call('PUBLISH', ARGV[7], ARGV[11])
   end
 end
-return {queued, changed}
+return {queued, changed, 0}
 ",
     )
 });
 
-/// Removes an authorizer (see [`remove_authorizer`]).
+/// Removes an authorizer (see [`remove_authorizer`]). Returns 1 if it was
+/// registered.
 ///
 /// KEYS: registry, due shard, the platform's authorizers, then every key of
 /// the authorizer (its lock included: nobody may write for it any more).
@@ -390,13 +401,13 @@ if ARGV[3] ~= '' then
     return 0
   end
 end
-redis.call('SREM', KEYS[1], ARGV[1])
+local was = redis.call('SREM', KEYS[1], ARGV[1])
 if redis.call('TYPE', KEYS[3])['ok'] == 'zset' then
-  redis.call('ZREM', KEYS[3], ARGV[2])
+  was = math.max(was, redis.call('ZREM', KEYS[3], ARGV[2]))
 end
 for i = 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
 for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
-return 1
+return was
 ",
     )
 });
@@ -416,6 +427,11 @@ pub struct Authorization<'a> {
     pub new: bool,
 }
 
+/// When WeChat says an authorization event happened (a push's
+/// `CreateTime`), Unix ms: an event older than the authorizer's
+/// registration is a replay or a late push.
+pub type PushedAtMs = Option<u64>;
+
 impl std::fmt::Debug for Authorization<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authorization")
@@ -434,6 +450,9 @@ pub struct Authorized {
     pub queued: u32,
     /// The stored refresh token was missing or different and was replaced.
     pub refresh_token_replaced: bool,
+    /// Nothing changed: the authorization is older than the registered one
+    /// ([`authorize_pushed`]).
+    pub stale: bool,
 }
 
 /// Registers the authorizer `keys` (built with
@@ -452,11 +471,26 @@ pub async fn authorize<C: ConnectionLike>(
     component: &ComponentKeys,
     a: &Authorization<'_>,
 ) -> RedisResult<Authorized> {
-    let inv = authorize_invocation(keys, component, a);
-    let (queued, replaced): (u32, u32) = inv.invoke_async(con).await?;
+    authorize_pushed(con, keys, component, a, None).await
+}
+
+/// [`authorize`] for an authorization event WeChat says happened at
+/// `pushed_at` (Unix ms): when the authorizer was registered later and a
+/// refresh token is kept, the event is a replay or a late push, and
+/// nothing changes (`stale`).
+pub async fn authorize_pushed<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    component: &ComponentKeys,
+    a: &Authorization<'_>,
+    pushed_at: PushedAtMs,
+) -> RedisResult<Authorized> {
+    let inv = authorize_invocation(keys, component, a, pushed_at);
+    let (queued, replaced, stale): (u32, u32, u32) = inv.invoke_async(con).await?;
     Ok(Authorized {
         queued,
         refresh_token_replaced: replaced == 1,
+        stale: stale == 1,
     })
 }
 
@@ -464,6 +498,7 @@ fn authorize_invocation<'s>(
     keys: &CredentialKeys,
     component: &ComponentKeys,
     a: &Authorization<'_>,
+    pushed_at: PushedAtMs,
 ) -> redis::ScriptInvocation<'s> {
     let mut inv = AUTHORIZE.prepare_invoke();
     inv.key(registry_key(keys.namespace()))
@@ -483,7 +518,8 @@ fn authorize_invocation<'s>(
         .arg(a.refresh_token.unwrap_or(""))
         .arg(crate::requests_channel(keys.namespace()))
         .arg(STATUS_TTL_SECS)
-        .arg(if a.new { "1" } else { "0" });
+        .arg(if a.new { "1" } else { "0" })
+        .arg(pushed_at.map(|ms| ms.to_string()).unwrap_or_default());
     for kind in a.kinds {
         inv.arg(keys.member(*kind));
     }
@@ -502,19 +538,20 @@ pub async fn authorize_many<C: ConnectionLike>(
     }
     let invocations: Vec<_> = items
         .iter()
-        .map(|(keys, a)| authorize_invocation(keys, component, a))
+        .map(|(keys, a)| authorize_invocation(keys, component, a, None))
         .collect();
     let mut pipe = redis::pipe();
     pipe.load_script(&AUTHORIZE).ignore();
     for inv in &invocations {
         pipe.invoke_script(inv);
     }
-    let answers: Vec<(u32, u32)> = pipe.query_async(con).await?;
+    let answers: Vec<(u32, u32, u32)> = pipe.query_async(con).await?;
     Ok(answers
         .into_iter()
-        .map(|(queued, replaced)| Authorized {
+        .map(|(queued, replaced, stale)| Authorized {
             queued,
             refresh_token_replaced: replaced == 1,
+            stale: stale == 1,
         })
         .collect())
 }

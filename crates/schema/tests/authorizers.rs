@@ -462,3 +462,58 @@ async fn reconciliation_registers_replaces_stale_tokens_and_removes_only_older_a
         Claim::Unregistered
     );
 }
+
+#[tokio::test]
+async fn replayed_or_late_authorization_events_change_nothing() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let (k, index) = keys("wxa9");
+    let now = redis_now(&mut con).await;
+    // Registered (by a push exchanged, or found by a reconciliation) with a
+    // refresh token.
+    registry::authorize(&mut con, &k, &index, &found("rt-1"))
+        .await
+        .unwrap();
+    // An `authorized` push WeChat made before that: a replay; nothing changes.
+    let old = registry::authorize_pushed(
+        &mut con,
+        &k,
+        &index,
+        &by_code("old-code"),
+        Some(now - 60_000),
+    )
+    .await
+    .unwrap();
+    assert!(old.stale);
+    assert!(!con.exists::<_, bool>(k.authorization_code()).await.unwrap());
+    // A newer one (re-authorization) is taken.
+    let newer = registry::authorize_pushed(
+        &mut con,
+        &k,
+        &index,
+        &by_code("new-code"),
+        Some(now + 60_000),
+    )
+    .await
+    .unwrap();
+    assert!(!newer.stale);
+    let code: String = con.get(k.authorization_code()).await.unwrap();
+    assert_eq!(code, "new-code");
+    // An `unauthorized` from before the re-authorization keeps it…
+    assert!(
+        !registry::remove_authorizer(&mut con, &k, &index, Some(now))
+            .await
+            .unwrap()
+    );
+    assert!(con.exists::<_, bool>(k.refresh_token()).await.unwrap());
+    // …a later one removes it; removing an unknown authorizer says so.
+    let later = redis_now(&mut con).await + 1;
+    assert!(
+        registry::remove_authorizer(&mut con, &k, &index, Some(later))
+            .await
+            .unwrap()
+    );
+    assert!(!registry::remove_authorizer(&mut con, &k, &index, None)
+        .await
+        .unwrap());
+}

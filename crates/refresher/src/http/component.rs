@@ -191,9 +191,10 @@ async fn receive(
         }
         "unauthorized" => {
             let appid = authorizer_of(&msg)?;
-            let removed = crate::authorizer::unauthorized(&app.sh, &component.appid, appid)
-                .await
-                .map_err(|e| PushError::Redis(e.to_string()))?;
+            let removed =
+                crate::authorizer::unauthorized(&app.sh, &component.appid, appid, pushed_at(&msg))
+                    .await
+                    .map_err(|e| PushError::Redis(e.to_string()))?;
             tracing::info!(id = %id, authorizer = appid, removed, "authorizer unauthorized the platform; its keys were removed");
             return Ok("unauthorized");
         }
@@ -241,6 +242,14 @@ async fn receive(
     Ok("component_verify_ticket")
 }
 
+/// When WeChat says the event happened: the push's `CreateTime` (Unix s),
+/// rounded up to the next second, in ms — an event in the same second as
+/// a registration counts as newer.
+fn pushed_at(msg: &HashMap<String, String>) -> Option<u64> {
+    let secs: u64 = msg.get("CreateTime")?.trim().parse().ok()?;
+    secs.checked_add(1)?.checked_mul(1000)
+}
+
 /// The `AuthorizerAppid` of an authorization push.
 fn authorizer_of(msg: &HashMap<String, String>) -> Result<&str, PushError> {
     msg.get("AuthorizerAppid")
@@ -274,9 +283,14 @@ async fn authorization(
         .and_then(|t| t.trim().parse::<u64>().ok())
         .map_or(CODE_TTL, |at| Duration::from_secs(at.saturating_sub(now)))
         .clamp(Duration::from_secs(60), CODE_TTL_MAX);
-    let r = crate::authorizer::authorized(&app.sh, component, appid, code, ttl)
+    let r = crate::authorizer::authorized(&app.sh, component, appid, code, ttl, pushed_at(msg))
         .await
         .map_err(|e| PushError::Redis(e.to_string()))?;
+    if r.stale {
+        tracing::info!(component = %component.id, authorizer = appid, event = info_type,
+            "authorization older than the registered one (a replayed or late push); ignored");
+        return Ok(info_type);
+    }
     tracing::info!(component = %component.id, authorizer = appid, event = info_type, new = r.queued > 0,
         "authorization received; exchanging its code");
     Ok(info_type)

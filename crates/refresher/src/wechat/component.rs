@@ -12,6 +12,18 @@ use serde_json::{json, Value};
 /// Longest page `api_get_authorizer_list` serves.
 pub const LIST_PAGE: u32 = 500;
 
+/// One page of `api_get_authorizer_list`.
+#[derive(Debug)]
+pub struct ListPage {
+    /// WeChat's `total_count`.
+    pub total: u64,
+    /// How many entries the page held (malformed ones included, which
+    /// `entries` leaves out): the next page starts this much further.
+    pub covered: u64,
+    /// The well-formed entries.
+    pub entries: Vec<ListedAuthorizer>,
+}
+
 /// What `api_query_auth` handed out for an authorization code.
 pub struct AuthorizerGrant {
     /// The authorizer's appid, as WeChat names it.
@@ -165,7 +177,7 @@ impl Wechat {
         component_appid: &str,
         offset: u64,
         count: u32,
-    ) -> Result<(u64, Vec<ListedAuthorizer>), WechatError> {
+    ) -> Result<ListPage, WechatError> {
         let scrub = Scrub::new(&[component_token]);
         let body = json!({
             "component_appid": component_appid,
@@ -187,7 +199,13 @@ impl Wechat {
             .ok_or_else(|| WechatError::Malformed("total_count missing or not a number".into()))?;
         let list = match reply.get("list") {
             Some(Value::Array(a)) => a,
-            None | Some(Value::Null) => return Ok((total, Vec::new())),
+            None | Some(Value::Null) => {
+                return Ok(ListPage {
+                    total,
+                    covered: 0,
+                    entries: Vec::new(),
+                })
+            }
             Some(_) => return Err(WechatError::Malformed("list is not an array".into())),
         };
         let entries = list
@@ -203,6 +221,10 @@ impl Wechat {
                 })
             })
             .collect();
-        Ok((total, entries))
+        Ok(ListPage {
+            total,
+            covered: list.len().min(LIST_PAGE as usize) as u64,
+            entries,
+        })
     }
 }
