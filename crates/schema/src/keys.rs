@@ -291,6 +291,13 @@ impl CredentialKeys {
         format!("{}:refresh_token", self.prefix)
     }
 
+    /// STRING: when an authorizer was removed (Unix ms, Redis clock), `PX`
+    /// one hour: a reconciliation that listed it just before does not
+    /// bring it back; a new authorization deletes it.
+    pub fn removed(&self) -> String {
+        format!("{}:removed", self.prefix)
+    }
+
     /// STRING: an authorizer's pending authorization code (from an
     /// `authorized`/`updateauthorized` push or an operator), `PX` until it
     /// expires. Single use: the refresher that exchanges it deletes it.

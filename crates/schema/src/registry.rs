@@ -321,7 +321,7 @@ pub async fn pending_requests<C: ConnectionLike>(
 /// Registers an authorizer of a third-party platform (see [`authorize`]).
 ///
 /// KEYS: registry, status, due shard, authorization code, refresh token,
-/// the platform's authorizers. ARGV: id, authorizer appid, component appid,
+/// the platform's authorizers, the removal mark. ARGV: id, authorizer appid, component appid,
 /// code ('' = none), code ttl ms, refresh token ('' = none), requests
 /// channel, status ttl s, whether this is a new authorization (1: the
 /// authorized time is now; 0: found by a reconciliation, an earlier time
@@ -329,7 +329,9 @@ pub async fn pending_requests<C: ConnectionLike>(
 /// unknown), then the members of the values kept for it (the access token
 /// first). Returns {values newly queued, refresh token replaced (0/1),
 /// stale (0/1)}: an authorization older than the one registered (a
-/// replayed or late push) changes nothing when a refresh token is kept.
+/// replayed or late push) changes nothing when a refresh token is kept,
+/// and neither does one a reconciliation found of an authorizer removed
+/// in the last hour (its listing may predate the removal).
 static AUTHORIZE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -342,6 +344,11 @@ if ARGV[10] ~= '' then
     and redis.call('TYPE', KEYS[5])['ok'] == 'string' then
     return {0, 0, 1}
   end
+end
+if ARGV[9] == '1' then
+  redis.call('DEL', KEYS[7])
+elseif redis.call('EXISTS', KEYS[7]) == 1 then
+  return {0, 0, 1}
 end
 redis.call('SADD', KEYS[1], ARGV[1])
 if ARGV[9] == '1' then
@@ -388,10 +395,11 @@ return {queued, changed, 0}
 /// Removes an authorizer (see [`remove_authorizer`]). Returns 1 if it was
 /// registered.
 ///
-/// KEYS: registry, due shard, the platform's authorizers, then every key of
-/// the authorizer (its lock included: nobody may write for it any more).
-/// ARGV: id, authorizer appid, authorized before (Unix ms; '' = whenever),
-/// then its members.
+/// KEYS: registry, due shard, the platform's authorizers, the removal mark,
+/// then every key of the authorizer (its lock included: nobody may write
+/// for it any more). ARGV: id, authorizer appid, authorized before (Unix
+/// ms; '' = whenever), then its members. The removal mark is set for an
+/// hour.
 static REMOVE_AUTHORIZER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -406,7 +414,9 @@ if redis.call('TYPE', KEYS[3])['ok'] == 'zset' then
   was = math.max(was, redis.call('ZREM', KEYS[3], ARGV[2]))
 end
 for i = 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
-for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[4], string.format('%d', tonumber(t[1]) * 1000), 'PX', 3600000)
 return was
 ",
     )
@@ -507,6 +517,7 @@ fn authorize_invocation<'s>(
         .key(keys.authorization_code())
         .key(keys.refresh_token())
         .key(component.authorizers())
+        .key(keys.removed())
         .arg(keys.id())
         .arg(match keys.subject() {
             crate::Subject::Authorizer { appid, .. } => appid,
@@ -571,7 +582,8 @@ pub async fn remove_authorizer<C: ConnectionLike>(
     let mut inv = REMOVE_AUTHORIZER.prepare_invoke();
     inv.key(registry_key(keys.namespace()))
         .key(keys.due())
-        .key(component.authorizers());
+        .key(component.authorizers())
+        .key(keys.removed());
     for &kind in keys.kinds() {
         inv.key(keys.value(kind))
             .key(keys.info(kind))

@@ -517,3 +517,35 @@ async fn replayed_or_late_authorization_events_change_nothing() {
         .await
         .unwrap());
 }
+
+#[tokio::test]
+async fn a_reconciliation_does_not_bring_back_an_authorizer_just_removed() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let (k, index) = keys("wxa10");
+    registry::authorize(&mut con, &k, &index, &found("rt-1"))
+        .await
+        .unwrap();
+    // `unauthorized` arrives while a reconciliation holds a listing that
+    // still has the account.
+    assert!(registry::remove_authorizer(&mut con, &k, &index, None)
+        .await
+        .unwrap());
+    let late = registry::authorize(&mut con, &k, &index, &found("rt-1"))
+        .await
+        .unwrap();
+    assert!(late.stale, "found again by an old listing: ignored");
+    assert!(!con.exists::<_, bool>(k.refresh_token()).await.unwrap());
+    assert_eq!(
+        registry::count_authorizers(&mut con, &index).await.unwrap(),
+        0
+    );
+    let mark: i64 = con.pttl(k.removed()).await.unwrap();
+    assert!(mark > 3_500_000 && mark <= 3_600_000, "{mark}");
+    // A new authorization is taken at once, and clears the mark.
+    let again = registry::authorize(&mut con, &k, &index, &by_code("code-2"))
+        .await
+        .unwrap();
+    assert!(!again.stale && again.queued > 0);
+    assert!(!con.exists::<_, bool>(k.removed()).await.unwrap());
+}
