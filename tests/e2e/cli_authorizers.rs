@@ -666,12 +666,21 @@ async fn remove_deletes_every_key_and_reconcile_files_a_forced_request() {
     for text in [&out.stdout, &out.stderr] {
         assert!(!text.contains("refreshtok") && !text.contains("pendingcode"));
     }
-    let after: Vec<String> = redis::cmd("KEYS")
+    let mut after: Vec<String> = redis::cmd("KEYS")
         .arg(pattern)
         .query_async(&mut con)
         .await
         .unwrap();
+    // Only the removal mark stays (an hour), so that a reconciliation
+    // whose listing predates the removal does not bring it back.
+    after.retain(|k| *k != gone.removed());
     assert!(after.is_empty(), "left behind: {after:?}");
+    let mark: i64 = redis::cmd("PTTL")
+        .arg(gone.removed())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(mark > 0 && mark <= 3_600_000, "{mark}");
     let queued: Vec<String> = redis::cmd("ZRANGE")
         .arg(gone.due())
         .arg(0)
