@@ -21,6 +21,8 @@ mod platform;
 mod process;
 mod redis_outage;
 mod scheduler;
+mod startup_checks;
 mod status_component;
 mod status_scale;
+mod tls;
 mod wechat_faults;
