@@ -4,7 +4,11 @@
 //!
 //! Resolution: `--redis-url`, else `$WXTOKEN_REDIS_URL`, else `redis.url` of
 //! the `--config` file, else `redis://127.0.0.1:6379`; `--namespace`, else
-//! `redis.namespace` of the config, else `wxtoken`. The URL may carry a
+//! `redis.namespace` of the config, else `wxtoken`; each TLS file
+//! (`--tls-ca-file`, `--tls-cert-file`, `--tls-key-file`) from its flag, else
+//! its `$WXTOKEN_REDIS_TLS_*_FILE` variable, else `redis.tls_*_file` of the
+//! config. The client is built by `wxtoken-connect`, as the refresher's and
+//! the client crate's are. The URL may carry a
 //! password: it is only ever shown redacted, and scrubbed from error texts; a
 //! URL that does not parse is never shown at all (it cannot be redacted
 //! reliably): the error names where it came from instead.
@@ -16,7 +20,11 @@ use redis::IntoConnectionInfo;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use wxtoken_refresher::config::{redacted_url, RefreshConfig, ENV_REDIS_URL};
+use wxtoken_connect::{ConnectError, TlsFile, TlsFiles};
+use wxtoken_refresher::config::{
+    redacted_url, RefreshConfig, ENV_REDIS_TLS_CA_FILE, ENV_REDIS_TLS_CERT_FILE,
+    ENV_REDIS_TLS_KEY_FILE, ENV_REDIS_URL,
+};
 use wxtoken_schema::{Kind, DEFAULT_NAMESPACE};
 
 /// Used when neither the flags, the environment nor a config name a Redis.
@@ -42,6 +50,17 @@ pub struct TargetArgs {
     /// environment variables (or files).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// PEM CA file the server's certificate of a rediss:// URL must chain to
+    /// [default: redis.tls_ca_file of --config, else the system's roots].
+    #[arg(long, env = ENV_REDIS_TLS_CA_FILE, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for a Redis that requires one (mutual TLS)
+    /// [default: redis.tls_cert_file of --config].
+    #[arg(long, env = ENV_REDIS_TLS_CERT_FILE, value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM key of --tls-cert-file [default: redis.tls_key_file of --config].
+    #[arg(long, env = ENV_REDIS_TLS_KEY_FILE, value_name = "FILE")]
+    tls_key_file: Option<PathBuf>,
 }
 
 /// A credential the `--config` file says should be refreshed.
@@ -65,6 +84,8 @@ pub struct ConfiguredComponent {
 /// The resolved Redis and namespace.
 pub struct Target {
     url: SecretString,
+    /// TLS files of a `rediss://` URL.
+    tls: TlsFiles,
     /// Where the URL came from, for errors: the flag, the variable, the config.
     source: String,
     /// Key namespace (validated).
@@ -108,7 +129,40 @@ impl TargetArgs {
                 "the default Redis URL".to_owned(),
             ),
         };
-        check_url(&url, &source)?;
+        // Each TLS file from its flag (or variable), else from the config.
+        let from_config = |key: &str| match &self.config {
+            Some(path) => format!("redis.{key} of {}", path.display()),
+            None => format!("redis.{key}"),
+        };
+        let pick = |flag: &Option<PathBuf>,
+                    name: &str,
+                    key: &str,
+                    of: fn(&TlsFiles) -> &Option<PathBuf>| {
+            match (flag, &config) {
+                (Some(p), _) => (Some(p.clone()), name.to_owned()),
+                (None, Some(cfg)) => (of(&cfg.redis.tls).clone(), from_config(key)),
+                (None, None) => (None, name.to_owned()),
+            }
+        };
+        let (ca_file, ca_source) = pick(&self.tls_ca_file, "--tls-ca-file", "tls_ca_file", |t| {
+            &t.ca_file
+        });
+        let (cert_file, cert_source) = pick(
+            &self.tls_cert_file,
+            "--tls-cert-file",
+            "tls_cert_file",
+            |t| &t.cert_file,
+        );
+        let (key_file, key_source) =
+            pick(&self.tls_key_file, "--tls-key-file", "tls_key_file", |t| {
+                &t.key_file
+            });
+        let tls = TlsFiles {
+            ca_file,
+            cert_file,
+            key_file,
+        };
+        check_url(&url, &source, &tls, [&ca_source, &cert_source, &key_source])?;
         let namespace = match (&self.namespace, &config) {
             (Some(ns), _) => ns.clone(),
             (None, Some(cfg)) => cfg.redis.namespace.clone(),
@@ -144,6 +198,7 @@ impl TargetArgs {
             .unwrap_or_default();
         Ok(Target {
             url,
+            tls,
             source,
             namespace,
             configured,
@@ -173,8 +228,8 @@ impl Target {
     /// Connects, bounded by a timeout. Errors name the redacted URL.
     pub async fn connect(&self) -> Result<MultiplexedConnection> {
         let shown = self.redacted_url();
-        let client = redis::Client::open(self.url.expose_secret())
-            .map_err(|e| not_usable(&self.source, &e))?;
+        let client = wxtoken_connect::client(self.url.expose_secret(), &self.tls)
+            .map_err(|e| anyhow!("{}: {e}", self.source))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT));
@@ -184,7 +239,7 @@ impl Target {
             .map_err(|e| {
                 anyhow!(
                     "cannot connect to Redis at {shown}: {}",
-                    self.scrub(&e.to_string())
+                    self.scrub(&wxtoken_connect::describe(&e, &self.tls))
                 )
             })
     }
@@ -221,20 +276,28 @@ impl Target {
     }
 }
 
-/// The error for a URL that does not parse: where it came from and why,
-/// never the URL.
-fn not_usable(source: &str, e: &redis::RedisError) -> anyhow::Error {
-    anyhow!(
-        "{source}: not a usable Redis URL ({:?}; the value is not shown, it may hold a password); expected redis://[user:password@]host:port[/db]",
-        e.kind()
-    )
-}
-
-/// Refuses a URL the Redis client cannot use, naming `source`.
-fn check_url(url: &SecretString, source: &str) -> Result<()> {
-    redis::Client::open(url.expose_secret())
+/// Refuses a URL or TLS files the Redis client cannot use, naming where the
+/// value came from (`source` for the URL, `tls_sources` for the CA,
+/// certificate and key files); never the URL.
+fn check_url(
+    url: &SecretString,
+    source: &str,
+    tls: &TlsFiles,
+    tls_sources: [&str; 3],
+) -> Result<()> {
+    let named = |which: Option<TlsFile>| match which {
+        Some(TlsFile::Ca) => tls_sources[0],
+        Some(TlsFile::Cert) => tls_sources[1],
+        Some(TlsFile::Key) => tls_sources[2],
+        None => source,
+    };
+    wxtoken_connect::client(url.expose_secret(), tls)
         .map(drop)
-        .map_err(|e| not_usable(source, &e))
+        .map_err(|e| match &e {
+            ConnectError::Url { .. } => anyhow!("{source}: {e}"),
+            ConnectError::File { which, .. } => anyhow!("{}: {e}", named(Some(*which))),
+            ConnectError::Mismatch { which, .. } => anyhow!("{}: {e}", named(*which)),
+        })
 }
 
 #[cfg(test)]
@@ -244,6 +307,7 @@ mod tests {
     fn target(url: &str) -> Target {
         Target {
             url: SecretString::from(url.to_owned()),
+            tls: TlsFiles::default(),
             source: "--redis-url".into(),
             namespace: DEFAULT_NAMESPACE.into(),
             configured: Vec::new(),
@@ -267,6 +331,8 @@ mod tests {
         let e = check_url(
             &SecretString::from("redis:/u:hunter2@h".to_owned()),
             "--redis-url",
+            &TlsFiles::default(),
+            ["--tls-ca-file", "--tls-cert-file", "--tls-key-file"],
         )
         .unwrap_err()
         .to_string();

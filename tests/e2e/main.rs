@@ -22,6 +22,8 @@ mod platform_hostile;
 mod process;
 mod redis_outage;
 mod scheduler;
+mod startup_checks;
 mod status_component;
 mod status_scale;
+mod tls;
 mod wechat_faults;

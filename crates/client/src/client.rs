@@ -95,12 +95,20 @@ impl Client {
     /// Connects to Redis, measures the Redis clock, subscribes to the
     /// namespace's update events and starts the background subscriber.
     ///
-    /// Fails when the namespace is invalid or Redis cannot be reached; once
+    /// Fails when the namespace is invalid, the URL or the TLS files of
+    /// [`Options::tls`] cannot be used ([`Error::Settings`]), the TLS
+    /// handshake fails ([`Error::Tls`], naming the file to look at) or Redis
+    /// cannot be reached; once
     /// connected, the client rides out Redis outages and restarts on its own.
     /// Must be called inside a Tokio runtime, which the subscriber runs on.
     pub async fn connect(redis_url: &str, options: Options) -> Result<Client, Error> {
         validate_name("namespace", &options.namespace)?;
-        let client = redis::Client::open(redis_url).map_err(Error::Connect)?;
+        let client = wxtoken_connect::client(redis_url, &options.tls)?;
+        // A TLS failure names the file to look at.
+        let failed = |e: redis::RedisError| match wxtoken_connect::explain(&e, &options.tls) {
+            Some(hint) => Error::Tls { hint, source: e },
+            None => Error::Connect(e),
+        };
         let timeout = options.redis_timeout;
         // Few, short reconnection attempts per failed command: while Redis is
         // down a read should fail (or fall back to the cache) quickly; the
@@ -113,12 +121,12 @@ impl Client {
             .set_response_timeout(Some(timeout));
         let mut redis = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(Error::Connect)?;
+            .map_err(failed)?;
 
         let () = redis::cmd("PING")
             .query_async(&mut redis)
             .await
-            .map_err(Error::Connect)?;
+            .map_err(failed)?;
         let cache = Arc::new(Cache::new(options.poll_interval, options.expiry_margin));
         let reader = Reader {
             redis,
@@ -136,7 +144,7 @@ impl Client {
                 .clamp(Duration::from_secs(1), Duration::from_secs(30)),
             reader: reader.clone(),
         };
-        let first = subscriber.subscribe().await.map_err(Error::Connect)?;
+        let first = subscriber.subscribe().await.map_err(failed)?;
         cache.set_subscribed(true);
         let task = tokio::spawn(events::run(subscriber, first));
 

@@ -29,6 +29,21 @@ pub enum Error {
     /// subscribe to the update events.
     #[error("connecting to Redis: {0}")]
     Connect(#[source] redis::RedisError),
+    /// The Redis URL or the TLS files of [`Options`](crate::Options) cannot
+    /// be used (the message names the file; never the URL or file contents).
+    #[error("Redis connection settings: {0}")]
+    Settings(#[from] wxtoken_connect::ConnectError),
+    /// [`Client::connect`](crate::Client::connect) failed because of TLS: the
+    /// server's certificate is not signed by the CA (file), or the server
+    /// requires or refused the client certificate. `hint` names the file.
+    #[error("connecting to Redis: {hint} ({source})")]
+    Tls {
+        /// What went wrong and which file to look at.
+        hint: String,
+        /// What the connection said.
+        #[source]
+        source: redis::RedisError,
+    },
     /// Redis failed or timed out while reading a value that was not cached
     /// (or no longer fresh, and already expired).
     #[error("reading {kind} of credential {id:?} from Redis: {source}")]

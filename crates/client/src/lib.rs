@@ -121,6 +121,7 @@ pub use client::DebugStats;
 pub use client::{Client, Token};
 pub use error::Error;
 pub use options::Options;
+pub use wxtoken_connect::TlsFiles;
 pub use wxtoken_schema::{authorizer_id, component_id, InvalidName, Kind, RequestOutcome};
 
 pub(crate) use wxtoken_schema::token_prefix;

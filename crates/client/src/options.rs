@@ -1,8 +1,12 @@
-//! [`Options`]: the namespace and the timing knobs of the cache, with defaults
-//! and builder methods. Plain data: it must not read files, environment
-//! variables or anything else — the business server owns its configuration.
+//! [`Options`]: the namespace, the timing knobs of the cache and the TLS
+//! files of a `rediss://` URL, with defaults and builder methods. Plain
+//! data: it must not read files (the TLS files are read by
+//! [`Client::connect`](crate::Client::connect)), environment variables or
+//! anything else — the business server owns its configuration.
 
+use std::path::PathBuf;
 use std::time::Duration;
+use wxtoken_connect::TlsFiles;
 
 /// How a [`Client`](crate::Client) reads and caches tokens.
 ///
@@ -35,6 +39,10 @@ pub struct Options {
     /// Bound on one Redis round trip and on one connection attempt, so that a
     /// stalled Redis turns into an error instead of a hung read. Default 2 s.
     pub redis_timeout: Duration,
+    /// TLS files of a `rediss://` URL: the CA the server's certificate must
+    /// chain to (default: the system's root certificates), and a client
+    /// certificate and key for mutual TLS. Must be empty with `redis://`.
+    pub tls: TlsFiles,
 }
 
 impl Default for Options {
@@ -45,6 +53,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(30),
             expiry_margin: Duration::from_secs(5),
             redis_timeout: Duration::from_secs(2),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -77,6 +86,22 @@ impl Options {
     /// Sets [`Options::redis_timeout`].
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
         self.redis_timeout = timeout;
+        self
+    }
+
+    /// Sets [`TlsFiles::ca_file`] of [`Options::tls`]: the PEM CA file the
+    /// Redis server's certificate must chain to (instead of the system's
+    /// roots).
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Sets the client certificate and key (PEM files) of [`Options::tls`],
+    /// for a Redis that requires client certificates (mutual TLS).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.cert_file = Some(cert.into());
+        self.tls.key_file = Some(key.into());
         self
     }
 }

@@ -16,6 +16,14 @@ use wxtoken_schema::validate_name;
 
 /// Environment variable that overrides `redis.url`.
 pub const ENV_REDIS_URL: &str = "WXTOKEN_REDIS_URL";
+/// Environment variables that override `redis.tls_ca_file`,
+/// `redis.tls_cert_file` and `redis.tls_key_file` (an empty value removes
+/// the file).
+pub const ENV_REDIS_TLS_CA_FILE: &str = "WXTOKEN_REDIS_TLS_CA_FILE";
+/// See [`ENV_REDIS_TLS_CA_FILE`].
+pub const ENV_REDIS_TLS_CERT_FILE: &str = "WXTOKEN_REDIS_TLS_CERT_FILE";
+/// See [`ENV_REDIS_TLS_CA_FILE`].
+pub const ENV_REDIS_TLS_KEY_FILE: &str = "WXTOKEN_REDIS_TLS_KEY_FILE";
 /// Environment variable that names the config file (read by the binary).
 pub const ENV_CONFIG: &str = "WXTOKEN_CONFIG";
 
@@ -140,6 +148,25 @@ pub struct RedisConfig {
     pub namespace: String,
     /// Upper bound for any single Redis operation.
     pub timeout: Duration,
+    /// TLS files of a `rediss://` URL (`tls_ca_file`, `tls_cert_file`,
+    /// `tls_key_file`), checked at load: readable, well formed, the key the
+    /// certificate's.
+    pub tls: wxtoken_connect::TlsFiles,
+    /// What a replica does at start when Redis could evict wxtoken's keys or
+    /// does not persist durable state.
+    pub checks: RedisChecks,
+}
+
+/// `redis.checks`: what the start-up checks of the Redis settings
+/// (`maxmemory-policy`, persistence) do when they find a risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisChecks {
+    /// Log a warning and run (the default).
+    #[default]
+    Warn,
+    /// Refuse to start.
+    Refuse,
 }
 
 /// `[wechat]`, deserialized as written (missing keys from [`Default`]);
@@ -376,6 +403,10 @@ struct RedisSection {
     pool_size: Option<usize>,
     #[serde(with = "humantime_serde")]
     timeout: Duration,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    checks: RedisChecks,
 }
 
 impl Default for RedisSection {
@@ -385,6 +416,10 @@ impl Default for RedisSection {
             namespace: wxtoken_schema::DEFAULT_NAMESPACE.into(),
             pool_size: None,
             timeout: Duration::from_secs(2),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            checks: RedisChecks::Warn,
         }
     }
 }
@@ -837,16 +872,50 @@ impl Check<'_> {
             Some(url) => (SecretString::from(url), ENV_REDIS_URL),
             None => (r.url, "redis.url"),
         };
-        if let Err(e) = redis::Client::open(url.expose_secret()) {
-            // Not the URL itself: one that did not parse cannot be redacted
-            // reliably (`redis:/u:PW@h` has no `://`).
-            return Err(self.invalid(
-                url_field,
-                format!(
-                    "not a usable Redis URL ({:?}; the value is not shown, it may hold a password); expected redis://[user:password@]host:port[/db]",
-                    e.kind()
+        // Each TLS file from its variable if set (empty: none), else the file.
+        let mut fields = [
+            (ENV_REDIS_TLS_CA_FILE, "redis.tls_ca_file", r.tls_ca_file),
+            (
+                ENV_REDIS_TLS_CERT_FILE,
+                "redis.tls_cert_file",
+                r.tls_cert_file,
+            ),
+            (ENV_REDIS_TLS_KEY_FILE, "redis.tls_key_file", r.tls_key_file),
+        ]
+        .map(|(var, key, path)| match (self.env)(var) {
+            Some(v) => (var, (!v.is_empty()).then(|| PathBuf::from(v))),
+            None => (key, path),
+        });
+        let tls = wxtoken_connect::TlsFiles {
+            ca_file: fields[0].1.take(),
+            cert_file: fields[1].1.take(),
+            key_file: fields[2].1.take(),
+        };
+        let field_of = |which: Option<wxtoken_connect::TlsFile>| match which {
+            Some(wxtoken_connect::TlsFile::Ca) => fields[0].0,
+            Some(wxtoken_connect::TlsFile::Cert) => fields[1].0,
+            Some(wxtoken_connect::TlsFile::Key) => fields[2].0,
+            None => url_field,
+        };
+        // The one client builder reads and checks the TLS files, and never
+        // shows the URL: one that did not parse cannot be redacted reliably
+        // (`redis:/u:PW@h` has no `://`).
+        if let Err(e) = wxtoken_connect::client(url.expose_secret(), &tls) {
+            use wxtoken_connect::ConnectError as E;
+            return Err(match e {
+                E::Url { .. } => self.invalid(url_field, e.to_string()),
+                E::File {
+                    which,
+                    ref path,
+                    ref reason,
+                } => self.invalid(
+                    field_of(Some(which)),
+                    format!("{}: {reason}", path.display()),
                 ),
-            ));
+                E::Mismatch { which, ref message } => {
+                    self.invalid(field_of(which), message.clone())
+                }
+            });
         }
         validate_name("namespace", &r.namespace)
             .map_err(|e| self.invalid("redis.namespace", e.to_string()))?;
@@ -866,6 +935,8 @@ impl Check<'_> {
             url,
             namespace: r.namespace,
             timeout: r.timeout,
+            tls,
+            checks: r.checks,
         })
     }
 
@@ -1320,6 +1391,84 @@ secret_env = "MINI_SECRET"
             "redis password leaks through Debug"
         );
         assert_eq!(redacted_url(&c.redis.url), "redis://:***@127.0.0.1:6390/0");
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked_at_load_and_named_by_field() {
+        let pki = wxtoken_testkit::TestPki::generate().unwrap();
+        let p = |path: &Path| path.display().to_string();
+        let redis = |url: &str, extra: &str| format!("[redis]\nurl = \"{url}\"\n{extra}");
+        // System roots, a CA, mutual TLS: all load.
+        let c = Config::parse(&redis("rediss://h:1", ""), "t.toml", &env_with(&[])).unwrap();
+        assert!(c.redis.tls.is_empty());
+        assert_eq!(c.redis.checks, RedisChecks::Warn);
+        let text = redis(
+            "rediss://h:1",
+            &format!(
+                "tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nchecks = \"refuse\"\n",
+                p(&pki.ca),
+                p(&pki.client_cert),
+                p(&pki.client_key)
+            ),
+        );
+        let c = Config::parse(&text, "t.toml", &env_with(&[])).unwrap();
+        assert_eq!(c.redis.tls.ca_file.as_deref(), Some(pki.ca.as_path()));
+        assert_eq!(c.redis.checks, RedisChecks::Refuse);
+        // The environment overrides a file, and an empty value removes it.
+        let other = p(&pki.other_ca);
+        let env = |k: &str| match k {
+            ENV_REDIS_TLS_CA_FILE => Some(other.clone()),
+            ENV_REDIS_TLS_CERT_FILE | ENV_REDIS_TLS_KEY_FILE => Some(String::new()),
+            _ => None,
+        };
+        let c = Config::parse(&text, "t.toml", &env).unwrap();
+        assert_eq!(c.redis.tls.ca_file.as_deref(), Some(pki.other_ca.as_path()));
+        assert!(c.redis.tls.cert_file.is_none() && c.redis.tls.key_file.is_none());
+
+        let key_text = std::fs::read_to_string(&pki.client_key).unwrap();
+        let key_body = key_text.lines().nth(1).unwrap().to_owned();
+        for (extra, url, expected) in [
+            (
+                format!("tls_ca_file = \"{}\"\n", p(&pki.client_key)),
+                "rediss://h:1",
+                "t.toml: redis.tls_ca_file: ".to_owned(),
+            ),
+            (
+                "tls_ca_file = \"/nonexistent/ca.pem\"\n".to_owned(),
+                "rediss://h:1",
+                "t.toml: redis.tls_ca_file: /nonexistent/ca.pem: cannot read it".to_owned(),
+            ),
+            (
+                format!("tls_cert_file = \"{}\"\n", p(&pki.client_cert)),
+                "rediss://h:1",
+                "t.toml: redis.tls_key_file: a TLS client certificate file is given without its key file".to_owned(),
+            ),
+            (
+                format!(
+                    "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+                    p(&pki.client_cert),
+                    p(&pki.server_key)
+                ),
+                "rediss://h:1",
+                "t.toml: redis.tls_key_file: ".to_owned(),
+            ),
+            (
+                format!("tls_ca_file = \"{}\"\n", p(&pki.ca)),
+                "redis://h:1",
+                "t.toml: redis.tls_ca_file: TLS files are given but the Redis URL is not rediss://".to_owned(),
+            ),
+            (
+                "checks = \"maybe\"\n".to_owned(),
+                "redis://h:1",
+                "unknown variant `maybe`".to_owned(),
+            ),
+        ] {
+            let e = Config::parse(&redis(url, &extra), "t.toml", &env_with(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&expected), "{e}");
+            assert!(!e.contains(&key_body), "key material in {e}");
+        }
     }
 
     #[test]

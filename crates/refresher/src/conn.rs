@@ -10,6 +10,7 @@
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A Redis failure (connection, timeout, or command error). Its text comes
@@ -29,12 +30,17 @@ impl From<redis::RedisError> for RedisError {
 pub struct Redis {
     con: ConnectionManager,
     timeout: Duration,
+    tls: Arc<wxtoken_connect::TlsFiles>,
 }
 
 impl Redis {
     /// Sets up the connection without connecting: Redis being down at
     /// start is not an error (steps fail and are retried).
-    pub fn new(client: redis::Client, timeout: Duration) -> Result<Redis, RedisError> {
+    pub fn new(
+        client: redis::Client,
+        timeout: Duration,
+        tls: &wxtoken_connect::TlsFiles,
+    ) -> Result<Redis, RedisError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -42,7 +48,11 @@ impl Redis {
             .set_max_delay(Duration::from_secs(1));
         let con = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| RedisError(format!("{:?}", e.kind())))?;
-        Ok(Redis { con, timeout })
+        Ok(Redis {
+            con,
+            timeout,
+            tls: Arc::new(tls.clone()),
+        })
     }
 
     /// A handle on the connection for one step (cheap to clone).
@@ -56,7 +66,8 @@ impl Redis {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RedisError> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(Into::into),
+            // A TLS failure says which file to look at.
+            Ok(r) => r.map_err(|e| RedisError(wxtoken_connect::describe(&e, &self.tls))),
             Err(_) => Err(RedisError(format!("no answer within {:?}", self.timeout))),
         }
     }

@@ -25,7 +25,12 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Subscribes until shutdown, passing requests on to the scheduler.
-pub async fn listen(sh: Arc<Shared>, client: redis::Client, inbox: Arc<Inbox>) {
+pub async fn listen(
+    sh: Arc<Shared>,
+    client: redis::Client,
+    tls: wxtoken_connect::TlsFiles,
+    inbox: Arc<Inbox>,
+) {
     let channel = events_channel(&sh.namespace);
     let requests = requests_channel(&sh.namespace);
     let shutdown = sh.shutdown.clone();
@@ -59,7 +64,7 @@ pub async fn listen(sh: Arc<Shared>, client: redis::Client, inbox: Arc<Inbox>) {
                 failures += 1;
                 if failures == 1 {
                     let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
+                        Ok(Err(e)) => wxtoken_connect::describe(&e, &tls),
                         _ => format!("no answer within {SUBSCRIBE_TIMEOUT:?}"),
                     };
                     tracing::warn!(%error, "cannot subscribe to refresh requests; retrying (the scheduler rescans every check_interval)");

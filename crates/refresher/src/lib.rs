@@ -13,7 +13,11 @@
 //!   call while renewing → fenced write or finish);
 //! - `policy`: pure decisions (why refresh, when due, backoff);
 //! - `events`: refresh requests and update events from Redis pub/sub;
-//! - `conn`: the one multiplexed Redis connection and its bounded steps;
+//! - `conn`: the one multiplexed Redis connection and its bounded steps
+//!   (the client itself is built by `wxtoken-connect`, shared with the
+//!   client crate and the CLI: `rediss://`, CA file, client certificate);
+//! - `checks`: the start-up checks of the Redis settings (TLS failures,
+//!   `maxmemory-policy`, persistence);
 //! - `config`: the TOML file, validated at start-up;
 //! - `wechat`: HTTP calls to WeChat and classification of failures;
 //! - `metrics`, `human`, `http`: the operator's view.
@@ -22,6 +26,7 @@
 //! not build key names or scripts of its own.
 
 mod authorizer;
+mod checks;
 pub mod config;
 mod conn;
 mod events;
@@ -49,6 +54,10 @@ pub enum StartError {
     /// The Redis URL was refused.
     #[error("cannot set up the Redis connection: {0}")]
     Redis(String),
+    /// `redis.checks = "refuse"` and the Redis settings put wxtoken's keys
+    /// at risk.
+    #[error("refusing to start (redis.checks = \"refuse\"): {0}")]
+    RedisSettings(String),
     /// The HTTP client could not be built.
     #[error("cannot set up the WeChat HTTP client: {0}")]
     Wechat(#[from] wechat::WechatError),
@@ -159,9 +168,9 @@ pub async fn run(
     shutdown: CancellationToken,
     mut reloads: mpsc::Receiver<Config>,
 ) -> Result<(), StartError> {
-    let client = redis::Client::open(config.redis.url.expose_secret())
-        .map_err(|e| StartError::Redis(format!("{:?}", e.kind())))?;
-    let redis = conn::Redis::new(client.clone(), config.redis.timeout)
+    let client = wxtoken_connect::client(config.redis.url.expose_secret(), &config.redis.tls)
+        .map_err(|e| StartError::Redis(e.to_string()))?;
+    let redis = conn::Redis::new(client.clone(), config.redis.timeout, &config.redis.tls)
         .map_err(|e| StartError::Redis(e.to_string()))?;
     let rate = (config.wechat.calls_per_second > 0.0).then(|| RateLimit {
         key: wxtoken_schema::rate_key(
@@ -193,8 +202,10 @@ pub async fn run(
         namespace = %config.redis.namespace,
         wechat = %config.wechat.base_url,
         credentials = config.credentials.len(),
+        tls = config.redis.url.expose_secret().starts_with("rediss://"),
         "refresher starting"
     );
+    checks::run(&client, &config).await?;
     let http = match &config.http {
         Some(h) => Some(http::Server::bind(h, sh.clone()).await?),
         None => None,
@@ -202,7 +213,12 @@ pub async fn run(
 
     let inbox = sh.inbox.clone();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(events::listen(sh.clone(), client, inbox.clone()));
+    tasks.spawn(events::listen(
+        sh.clone(),
+        client,
+        config.redis.tls.clone(),
+        inbox.clone(),
+    ));
     let register = Arc::new(Notify::new());
     tasks.spawn(heartbeat(sh.clone(), register.clone()));
     tasks.spawn(registrar(sh.clone(), inbox.clone(), register));

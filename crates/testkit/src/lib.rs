@@ -80,7 +80,26 @@ pub fn free_port() -> Result<u16, Error> {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// The TLS port, if the server speaks TLS ([`RedisServer::start_tls`]).
+    tls_port: Option<u16>,
+    /// Arguments given after the defaults (kept for [`RedisServer::restart`]).
+    extra: Vec<String>,
     dir: tempfile::TempDir,
+}
+
+/// How [`RedisServer::start_tls`] runs TLS: the server's certificate and
+/// key, the CA it checks client certificates against, and whether it
+/// requires one.
+#[derive(Debug, Clone)]
+pub struct TlsServer {
+    /// PEM certificate the server presents.
+    pub cert_file: PathBuf,
+    /// Its PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA certificate client certificates must chain to.
+    pub ca_file: PathBuf,
+    /// `--tls-auth-clients yes` (mutual TLS) or `no`.
+    pub auth_clients: bool,
 }
 
 impl RedisServer {
@@ -91,6 +110,48 @@ impl RedisServer {
 
     /// Starts a fresh Redis on `port` (used to restart "the same" server).
     pub fn start_on(port: u16) -> Result<RedisServer, Error> {
+        Self::start_with(port, None, Vec::new())
+    }
+
+    /// Starts a fresh Redis on a free port with `args` after the defaults
+    /// (which are `--save "" --appendonly no`), e.g.
+    /// `["--maxmemory-policy", "allkeys-lru"]` or `["--appendonly", "yes"]`.
+    pub fn start_with_args(args: &[&str]) -> Result<RedisServer, Error> {
+        Self::start_with(
+            free_port()?,
+            None,
+            args.iter().map(|a| (*a).to_owned()).collect(),
+        )
+    }
+
+    /// Starts a fresh Redis that speaks TLS on [`RedisServer::tls_port`]
+    /// (see [`RedisServer::tls_url`]) with `tls`, and `args` after the
+    /// defaults. The plain-text port ([`RedisServer::url`]) stays open on
+    /// loopback for the test's own inspection and for readiness checks; the
+    /// code under test is given the TLS URL only.
+    pub fn start_tls(tls: &TlsServer, args: &[&str]) -> Result<RedisServer, Error> {
+        let tls_port = free_port()?;
+        let mut extra: Vec<String> = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            tls.cert_file.display().to_string(),
+            "--tls-key-file".into(),
+            tls.key_file.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            tls.ca_file.display().to_string(),
+            "--tls-auth-clients".into(),
+            if tls.auth_clients { "yes" } else { "no" }.into(),
+        ];
+        extra.extend(args.iter().map(|a| (*a).to_owned()));
+        Self::start_with(free_port()?, Some(tls_port), extra)
+    }
+
+    fn start_with(
+        port: u16,
+        tls_port: Option<u16>,
+        extra: Vec<String>,
+    ) -> Result<RedisServer, Error> {
         let dir = tempfile::Builder::new()
             .prefix("wxtoken-redis-")
             .tempdir()
@@ -98,6 +159,8 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
+            tls_port,
+            extra,
             dir,
         };
         server.spawn()?;
@@ -120,6 +183,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -159,6 +223,19 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The TLS port, if started with [`RedisServer::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:tls_port` (panics if the server has no TLS port).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}",
+            self.tls_port.expect("started with RedisServer::start_tls")
+        )
+    }
+
     /// The server's working directory (its log lives here).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -190,6 +267,11 @@ impl Drop for RedisServer {
     }
 }
 
+#[cfg(feature = "tls")]
+mod pki;
+#[cfg(feature = "tls")]
+pub use pki::TestPki;
+
 /// One synchronous PING over RESP, so readiness needs no Redis client library.
 fn ping(addr: SocketAddr) -> io::Result<()> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
@@ -219,6 +301,22 @@ mod tests {
         let addr = server.addr();
         drop(server);
         assert!(ping(addr).is_err(), "server must be gone after drop");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_server_starts_with_the_test_pki() {
+        let pki = TestPki::generate().unwrap();
+        let server = RedisServer::start_tls(&pki.server(true), &[]).unwrap();
+        assert!(ping(server.addr()).is_ok());
+        assert!(server.tls_url().starts_with("rediss://127.0.0.1:"));
+        assert_ne!(server.tls_port(), Some(server.port()));
+    }
+
+    #[test]
+    fn extra_arguments_reach_the_server() {
+        let server = RedisServer::start_with_args(&["--maxmemory-policy", "allkeys-lru"]).unwrap();
+        assert!(ping(server.addr()).is_ok());
     }
 
     #[test]

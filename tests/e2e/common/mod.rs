@@ -579,3 +579,73 @@ pub async fn wait_healthz(base: &str, logs: impl Fn() -> String) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl Env {
+    /// Like [`Env::start`], with `redis` (e.g. a TLS server, or one started
+    /// with other settings) as the scenario's Redis.
+    pub async fn start_with_redis(setup: Setup, redis: RedisServer) -> Env {
+        let mut env = Env::start(setup).await;
+        env.redis = redis;
+        env
+    }
+
+    /// The config file text for a replica talking to `redis_url` with
+    /// `redis_extra` (e.g. TLS files, `checks`) added to its `[redis]`.
+    pub fn config_text_with(&self, redis_url: &str, redis_extra: &str) -> String {
+        self.config_text(redis_url)
+            .replacen("[redis]\n", &format!("[redis]\n{redis_extra}"), 1)
+    }
+}
+
+/// What a `wxtoken` command printed and its exit code.
+pub struct CliOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary with `args` and `env`, none of the `WXTOKEN_REDIS_*` /
+/// `WXTOKEN_CONFIG` variables inherited (without a runtime-blocking wait:
+/// the simulator serves replicas from the test's runtime meanwhile).
+pub async fn wxtoken_cli(args: &[&str], env: &[(&str, &str)]) -> CliOut {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"));
+    cmd.args(args)
+        .env_remove("WXTOKEN_REDIS_URL")
+        .env_remove("WXTOKEN_CONFIG")
+        .env_remove("WXTOKEN_REDIS_TLS_CA_FILE")
+        .env_remove("WXTOKEN_REDIS_TLS_CERT_FILE")
+        .env_remove("WXTOKEN_REDIS_TLS_KEY_FILE")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("wxtoken {args:?} did not exit within 60s"))
+        .unwrap();
+    CliOut {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Replica {
+    /// Waits up to `limit` for the process to exit by itself; its exit code
+    /// (`None` if it is still running, then it is killed).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
