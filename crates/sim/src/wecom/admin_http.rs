@@ -55,6 +55,7 @@ pub(crate) fn admin_routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/wecom/summary", get(summary))
         .route("/wecom/ip_blocks/clear", post(clear_blocks))
+        .route("/wecom/check", get(check))
         .route(&format!("{CORP}/evidence"), get(corp_evidence))
         .route(&format!("{CORP}/flags"), put(corp_flags))
         .route(&format!("{CORP}/fail"), post(corp_fail))
@@ -100,6 +101,26 @@ fn done(result: Result<(), WecomError>) -> Response {
 
 async fn summary(State(shared): State<Arc<Shared>>) -> Response {
     Json(Admin::new(shared).wecom_summary()).into_response()
+}
+
+/// `GET /wecom/check?access_token=..` (or `ticket=..`, `suite_access_token=..`): whether it is
+/// valid now, without counting: `{"errcode": 0}` or the errcode WeCom would answer.
+async fn check(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    let q = query.as_deref();
+    let admin = Admin::new(shared);
+    let result = if let Some(t) = query_param(q, "access_token") {
+        admin.check_wecom_token(&t)
+    } else if let Some(t) = query_param(q, "ticket") {
+        admin.check_wecom_ticket(&t)
+    } else if let Some(t) = query_param(q, "suite_access_token") {
+        admin.check_wecom_suite_token(&t)
+    } else {
+        return admin::error(
+            StatusCode::BAD_REQUEST,
+            "expected access_token=, ticket= or suite_access_token=",
+        );
+    };
+    Json(json!({ "errcode": result.err().unwrap_or(0) })).into_response()
 }
 
 async fn clear_blocks(State(shared): State<Arc<Shared>>) -> Response {

@@ -85,6 +85,7 @@
 //! | --- | --- |
 //! | `GET /wecom/summary` | [`Admin::wecom_summary`] |
 //! | `POST /wecom/ip_blocks/clear` | [`Admin::clear_wecom_ip_blocks`] |
+//! | `GET /wecom/check?access_token=` (or `ticket=`, `suite_access_token=`) → `{"errcode": N}` | [`Admin::check_wecom_token`], [`Admin::check_wecom_ticket`], [`Admin::check_wecom_suite_token`] |
 //! | `GET /wecom/corps/{corpid}/evidence` | [`Admin::wecom_corp_evidence`] |
 //! | `PUT /wecom/corps/{corpid}/flags` `{"ip_trusted": bool}` | [`Admin::set_wecom_ip_trusted`] |
 //! | `POST /wecom/corps/{corpid}/fail` ([`FailWecomEndpoint`]) | [`Admin::fail_wecom_corp_endpoint`] |

@@ -894,6 +894,8 @@ async fn admin_http_routes() {
     assert_err(&h.w.gettoken(CORP, SECRET).await, 45033);
 
     let (token, _) = h.w.token(SECRET).await;
+    let (st, v) = call(Method::GET, &format!("/check?access_token={token}"), None).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"errcode": 0})));
     let (st, _) = call(
         Method::POST,
         &format!("/corps/{CORP}/apps/{AGENT}/revoke"),
@@ -902,6 +904,10 @@ async fn admin_http_routes() {
     .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(h.w.admin().check_wecom_token(&token), Err(40014));
+    let (_, v) = call(Method::GET, &format!("/check?access_token={token}"), None).await;
+    assert_eq!(v, json!({"errcode": 40014}));
+    let (st, _) = call(Method::GET, "/check", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, _) = call(Method::POST, &format!("/corps/{CORP}/apps/1/revoke"), None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
