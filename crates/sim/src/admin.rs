@@ -414,6 +414,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/clock/pause", post(pause_clock))
         .route("/clock/resume", post(resume_clock))
         .merge(crate::authorizer::admin_routes())
+        .merge(crate::wecom::admin_routes())
 }
 
 /// A JSON error answer `{"error": "..."}`.

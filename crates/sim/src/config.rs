@@ -47,6 +47,103 @@ pub struct SimConfig {
     /// TOML this is the `[[authorizers]]` array: `component = "wx..."`, `count = 100000`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorizers: Vec<BulkAuthorizers>,
+    /// WeCom (企业微信) corps and their apps. In TOML this is the `[[wecom_corp]]` array.
+    #[serde(rename = "wecom_corp", default, skip_serializing_if = "Vec::is_empty")]
+    pub wecom_corps: Vec<WecomCorpConfig>,
+    /// WeCom third-party suites (服务商应用). In TOML this is the `[[wecom_suite]]` array.
+    #[serde(rename = "wecom_suite", default, skip_serializing_if = "Vec::is_empty")]
+    pub wecom_suites: Vec<WecomSuiteConfig>,
+}
+
+/// One WeCom (企业微信) corp the simulator hosts: `gettoken?corpid=..&corpsecret=..` answers
+/// for each of its apps.
+///
+/// `Debug` redacts the app secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WecomCorpConfig {
+    /// The corp id (企业ID), e.g. `ww0000000000000001`.
+    pub corpid: String,
+    /// Its apps (每个应用有独立的secret), at least one. In TOML an array of tables
+    /// `apps = [{ agentid = 1000002, secret = "..." }]`.
+    pub apps: Vec<WecomAppConfig>,
+}
+
+impl WecomCorpConfig {
+    /// A corp without apps (add them with [`WecomCorpConfig::with_app`]).
+    pub fn new(corpid: impl Into<String>) -> WecomCorpConfig {
+        WecomCorpConfig {
+            corpid: corpid.into(),
+            apps: Vec::new(),
+        }
+    }
+
+    /// Adds an app (builder style).
+    pub fn with_app(mut self, agentid: u32, secret: impl Into<String>) -> WecomCorpConfig {
+        self.apps.push(WecomAppConfig {
+            agentid,
+            secret: secret.into(),
+        });
+        self
+    }
+}
+
+/// One app of a WeCom corp: its `agentid` and its own `corpsecret`.
+///
+/// `Debug` redacts the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WecomAppConfig {
+    /// The app's AgentId (e.g. 1000002).
+    pub agentid: u32,
+    /// The app's Secret. Real ones are 43 characters of `A-Z a-z 0-9 _ -`; the simulator
+    /// accepts any non-empty string but uses that shape to choose between 40001 and 40091
+    /// when a caller sends a wrong secret.
+    pub secret: String,
+}
+
+impl fmt::Debug for WecomAppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WecomAppConfig")
+            .field("agentid", &self.agentid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One WeCom third-party suite (服务商的第三方应用): it answers `get_suite_token`,
+/// `get_permanent_code` and `get_corp_token` for it and, if `push_url` is set, pushes an
+/// encrypted `suite_ticket` to that command callback URL (指令回调URL) every
+/// [`Timing::suite_ticket_push_interval`], and the authorization events there.
+///
+/// `Debug` redacts the secret, the token and the EncodingAESKey.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WecomSuiteConfig {
+    /// The suite id (SuiteID), e.g. `wwsuite0000000001`; also the receiver id inside every
+    /// encrypted push.
+    pub suite_id: String,
+    /// The suite secret.
+    pub secret: String,
+    /// The callback Token.
+    pub token: String,
+    /// The 43-character EncodingAESKey.
+    pub encoding_aes_key: String,
+    /// The command callback URL; `None`: no pushes (and no URL verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_url: Option<String>,
+}
+
+impl fmt::Debug for WecomSuiteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WecomSuiteConfig")
+            .field("suite_id", &self.suite_id)
+            .field("secret", &"<redacted>")
+            .field("token", &"<redacted>")
+            .field("encoding_aes_key", &"<redacted>")
+            .field("push_url", &self.push_url)
+            .finish()
+    }
 }
 
 /// The most authorizers [`BulkAuthorizers`] may create for one component (each costs about
@@ -255,6 +352,29 @@ pub struct Timing {
     pub authorization_code_lifetime: Duration,
     /// Successful `api_authorizer_token` fetches per authorizer per component per day (2000).
     pub authorizer_token_daily_quota: u32,
+    /// WeCom: how often a suite's `suite_ticket` is pushed to its command callback URL
+    /// (600 s). WeCom tokens and tickets live [`Timing::expires_in`] like WeChat's.
+    #[serde(with = "humantime_serde")]
+    pub suite_ticket_push_interval: Duration,
+    /// WeCom: how long a `suite_ticket` is accepted after its push (1800 s).
+    #[serde(with = "humantime_serde")]
+    pub suite_ticket_lifetime: Duration,
+    /// WeCom: how long a temporary authorization code (`AuthCode` of a `create_auth` push)
+    /// can be exchanged with `get_permanent_code` (600 s).
+    #[serde(with = "humantime_serde")]
+    pub wecom_auth_code_lifetime: Duration,
+    /// WeCom: `get_jsapi_ticket` calls per corp in any one hour (400); each app may make at
+    /// most [`Timing::wecom_agent_ticket_hourly_limit`] of them.
+    pub wecom_corp_ticket_hourly_limit: u32,
+    /// WeCom: `ticket/get?type=agent_config` calls per app in any one hour (100), and
+    /// `get_jsapi_ticket` calls per app in any one hour (100).
+    pub wecom_agent_ticket_hourly_limit: u32,
+    /// WeCom: failed `gettoken` calls from one IP in any one hour that block the IP (2000;
+    /// 0: never block).
+    pub wecom_gettoken_failure_limit: u32,
+    /// WeCom: how long such a block lasts (3600 s).
+    #[serde(with = "humantime_serde")]
+    pub wecom_ip_block: Duration,
 }
 
 impl Default for Timing {
@@ -274,6 +394,13 @@ impl Default for Timing {
             component_token_daily_quota: 10_000,
             authorization_code_lifetime: Duration::from_secs(600),
             authorizer_token_daily_quota: 2000,
+            suite_ticket_push_interval: Duration::from_secs(600),
+            suite_ticket_lifetime: Duration::from_secs(1800),
+            wecom_auth_code_lifetime: Duration::from_secs(600),
+            wecom_corp_ticket_hourly_limit: 400,
+            wecom_agent_ticket_hourly_limit: 100,
+            wecom_gettoken_failure_limit: 2000,
+            wecom_ip_block: Duration::from_secs(3600),
         }
     }
 }
@@ -398,6 +525,18 @@ impl SimConfig {
         self
     }
 
+    /// Adds a WeCom corp (builder style).
+    pub fn with_wecom_corp(mut self, corp: WecomCorpConfig) -> SimConfig {
+        self.wecom_corps.push(corp);
+        self
+    }
+
+    /// Adds a WeCom third-party suite (builder style).
+    pub fn with_wecom_suite(mut self, suite: WecomSuiteConfig) -> SimConfig {
+        self.wecom_suites.push(suite);
+        self
+    }
+
     /// Replaces the timing rules (builder style).
     pub fn with_timing(mut self, timing: Timing) -> SimConfig {
         self.timing = timing;
@@ -499,6 +638,7 @@ impl SimConfig {
                 ));
             }
         }
+        self.validate_wecom()?;
         if let Some(g) = &self.generate {
             if g.count > MAX_GENERATED_APPS {
                 return Err(invalid(
@@ -530,6 +670,117 @@ impl SimConfig {
                         ));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SimConfig {
+    /// The `[[wecom_corp]]` and `[[wecom_suite]]` checks of [`SimConfig::validate`].
+    fn validate_wecom(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, reason: &str| ConfigError::Invalid {
+            path: None,
+            field,
+            reason: reason.to_string(),
+        };
+        let t = &self.timing;
+        let positive = [
+            (
+                "timing.suite_ticket_push_interval",
+                t.suite_ticket_push_interval,
+            ),
+            ("timing.suite_ticket_lifetime", t.suite_ticket_lifetime),
+            ("timing.wecom_ip_block", t.wecom_ip_block),
+        ];
+        for (field, d) in positive {
+            if d.is_zero() {
+                return Err(invalid(field.to_string(), "must be greater than zero"));
+            }
+        }
+        let mut corps: HashMap<&str, usize> = HashMap::new();
+        for (i, c) in self.wecom_corps.iter().enumerate() {
+            if !crate::wecom::is_valid_id(&c.corpid) {
+                return Err(invalid(
+                    format!("wecom_corp[{i}].corpid"),
+                    "must be 1-64 characters of A-Z a-z 0-9 _ -",
+                ));
+            }
+            if corps.insert(c.corpid.as_str(), i).is_some() {
+                return Err(invalid(
+                    format!("wecom_corp[{i}].corpid"),
+                    &format!("duplicate corpid {}", c.corpid),
+                ));
+            }
+            if c.apps.is_empty() {
+                return Err(invalid(
+                    format!("wecom_corp[{i}].apps"),
+                    "must not be empty",
+                ));
+            }
+            let mut agentids = HashMap::new();
+            let mut secrets = HashMap::new();
+            for (j, app) in c.apps.iter().enumerate() {
+                if app.secret.is_empty() {
+                    return Err(invalid(
+                        format!("wecom_corp[{i}].apps[{j}].secret"),
+                        "must not be empty",
+                    ));
+                }
+                if agentids.insert(app.agentid, j).is_some() {
+                    return Err(invalid(
+                        format!("wecom_corp[{i}].apps[{j}].agentid"),
+                        &format!("duplicate agentid {}", app.agentid),
+                    ));
+                }
+                if secrets.insert(app.secret.as_str(), j).is_some() {
+                    // Not echoed: the reason names the other app, never the secret.
+                    return Err(invalid(
+                        format!("wecom_corp[{i}].apps[{j}].secret"),
+                        "the same secret as another app of the corp (gettoken finds the app by its secret)",
+                    ));
+                }
+            }
+        }
+        let mut suites: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in self.wecom_suites.iter().enumerate() {
+            if !crate::wecom::is_valid_id(&s.suite_id) {
+                return Err(invalid(
+                    format!("wecom_suite[{i}].suite_id"),
+                    "must be 1-64 characters of A-Z a-z 0-9 _ -",
+                ));
+            }
+            if s.secret.is_empty() {
+                return Err(invalid(
+                    format!("wecom_suite[{i}].secret"),
+                    "must not be empty",
+                ));
+            }
+            if s.token.is_empty() {
+                return Err(invalid(
+                    format!("wecom_suite[{i}].token"),
+                    "must not be empty",
+                ));
+            }
+            if wxtoken_crypto::EncodingAesKey::parse(&s.encoding_aes_key).is_err() {
+                return Err(invalid(
+                    format!("wecom_suite[{i}].encoding_aes_key"),
+                    "must be 43 characters of base64",
+                ));
+            }
+            if let Some(url) = &s.push_url {
+                if reqwest::Url::parse(url).is_err() {
+                    return Err(invalid(
+                        format!("wecom_suite[{i}].push_url"),
+                        "must be an absolute URL",
+                    ));
+                }
+            }
+            if suites.insert(s.suite_id.as_str(), i).is_some() {
+                return Err(invalid(
+                    format!("wecom_suite[{i}].suite_id"),
+                    &format!("duplicate suite_id {}", s.suite_id),
+                ));
             }
         }
         Ok(())

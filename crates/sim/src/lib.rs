@@ -23,6 +23,7 @@
 //! | `POST /cgi-bin/component/api_authorizer_token` | a new authorizer access token for a refresh token |
 //! | `POST /cgi-bin/component/api_get_authorizer_list` | a component's authorizers with their refresh tokens |
 //! | `/_sim/...` | the HTTP admin API mirroring [`Admin`] |
+//! | `/qyapi/cgi-bin/...` | WeCom (企业微信): see [`wecom`]; WeCom base URL [`Simulator::wecom_base_url`] |
 //!
 //! Everything is scriptable at run time through [`Admin`] (in-process) or `/_sim/` (HTTP):
 //! scripted [`Fault`]s, whitelist/frozen flags, quota counters, token revocation, and
@@ -76,6 +77,11 @@
 //! `api_authorizer_token` 41002, 61003 (not authorized), 61023 (refresh token), 45009; the
 //! list 40170 (`count` > 500) and 40097; all three first 41001, 61014 (not a component
 //! token), 40001, 42001, 47001, 41018 (no `component_appid`) and 61011 (another component's).
+//!
+//! WeCom (企业微信, `[[wecom_corp]]` / `[[wecom_suite]]` in TOML, [`WecomCorpConfig`],
+//! [`WecomSuiteConfig`]) is served under `/qyapi` (its paths overlap WeChat's); its rules,
+//! errcodes ([`wecom::errcode`]), admin methods (`Admin::*wecom*`) and the `/_sim/wecom/...`
+//! admin routes are described in [`wecom`].
 //!
 //! Unknown appids are 404, malformed bodies 400, an existing appid in `POST /_sim/apps` 409
 //! (and an authorization change that does not fit the authorizer's state 409);
@@ -219,6 +225,7 @@ mod server;
 mod state;
 mod ticket;
 mod token;
+pub mod wecom;
 mod wire;
 
 pub use admin::{Admin, AdminError, Flags, QuotaUsed};
@@ -234,7 +241,7 @@ pub use component::{
 };
 pub use config::{
     AppConfig, BulkAuthorizers, ComponentConfig, ConfigError, GeneratedApps, SimConfig, Timing,
-    MAX_BULK_AUTHORIZERS, MAX_GENERATED_APPS,
+    WecomAppConfig, WecomCorpConfig, WecomSuiteConfig, MAX_BULK_AUTHORIZERS, MAX_GENERATED_APPS,
 };
 pub use evidence::{
     AppEvidence, Counts, Endpoint, Evidence, FetchCounts, FetchOutcome, FetchRecord, LiveToken,
@@ -242,4 +249,9 @@ pub use evidence::{
 };
 pub use fault::{Fault, FaultKind};
 pub use server::{serve, Simulator};
+pub use wecom::{
+    FailWecomEndpoint, WecomAppEvidence, WecomAppFlags, WecomAuthEvent, WecomAuthRecord,
+    WecomBulkCorp, WecomCorpEvidence, WecomCorpFlags, WecomEndpoint, WecomError, WecomFetchCounts,
+    WecomPush, WecomSuiteEvidence, WecomSummary, WecomUrlVerification, MAX_WECOM_BULK_CORPS,
+};
 pub use wire::JSON_CONTENT_TYPE;

@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use crate::admin::{self, Admin};
 use crate::config::SimConfig;
 use crate::state::Shared;
-use crate::{authorizer, business, component, ticket, token};
+use crate::{authorizer, business, component, ticket, token, wecom};
 
 /// A running simulator, serving in a background tokio task.
 ///
@@ -60,7 +60,8 @@ impl Simulator {
         let shared = Arc::new(Shared::new(&config));
         let admin = Admin::new(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
-        let pushers = component::spawn_pushers(&shared);
+        let mut pushers = component::spawn_pushers(&shared);
+        wecom::spawn_pushers(&shared, &mut pushers);
         let task = tokio::spawn(async move {
             // Dropped (stopping every pusher) when the server stops or is aborted.
             let _pushers = pushers;
@@ -83,6 +84,13 @@ impl Simulator {
     /// `https://api.weixin.qq.com`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/qyapi`, without a trailing slash: the WeCom (企业微信) base
+    /// URL, to use instead of `https://qyapi.weixin.qq.com` (WeCom's paths are served under
+    /// `/qyapi` because they overlap WeChat's).
+    pub fn wecom_base_url(&self) -> String {
+        format!("http://{}{}", self.addr, wecom::BASE_PATH)
     }
 
     /// The address actually bound.
@@ -125,7 +133,8 @@ pub async fn serve(
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, apps = config.app_count(), "wechat simulator listening");
     let shared = Arc::new(Shared::new(&config));
-    let pushers = component::spawn_pushers(&shared);
+    let mut pushers = component::spawn_pushers(&shared);
+    wecom::spawn_pushers(&shared, &mut pushers);
     run(listener, router(shared), shutdown).await;
     drop(pushers);
     tracing::info!(addr = %local, "wechat simulator stopped");
@@ -164,6 +173,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/cgi-bin/get_api_domain_ip",
             get(business::get_api_domain_ip).post(business::get_api_domain_ip),
         )
+        .nest(wecom::BASE_PATH, wecom::router())
         .nest("/_sim", admin::router())
         .fallback(not_found)
         .with_state(shared)

@@ -22,6 +22,7 @@ use crate::component::Components;
 use crate::config::{SimConfig, Timing};
 use crate::evidence::{AppEvidence, Endpoint, FetchCounts, FetchOutcome, FetchRecord, LiveToken};
 use crate::fault::Fault;
+use crate::wecom::WeCom;
 use crate::wire;
 
 /// State shared by the HTTP handlers and every [`crate::Admin`] handle.
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) components: Components,
     /// Their authorizers (their own lock; never held with `inner`'s or `components`').
     pub(crate) authorizers: Authorizers,
+    /// WeCom (企业微信) corps and suites (their own lock; never held with another).
+    pub(crate) wecom: WeCom,
 }
 
 /// One reading of the simulator clock ([`SimClock`]), taken once per request so that every rule
@@ -240,11 +243,13 @@ impl Shared {
         let clock = SimClock::new();
         let components = Components::new(config, clock.now());
         let authorizers = Authorizers::new(config, started_unix_ms / 1000);
+        let wecom = WeCom::new(config, clock.now());
         Shared {
             timing: config.timing.clone(),
             clock,
             components,
             authorizers,
+            wecom,
             started_unix_ms,
             inner: Mutex::new(Inner {
                 apps,

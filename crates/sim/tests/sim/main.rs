@@ -22,3 +22,4 @@ mod generated;
 mod lifecycle;
 mod stable;
 mod ticket;
+mod wecom;
