@@ -228,8 +228,17 @@ impl Target {
     /// Connects, bounded by a timeout. Errors name the redacted URL.
     pub async fn connect(&self) -> Result<MultiplexedConnection> {
         let shown = self.redacted_url();
-        let client = wxtoken_connect::client(self.url.expose_secret(), &self.tls)
-            .map_err(|e| anyhow!("{}: {e}", self.source))?;
+        // Behind Sentinel: the primary the sentinels name now.
+        let client = wxtoken_connect::Target::parse(self.url.expose_secret(), &self.tls)
+            .map_err(|e| anyhow!("{}: {e}", self.source))?
+            .resolve(REDIS_TIMEOUT)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot connect to Redis at {shown}: {}",
+                    self.scrub(&e.to_string())
+                )
+            })?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT));
@@ -291,10 +300,10 @@ fn check_url(
         Some(TlsFile::Key) => tls_sources[2],
         None => source,
     };
-    wxtoken_connect::client(url.expose_secret(), tls)
+    wxtoken_connect::Target::parse(url.expose_secret(), tls)
         .map(drop)
         .map_err(|e| match &e {
-            ConnectError::Url { .. } => anyhow!("{source}: {e}"),
+            ConnectError::Url { .. } | ConnectError::Sentinel { .. } => anyhow!("{source}: {e}"),
             ConnectError::File { which, .. } => anyhow!("{}: {e}", named(Some(*which))),
             ConnectError::Mismatch { which, .. } => anyhow!("{}: {e}", named(*which)),
         })

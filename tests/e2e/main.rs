@@ -22,6 +22,7 @@ mod platform_hostile;
 mod process;
 mod redis_outage;
 mod scheduler;
+mod sentinel;
 mod startup_checks;
 mod status_component;
 mod status_scale;

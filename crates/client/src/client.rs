@@ -11,7 +11,7 @@ use crate::cache::{Cache, Entry};
 use crate::events::{self, Subscriber};
 use crate::reader::{timed_out, Reader};
 use crate::{token_prefix, Error, Options};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,7 +103,7 @@ impl Client {
     /// Must be called inside a Tokio runtime, which the subscriber runs on.
     pub async fn connect(redis_url: &str, options: Options) -> Result<Client, Error> {
         validate_name("namespace", &options.namespace)?;
-        let client = wxtoken_connect::client(redis_url, &options.tls)?;
+        let target = wxtoken_connect::Target::parse(redis_url, &options.tls)?;
         // A TLS failure names the file to look at.
         let failed = |e: redis::RedisError| match wxtoken_connect::explain(&e, &options.tls) {
             Some(hint) => Error::Tls { hint, source: e },
@@ -119,12 +119,14 @@ impl Client {
             .set_max_delay(Duration::from_secs(1))
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let mut redis = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(failed)?;
-
+        // Behind Sentinel, the primary the sentinels name (followed after
+        // a failover).
+        if let wxtoken_connect::Target::Sentinel(s) = &target {
+            s.primary(timeout).await?;
+        }
+        let redis = wxtoken_connect::Managed::new(target, &options.tls, config, timeout).await?;
         let () = redis::cmd("PING")
-            .query_async(&mut redis)
+            .query_async(&mut redis.con())
             .await
             .map_err(failed)?;
         let cache = Arc::new(Cache::new(options.poll_interval, options.expiry_margin));
@@ -136,7 +138,6 @@ impl Client {
         };
 
         let subscriber = Subscriber {
-            client,
             channel: events_channel(&options.namespace),
             timeout,
             ping_every: options
@@ -219,7 +220,7 @@ impl Client {
     ) -> Result<RequestOutcome, Error> {
         let keys = self.keys(id, kind)?;
         self.inner.cache.distrust(id, kind, refused);
-        let mut con = self.inner.reader.redis.clone();
+        let mut con = self.inner.reader.redis.con();
         let request = request_refresh(
             &mut con,
             &keys,
@@ -347,7 +348,7 @@ impl Client {
 
     /// Files a request for a value that is not stored (best effort).
     async fn ask_for_missing(&self, keys: &CredentialKeys, kind: Kind) {
-        let mut con = self.inner.reader.redis.clone();
+        let mut con = self.inner.reader.redis.con();
         let request = request_refresh(
             &mut con,
             keys,

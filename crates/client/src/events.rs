@@ -32,7 +32,6 @@ pub(crate) const MAX_EVENT_BYTES: usize = 16 * 1024;
 
 /// Where and how to subscribe.
 pub(crate) struct Subscriber {
-    pub(crate) client: redis::Client,
     pub(crate) channel: String,
     /// Bound on connecting + subscribing, and on one PING.
     pub(crate) timeout: Duration,
@@ -47,14 +46,20 @@ impl Subscriber {
     /// Opens a pub/sub connection and subscribes to the events channel.
     pub(crate) async fn subscribe(&self) -> redis::RedisResult<PubSub> {
         let attempt = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            // The current primary's (behind Sentinel it moves).
+            let mut pubsub = self.reader.redis.client().get_async_pubsub().await?;
             pubsub.subscribe(&self.channel).await?;
             Ok(pubsub)
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(timed_out("subscribing to update events")),
+        };
+        if let Err(e) = &result {
+            // Behind Sentinel: has the primary moved?
+            self.reader.redis.saw_error(Some(e));
         }
+        result
     }
 }
 

@@ -8,7 +8,6 @@
 //! log a whole token.
 
 use crate::cache::{Cache, Entry, Stored};
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::Duration;
 use wxtoken_schema::{info, CredentialKeys, Kind};
@@ -20,7 +19,8 @@ type Reply = (Option<String>, i64, Option<String>);
 /// clone; holds nothing that keeps a [`Client`](crate::Client) alive.
 #[derive(Clone)]
 pub(crate) struct Reader {
-    pub(crate) redis: ConnectionManager,
+    /// The connection (behind Sentinel, it follows the primary).
+    pub(crate) redis: wxtoken_connect::Managed,
     pub(crate) cache: Arc<Cache>,
     pub(crate) namespace: String,
     pub(crate) timeout: Duration,
@@ -39,13 +39,19 @@ impl Reader {
         pipe.get(&value_key)
             .pttl(&value_key)
             .hget(keys.info(kind), info::FENCE);
-        let mut con = self.redis.clone();
+        let mut con = self.redis.con();
         let start = self.cache.start_read();
         // The whole read, reconnection attempts included, is bounded: a read
         // with a cached value to fall back on must not hang on Redis.
-        let reply: Reply = tokio::time::timeout(self.timeout, pipe.query_async(&mut con))
-            .await
-            .map_err(|_| timed_out("reading from Redis"))??;
+        let reply: redis::RedisResult<Reply> =
+            match tokio::time::timeout(self.timeout, pipe.query_async(&mut con)).await {
+                Ok(r) => r,
+                Err(_) => Err(timed_out("reading from Redis")),
+            };
+        if let Err(e) = &reply {
+            self.redis.saw_error(Some(e));
+        }
+        let reply = reply?;
         let (value, pttl, fence) = reply;
 
         // PTTL: -1 = no TTL, -2 = gone (expired between GET and PTTL).

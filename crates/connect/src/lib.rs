@@ -20,6 +20,12 @@
 //! certificate, a server that requires or refuses the client certificate)
 //! into a sentence naming the file to look at.
 
+mod managed;
+mod sentinel;
+
+pub use managed::{Managed, Target};
+pub use sentinel::Sentinel;
+
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -100,6 +106,14 @@ pub enum ConnectError {
         which: Option<TlsFile>,
         /// What does not go together.
         message: String,
+    },
+    /// No sentinel named a primary that answered as one.
+    #[error("Redis Sentinel: no primary found for master {master:?}: {reason}")]
+    Sentinel {
+        /// The master's name.
+        master: String,
+        /// The last sentinel's or node's answer.
+        reason: String,
     },
 }
 

@@ -900,10 +900,10 @@ impl Check<'_> {
         // The one client builder reads and checks the TLS files, and never
         // shows the URL: one that did not parse cannot be redacted reliably
         // (`redis:/u:PW@h` has no `://`).
-        if let Err(e) = wxtoken_connect::client(url.expose_secret(), &tls) {
+        if let Err(e) = wxtoken_connect::Target::parse(url.expose_secret(), &tls) {
             use wxtoken_connect::ConnectError as E;
             return Err(match e {
-                E::Url { .. } => self.invalid(url_field, e.to_string()),
+                E::Url { .. } | E::Sentinel { .. } => self.invalid(url_field, e.to_string()),
                 E::File {
                     which,
                     ref path,

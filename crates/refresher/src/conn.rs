@@ -4,13 +4,14 @@
 //! pipelines its commands over the same socket, so a step is one round trip
 //! (no pool checkout, no recycle `PING`), no connection is ever held while
 //! WeChat is called, and a burst of work never opens new connections. The
-//! manager reconnects by itself after a connection error. Every step is
-//! bounded by the configured Redis timeout; a timed-out step leaves the
-//! connection usable.
+//! manager reconnects by itself after a connection error; behind Redis
+//! Sentinel, a failed step also makes the connection ask the sentinels
+//! whether the primary moved, and follow it (`wxtoken_connect::Managed`).
+//! Every step is bounded by the configured Redis timeout; a timed-out step
+//! leaves the connection usable.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A Redis failure (connection, timeout, or command error). Its text comes
@@ -28,16 +29,16 @@ impl From<redis::RedisError> for RedisError {
 /// The shared connection and the timeout of every step.
 #[derive(Clone)]
 pub struct Redis {
-    con: ConnectionManager,
+    managed: wxtoken_connect::Managed,
     timeout: Duration,
-    tls: Arc<wxtoken_connect::TlsFiles>,
 }
 
 impl Redis {
-    /// Sets up the connection without connecting: Redis being down at
-    /// start is not an error (steps fail and are retried).
-    pub fn new(
-        client: redis::Client,
+    /// Sets up the connection without connecting (behind Sentinel, the
+    /// sentinels are asked once): Redis being down at start is not an
+    /// error (steps fail and are retried).
+    pub async fn new(
+        target: wxtoken_connect::Target,
         timeout: Duration,
         tls: &wxtoken_connect::TlsFiles,
     ) -> Result<Redis, RedisError> {
@@ -46,29 +47,49 @@ impl Redis {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let con = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| RedisError(format!("{:?}", e.kind())))?;
-        Ok(Redis {
-            con,
-            timeout,
-            tls: Arc::new(tls.clone()),
-        })
+        let managed = wxtoken_connect::Managed::new(target, tls, config, timeout)
+            .await
+            .map_err(|e| RedisError(e.to_string()))?;
+        Ok(Redis { managed, timeout })
     }
 
     /// A handle on the connection for one step (cheap to clone).
     pub fn con(&self) -> ConnectionManager {
-        self.con.clone()
+        self.managed.con()
+    }
+
+    /// A client for the current primary (pub/sub needs its own connection).
+    pub fn client(&self) -> redis::Client {
+        self.managed.client()
+    }
+
+    /// Something outside a step failed (a lost subscription): behind
+    /// Sentinel, check whether the primary moved.
+    pub fn saw_error(&self) {
+        self.managed.saw_error(None);
     }
 
     /// Runs one step (a command, pipeline or script) within the timeout.
+    /// A failure is reported to the connection, which (behind Sentinel)
+    /// checks whether the primary moved.
     pub async fn step<T>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RedisError> {
         match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
             // A TLS failure says which file to look at.
-            Ok(r) => r.map_err(|e| RedisError(wxtoken_connect::describe(&e, &self.tls))),
-            Err(_) => Err(RedisError(format!("no answer within {:?}", self.timeout))),
+            Ok(Err(e)) => {
+                self.managed.saw_error(Some(&e));
+                Err(RedisError(wxtoken_connect::describe(
+                    &e,
+                    self.managed.tls(),
+                )))
+            }
+            Err(_) => {
+                self.managed.saw_error(None);
+                Err(RedisError(format!("no answer within {:?}", self.timeout)))
+            }
         }
     }
 }

@@ -25,12 +25,7 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Subscribes until shutdown, passing requests on to the scheduler.
-pub async fn listen(
-    sh: Arc<Shared>,
-    client: redis::Client,
-    tls: wxtoken_connect::TlsFiles,
-    inbox: Arc<Inbox>,
-) {
+pub async fn listen(sh: Arc<Shared>, tls: wxtoken_connect::TlsFiles, inbox: Arc<Inbox>) {
     let channel = events_channel(&sh.namespace);
     let requests = requests_channel(&sh.namespace);
     let shutdown = sh.shutdown.clone();
@@ -44,6 +39,8 @@ pub async fn listen(
         )
     };
     while !shutdown.is_cancelled() {
+        // The current primary's client: behind Sentinel it moves.
+        let client = sh.redis.client();
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&[&channel, &requests]).await?;
@@ -62,6 +59,7 @@ pub async fn listen(
             }
             failed => {
                 failures += 1;
+                sh.redis.saw_error();
                 if failures == 1 {
                     let error = match failed {
                         Ok(Err(e)) => wxtoken_connect::describe(&e, &tls),
@@ -99,6 +97,7 @@ pub async fn listen(
         tokio::select! {
             _ = session => {
                 failures = 1;
+                sh.redis.saw_error();
                 tracing::warn!(%channel, "event subscription lost; resubscribing (the scheduler rescans every check_interval)");
             }
             _ = shutdown.cancelled() => break,

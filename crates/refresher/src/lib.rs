@@ -168,9 +168,11 @@ pub async fn run(
     shutdown: CancellationToken,
     mut reloads: mpsc::Receiver<Config>,
 ) -> Result<(), StartError> {
-    let client = wxtoken_connect::client(config.redis.url.expose_secret(), &config.redis.tls)
-        .map_err(|e| StartError::Redis(e.to_string()))?;
-    let redis = conn::Redis::new(client.clone(), config.redis.timeout, &config.redis.tls)
+    let target =
+        wxtoken_connect::Target::parse(config.redis.url.expose_secret(), &config.redis.tls)
+            .map_err(|e| StartError::Redis(e.to_string()))?;
+    let redis = conn::Redis::new(target, config.redis.timeout, &config.redis.tls)
+        .await
         .map_err(|e| StartError::Redis(e.to_string()))?;
     let rate = (config.wechat.calls_per_second > 0.0).then(|| RateLimit {
         key: wxtoken_schema::rate_key(
@@ -205,7 +207,7 @@ pub async fn run(
         tls = config.redis.url.expose_secret().starts_with("rediss://"),
         "refresher starting"
     );
-    checks::run(&client, &config).await?;
+    checks::run(&sh.redis.client(), &config).await?;
     let http = match &config.http {
         Some(h) => Some(http::Server::bind(h, sh.clone()).await?),
         None => None,
@@ -215,7 +217,6 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(events::listen(
         sh.clone(),
-        client,
         config.redis.tls.clone(),
         inbox.clone(),
     ));
