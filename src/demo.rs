@@ -29,6 +29,11 @@ pub struct Args {
     /// Token lifetime the simulator hands out (WeChat's is 7200s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     lifetime: Duration,
+    /// Accounts authorized on the demo's third-party platform (0: no
+    /// platform). They exist only at the simulator: wxtoken finds them with
+    /// api_get_authorizer_list after the first verify-ticket push.
+    #[arg(long, default_value_t = 3)]
+    authorizers: u32,
     /// Stop after this long [default: run until Ctrl-C].
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -60,7 +65,13 @@ impl Redis {
         let (url, namespace, local) = match given {
             Some(url) => (url, SHARED_REDIS_NAMESPACE, None),
             None => {
-                let server = wxtoken_testkit::RedisServer::start().with_context(|| {
+                // With AOF, as the README recommends for the platform's
+                // durable refresh tokens.
+                let server = wxtoken_testkit::RedisServer::start_with_args(&[
+                    "--appendonly",
+                    "yes",
+                ])
+                .with_context(|| {
                     format!("starting a local redis-server (or set {ENV_REDIS_URL} or REDIS_URL)")
                 })?;
                 (server.url(), DEFAULT_NAMESPACE, Some(server))
@@ -114,6 +125,36 @@ pub async fn run(args: Args) -> Result<()> {
         sim_cfg = sim_cfg.with_app(&appid, &secret);
         secrets.push((format!("demo-{}", i + 1), appid, secret));
     }
+    // A third-party platform pushing verify tickets to replica-1's
+    // receiver, with accounts that authorized it before wxtoken ran.
+    let http_ports: Vec<u16> = (0..args.replicas)
+        .map(|_| wxtoken_testkit::free_port().context("finding a free port"))
+        .collect::<Result<_>>()?;
+    let platform = (args.authorizers > 0).then(|| DemoPlatform {
+        appid: "wxdemocomponent01".to_owned(),
+        secret: format!("{:032x}", rand::random::<u128>()),
+        token: format!("{:016x}", rand::random::<u64>()),
+        aes_key: (0..43)
+            .map(|_| {
+                const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+                A[rand::random_range(0..A.len())] as char
+            })
+            .collect(),
+    });
+    if let Some(p) = &platform {
+        sim_cfg = sim_cfg
+            .with_component(wxtoken_sim::ComponentConfig {
+                appid: p.appid.clone(),
+                secret: p.secret.clone(),
+                token: p.token.clone(),
+                encoding_aes_key: p.aes_key.clone(),
+                push_url: Some(format!(
+                    "http://127.0.0.1:{}/wechat/component/platform",
+                    http_ports[0]
+                )),
+            })
+            .with_authorizers(&p.appid, args.authorizers);
+    }
     let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse()?)
         .await
         .context("starting the WeChat simulator")?;
@@ -134,16 +175,27 @@ pub async fn run(args: Args) -> Result<()> {
             "\n[[credential]]\nid = \"{id}\"\nappid = \"{appid}\"\nsecret_env = \"WXTOKEN_DEMO_SECRET_{i}\"\ntickets = [\"jsapi\"]\n"
         ));
     }
+    if let Some(p) = &platform {
+        config.push_str(&format!(
+            "\n[[component]]\nid = \"platform\"\nappid = \"{}\"\nsecret_env = \"WXTOKEN_DEMO_C_SECRET\"\n\
+             token_env = \"WXTOKEN_DEMO_C_TOKEN\"\nencoding_aes_key_env = \"WXTOKEN_DEMO_C_KEY\"\n",
+            p.appid
+        ));
+    }
     std::fs::write(&config_path, &config).context("writing the demo config")?;
-    // replica-1 also serves the status page, metrics and probes on loopback.
-    let http_port = wxtoken_testkit::free_port().context("finding a free port")?;
-    let status_url = format!("http://127.0.0.1:{http_port}/");
-    let http_config_path = dir.path().join("wxtoken-replica-1.toml");
-    std::fs::write(
-        &http_config_path,
-        format!("{config}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
-    )
-    .context("writing the demo config")?;
+    // Each replica serves the status page, metrics, probes and the
+    // platform's push receiver on loopback; WeChat pushes to replica-1's.
+    let status_url = format!("http://127.0.0.1:{}/", http_ports[0]);
+    let mut config_paths = Vec::new();
+    for (r, port) in http_ports.iter().enumerate() {
+        let path = dir.path().join(format!("wxtoken-replica-{}.toml", r + 1));
+        std::fs::write(
+            &path,
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .context("writing the demo config")?;
+        config_paths.push(path);
+    }
 
     // Subscribe before the replicas start, so no write is missed.
     let client = redis::Client::open(redis.url.as_str())
@@ -171,11 +223,7 @@ pub async fn run(args: Args) -> Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.arg("run")
             .arg("--config")
-            .arg(if r == 1 {
-                &http_config_path
-            } else {
-                &config_path
-            })
+            .arg(&config_paths[r - 1])
             .arg("--replica-id")
             .arg(format!("replica-{r}"))
             .env(
@@ -188,6 +236,11 @@ pub async fn run(args: Args) -> Result<()> {
             .stdin(Stdio::null());
         for (i, (_, _, secret)) in secrets.iter().enumerate() {
             cmd.env(format!("WXTOKEN_DEMO_SECRET_{i}"), secret);
+        }
+        if let Some(p) = &platform {
+            cmd.env("WXTOKEN_DEMO_C_SECRET", &p.secret)
+                .env("WXTOKEN_DEMO_C_TOKEN", &p.token)
+                .env("WXTOKEN_DEMO_C_KEY", &p.aes_key);
         }
         children
             .0
@@ -213,14 +266,40 @@ pub async fn run(args: Args) -> Result<()> {
         args.credentials,
         humantime::format_duration(args.lifetime)
     );
-    println!("time      replica     credential  kind            fence  token      valid");
+    if let Some(p) = &platform {
+        println!(
+            "  platform   {} with {} authorized accounts (found with api_get_authorizer_list)\n",
+            p.appid, args.authorizers
+        );
+    }
+    // Wide enough for the platform's ids (`authorizer/<component>/<appid>`).
+    let idw = secrets
+        .iter()
+        .map(|(id, _, _)| id.len())
+        .chain(
+            platform
+                .as_ref()
+                .map(|p| "authorizer//".len() + p.appid.len() + 18),
+        )
+        .max()
+        .unwrap_or(10)
+        .max(10);
+    println!(
+        "time      replica     {:<idw$}  kind                    fence  token      valid",
+        "credential"
+    );
 
     let started = Instant::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut messages = pubsub.on_message();
     let mut shown_help = false;
     let mut seen: BTreeMap<(String, Kind), UpdateEvent> = BTreeMap::new();
-    let wanted = args.credentials * 2;
+    // Every credential's token and ticket; the platform's component token,
+    // reconciliation and each account's token.
+    let wanted = args.credentials * 2
+        + platform
+            .as_ref()
+            .map_or(0, |_| 2 + args.authorizers as usize);
     loop {
         let sleep = async {
             match deadline {
@@ -234,7 +313,7 @@ pub async fn run(args: Args) -> Result<()> {
                 let Ok(ev) = UpdateEvent::parse(msg.get_payload_bytes()) else { continue };
                 let now_ms = unix_ms();
                 println!(
-                    "{:>7.1}s  {:<10}  {:<10}  {:<14}  {:>5}  {}  {}s",
+                    "{:>7.1}s  {:<10}  {:<idw$}  {:<22}  {:>5}  {}  {}s",
                     started.elapsed().as_secs_f64(),
                     ev.replica,
                     ev.id,
@@ -288,9 +367,53 @@ pub async fn run(args: Args) -> Result<()> {
             replica.unwrap_or_default()
         );
     }
+    if let Some(p) = &platform {
+        let counts = admin.component_evidence(&p.appid).map(|e| e.counts);
+        let component = CredentialKeys::component(namespace, &p.appid)?;
+        let token: Option<String> = redis::cmd("GET")
+            .arg(component.value(Kind::ComponentAccessToken))
+            .query_async(&mut con)
+            .await?;
+        let works = match token.as_deref().map(|t| admin.check_component_token(t)) {
+            Some(Ok(())) => "yes".to_string(),
+            Some(Err(code)) => format!("NO (errcode {code})"),
+            None => "no token".to_string(),
+        };
+        println!(
+            "\nplatform {}: component token fetched {} times, works? {works}",
+            p.appid,
+            counts.map_or(0, |c| c.component_token_issued)
+        );
+        let issued = admin.authorizer_issue_counts(&p.appid).unwrap_or_default();
+        let mut accounts: Vec<_> = issued.into_iter().collect();
+        accounts.sort();
+        println!("authorizer          WeChat token calls  token in Redis works?");
+        for (appid, calls) in accounts {
+            let keys = CredentialKeys::authorizer(namespace, &p.appid, &appid)?;
+            let token: Option<String> = redis::cmd("GET")
+                .arg(keys.value(Kind::AccessToken))
+                .query_async(&mut con)
+                .await?;
+            let works = match token.as_deref().map(|t| admin.check_authorizer_token(t)) {
+                Some(Ok(_)) => "yes".to_string(),
+                Some(Err(code)) => format!("NO (errcode {code})"),
+                None => "no token".to_string(),
+            };
+            println!("{appid:<18}  {calls:>18}  {works}");
+        }
+    }
     drop(children);
     sim.shutdown().await;
     Ok(())
+}
+
+/// The demo's third-party platform: its secrets live only in this process
+/// and the replicas' environment.
+struct DemoPlatform {
+    appid: String,
+    secret: String,
+    token: String,
+    aes_key: String,
 }
 
 /// Deletes every registered credential's keys in `namespace`, and the
@@ -306,7 +429,7 @@ async fn clear_namespace(
         .query_async(con)
         .await?;
     for id in &ids {
-        let Ok(keys) = CredentialKeys::new(namespace, id) else {
+        let Ok(keys) = CredentialKeys::for_id(namespace, id) else {
             continue;
         };
         // One credential's keys share a hash slot: one DEL, even on a cluster.
@@ -317,8 +440,22 @@ async fn clear_namespace(
                 .arg(keys.lock(kind))
                 .arg(keys.refresh_request(kind));
         }
-        del.arg(keys.fence()).arg(keys.status());
+        del.arg(keys.fence())
+            .arg(keys.status())
+            .arg(keys.refresh_token())
+            .arg(keys.authorization_code())
+            .arg(keys.removed());
         let _: i64 = del.query_async(con).await?;
+        if let Some(wxtoken_schema::Subject::Component(appid)) = wxtoken_schema::Subject::parse(id)
+        {
+            let platform = wxtoken_schema::ComponentKeys::new(namespace, appid)?;
+            let _: i64 = redis::cmd("DEL")
+                .arg(platform.verify_ticket())
+                .arg(platform.verify_ticket_info())
+                .arg(platform.authorizers())
+                .query_async(con)
+                .await?;
+        }
     }
     let _: i64 = redis::cmd("DEL").arg(&registry).query_async(con).await?;
     Ok(ids.len())

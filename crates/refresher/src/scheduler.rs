@@ -537,6 +537,12 @@ fn log_failure(
             tracing::debug!(%id, %kind, error = %error, "waiting for the value it is fetched with");
             return;
         }
+        LeaseError::NoVerifyTicket => {
+            // Normal at a platform's first start: WeChat pushes a ticket
+            // every 10 minutes, and one was asked for.
+            tracing::info!(%id, %kind, retry_in = ?retry_in, "waiting for WeChat to push a component_verify_ticket (asked for one)");
+            return;
+        }
         LeaseError::LockLapsed => {
             tracing::warn!(%id, %kind, "refresh lock lapsed before the WeChat call (stalled?); not calling");
             return;
@@ -548,7 +554,6 @@ fn log_failure(
         LeaseError::Wechat(_)
         | LeaseError::StillRefused
         | LeaseError::ForceBudget(_)
-        | LeaseError::NoVerifyTicket
         | LeaseError::NoRefreshToken
         | LeaseError::WrongAuthorizer(_) => {}
     }
