@@ -12,6 +12,7 @@ mod cli_config;
 mod cli_ops;
 mod client_e2e;
 mod component;
+mod deploy;
 mod exactly_once;
 mod failover;
 mod http_limits;

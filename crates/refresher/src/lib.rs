@@ -323,6 +323,11 @@ async fn registrar(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>, register: Arc<
                 Ok(queued) => {
                     if first {
                         tracing::info!(credentials = held.len(), queued, "registered credentials");
+                        // systemd (Type=notify): ready once Redis knows what
+                        // this replica refreshes. A no-op without NOTIFY_SOCKET.
+                        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                            tracing::debug!(error = %e, "could not notify systemd");
+                        }
                     } else {
                         tracing::warn!(credentials = held.len(), queued, "Redis did not know this replica (data lost, or taken for dead): registered every credential again");
                     }
