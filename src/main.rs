@@ -89,6 +89,24 @@ enum Command {
     /// A third-party platform's authorizers: list them, add one by
     /// authorization code, remove one, reconcile with WeChat's list.
     Authorizers(ops::authorizers::Args),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `wxtoken man > wxtoken.1`.
+    Man,
+    /// GET a URL (e.g. a replica's http://127.0.0.1:9100/healthz) and exit
+    /// 0 if it answers 200, 1 otherwise: a health check for containers that
+    /// have no curl.
+    Probe {
+        /// The URL.
+        #[arg(default_value = "http://127.0.0.1:9100/healthz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -100,7 +118,11 @@ fn init_logging(format: LogFormat) {
     // `eprintln!`, which panics on EPIPE, in whichever task was logging.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colour only on a terminal, and never with NO_COLOR set (no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr)
         .log_internal_errors(false);
     match format {
@@ -189,6 +211,39 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Status(args) => ops::status::run(args).await,
         Command::Refresh(args) => ops::refresh::run(args).await,
         Command::Authorizers(args) => ops::authorizers::run(args).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "wxtoken", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe { url, timeout } => probe(&url, timeout).await,
+    }
+}
+
+/// `wxtoken probe`: 0 when `url` answers 200 within `timeout`.
+async fn probe(url: &str, timeout: Duration) -> Result<ExitCode> {
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .context("building the HTTP client")?;
+    match http.get(url).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::OK => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!("probe: HTTP {}", r.status().as_u16());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("probe: {}", e.without_url());
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

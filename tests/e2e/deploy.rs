@@ -141,6 +141,23 @@ async fn a_replica_exports_what_the_alerts_and_dashboard_use_and_notifies_system
 
     let base = format!("http://127.0.0.1:{port}");
     wait_healthz(&base, || replica.logs()).await;
+    // The container health check: `wxtoken probe`.
+    let probe = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+            .args(["probe", &url, "--timeout", "2s"])
+            .output()
+            .await
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(probe(format!("{base}/healthz")).await, Some(0));
+    assert_eq!(probe(format!("{base}/no-such-route")).await, Some(1));
+    let closed = wxtoken_testkit::free_port().unwrap();
+    assert_eq!(
+        probe(format!("http://127.0.0.1:{closed}/healthz")).await,
+        Some(1)
+    );
     env.wait_all_stored(Duration::from_secs(10)).await;
     let exported = reqwest::get(format!("{base}/metrics"))
         .await
@@ -182,5 +199,39 @@ async fn a_replica_exports_what_the_alerts_and_dashboard_use_and_notifies_system
     assert!(
         missing.is_empty(),
         "used but not exported: {missing:?}\nexported: {exported:?}"
+    );
+}
+
+#[test]
+fn completions_and_the_manual_page_come_from_clap() {
+    let wxtoken = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "wxtoken {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let text = wxtoken(&["completions", shell]);
+        for sub in ["run", "status", "refresh", "authorizers", "completions"] {
+            assert!(text.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let man = wxtoken(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH wxtoken 1"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    assert!(man.contains("authorizers") && man.contains("status"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+        .args(["completions", "cmd.exe"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
     );
 }
