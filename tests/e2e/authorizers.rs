@@ -75,6 +75,9 @@ async fn authorizers_are_exchanged_once_refreshed_once_per_cycle_and_follow_even
         overlap: Duration::from_secs(2),
         margin: Duration::from_secs(3),
         sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;
@@ -254,6 +257,9 @@ async fn redis_restarted_empty_heals_a_thousand_authorizers_from_the_authorizer_
         credentials: 0,
         lifetime: Duration::from_secs(600),
         sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;
@@ -373,6 +379,9 @@ async fn a_refused_refresh_token_is_recovered_from_the_authorizer_list() {
         credentials: 0,
         lifetime: Duration::from_secs(600),
         sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;
@@ -489,6 +498,9 @@ async fn operators_add_by_code_and_a_reconciliation_removes_who_left_unannounced
         credentials: 0,
         lifetime: Duration::from_secs(600),
         sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;

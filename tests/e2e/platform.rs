@@ -124,6 +124,9 @@ async fn component_token_is_fetched_once_per_refresh_by_three_replicas() {
         overlap: Duration::from_secs(2),
         margin: Duration::from_secs(3),
         sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;
@@ -239,6 +242,9 @@ async fn a_refused_ticket_asks_for_a_push_and_recovers_without_a_loop() {
         credentials: 0,
         lifetime: Duration::from_secs(60),
         sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;
@@ -301,6 +307,9 @@ async fn two_platforms_on_one_deployment_keep_tickets_and_tokens_apart() {
         credentials: 1,
         lifetime: Duration::from_secs(60),
         sim_components: vec![a.sim(push_url(ports[0], &a)), b.sim(push_url(ports[0], &b))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;
@@ -351,6 +360,9 @@ async fn a_platform_added_and_removed_by_sighup_is_received_and_refreshed() {
         credentials: 1,
         lifetime: Duration::from_secs(60),
         sim_components: vec![platform.sim(push_url(port, &platform))],
+        // Leases that outlast a loaded 2-core machine's stalls.
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
         ..Setup::default()
     })
     .await;

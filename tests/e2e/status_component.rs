@@ -285,7 +285,8 @@ async fn a_platform_is_one_section_and_authorizers_are_drilled_into() {
         "{text}"
     );
     assert!(
-        text.contains("listed 2000, added 5, updated 2, removed 1, 1m 0s ago"),
+        // "1m 0s ago", or a second more on a loaded machine.
+        text.contains("listed 2000, added 5, updated 2, removed 1, 1m "),
         "{text}"
     );
     assert!(text.contains("due now"), "{text}");
