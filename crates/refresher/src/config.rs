@@ -1657,6 +1657,137 @@ secret_env = "MINI_SECRET"
         assert!(!e.contains("topsecret"), "{e}");
     }
 
+    const WECOM: &str = r#"
+[wechat]
+wecom_base_url = "http://127.0.0.1:9001/qyapi/"
+
+[[credential]]
+id = "corp-hr"
+platform = "wecom"
+corpid = "ww00000000000000a1"
+agentid = 1000002
+secret_env = "S"
+tickets = ["jsapi", "agent_config"]
+
+[[credential]]
+id = "corp-contacts"
+platform = "wecom"
+corpid = "ww00000000000000a1"
+secret_env = "S"
+
+[[credential]]
+id = "oa"
+appid = "ww00000000000000a1"
+secret_env = "S"
+"#;
+
+    #[test]
+    fn wecom_credentials_are_parsed() {
+        let c = Config::parse(WECOM, "t", &env_with(&[("S", "corp-secret")])).unwrap();
+        assert_eq!(c.wechat.wecom_base_url, "http://127.0.0.1:9001/qyapi");
+        assert_eq!(c.wechat.base_url, "https://api.weixin.qq.com");
+        let hr = &c.credentials[0];
+        assert_eq!(hr.platform, Platform::Wecom);
+        assert!(hr.is_wecom());
+        assert_eq!(hr.appid, "ww00000000000000a1");
+        assert_eq!(hr.agentid, Some(1000002));
+        assert_eq!(hr.mode_name(), "wecom");
+        assert_eq!(hr.secret.expose_secret(), "corp-secret");
+        assert_eq!(hr.tickets, vec![Ticket::Jsapi, Ticket::AgentConfig]);
+        assert_eq!(
+            hr.tickets.iter().map(|t| t.kind()).collect::<Vec<_>>(),
+            vec![
+                wxtoken_schema::Kind::JsapiTicket,
+                wxtoken_schema::Kind::AgentConfigTicket
+            ]
+        );
+        // An app without agentid (e.g. the contacts secret) keeps no agent ticket.
+        assert_eq!(c.credentials[1].agentid, None);
+        // A WeChat appid equal to a corpid is another credential.
+        assert_eq!(c.credentials[2].mode_name(), "classic");
+        assert!(!c.credentials[2].is_wecom());
+        assert_eq!(
+            Config::parse("", "t", &|_| None).unwrap().wechat.wecom_base_url,
+            "https://qyapi.weixin.qq.com"
+        );
+    }
+
+    #[test]
+    fn wecom_errors_name_the_field_and_never_the_secret() {
+        let wecom = |extra: &str| {
+            format!(
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww1\"\nagentid = 1000002\nsecret_env = \"S\"\n{extra}"
+            )
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].corpid: WeCom credential \"w\" has no corpid",
+            ),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww:1\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].corpid: invalid corpid",
+            ),
+            (
+                wecom("appid = \"wx1\"\n"),
+                "credential[0].appid: a WeCom app is named by corpid",
+            ),
+            (wecom("mode = \"stable\"\n"), "credential[0].mode: WeCom has one token API"),
+            (wecom("mode = \"classic\"\n"), "credential[0].mode:"),
+            (
+                wecom("tickets = [\"wx_card\"]\n"),
+                "credential[0].tickets: \"wx_card\" is a WeChat ticket",
+            ),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww1\"\nsecret_env = \"S\"\ntickets = [\"agent_config\"]\n".into(),
+                "credential[0].agentid: WeCom credential \"w\" keeps the agent_config ticket",
+            ),
+            (wecom("").replace("1000002", "0"), "credential[0].agentid: must be a positive"),
+            (
+                format!("{}{}", wecom(""), wecom("").replace("id = \"w\"", "id = \"v\"")),
+                "credential[1].agentid: app 1000002 of corp ww1 is already credential \"w\"",
+            ),
+            (
+                wecom("tickets = [\"jsapi\", \"jsapi\"]\n"),
+                "credential[0].tickets: lists a ticket twice",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"S\"\ntickets = [\"agent_config\"]\n".into(),
+                "credential[0].tickets: \"agent_config\" is a WeCom ticket",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\ncorpid = \"ww1\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].corpid: corpid is for WeCom apps",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].appid: credential \"a\" has no appid",
+            ),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww1\"\n".into(),
+                "credential[0].secret_env: credential \"w\" has no secret",
+            ),
+            (
+                "[wechat]\nwecom_base_url = \"https://u:hunter2@qyapi.weixin.qq.com\"\n".into(),
+                "wechat.wecom_base_url: must not contain user:password@",
+            ),
+            ("[wechat]\nwecom_base_url = \"ftp://x\"\n".into(), "wechat.wecom_base_url:"),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"qq\"\n".into(),
+                "unknown variant `qq`",
+            ),
+        ];
+        for (text, want) in &cases {
+            let e = error_of(text);
+            assert!(e.starts_with("bad.toml:"), "{e}");
+            assert!(e.contains(want), "for {text:?}\n got {e}\nwant {want}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // An inline WeCom secret is never echoed, even in a type error.
+        let e = error_of(&wecom("").replace("secret_env = \"S\"", "secret = 123456789"));
+        assert!(!e.contains("123456789"), "{e}");
+    }
+
     #[test]
     fn semantic_errors_name_the_field() {
         let cases: &[(&str, &str)] = &[
