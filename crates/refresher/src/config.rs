@@ -1707,7 +1707,10 @@ secret_env = "S"
         assert_eq!(c.credentials[2].mode_name(), "classic");
         assert!(!c.credentials[2].is_wecom());
         assert_eq!(
-            Config::parse("", "t", &|_| None).unwrap().wechat.wecom_base_url,
+            Config::parse("", "t", &|_| None)
+                .unwrap()
+                .wechat
+                .wecom_base_url,
             "https://qyapi.weixin.qq.com"
         );
     }

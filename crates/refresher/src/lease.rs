@@ -257,6 +257,17 @@ impl<'a> Lease<'a> {
         self.sh.metrics.lateness.observe(late as f64 / 1000.0);
         tracing::debug!(id = self.keys.id(), kind = %self.kind, reason = reason.as_str(), late_ms = late, "claimed");
         let outcome = match self.fetch(reason).await {
+            Ok(fetched) if self.held.is_wecom() && fetched.expires_in <= 1 => {
+                // WeCom announces whole seconds, at least 1: a value it
+                // says lives 1 s may live less, and must not be stored for
+                // longer than it lives. It expires within moments; the next
+                // look, once it has, gets the new one.
+                let next = policy::EXPIRY_GRACE * 2;
+                tracing::info!(id = self.keys.id(), kind = %self.kind, token = %token_prefix(&fetched.token),
+                    "WeCom's value expires within a second; not stored, fetched again once it has expired");
+                self.finish(next, None).await;
+                Outcome::NotNeeded { next }
+            }
             Ok(fetched) => self.store(reason, fetched).await,
             Err(error) => self.failed(error).await,
         };
