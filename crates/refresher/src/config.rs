@@ -2152,6 +2152,32 @@ secret_env = "S"
         let http = c.http.expect("[http] uncommented");
         assert!(http.listen.ip().is_loopback() && http.token.is_some());
 
+        // So does the WeCom example (commented out).
+        let wecom: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# A WeCom"))
+            .skip(1)
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with("[[")
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            wecom.starts_with("[[credential]]\nid = \"corp-hr\""),
+            "{wecom}"
+        );
+        let c = Config::parse(&wecom, "config.example.toml", &|k| {
+            (!k.starts_with("WXTOKEN_")).then(|| "example-secret".to_owned())
+        })
+        .unwrap();
+        let corp = &c.credentials[0];
+        assert_eq!((corp.mode_name(), corp.agentid), ("wecom", Some(1000002)));
+        assert_eq!(corp.tickets, vec![Ticket::Jsapi, Ticket::AgentConfig]);
+
         // So does the [[component]] example, given its variables.
         let uncommented = std::iter::once("[[component]]")
             .chain(
