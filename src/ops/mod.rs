@@ -57,6 +57,9 @@ pub enum KindArg {
     /// A third-party platform's last reconciliation of its authorizers.
     #[value(name = "authorizer_list")]
     AuthorizerList,
+    /// A WeCom app's ticket for wx.agentConfig.
+    #[value(name = "agent_config_ticket")]
+    AgentConfigTicket,
 }
 
 impl From<KindArg> for Kind {
@@ -67,6 +70,7 @@ impl From<KindArg> for Kind {
             KindArg::WxCardTicket => Kind::WxCardTicket,
             KindArg::ComponentAccessToken => Kind::ComponentAccessToken,
             KindArg::AuthorizerList => Kind::AuthorizerList,
+            KindArg::AgentConfigTicket => Kind::AgentConfigTicket,
         }
     }
 }

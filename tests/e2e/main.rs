@@ -29,3 +29,4 @@ mod status_component;
 mod status_scale;
 mod tls;
 mod wechat_faults;
+mod wecom;

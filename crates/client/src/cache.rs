@@ -141,6 +141,7 @@ fn slot(kind: Kind) -> usize {
         Kind::WxCardTicket => 2,
         Kind::ComponentAccessToken => 3,
         Kind::AuthorizerList => 4,
+        Kind::AgentConfigTicket => 5,
     }
 }
 

@@ -87,14 +87,29 @@ impl Mode {
     }
 }
 
+/// Whose API a `[[credential]]` is refreshed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// WeChat (Official Accounts, Mini Programs): `appid`, `mode`.
+    #[default]
+    Wechat,
+    /// WeCom (企业微信) apps: `corpid`, `agentid`; `gettoken` hands back the
+    /// same token until it expires.
+    Wecom,
+}
+
 /// A JS-SDK ticket to keep alongside the access token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ticket {
-    /// `jsapi_ticket`.
+    /// `jsapi_ticket` (WeChat's; for WeCom the corp ticket from
+    /// `get_jsapi_ticket`, for `wx.config`).
     Jsapi,
-    /// `wx_card` api_ticket.
+    /// `wx_card` api_ticket (WeChat only).
     WxCard,
+    /// A WeCom app's `agent_config` ticket, for `wx.agentConfig` (WeCom only).
+    AgentConfig,
 }
 
 impl Ticket {
@@ -103,15 +118,23 @@ impl Ticket {
         match self {
             Ticket::Jsapi => wxtoken_schema::Kind::JsapiTicket,
             Ticket::WxCard => wxtoken_schema::Kind::WxCardTicket,
+            Ticket::AgentConfig => wxtoken_schema::Kind::AgentConfigTicket,
         }
     }
 
-    /// The `type` parameter of `/cgi-bin/ticket/getticket`.
+    /// The `type` parameter of `/cgi-bin/ticket/getticket` (WeChat) or
+    /// `/cgi-bin/ticket/get` (WeCom's `agent_config`).
     pub fn wechat_type(self) -> &'static str {
         match self {
             Ticket::Jsapi => "jsapi",
             Ticket::WxCard => "wx_card",
+            Ticket::AgentConfig => "agent_config",
         }
+    }
+
+    /// How it is written in `tickets`.
+    pub fn as_str(self) -> &'static str {
+        self.wechat_type()
     }
 }
 
@@ -176,6 +199,8 @@ pub enum RedisChecks {
 pub struct WechatConfig {
     /// API base URL, no trailing slash.
     pub base_url: String,
+    /// WeCom's API base URL (`qyapi.weixin.qq.com`), no trailing slash.
+    pub wecom_base_url: String,
     /// TCP/TLS connect timeout.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -195,6 +220,7 @@ impl Default for WechatConfig {
     fn default() -> Self {
         WechatConfig {
             base_url: "https://api.weixin.qq.com".into(),
+            wecom_base_url: "https://qyapi.weixin.qq.com".into(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             max_concurrent_calls: 32,
@@ -291,14 +317,35 @@ pub struct HttpConfig {
 pub struct Credential {
     /// Operator-chosen id, used in key names.
     pub id: String,
-    /// WeChat appid.
+    /// WeChat appid; for WeCom, the corpid (shown as the status hash's
+    /// `appid`).
     pub appid: String,
-    /// AppSecret. Never printed.
+    /// AppSecret (WeCom: the app's `corpsecret`). Never printed.
     pub secret: SecretString,
-    /// Token API.
+    /// Token API (WeChat; always `Classic` for WeCom, which has one).
     pub mode: Mode,
     /// Tickets to keep.
     pub tickets: Vec<Ticket>,
+    /// Whose API.
+    pub platform: Platform,
+    /// A WeCom app's AgentId (public; for status and duplicate checks:
+    /// `gettoken` is called with the corpid and the app's secret).
+    pub agentid: Option<u32>,
+}
+
+impl Credential {
+    /// The mode shown in status: `classic`, `stable` or `wecom`.
+    pub fn mode_name(&self) -> &'static str {
+        match self.platform {
+            Platform::Wechat => self.mode.as_str(),
+            Platform::Wecom => "wecom",
+        }
+    }
+
+    /// Whether it is a WeCom app.
+    pub fn is_wecom(&self) -> bool {
+        self.platform == Platform::Wecom
+    }
 }
 
 /// A third-party platform (第三方平台, "component") whose
@@ -444,7 +491,14 @@ struct HttpSection {
 #[serde(deny_unknown_fields)]
 struct CredentialSection {
     id: String,
-    appid: String,
+    #[serde(default)]
+    platform: Platform,
+    #[serde(default)]
+    appid: Option<String>,
+    #[serde(default)]
+    corpid: Option<String>,
+    #[serde(default)]
+    agentid: Option<u32>,
     #[serde(default, deserialize_with = "no_echo::opt_string")]
     secret_env: Option<String>,
     #[serde(default, deserialize_with = "no_echo::opt_path")]
@@ -452,7 +506,7 @@ struct CredentialSection {
     #[serde(default, deserialize_with = "no_echo::opt_secret")]
     secret: Option<SecretString>,
     #[serde(default)]
-    mode: Mode,
+    mode: Option<Mode>,
     #[serde(default)]
     tickets: Vec<Ticket>,
 }
@@ -953,18 +1007,37 @@ impl Check<'_> {
         if w.burst == 0 {
             return Err(self.invalid("wechat.burst", "must be at least 1"));
         }
-        w.base_url = w.base_url.trim_end_matches('/').to_owned();
+        w.base_url = self.base_url("wechat.base_url", &w.base_url, "https://api.weixin.qq.com")?;
+        w.wecom_base_url = self.base_url(
+            "wechat.wecom_base_url",
+            &w.wecom_base_url,
+            "https://qyapi.weixin.qq.com",
+        )?;
+        let five_minutes = Duration::from_secs(300);
+        for (field, d) in [
+            ("wechat.request_timeout", w.request_timeout),
+            ("wechat.connect_timeout", w.connect_timeout),
+        ] {
+            self.bounded(field, d, Duration::from_millis(1), five_minutes)?;
+        }
+        Ok(w)
+    }
+
+    /// A WeChat or WeCom API base URL (`field`), without trailing slashes.
+    /// One that does not parse, or carries credentials, is never shown.
+    fn base_url(&mut self, field: &str, url: &str, example: &str) -> Result<String, ConfigError> {
+        let url = url.trim_end_matches('/').to_owned();
         // A URL that did not parse, or one with credentials, is never shown:
         // it is logged at every start and may carry `user:password@`.
-        let u = reqwest::Url::parse(&w.base_url).map_err(|e| {
+        let u = reqwest::Url::parse(&url).map_err(|e| {
             self.invalid(
-                "wechat.base_url",
-                format!("is not a URL ({e}); expected e.g. https://api.weixin.qq.com"),
+                field,
+                format!("is not a URL ({e}); expected e.g. {example}"),
             )
         })?;
         if !u.username().is_empty() || u.password().is_some() {
             return Err(self.invalid(
-                "wechat.base_url",
+                field,
                 "must not contain user:password@ (the URL is logged; the value is not shown)",
             ));
         }
@@ -972,10 +1045,7 @@ impl Check<'_> {
             .host_str()
             .filter(|_| matches!(u.scheme(), "http" | "https"))
         else {
-            return Err(self.invalid(
-                "wechat.base_url",
-                "must be an http:// or https:// URL with a host",
-            ));
+            return Err(self.invalid(field, "must be an http:// or https:// URL with a host"));
         };
         if u.scheme() == "http" {
             // The classic token API carries the AppSecret in its URL.
@@ -987,18 +1057,11 @@ impl Check<'_> {
             if !loopback {
                 let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
                 self.warnings.push(format!(
-                    "wechat.base_url \"http://{host}{port}\" is plain http: AppSecrets cross the network unencrypted; use https unless this is a trusted proxy"
+                    "{field} \"http://{host}{port}\" is plain http: AppSecrets cross the network unencrypted; use https unless this is a trusted proxy"
                 ));
             }
         }
-        let five_minutes = Duration::from_secs(300);
-        for (field, d) in [
-            ("wechat.request_timeout", w.request_timeout),
-            ("wechat.connect_timeout", w.connect_timeout),
-        ] {
-            self.bounded(field, d, Duration::from_millis(1), five_minutes)?;
-        }
-        Ok(w)
+        Ok(url)
     }
 
     fn refresh(&self, r: &RefreshConfig, wechat: &WechatConfig) -> Result<(), ConfigError> {
@@ -1202,7 +1265,7 @@ impl Check<'_> {
                 c.previous_encoding_aes_key_env,
                 c.previous_encoding_aes_key_file,
             )?;
-            if c.authorizer_tickets.contains(&Ticket::WxCard) {
+            if c.authorizer_tickets.iter().any(|t| *t != Ticket::Jsapi) {
                 return Err(self.invalid(
                     at("authorizer_tickets"),
                     "only \"jsapi\" is kept for authorizers",
@@ -1245,24 +1308,102 @@ impl Check<'_> {
     ) -> Result<Vec<Credential>, ConfigError> {
         let mut ids: HashMap<String, usize> = HashMap::with_capacity(entries.len());
         let mut appids: HashMap<(String, Mode), String> = HashMap::with_capacity(entries.len());
+        let mut wecom_apps: HashMap<(String, u32), String> = HashMap::new();
         let mut inline = (0usize, Vec::new()); // count, first ids
         let mut credentials = Vec::with_capacity(entries.len());
         for (i, c) in entries.into_iter().enumerate() {
             let at = |f: &str| format!("credential[{i}].{f}");
             self.unique_id(&mut ids, "credential", i, &c.id)?;
-            if c.appid.trim().is_empty() || c.appid.chars().any(char::is_whitespace) {
-                return Err(self.invalid(at("appid"), format!("{:?} is not an appid", c.appid)));
-            }
-            if let Some(other) = appids.insert((c.appid.clone(), c.mode), c.id.clone()) {
-                return Err(self.invalid(
-                    at("appid"),
-                    format!(
-                        "{} is already used by credential {other:?} in {} mode; two refreshers of one appid and mode would invalidate each other's tokens",
-                        c.appid,
-                        c.mode.as_str()
-                    ),
-                ));
-            }
+            let (appid, mode) = match c.platform {
+                Platform::Wechat => {
+                    for (field, given) in [
+                        ("corpid", c.corpid.is_some()),
+                        ("agentid", c.agentid.is_some()),
+                    ] {
+                        if given {
+                            return Err(self.invalid(
+                                at(field),
+                                format!("{field} is for WeCom apps: add platform = \"wecom\" (WeChat credentials take appid)"),
+                            ));
+                        }
+                    }
+                    let Some(appid) = c.appid else {
+                        return Err(self
+                            .invalid(at("appid"), format!("credential {:?} has no appid", c.id)));
+                    };
+                    if appid.trim().is_empty() || appid.chars().any(char::is_whitespace) {
+                        return Err(self.invalid(at("appid"), format!("{appid:?} is not an appid")));
+                    }
+                    let mode = c.mode.unwrap_or_default();
+                    if let Some(other) = appids.insert((appid.clone(), mode), c.id.clone()) {
+                        return Err(self.invalid(
+                            at("appid"),
+                            format!(
+                                "{appid} is already used by credential {other:?} in {} mode; two refreshers of one appid and mode would invalidate each other's tokens",
+                                mode.as_str()
+                            ),
+                        ));
+                    }
+                    if let Some(t) = c.tickets.iter().find(|t| **t == Ticket::AgentConfig) {
+                        return Err(self.invalid(
+                            at("tickets"),
+                            format!("\"{}\" is a WeCom ticket; WeChat credentials keep \"jsapi\" and \"wx_card\"", t.as_str()),
+                        ));
+                    }
+                    (appid, mode)
+                }
+                Platform::Wecom => {
+                    if c.appid.is_some() {
+                        return Err(self.invalid(
+                            at("appid"),
+                            "a WeCom app is named by corpid (and agentid), not appid",
+                        ));
+                    }
+                    if c.mode.is_some() {
+                        return Err(self.invalid(
+                            at("mode"),
+                            "WeCom has one token API (gettoken, which hands back the same token until it expires): remove mode",
+                        ));
+                    }
+                    let Some(corpid) = c.corpid else {
+                        return Err(self.invalid(
+                            at("corpid"),
+                            format!("WeCom credential {:?} has no corpid", c.id),
+                        ));
+                    };
+                    validate_name("corpid", &corpid)
+                        .map_err(|e| self.invalid(at("corpid"), e.to_string()))?;
+                    if let Some(t) = c.tickets.iter().find(|t| **t == Ticket::WxCard) {
+                        return Err(self.invalid(
+                            at("tickets"),
+                            format!("\"{}\" is a WeChat ticket; WeCom apps keep \"jsapi\" (the corp ticket, for wx.config) and \"agent_config\" (the app ticket, for wx.agentConfig)", t.as_str()),
+                        ));
+                    }
+                    match c.agentid {
+                        Some(0) => {
+                            return Err(self.invalid(at("agentid"), "must be a positive AgentId"))
+                        }
+                        Some(agentid) => {
+                            if let Some(other) =
+                                wecom_apps.insert((corpid.clone(), agentid), c.id.clone())
+                            {
+                                return Err(self.invalid(
+                                    at("agentid"),
+                                    format!("app {agentid} of corp {corpid} is already credential {other:?}"),
+                                ));
+                            }
+                        }
+                        None if c.tickets.contains(&Ticket::AgentConfig) => {
+                            return Err(self.invalid(
+                                at("agentid"),
+                                format!("WeCom credential {:?} keeps the agent_config ticket: give the app's agentid", c.id),
+                            ));
+                        }
+                        None => {}
+                    }
+                    (corpid, Mode::Classic)
+                }
+            };
             let source = match SecretSource::from_keys(c.secret_env, c.secret_file, c.secret) {
                 Ok(Some(source)) => source,
                 Ok(None) => {
@@ -1297,10 +1438,12 @@ impl Check<'_> {
             }
             credentials.push(Credential {
                 id: c.id,
-                appid: c.appid,
+                appid,
                 secret,
-                mode: c.mode,
+                mode,
                 tickets: c.tickets,
+                platform: c.platform,
+                agentid: c.agentid,
             });
         }
         // One warning for all of them: a generated config may have 100,000.
@@ -1512,6 +1655,140 @@ secret_env = "MINI_SECRET"
         let e =
             error_of("[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret = \"topsecret\" junk\n");
         assert!(!e.contains("topsecret"), "{e}");
+    }
+
+    const WECOM: &str = r#"
+[wechat]
+wecom_base_url = "http://127.0.0.1:9001/qyapi/"
+
+[[credential]]
+id = "corp-hr"
+platform = "wecom"
+corpid = "ww00000000000000a1"
+agentid = 1000002
+secret_env = "S"
+tickets = ["jsapi", "agent_config"]
+
+[[credential]]
+id = "corp-contacts"
+platform = "wecom"
+corpid = "ww00000000000000a1"
+secret_env = "S"
+
+[[credential]]
+id = "oa"
+appid = "ww00000000000000a1"
+secret_env = "S"
+"#;
+
+    #[test]
+    fn wecom_credentials_are_parsed() {
+        let c = Config::parse(WECOM, "t", &env_with(&[("S", "corp-secret")])).unwrap();
+        assert_eq!(c.wechat.wecom_base_url, "http://127.0.0.1:9001/qyapi");
+        assert_eq!(c.wechat.base_url, "https://api.weixin.qq.com");
+        let hr = &c.credentials[0];
+        assert_eq!(hr.platform, Platform::Wecom);
+        assert!(hr.is_wecom());
+        assert_eq!(hr.appid, "ww00000000000000a1");
+        assert_eq!(hr.agentid, Some(1000002));
+        assert_eq!(hr.mode_name(), "wecom");
+        assert_eq!(hr.secret.expose_secret(), "corp-secret");
+        assert_eq!(hr.tickets, vec![Ticket::Jsapi, Ticket::AgentConfig]);
+        assert_eq!(
+            hr.tickets.iter().map(|t| t.kind()).collect::<Vec<_>>(),
+            vec![
+                wxtoken_schema::Kind::JsapiTicket,
+                wxtoken_schema::Kind::AgentConfigTicket
+            ]
+        );
+        // An app without agentid (e.g. the contacts secret) keeps no agent ticket.
+        assert_eq!(c.credentials[1].agentid, None);
+        // A WeChat appid equal to a corpid is another credential.
+        assert_eq!(c.credentials[2].mode_name(), "classic");
+        assert!(!c.credentials[2].is_wecom());
+        assert_eq!(
+            Config::parse("", "t", &|_| None)
+                .unwrap()
+                .wechat
+                .wecom_base_url,
+            "https://qyapi.weixin.qq.com"
+        );
+    }
+
+    #[test]
+    fn wecom_errors_name_the_field_and_never_the_secret() {
+        let wecom = |extra: &str| {
+            format!(
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww1\"\nagentid = 1000002\nsecret_env = \"S\"\n{extra}"
+            )
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].corpid: WeCom credential \"w\" has no corpid",
+            ),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww:1\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].corpid: invalid corpid",
+            ),
+            (
+                wecom("appid = \"wx1\"\n"),
+                "credential[0].appid: a WeCom app is named by corpid",
+            ),
+            (wecom("mode = \"stable\"\n"), "credential[0].mode: WeCom has one token API"),
+            (wecom("mode = \"classic\"\n"), "credential[0].mode:"),
+            (
+                wecom("tickets = [\"wx_card\"]\n"),
+                "credential[0].tickets: \"wx_card\" is a WeChat ticket",
+            ),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww1\"\nsecret_env = \"S\"\ntickets = [\"agent_config\"]\n".into(),
+                "credential[0].agentid: WeCom credential \"w\" keeps the agent_config ticket",
+            ),
+            (wecom("").replace("1000002", "0"), "credential[0].agentid: must be a positive"),
+            (
+                format!("{}{}", wecom(""), wecom("").replace("id = \"w\"", "id = \"v\"")),
+                "credential[1].agentid: app 1000002 of corp ww1 is already credential \"w\"",
+            ),
+            (
+                wecom("tickets = [\"jsapi\", \"jsapi\"]\n"),
+                "credential[0].tickets: lists a ticket twice",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\nsecret_env = \"S\"\ntickets = [\"agent_config\"]\n".into(),
+                "credential[0].tickets: \"agent_config\" is a WeCom ticket",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nappid = \"wx1\"\ncorpid = \"ww1\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].corpid: corpid is for WeCom apps",
+            ),
+            (
+                "[[credential]]\nid = \"a\"\nsecret_env = \"S\"\n".into(),
+                "credential[0].appid: credential \"a\" has no appid",
+            ),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"wecom\"\ncorpid = \"ww1\"\n".into(),
+                "credential[0].secret_env: credential \"w\" has no secret",
+            ),
+            (
+                "[wechat]\nwecom_base_url = \"https://u:hunter2@qyapi.weixin.qq.com\"\n".into(),
+                "wechat.wecom_base_url: must not contain user:password@",
+            ),
+            ("[wechat]\nwecom_base_url = \"ftp://x\"\n".into(), "wechat.wecom_base_url:"),
+            (
+                "[[credential]]\nid = \"w\"\nplatform = \"qq\"\n".into(),
+                "unknown variant `qq`",
+            ),
+        ];
+        for (text, want) in &cases {
+            let e = error_of(text);
+            assert!(e.starts_with("bad.toml:"), "{e}");
+            assert!(e.contains(want), "for {text:?}\n got {e}\nwant {want}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // An inline WeCom secret is never echoed, even in a type error.
+        let e = error_of(&wecom("").replace("secret_env = \"S\"", "secret = 123456789"));
+        assert!(!e.contains("123456789"), "{e}");
     }
 
     #[test]
@@ -1874,6 +2151,32 @@ secret_env = "MINI_SECRET"
         .unwrap();
         let http = c.http.expect("[http] uncommented");
         assert!(http.listen.ip().is_loopback() && http.token.is_some());
+
+        // So does the WeCom example (commented out).
+        let wecom: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# A WeCom"))
+            .skip(1)
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with("[[")
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            wecom.starts_with("[[credential]]\nid = \"corp-hr\""),
+            "{wecom}"
+        );
+        let c = Config::parse(&wecom, "config.example.toml", &|k| {
+            (!k.starts_with("WXTOKEN_")).then(|| "example-secret".to_owned())
+        })
+        .unwrap();
+        let corp = &c.credentials[0];
+        assert_eq!((corp.mode_name(), corp.agentid), ("wecom", Some(1000002)));
+        assert_eq!(corp.tickets, vec![Ticket::Jsapi, Ticket::AgentConfig]);
 
         // So does the [[component]] example, given its variables.
         let uncommented = std::iter::once("[[component]]")

@@ -22,7 +22,7 @@
 
 use crate::config::{Mode, Ticket};
 use crate::conn::RedisError;
-use crate::policy::{self, Reason};
+use crate::policy::{self, Reason, Reissue};
 use crate::registry::{Held, Target};
 use crate::wechat::{ErrorClass, Fetched, WechatError};
 use crate::Shared;
@@ -65,9 +65,14 @@ pub enum LeaseError {
     /// Today's stable `force_refresh`es of the credential are used up.
     #[error("today's {0} stable force_refresh calls are used up (refresh.force_refresh_per_day)")]
     ForceBudget(u32),
-    /// WeChat handed back the very value that was reported refused.
-    #[error("WeChat returned the reported value again (stable force_refresh is limited to 20 a day, 30 s apart)")]
-    StillRefused,
+    /// WeChat (or WeCom) handed back the very value that was reported
+    /// refused.
+    #[error("{}", still_refused(*.wecom))]
+    StillRefused {
+        /// WeCom, which hands back a token until it expires unless it has
+        /// invalidated it.
+        wecom: bool,
+    },
     /// The lease lapsed before a WeChat call could be made.
     #[error("refresh lock lapsed before calling WeChat")]
     LockLapsed,
@@ -96,7 +101,7 @@ impl LeaseError {
         matches!(
             self,
             LeaseError::Wechat(_)
-                | LeaseError::StillRefused
+                | LeaseError::StillRefused { .. }
                 | LeaseError::ForceBudget(_)
                 | LeaseError::NoVerifyTicket
                 | LeaseError::NoRefreshToken
@@ -113,11 +118,22 @@ impl LeaseError {
     }
 }
 
+fn still_refused(wecom: bool) -> &'static str {
+    if wecom {
+        "WeCom returned the reported value again: it is still valid on WeCom's side (WeCom issues a new one only once it expired or was invalidated)"
+    } else {
+        "WeChat returned the reported value again (stable force_refresh is limited to 20 a day, 30 s apart)"
+    }
+}
+
 /// How a lease ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// A new value was fetched and stored.
+    /// A value was fetched and stored.
     Refreshed {
+        /// WeCom handed back the value already stored (its shorter TTL
+        /// was stored; not a new value).
+        same: bool,
         /// When it is due again, from now.
         next_due: Duration,
         /// The credential's tickets that were waiting for this access token.
@@ -241,6 +257,17 @@ impl<'a> Lease<'a> {
         self.sh.metrics.lateness.observe(late as f64 / 1000.0);
         tracing::debug!(id = self.keys.id(), kind = %self.kind, reason = reason.as_str(), late_ms = late, "claimed");
         let outcome = match self.fetch(reason).await {
+            Ok(fetched) if self.held.is_wecom() && fetched.expires_in <= 1 => {
+                // WeCom announces whole seconds, at least 1: a value it
+                // says lives 1 s may live less, and must not be stored for
+                // longer than it lives. It expires within moments; the next
+                // look, once it has, gets the new one.
+                let next = policy::EXPIRY_GRACE * 2;
+                tracing::info!(id = self.keys.id(), kind = %self.kind, token = %token_prefix(&fetched.token),
+                    "WeCom's value expires within a second; not stored, fetched again once it has expired");
+                self.finish(next, None).await;
+                Outcome::NotNeeded { next }
+            }
             Ok(fetched) => self.store(reason, fetched).await,
             Err(error) => self.failed(error).await,
         };
@@ -314,7 +341,9 @@ impl<'a> Lease<'a> {
         }
         let fetched = fetched?;
         if Some(&fetched.token) == refused.as_ref() {
-            return Err(LeaseError::StillRefused);
+            return Err(LeaseError::StillRefused {
+                wecom: self.held.is_wecom(),
+            });
         }
         Ok(fetched)
     }
@@ -443,17 +472,33 @@ impl<'a> Lease<'a> {
     /// Step 4a: the fenced write, retried while the lease is valid.
     async fn store(self, reason: Reason, fetched: Fetched) -> Outcome {
         let remaining = fetched.remaining();
+        let wecom = self.held.is_wecom();
+        // WeCom hands back the value it issued until it expires, with what
+        // is left of it: stored again (with that shorter TTL), but not a
+        // new value, and its lifetime stays the one announced at issue.
+        let same = wecom && self.state.value.as_deref() == Some(fetched.token.as_str());
+        let expires_in = match self.state.expires_in {
+            Some(lifetime) if same => lifetime.max(fetched.expires_in),
+            _ => fetched.expires_in,
+        };
+        let reissue = if wecom {
+            Reissue::SameUntilExpiry
+        } else {
+            Reissue::New
+        };
         let next_due = policy::next_due(
             &self.sh.refresh,
             remaining,
-            fetched.expires_in,
+            expires_in,
             rand::random::<f64>(),
+            reissue,
         );
-        if remaining
-            <= self
-                .sh
-                .refresh
-                .margin_for(Duration::from_secs(fetched.expires_in))
+        if !wecom
+            && remaining
+                <= self
+                    .sh
+                    .refresh
+                    .margin_for(Duration::from_secs(fetched.expires_in))
         {
             tracing::warn!(id = self.keys.id(), kind = %self.kind, ?remaining, "WeChat returned a value that is already within the refresh margin");
         }
@@ -471,7 +516,7 @@ impl<'a> Lease<'a> {
                     fence: self.fence,
                     token: &fetched.token,
                     ttl: fetched.remaining().saturating_sub(self.rtt),
-                    expires_in: fetched.expires_in,
+                    expires_in,
                     replica: &self.sh.replica,
                     next_due,
                     tickets: &tickets,
@@ -486,16 +531,30 @@ impl<'a> Lease<'a> {
                 tickets_due,
                 expires_at_ms,
             }) => {
-                tracing::info!(
-                    id = self.keys.id(),
-                    kind = %self.kind,
-                    token = %token_prefix(&fetched.token),
-                    expires_in = fetched.expires_in,
-                    fence = self.fence,
-                    reason = reason.as_str(),
-                    "stored new value"
-                );
+                if same {
+                    tracing::info!(
+                        id = self.keys.id(),
+                        kind = %self.kind,
+                        token = %token_prefix(&fetched.token),
+                        expires_in = fetched.expires_in,
+                        fence = self.fence,
+                        reason = reason.as_str(),
+                        next_due_s = next_due.as_secs(),
+                        "WeCom returned the same token; stored its remaining time, next look just after it expires"
+                    );
+                } else {
+                    tracing::info!(
+                        id = self.keys.id(),
+                        kind = %self.kind,
+                        token = %token_prefix(&fetched.token),
+                        expires_in = fetched.expires_in,
+                        fence = self.fence,
+                        reason = reason.as_str(),
+                        "stored new value"
+                    );
+                }
                 Outcome::Refreshed {
+                    same,
                     next_due,
                     tickets_due,
                     expires_at_ms,
@@ -700,6 +759,18 @@ impl<'a> Lease<'a> {
         async move {
             let started = Instant::now();
             let (endpoint, result) = match (&held.target, kind) {
+                (Target::App(cred), Kind::AccessToken) if cred.is_wecom() => (
+                    "wecom_gettoken",
+                    sh.wechat.wecom_token(&cred.appid, &cred.secret).await,
+                ),
+                (Target::App(cred), Kind::JsapiTicket) if cred.is_wecom() => (
+                    "wecom_get_jsapi_ticket",
+                    sh.wechat.wecom_corp_ticket(&input).await,
+                ),
+                (Target::App(cred), Kind::AgentConfigTicket) if cred.is_wecom() => (
+                    "wecom_agent_config_ticket",
+                    sh.wechat.wecom_agent_ticket(&input).await,
+                ),
                 (Target::App(cred), Kind::AccessToken) => match cred.mode {
                     Mode::Classic => (
                         "token",

@@ -22,7 +22,8 @@ use std::time::{Duration, SystemTime};
 pub struct ValueLabels {
     /// Credential id.
     pub id: String,
-    /// `access_token`, `jsapi_ticket` or `wx_card_ticket`.
+    /// `access_token`, `jsapi_ticket`, `wx_card_ticket`,
+    /// `agent_config_ticket`, …
     pub kind: String,
 }
 
@@ -33,7 +34,8 @@ pub struct OutcomeLabels {
     pub id: String,
     /// What was refreshed.
     pub kind: String,
-    /// `ok`, `error`, `fenced` (write rejected) or `still_refused`.
+    /// `ok`, `same` (WeCom handed back the stored token; its remaining time
+    /// was stored), `error`, `fenced` (write rejected) or `still_refused`.
     pub outcome: String,
     /// Why: `missing`, `expiring`, `reported`, `forced`.
     pub reason: String,
@@ -44,7 +46,7 @@ pub struct OutcomeLabels {
 /// Labels of WeChat calls.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
-    /// `token`, `stable_token` or `ticket`.
+    /// `token`, `stable_token`, `ticket`, `wecom_gettoken`, …
     pub endpoint: String,
 }
 
@@ -63,6 +65,8 @@ pub struct RefreshCounter {
 pub struct Refreshes {
     /// Stored a new value (`ok`).
     pub ok: u64,
+    /// WeCom handed back the stored value (`same`).
+    pub same: u64,
     /// WeChat refused or failed (`error`, `still_refused`).
     pub failed: u64,
     /// Fetched, but a newer fence won (`fenced`).
@@ -75,6 +79,7 @@ impl std::ops::Add for Refreshes {
     fn add(self, other: Refreshes) -> Refreshes {
         Refreshes {
             ok: self.ok + other.ok,
+            same: self.same + other.same,
             failed: self.failed + other.failed,
             fenced: self.fenced + other.fenced,
         }
@@ -105,6 +110,7 @@ impl RefreshCounter {
                 .or_default();
             match labels.outcome.as_str() {
                 "ok" => r.ok += n,
+                "same" => r.same += n,
                 "fenced" => r.fenced += n,
                 _ => r.failed += n,
             }
@@ -366,6 +372,7 @@ mod tests {
             at("oa", Kind::AccessToken),
             Refreshes {
                 ok: 4,
+                same: 0,
                 failed: 4,
                 fenced: 0
             }

@@ -49,6 +49,24 @@ impl Reason {
     }
 }
 
+/// How an issuer answers a fetch while the value it issued last is still
+/// valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reissue {
+    /// WeChat: a fetch issues a new value (classic tokens, tickets), or a
+    /// stable token near its end may be handed back.
+    New,
+    /// WeCom: the same value again, with its remaining `expires_in`, until
+    /// it expires (or WeCom invalidates it early); only then a new one.
+    SameUntilExpiry,
+}
+
+/// How long after a WeCom value's computed expiry it is fetched again.
+/// WeCom announces whole seconds (cut down), so its real expiry can be up to
+/// a second after `sent + expires_in`; asked before that, it only hands the
+/// value back once more.
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(1);
+
 /// The refresh margin for a value announced to live `expires_in` seconds.
 pub fn margin(cfg: &RefreshConfig, expires_in: Option<u64>) -> Duration {
     cfg.margin_for(expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs))
@@ -100,20 +118,33 @@ pub fn decide(cfg: &RefreshConfig, state: &ValueState) -> Result<Reason, Duratio
 
 /// When a value just written with `remaining` time to live is due again:
 /// `remaining − margin − jitter`, where `jitter` is `spread` (0..1) of the
-/// configured jitter, at most half the margin. A value that came back
-/// already inside that window (a stable token near its end, which WeChat
-/// hands out again) is looked at again after half its time but no sooner
-/// than `min_interval` (at its expiry if that comes first): never at once,
-/// and never in a tightening loop.
+/// configured jitter, at most half the margin, and the margin is that of
+/// its lifetime `expires_in` (for a value handed back again, the lifetime
+/// announced when it was issued, not what is left of it: a margin computed
+/// from a shrinking remainder would shrink with it, a tightening loop).
+///
+/// A value that came back already inside that window:
+/// - from WeChat (a stable token near its end, which WeChat hands out
+///   again) is looked at again after half its time but no sooner than
+///   `min_interval` (at its expiry if that comes first);
+/// - from WeCom ([`Reissue::SameUntilExpiry`]), which hands it back until it
+///   expires, just after its expiry ([`EXPIRY_GRACE`]), once: asking sooner
+///   only gets it back.
+///
+/// Either way never at once, and never in a tightening loop.
 pub fn next_due(
     cfg: &RefreshConfig,
     remaining: Duration,
     expires_in: u64,
     spread: f64,
+    reissue: Reissue,
 ) -> Duration {
     let margin = cfg.margin_for(Duration::from_secs(expires_in).max(remaining));
     if remaining <= margin + jitter_cap(cfg, margin) {
-        return (remaining / 2).max(cfg.min_interval).min(remaining);
+        return match reissue {
+            Reissue::New => (remaining / 2).max(cfg.min_interval).min(remaining),
+            Reissue::SameUntilExpiry => remaining + EXPIRY_GRACE,
+        };
     }
     let jitter = jitter_cap(cfg, margin).mul_f64(spread.clamp(0.0, 1.0));
     remaining - margin - jitter
@@ -189,7 +220,7 @@ mod tests {
         );
         let written = Duration::from_secs(7200);
         for spread in [0.0, 0.5, 1.0] {
-            let left = written - next_due(&c, written, 7200, spread);
+            let left = written - next_due(&c, written, 7200, spread, Reissue::New);
             assert_eq!(
                 decide(&c, &state(Some(left.as_secs()), 0, Request::None)),
                 Ok(Reason::Expiring),
@@ -225,25 +256,93 @@ mod tests {
     fn next_due_leaves_the_margin_and_spreads_by_jitter() {
         let c = cfg();
         let two_h = Duration::from_secs(7200);
-        assert_eq!(next_due(&c, two_h, 7200, 0.0), Duration::from_secs(6900));
-        assert_eq!(next_due(&c, two_h, 7200, 1.0), Duration::from_secs(6870));
+        assert_eq!(
+            next_due(&c, two_h, 7200, 0.0, Reissue::New),
+            Duration::from_secs(6900)
+        );
+        assert_eq!(
+            next_due(&c, two_h, 7200, 1.0, Reissue::New),
+            Duration::from_secs(6870)
+        );
         // The margin is clamped to a fraction of a short lifetime.
         let short = Duration::from_secs(60);
-        assert_eq!(next_due(&c, short, 60, 0.0), Duration::from_secs(45));
+        assert_eq!(
+            next_due(&c, short, 60, 0.0, Reissue::New),
+            Duration::from_secs(45)
+        );
         // A value handed back inside its margin is looked at after half its
         // life, but no sooner than min_interval (60 s), and at the latest
         // when it expires.
         assert_eq!(
-            next_due(&c, Duration::from_secs(200), 7200, 0.5),
+            next_due(&c, Duration::from_secs(200), 7200, 0.5, Reissue::New),
             Duration::from_secs(100)
         );
         assert_eq!(
-            next_due(&c, Duration::from_secs(100), 7200, 0.5),
+            next_due(&c, Duration::from_secs(100), 7200, 0.5, Reissue::New),
             Duration::from_secs(60)
         );
         assert_eq!(
-            next_due(&c, Duration::from_secs(40), 7200, 0.5),
+            next_due(&c, Duration::from_secs(40), 7200, 0.5, Reissue::New),
             Duration::from_secs(40)
+        );
+    }
+
+    #[test]
+    fn a_wecom_value_handed_back_is_looked_at_once_after_its_expiry() {
+        let c = cfg();
+        let w = Reissue::SameUntilExpiry;
+        // A new WeCom token: the usual schedule (an early look, which
+        // catches a token WeCom invalidated early and configuration faults
+        // while the token still works).
+        let two_h = Duration::from_secs(7200);
+        assert_eq!(next_due(&c, two_h, 7200, 0.0, w), Duration::from_secs(6900));
+        // That look hands the same token back with little left: due just
+        // after it expires, whatever is left, never at once.
+        for left_ms in [330_000, 300_000, 100_000, 60_000, 1_000, 10, 0] {
+            let left = Duration::from_millis(left_ms);
+            for spread in [0.0, 0.5, 1.0] {
+                assert_eq!(
+                    next_due(&c, left, 7200, spread, w),
+                    left + EXPIRY_GRACE,
+                    "{left_ms} ms left"
+                );
+            }
+        }
+        // No tightening loop: follow the looks WeCom's answers cause. Each
+        // hands back the same token with what is left of it (whole seconds,
+        // cut down, at least 1) until it has expired; the lifetime is the
+        // one announced when it was issued.
+        for lifetime in [7200u64, 600, 60, 20, 4] {
+            let mut now = Duration::ZERO;
+            let expiry = Duration::from_secs(lifetime);
+            let mut looks = 0;
+            let mut remaining = expiry;
+            loop {
+                let due = next_due(&c, remaining, lifetime, 0.5, w);
+                assert!(
+                    due >= Duration::from_millis(500).min(remaining),
+                    "due at once"
+                );
+                now += due;
+                looks += 1;
+                if now >= expiry {
+                    break;
+                }
+                let announced = (expiry - now).as_secs().max(1);
+                remaining = Duration::from_secs(announced);
+            }
+            assert_eq!(
+                looks, 2,
+                "lifetime {lifetime}: one early look, one after expiry"
+            );
+            assert!(now - expiry <= EXPIRY_GRACE, "lifetime {lifetime}");
+        }
+        // The margin comes from the lifetime, not from what is left: the
+        // old rule, fed the remainder as the lifetime, shrank the margin
+        // with it and looked again and again.
+        assert_eq!(
+            next_due(&c, Duration::from_secs(200), 7200, 0.5, w),
+            Duration::from_secs(201)
         );
     }
 

@@ -77,7 +77,13 @@ impl Held {
         }
     }
 
-    /// The WeChat appid (public).
+    /// Whether it is a WeCom app (`gettoken` hands back the same token
+    /// until it expires).
+    pub fn is_wecom(&self) -> bool {
+        matches!(&self.target, Target::App(cred) if cred.is_wecom())
+    }
+
+    /// The WeChat appid (public; a WeCom app's corpid).
     pub fn appid(&self) -> &str {
         match &self.target {
             Target::App(cred) => &cred.appid,
@@ -86,10 +92,11 @@ impl Held {
         }
     }
 
-    /// The mode shown in status: `classic`/`stable`, `component`, `authorizer`.
+    /// The mode shown in status: `classic`/`stable`, `wecom`, `component`,
+    /// `authorizer`.
     pub fn mode(&self) -> &'static str {
         match &self.target {
-            Target::App(cred) => cred.mode.as_str(),
+            Target::App(cred) => cred.mode_name(),
             Target::Component(_) => "component",
             Target::Authorizer { .. } => "authorizer",
         }
@@ -107,7 +114,8 @@ pub struct Registry {
 /// What a reload changed.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// Newly held (or changed: appid, mode or tickets) credentials.
+    /// Newly held (or changed: appid, mode, platform, agentid or tickets)
+    /// credentials.
     pub added: Vec<Arc<Held>>,
     /// Ids no longer held.
     pub removed: Vec<CredentialKeys>,
@@ -187,7 +195,11 @@ impl Registry {
             };
             let same = old.get(&cred.id).filter(|h| match &h.target {
                 Target::App(c) => {
-                    c.appid == cred.appid && c.mode == cred.mode && c.tickets == cred.tickets
+                    c.appid == cred.appid
+                        && c.mode == cred.mode
+                        && c.platform == cred.platform
+                        && c.agentid == cred.agentid
+                        && c.tickets == cred.tickets
                 }
                 _ => false,
             });

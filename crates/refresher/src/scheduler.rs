@@ -552,7 +552,7 @@ fn log_failure(
             return;
         }
         LeaseError::Wechat(_)
-        | LeaseError::StillRefused
+        | LeaseError::StillRefused { .. }
         | LeaseError::ForceBudget(_)
         | LeaseError::NoRefreshToken
         | LeaseError::WrongAuthorizer(_) => {}
@@ -602,14 +602,19 @@ fn log_failure(
 fn count(sh: &Shared, value: &metrics::ValueLabels, reason: Reason, outcome: &Outcome) {
     let m = &sh.metrics;
     let (outcome, errcode) = match outcome {
-        Outcome::Refreshed { expires_at_ms, .. } => {
+        Outcome::Refreshed {
+            expires_at_ms,
+            same,
+            ..
+        } => {
             // Authorizers are counted per platform: one expiry means nothing.
             if !value.id.ends_with("/*") {
                 m.expires_at
                     .get_or_create(value)
                     .set(*expires_at_ms as f64 / 1000.0);
             }
-            ("ok", None)
+            // WeCom handed back the stored token: not a new one.
+            (if *same { "same" } else { "ok" }, None)
         }
         Outcome::Rejected => {
             m.fence_rejections.get_or_create(value).inc();
@@ -627,7 +632,7 @@ fn count(sh: &Shared, value: &metrics::ValueLabels, reason: Reason, outcome: &Ou
                 m.redis_up.set(0);
                 return;
             }
-            LeaseError::StillRefused => ("still_refused", None),
+            LeaseError::StillRefused { .. } => ("still_refused", None),
             LeaseError::ForceBudget(_) => ("force_budget", None),
             LeaseError::Wechat(w) => ("error", w.errcode()),
         },

@@ -12,6 +12,7 @@
 //! quoted: a wrong-typed field's message would quote the value.
 
 mod component;
+pub mod wecom;
 
 pub use component::{AuthorizerGrant, ListPage, ListedAuthorizer, LIST_PAGE};
 
@@ -80,6 +81,15 @@ pub enum WechatError {
         /// WeChat's message (truncated).
         errmsg: String,
     },
+    /// WeCom answered with a non-zero errcode (its codes mean other things
+    /// than WeChat's: see [`wecom::class`]).
+    #[error("WeCom errcode {errcode}: {errmsg}")]
+    Wecom {
+        /// WeCom's error code.
+        errcode: i64,
+        /// WeCom's message (truncated).
+        errmsg: String,
+    },
     /// A non-200 HTTP status.
     #[error("HTTP {status} from WeChat")]
     Status {
@@ -104,7 +114,7 @@ impl WechatError {
     /// The WeChat errcode, if WeChat gave one.
     pub fn errcode(&self) -> Option<i64> {
         match self {
-            WechatError::Api { errcode, .. } => Some(*errcode),
+            WechatError::Api { errcode, .. } | WechatError::Wecom { errcode, .. } => Some(*errcode),
             _ => None,
         }
     }
@@ -122,6 +132,7 @@ impl WechatError {
                 | 61004 | 89503 => ErrorClass::Config,
                 _ => ErrorClass::Retryable,
             },
+            WechatError::Wecom { errcode, .. } => wecom::class(*errcode, for_ticket),
             _ => ErrorClass::Retryable,
         }
     }
@@ -132,6 +143,7 @@ impl WechatError {
 pub struct Wechat {
     http: reqwest::Client,
     base_url: String,
+    wecom_base_url: String,
     timeout: Duration,
     connect_timeout: Duration,
 }
@@ -190,6 +202,10 @@ impl Scrub {
                 errcode,
                 errmsg: self.apply(&errmsg),
             },
+            WechatError::Wecom { errcode, errmsg } => WechatError::Wecom {
+                errcode,
+                errmsg: self.apply(&errmsg),
+            },
             WechatError::Transport(t) => WechatError::Transport(self.apply(&t)),
             WechatError::Malformed(t) => WechatError::Malformed(self.apply(&t)),
             other => other,
@@ -230,6 +246,7 @@ impl Wechat {
         Ok(Wechat {
             http,
             base_url: cfg.base_url.clone(),
+            wecom_base_url: cfg.wecom_base_url.clone(),
             timeout: cfg.request_timeout,
             connect_timeout: cfg.connect_timeout,
         })

@@ -24,15 +24,21 @@ pub enum Kind {
     /// `listed=1000,added=0,updated=1,removed=2`; its TTL is when the next
     /// one is due at the latest). Scheduled, locked and fenced like a token.
     AuthorizerList,
+    /// A WeCom app's JS-SDK ticket for `wx.agentConfig`, from
+    /// `/cgi-bin/ticket/get?type=agent_config` (the corp ticket for
+    /// `wx.config`, `/cgi-bin/get_jsapi_ticket`, is stored as
+    /// [`Kind::JsapiTicket`]).
+    AgentConfigTicket,
 }
 
 /// All kinds, in a stable order.
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     Kind::AccessToken,
     Kind::JsapiTicket,
     Kind::WxCardTicket,
     Kind::ComponentAccessToken,
     Kind::AuthorizerList,
+    Kind::AgentConfigTicket,
 ];
 
 impl Kind {
@@ -44,12 +50,17 @@ impl Kind {
             Kind::WxCardTicket => "wx_card_ticket",
             Kind::ComponentAccessToken => "component_access_token",
             Kind::AuthorizerList => "authorizer_list",
+            Kind::AgentConfigTicket => "agent_config_ticket",
         }
     }
 
-    /// Whether this is a JS-SDK ticket (fetched with an access token).
+    /// Whether this is a JS-SDK ticket (fetched with an access token;
+    /// WeChat's or WeCom's).
     pub fn is_ticket(self) -> bool {
-        matches!(self, Kind::JsapiTicket | Kind::WxCardTicket)
+        matches!(
+            self,
+            Kind::JsapiTicket | Kind::WxCardTicket | Kind::AgentConfigTicket
+        )
     }
 }
 
@@ -136,11 +147,18 @@ impl<'a> Subject<'a> {
     }
 
     /// The kinds of value refreshers keep for it, at most: a credential's
-    /// access token and tickets; a platform's component token and
-    /// reconciliation; an authorizer's access token and JS-SDK ticket.
+    /// access token and tickets (a WeCom app's: the corp ticket as
+    /// `jsapi_ticket`, and `agent_config_ticket`); a platform's component
+    /// token and reconciliation; an authorizer's access token and JS-SDK
+    /// ticket.
     pub fn kinds(self) -> &'static [Kind] {
         match self {
-            Subject::Credential(_) => &[Kind::AccessToken, Kind::JsapiTicket, Kind::WxCardTicket],
+            Subject::Credential(_) => &[
+                Kind::AccessToken,
+                Kind::JsapiTicket,
+                Kind::WxCardTicket,
+                Kind::AgentConfigTicket,
+            ],
             Subject::Component(_) => &[Kind::ComponentAccessToken, Kind::AuthorizerList],
             Subject::Authorizer { .. } => &[Kind::AccessToken, Kind::JsapiTicket],
         }
@@ -489,6 +507,14 @@ mod tests {
     fn queue_members_and_shards() {
         let k = CredentialKeys::new("wxtoken", "oa-main").unwrap();
         assert_eq!(k.member(Kind::JsapiTicket), "oa-main jsapi_ticket");
+        assert_eq!(
+            parse_member("corp-app agent_config_ticket"),
+            Some(("corp-app", Kind::AgentConfigTicket))
+        );
+        assert_eq!(parse_member("component/wx1 agent_config_ticket"), None);
+        for kind in KINDS {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
         assert_eq!(
             parse_member("oa-main jsapi_ticket"),
             Some(("oa-main", Kind::JsapiTicket))

@@ -46,6 +46,11 @@ pub struct Setup {
     pub extra_config: String,
     /// Third-party platforms the simulator knows (`[[component]]` there).
     pub sim_components: Vec<wxtoken_sim::ComponentConfig>,
+    /// WeCom apps the simulator knows and the replicas hold
+    /// ([`wecom_apps`]; `[[credential]] platform = "wecom"`, secrets inline).
+    pub wecom: Vec<WecomApp>,
+    /// The tickets each WeCom app keeps (`"jsapi"`, `"agent_config"`).
+    pub wecom_tickets: Vec<&'static str>,
 }
 
 impl Default for Setup {
@@ -74,6 +79,8 @@ impl Default for Setup {
             force_min_interval: Some(Duration::from_millis(500)),
             extra_config: String::new(),
             sim_components: Vec::new(),
+            wecom: Vec::new(),
+            wecom_tickets: Vec::new(),
         }
     }
 }
@@ -121,6 +128,9 @@ impl Env {
         for c in &setup.sim_components {
             sim_cfg = sim_cfg.with_component(c.clone());
         }
+        for corp in wecom_corps(&setup.wecom) {
+            sim_cfg = sim_cfg.with_wecom_corp(corp);
+        }
         let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -147,12 +157,13 @@ impl Env {
         let s = &self.setup;
         let mut text = format!(
             "[redis]\nurl = \"{redis_url}\"\ntimeout = \"{}\"\n\n\
-             [wechat]\nbase_url = \"{}\"\nrequest_timeout = \"{}\"\nconnect_timeout = \"1s\"\n\n\
+             [wechat]\nbase_url = \"{}\"\nwecom_base_url = \"{}\"\nrequest_timeout = \"{}\"\nconnect_timeout = \"1s\"\n\n\
              [refresh]\nmargin = \"{}\"\nmax_margin_fraction = {}\njitter = \"{}\"\nlock_ttl = \"{}\"\n\
              retry_initial = \"{}\"\nretry_max = \"{}\"\nconfig_error_retry = \"{}\"\n\
              quota_pause = \"{}\"\ncheck_interval = \"{}\"\nmin_interval = \"{}\"\n",
             ms(s.redis_timeout),
             self.sim.base_url(),
+            self.sim.wecom_base_url(),
             ms(s.request_timeout),
             ms(s.margin),
             s.max_margin_fraction,
@@ -191,6 +202,9 @@ impl Env {
             if s.tickets {
                 text.push_str("tickets = [\"jsapi\"]\n");
             }
+        }
+        for app in &s.wecom {
+            text.push_str(&app.config(&s.wecom_tickets));
         }
         text.push_str(&s.extra_config);
         text
@@ -648,4 +662,74 @@ impl Replica {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A WeCom app of a scenario (secret inline in the replicas' config).
+#[derive(Clone, Debug)]
+pub struct WecomApp {
+    /// The credential id, `wc-<corp>-<app>`.
+    pub id: String,
+    pub corpid: String,
+    pub agentid: u32,
+    /// 43 characters of WeCom's secret alphabet.
+    pub secret: String,
+}
+
+impl WecomApp {
+    /// Its `[[credential]]` table, keeping `tickets`.
+    pub fn config(&self, tickets: &[&str]) -> String {
+        let tickets: Vec<String> = tickets.iter().map(|t| format!("\"{t}\"")).collect();
+        format!(
+            "\n[[credential]]\nid = \"{}\"\nplatform = \"wecom\"\ncorpid = \"{}\"\nagentid = {}\nsecret = \"{}\"\ntickets = [{}]\n",
+            self.id,
+            self.corpid,
+            self.agentid,
+            self.secret,
+            tickets.join(", ")
+        )
+    }
+}
+
+/// `apps` WeCom apps in each of `corps` corps (corpid `ww<16 digits>`,
+/// agentids from 1000002).
+pub fn wecom_apps(corps: usize, apps: usize) -> Vec<WecomApp> {
+    let mut out = Vec::new();
+    for c in 0..corps {
+        for a in 0..apps {
+            let secret: String = format!(
+                "{:032x}{:032x}",
+                rand::random::<u128>(),
+                rand::random::<u128>()
+            )
+            .chars()
+            .take(43)
+            .collect();
+            out.push(WecomApp {
+                id: format!("wc-{c}-{a}"),
+                corpid: format!("ww{:016}", c + 1),
+                agentid: 1_000_002 + a as u32,
+                secret,
+            });
+        }
+    }
+    out
+}
+
+/// The simulator's corps for `apps`.
+pub fn wecom_corps(apps: &[WecomApp]) -> Vec<wxtoken_sim::WecomCorpConfig> {
+    let mut corps: Vec<wxtoken_sim::WecomCorpConfig> = Vec::new();
+    for app in apps {
+        let entry = wxtoken_sim::WecomAppConfig {
+            agentid: app.agentid,
+            secret: app.secret.clone(),
+        };
+        match corps.iter_mut().find(|c| c.corpid == app.corpid) {
+            Some(corp) => corp.apps.push(entry),
+            None => corps.push(wxtoken_sim::WecomCorpConfig {
+                corpid: app.corpid.clone(),
+                apps: vec![entry],
+            }),
+        }
+    }
+    corps
 }

@@ -767,6 +767,9 @@ fn runs(r: Refreshes) -> String {
     if r.failed > 0 {
         parts.push(format!("<span class=\"bad\">{} failed</span>", r.failed));
     }
+    if r.same > 0 {
+        parts.push(format!("{} same (WeCom)", r.same));
+    }
     if r.fenced > 0 {
         parts.push(format!("{} fenced", r.fenced));
     }
@@ -946,6 +949,7 @@ mod tests {
             refresh_margin_ms: 300_000,
             refreshes: Refreshes {
                 ok: 2,
+                same: 0,
                 failed: 1,
                 fenced: 0,
             },
@@ -966,6 +970,7 @@ mod tests {
             },
             refreshes: Refreshes {
                 ok: 2,
+                same: 0,
                 failed: 1,
                 fenced: 0,
             },

@@ -889,6 +889,7 @@ mod tests {
             metrics::value("oa", Kind::AccessToken),
             Refreshes {
                 ok: 2,
+                same: 0,
                 failed: 1,
                 fenced: 0,
             },
