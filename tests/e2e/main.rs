@@ -21,6 +21,7 @@ mod passive;
 mod platform;
 mod platform_hostile;
 mod process;
+mod readers;
 mod redis_outage;
 mod scheduler;
 mod sentinel;
