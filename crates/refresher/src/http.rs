@@ -566,9 +566,11 @@ fn parse_kind(kind: Option<&str>) -> Result<Kind, ApiError> {
             .into_iter()
             .find(|k| k.as_str() == name)
             .ok_or_else(|| {
+                let known: Vec<&str> = KINDS.iter().map(|k| k.as_str()).collect();
                 ApiError::BadRequest(format!(
-                    "unknown kind {:?}: use access_token, jsapi_ticket or wx_card_ticket",
-                    name.chars().take(32).collect::<String>()
+                    "unknown kind {:?}: use one of {}",
+                    name.chars().take(32).collect::<String>(),
+                    known.join(", ")
                 ))
             }),
     }
