@@ -10,46 +10,16 @@
 //!   refresh token recovered from `api_get_authorizer_list`, one fetch
 //!   each, no human action.
 
-use crate::common::{eventually, stored, Env, Replica, Setup};
+use crate::common::{eventually, stored, Env, Events, Replica, Setup};
 use crate::platform::{ports, push_url, spawn, Platform};
-use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wxtoken_schema::{authorizer_id, CredentialKeys, Kind, UpdateEvent};
+use wxtoken_schema::{authorizer_id, CredentialKeys, Kind};
 
 const NS: &str = "wxtoken";
 
 fn keys(p: &Platform, appid: &str) -> CredentialKeys {
     CredentialKeys::authorizer(NS, &p.appid, appid).unwrap()
-}
-
-/// Counts fenced writes of access tokens per subject id, from update events.
-async fn count_writes(
-    env: &Env,
-) -> (
-    Arc<Mutex<HashMap<String, u64>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let client = redis::Client::open(env.redis.url()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("wxtoken:events").await.unwrap();
-    let writes = Arc::new(Mutex::new(HashMap::new()));
-    let task = {
-        let writes = writes.clone();
-        tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
-            while let Some(msg) = stream.next().await {
-                let payload: Vec<u8> = msg.get_payload().unwrap_or_default();
-                if let Ok(ev) = UpdateEvent::parse(&payload) {
-                    if ev.kind == Kind::AccessToken {
-                        *writes.lock().unwrap().entry(ev.id).or_insert(0) += 1;
-                    }
-                }
-            }
-        })
-    };
-    (writes, task)
 }
 
 fn assert_no_secrets(replicas: &[Replica], secrets: &[(&str, String)]) {
@@ -81,7 +51,7 @@ async fn authorizers_are_exchanged_once_refreshed_once_per_cycle_and_follow_even
         ..Setup::default()
     })
     .await;
-    let (writes, counter) = count_writes(&env).await;
+    let events = Events::record(&env).await;
     let replicas = spawn(
         &env,
         std::slice::from_ref(&platform),
@@ -188,7 +158,10 @@ async fn authorizers_are_exchanged_once_refreshed_once_per_cycle_and_follow_even
 
     // Exactly one exchange per code, one call per refresh.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let written = writes.lock().unwrap().clone();
+    let mut written: HashMap<String, u64> = HashMap::new();
+    for ev in events.of(Kind::AccessToken) {
+        *written.entry(ev.id).or_insert(0) += 1;
+    }
     for a in &appids {
         let c = env.admin.authorizer_counts(&platform.appid, a).unwrap();
         let expect_exchanges = if a == again { 2 } else { 1 };
@@ -232,7 +205,7 @@ async fn authorizers_are_exchanged_once_refreshed_once_per_cycle_and_follow_even
             .unwrap();
         assert_eq!(ttl, -1, "refresh tokens are kept without a TTL");
     }
-    counter.abort();
+    drop(events);
     let mut secrets: Vec<(&str, String)> = codes
         .iter()
         .map(|c| ("authorization code", c.clone()))

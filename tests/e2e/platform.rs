@@ -7,11 +7,10 @@
 //!   one call per push, never a tight loop;
 //! - two platforms on one deployment keep their tickets and tokens apart.
 
-use crate::common::{eventually, wait_healthz, Env, Replica, Setup};
-use futures_util::StreamExt;
+use crate::common::{eventually, wait_healthz, Env, Events, Replica, Setup};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use wxtoken_schema::{ComponentKeys, CredentialKeys, Kind, UpdateEvent};
+use wxtoken_schema::{ComponentKeys, CredentialKeys, Kind};
 use wxtoken_sim::ComponentConfig;
 
 /// One simulated platform and the secrets the replicas need for it.
@@ -130,26 +129,8 @@ async fn component_token_is_fetched_once_per_refresh_by_three_replicas() {
         ..Setup::default()
     })
     .await;
-    // Every write publishes one update event: count them from the start.
-    let client = redis::Client::open(env.redis.url()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("wxtoken:events").await.unwrap();
-    let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let collector = {
-        let writes = writes.clone();
-        let id = platform.keys().id().to_owned();
-        tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
-            while let Some(msg) = stream.next().await {
-                let payload: Vec<u8> = msg.get_payload().unwrap_or_default();
-                if let Ok(ev) = UpdateEvent::parse(&payload) {
-                    if ev.id == id && ev.kind == Kind::ComponentAccessToken {
-                        writes.lock().unwrap().push(ev.token);
-                    }
-                }
-            }
-        })
-    };
+    // Every write publishes one update event: record them from the start.
+    let events = Events::record(&env).await;
     let replicas = spawn(&env, std::slice::from_ref(&platform), &ports, "").await;
     let keys = platform.keys();
     eventually(
@@ -190,7 +171,13 @@ async fn component_token_is_fetched_once_per_refresh_by_three_replicas() {
         .component_evidence(&platform.appid)
         .unwrap()
         .counts;
-    let written = writes.lock().unwrap().clone();
+    let id = platform.keys().id().to_owned();
+    let written: Vec<String> = events
+        .of(Kind::ComponentAccessToken)
+        .into_iter()
+        .filter(|e| e.id == id)
+        .map(|e| e.token)
+        .collect();
     let distinct: HashSet<&String> = written.iter().collect();
     assert_eq!(distinct.len(), written.len(), "a token written twice");
     // A call may be in flight right now: at most one more issued than written.
@@ -205,7 +192,7 @@ async fn component_token_is_fetched_once_per_refresh_by_three_replicas() {
         counts.component_token, counts.component_token_issued,
         "no failed calls"
     );
-    collector.abort();
+    drop(events);
 
     // The verify ticket and component token never reach the logs whole.
     let tickets = ComponentKeys::new("wxtoken", &platform.appid).unwrap();

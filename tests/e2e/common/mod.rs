@@ -733,3 +733,50 @@ pub fn wecom_corps(apps: &[WecomApp]) -> Vec<wxtoken_sim::WecomCorpConfig> {
     }
     corps
 }
+
+/// Every update event published on the test Redis' `wxtoken:events`, as it
+/// arrives (one per fenced write), recorded until dropped.
+pub struct Events {
+    seen: Arc<std::sync::Mutex<Vec<wxtoken_schema::UpdateEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    /// Subscribes now: every later write is recorded.
+    pub async fn record(env: &Env) -> Events {
+        use futures_util::StreamExt;
+        let client = redis::Client::open(env.redis.url()).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe("wxtoken:events").await.unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut stream = pubsub.into_on_message();
+                while let Some(msg) = stream.next().await {
+                    if let Ok(ev) = wxtoken_schema::UpdateEvent::parse(msg.get_payload_bytes()) {
+                        seen.lock().unwrap().push(ev);
+                    }
+                }
+            })
+        };
+        Events { seen, task }
+    }
+
+    /// The events of `kind` so far, in order.
+    pub fn of(&self, kind: Kind) -> Vec<wxtoken_schema::UpdateEvent> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == kind)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
