@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wxtoken_refresher::config::{redacted_url, ENV_CONFIG, ENV_REDIS_URL};
 use wxtoken_schema::{
-    events_channel, info, registry_key, CredentialKeys, Kind, UpdateEvent, DEFAULT_NAMESPACE, KINDS,
+    events_channel, info, CredentialKeys, Kind, UpdateEvent, DEFAULT_NAMESPACE, KINDS,
 };
 use wxtoken_sim::{Endpoint, SimConfig, Simulator};
 
@@ -423,11 +423,7 @@ async fn clear_namespace(
     con: &mut redis::aio::MultiplexedConnection,
     namespace: &str,
 ) -> Result<usize> {
-    let registry = registry_key(namespace);
-    let ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(&registry)
-        .query_async(con)
-        .await?;
+    let ids = wxtoken_schema::index::registered(con, namespace).await?;
     for id in &ids {
         let Ok(keys) = CredentialKeys::for_id(namespace, id) else {
             continue;
@@ -444,7 +440,8 @@ async fn clear_namespace(
             .arg(keys.status())
             .arg(keys.refresh_token())
             .arg(keys.authorization_code())
-            .arg(keys.removed());
+            .arg(keys.removed())
+            .arg(keys.schedule());
         let _: i64 = del.query_async(con).await?;
         if let Some(wxtoken_schema::Subject::Component(appid)) = wxtoken_schema::Subject::parse(id)
         {
@@ -457,7 +454,9 @@ async fn clear_namespace(
                 .await?;
         }
     }
-    let _: i64 = redis::cmd("DEL").arg(&registry).query_async(con).await?;
+    for key in wxtoken_schema::registry_keys(namespace) {
+        let _: i64 = redis::cmd("DEL").arg(key).query_async(con).await?;
+    }
     Ok(ids.len())
 }
 

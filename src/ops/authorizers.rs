@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use wxtoken_refresher::human;
 use wxtoken_schema::registry::{self, Authorization};
 use wxtoken_schema::{
-    component_id, force_refresh, info, is_printable_token, registry_key, status, ComponentKeys,
-    CredentialKeys, Kind, REQUEST_TTL_SECS,
+    component_id, force_refresh, info, is_printable_token, status, ComponentKeys, CredentialKeys,
+    Kind, REQUEST_TTL_SECS,
 };
 
 /// Authorizers shown by `list` when `--limit` is not given.
@@ -505,10 +505,8 @@ async fn add(args: AddArgs) -> Result<()> {
         "adding authorizer {} of component {}",
         args.authorizer, args.component
     );
-    let held: bool = redis::cmd("SISMEMBER")
-        .arg(registry_key(&target.namespace))
-        .arg(component_id(&args.component))
-        .query_async(&mut con)
+    let platform = CredentialKeys::component(&target.namespace, &args.component)?;
+    let held = wxtoken_schema::index::is_registered(&mut con, &platform)
         .await
         .map_err(|e| target.failed(&doing, &e.into()))?;
     let a = Authorization {
@@ -613,10 +611,7 @@ async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
     let mut con = target.connect().await?;
     let doing = format!("reconciling component {}", args.component);
     let fail = |e: redis::RedisError| target.failed(&doing, &e.into());
-    let held: bool = redis::cmd("SISMEMBER")
-        .arg(registry_key(&target.namespace))
-        .arg(keys.id())
-        .query_async(&mut con)
+    let held = wxtoken_schema::index::is_registered(&mut con, &keys)
         .await
         .map_err(fail)?;
     if !held && !target.is_configured(keys.id()) {

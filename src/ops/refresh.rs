@@ -15,8 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wxtoken_refresher::{human, token_prefix};
 use wxtoken_schema::{
-    info, registry_key, request_refresh, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST,
-    REQUEST_TTL_SECS,
+    info, request_refresh, CredentialKeys, Kind, RequestOutcome, FORCE_REQUEST, REQUEST_TTL_SECS,
 };
 
 /// How often the stored value is looked at while waiting.
@@ -138,10 +137,7 @@ async fn request_and_wait(
     // Waiting longer than the request lives is pointless.
     let wait = wait.min(Duration::from_secs(REQUEST_TTL_SECS));
     let id = keys.id();
-    let registered: bool = redis::cmd("SISMEMBER")
-        .arg(registry_key(&target.namespace))
-        .arg(id)
-        .query_async(con)
+    let registered = wxtoken_schema::index::is_registered(con, keys)
         .await
         .context("reading the registry")?;
     if !registered && !target.is_configured(id) {

@@ -10,10 +10,20 @@ use std::time::Duration;
 use wxtoken_client::{Client, Options};
 use wxtoken_schema::{Kind, RequestOutcome};
 
-/// The ACL rules of the README, word for word (namespace `wxtoken`).
-const REFRESHER: &str = "on >refresher-pw resetkeys ~wxtoken:* resetchannels &wxtoken:events &wxtoken:requests -@all +@read +@write +@scripting +@pubsub +@connection +@transaction +time +scan -@dangerous";
-const READER: &str = "on >reader-pw resetkeys %R~wxtoken:{*}:access_token %R~wxtoken:{*}:jsapi_ticket %R~wxtoken:{*}:wx_card_ticket %R~wxtoken:{*}:agent_config_ticket %R~wxtoken:{*}:component_access_token %R~wxtoken:{*}:*:info %W~wxtoken:{*}:refresh_request:* resetchannels &wxtoken:events &wxtoken:requests -@all +get +pttl +hget +time +set +publish +subscribe +unsubscribe +ping";
-const MONITOR: &str = "on >monitor-pw resetkeys %R~wxtoken:credentials %R~wxtoken:replicas %R~wxtoken:rate:* %R~wxtoken:{due/*}:queue %R~wxtoken:{*}:access_token %R~wxtoken:{*}:jsapi_ticket %R~wxtoken:{*}:wx_card_ticket %R~wxtoken:{*}:agent_config_ticket %R~wxtoken:{*}:component_access_token %R~wxtoken:{*}:authorizer_list %R~wxtoken:{*}:*:info %R~wxtoken:{*}:status %R~wxtoken:{*}:holders %R~wxtoken:{*}:fence %R~wxtoken:{*}:lock:* %R~wxtoken:{*}:refresh_request:* %R~wxtoken:{*}:force_request:* %R~wxtoken:{*}:authorizers resetchannels -@all +@read +@connection +@transaction +time";
+/// The ACL rule the README's "Security" section gives for `user`, word for
+/// word (read from the README, so the two cannot drift), with the password
+/// `<user>-pw` in place of `>…`.
+fn readme_rule(user: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let prefix = format!("ACL SETUSER {user} ");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("the README has no `{prefix}…` line"));
+    let rule = line[prefix.len()..].trim_start();
+    assert!(rule.contains(" >… "), "{rule}");
+    rule.replacen(" >… ", &format!(" >{user}-pw "), 1)
+}
 
 async fn set_user(env: &Env, name: &str, rule: &str) {
     let mut con = env.redis_con().await;
@@ -41,9 +51,9 @@ async fn refresher_reader_and_monitor_work_under_their_rules_and_no_more() {
         ..Setup::default()
     })
     .await;
-    set_user(&env, "refresher", REFRESHER).await;
-    set_user(&env, "reader", READER).await;
-    set_user(&env, "monitor", MONITOR).await;
+    set_user(&env, "refresher", &readme_rule("refresher")).await;
+    set_user(&env, "reader", &readme_rule("reader")).await;
+    set_user(&env, "monitor", &readme_rule("monitor")).await;
     let refresher_url = url_as(&env, "refresher", "refresher-pw");
     let mut r1 = env.spawn_replica("replica-1", Some(&refresher_url));
     let _r2 = env.spawn_replica("replica-2", Some(&refresher_url));
@@ -91,6 +101,11 @@ async fn refresher_reader_and_monitor_work_under_their_rules_and_no_more() {
         redis::cmd("HGETALL").arg(keys.status()).clone(),
         redis::cmd("HGET").arg(keys.holders()).arg("x").clone(),
         redis::cmd("ZADD").arg(keys.due()).arg(0).arg("x").clone(),
+        redis::cmd("HSET")
+            .arg(keys.schedule())
+            .arg(Kind::AccessToken.as_str())
+            .arg(0)
+            .clone(),
         redis::cmd("PUBLISH").arg("wxtoken:other").arg("x").clone(),
         redis::cmd("KEYS").arg("*").clone(),
         redis::cmd("FLUSHALL").clone(),
@@ -168,7 +183,7 @@ async fn refresher_reader_and_monitor_work_under_their_rules_and_no_more() {
     }
 
     // A reader whose user may not file requests gets an error that says so.
-    let no_requests = READER.replace(" %W~wxtoken:{*}:refresh_request:*", "");
+    let no_requests = readme_rule("reader").replace(" %W~wxtoken:{*}:refresh_request:*", "");
     set_user(
         &env,
         "no-requests",

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use wxtoken_schema::registry::{self, Authorization};
 use wxtoken_schema::{
-    claim, registry_key, requests_channel, status, write_token, Claim, ClaimRules, ComponentKeys,
-    CredentialKeys, Kind, TokenWrite, WriteOutcome,
+    claim, requests_channel, status, write_token, Claim, ClaimRules, ComponentKeys, CredentialKeys,
+    Kind, TokenWrite, WriteOutcome,
 };
 use wxtoken_testkit::RedisServer;
 
@@ -189,9 +189,9 @@ async fn add_registers_an_authorizer_due_now_without_ever_showing_the_code() {
         .unwrap();
     assert_eq!(appid.as_deref(), Some("wxshop01"));
     assert_eq!(comp.as_deref(), Some(COMPONENT));
-    let due: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys.due())
-        .arg(keys.member(Kind::AccessToken))
+    let due: Option<f64> = redis::cmd("HGET")
+        .arg(keys.schedule())
+        .arg((Kind::AccessToken).as_str())
         .query_async(&mut con)
         .await
         .unwrap();
@@ -199,9 +199,9 @@ async fn add_registers_an_authorizer_due_now_without_ever_showing_the_code() {
     let due = due.expect("access token queued") as u64;
     assert!(due >= before && due <= after, "due {due}, not now");
     // No tickets asked for: none queued.
-    let jsapi: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys.due())
-        .arg(keys.member(Kind::JsapiTicket))
+    let jsapi: Option<f64> = redis::cmd("HGET")
+        .arg(keys.schedule())
+        .arg((Kind::JsapiTicket).as_str())
         .query_async(&mut con)
         .await
         .unwrap();
@@ -213,10 +213,7 @@ async fn add_registers_an_authorizer_due_now_without_ever_showing_the_code() {
         .await
         .unwrap();
     assert!(indexed.is_some(), "in the platform's index");
-    let registered: bool = redis::cmd("SISMEMBER")
-        .arg(registry_key(NS))
-        .arg(keys.id())
-        .query_async(&mut con)
+    let registered = wxtoken_schema::index::is_registered(&mut con, &keys)
         .await
         .unwrap();
     assert!(registered);
@@ -261,9 +258,9 @@ async fn add_registers_an_authorizer_due_now_without_ever_showing_the_code() {
         .await
         .unwrap();
     assert!(pttl > 590_000 && pttl <= 600_000, "default 10m, got {pttl}");
-    let jsapi: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys2.due())
-        .arg(keys2.member(Kind::JsapiTicket))
+    let jsapi: Option<f64> = redis::cmd("HGET")
+        .arg(keys2.schedule())
+        .arg((Kind::JsapiTicket).as_str())
         .query_async(&mut con)
         .await
         .unwrap();
@@ -310,9 +307,9 @@ async fn add_registers_an_authorizer_due_now_without_ever_showing_the_code() {
     // The config lists the platform: no warning that nobody holds it.
     assert!(!stderr.contains("no refresher has registered"), "{stderr}");
     let keys3 = authorizer("wxshop03");
-    let jsapi: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys3.due())
-        .arg(keys3.member(Kind::JsapiTicket))
+    let jsapi: Option<f64> = redis::cmd("HGET")
+        .arg(keys3.schedule())
+        .arg((Kind::JsapiTicket).as_str())
         .query_async(&mut con)
         .await
         .unwrap();
@@ -696,10 +693,7 @@ async fn remove_deletes_every_key_and_reconcile_files_a_forced_request() {
             .len(),
         1
     );
-    let registered: bool = redis::cmd("SISMEMBER")
-        .arg(registry_key(NS))
-        .arg(gone.id())
-        .query_async(&mut con)
+    let registered = wxtoken_schema::index::is_registered(&mut con, &gone)
         .await
         .unwrap();
     assert!(!registered);

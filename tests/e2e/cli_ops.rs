@@ -5,7 +5,7 @@
 
 use crate::common::{eventually, Env, Setup};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wxtoken_schema::{info, registry_key, status, CredentialKeys, Kind};
+use wxtoken_schema::{info, status, CredentialKeys, Kind};
 use wxtoken_sim::Endpoint;
 use wxtoken_testkit::RedisServer;
 
@@ -471,7 +471,7 @@ async fn seed(con: &mut redis::aio::MultiplexedConnection, ns: &str, creds: &[(S
         for (j, (id, state)) in batch.iter().enumerate() {
             let i = b * 1000 + j;
             let keys = CredentialKeys::new(ns, id).unwrap();
-            pipe.sadd(registry_key(ns), id).ignore();
+            pipe.sadd(keys.registry(), id).ignore();
             let mut fields = vec![
                 (status::APPID, format!("wx{:016}", i)),
                 (status::MODE, "classic".to_owned()),

@@ -134,7 +134,7 @@ async fn an_unusable_authorization_code_does_not_loop_refreshes() {
     // The next refresh is queued for later, not spinning now.
     let (s, _): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
     let due: f64 = con
-        .zscore(k.due(), k.member(Kind::AccessToken))
+        .hget(k.schedule(), Kind::AccessToken.as_str())
         .await
         .unwrap();
     assert!(

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wxtoken_schema::{events_channel, registry_key, Kind, UpdateEvent};
+use wxtoken_schema::{events_channel, Kind, UpdateEvent};
 use wxtoken_sim::Endpoint;
 
 /// Token fetches WeChat answered with a token, per credential index.
@@ -83,7 +83,11 @@ async fn credentials_added_and_removed_at_run_time_on_three_replicas() {
         async move { env.token(&mut con, 0).await.is_some() && env.token(&mut con, 1).await.is_some() }
     })
     .await;
-    let registered: BTreeSet<String> = con.smembers(registry_key("wxtoken")).await.unwrap();
+    let registered: BTreeSet<String> = wxtoken_schema::index::registered(&mut con, "wxtoken")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(registered, BTreeSet::from(["app-0".into(), "app-1".into()]));
     assert_eq!(token_fetches(&env)[2..], [0, 0]);
 
@@ -130,7 +134,11 @@ async fn credentials_added_and_removed_at_run_time_on_three_replicas() {
         }
     })
     .await;
-    let registered: BTreeSet<String> = con.smembers(registry_key("wxtoken")).await.unwrap();
+    let registered: BTreeSet<String> = wxtoken_schema::index::registered(&mut con, "wxtoken")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert!(!registered.contains("app-0"), "{registered:?}");
 
     // Two more refresh cycles of the others pass; app-0 is not fetched again.

@@ -7,9 +7,7 @@
 
 use std::time::Duration;
 use wxtoken_schema::registry::{self, Authorization};
-use wxtoken_schema::{
-    info, registry_key, status, store_verify_ticket, ComponentKeys, CredentialKeys, Kind,
-};
+use wxtoken_schema::{info, status, store_verify_ticket, ComponentKeys, CredentialKeys, Kind};
 use wxtoken_testkit::RedisServer;
 
 const C: &str = "wxcomp000000001";
@@ -144,7 +142,7 @@ async fn seed(con: &mut redis::aio::MultiplexedConnection) {
     }
     // The platform: a verify ticket, a component token, a reconciliation.
     let subject = CredentialKeys::component("wxtoken", C).unwrap();
-    pipe.sadd(registry_key("wxtoken"), subject.id()).ignore();
+    pipe.sadd(subject.registry(), subject.id()).ignore();
     pipe.hset_multiple(
         subject.status(),
         &[(status::APPID, C), (status::MODE, "component")],
@@ -179,7 +177,7 @@ async fn seed(con: &mut redis::aio::MultiplexedConnection) {
     .ignore();
     // And one ordinary credential.
     let oa = CredentialKeys::new("wxtoken", "oa-main").unwrap();
-    pipe.sadd(registry_key("wxtoken"), oa.id()).ignore();
+    pipe.sadd(oa.registry(), oa.id()).ignore();
     pipe.cmd("SET")
         .arg(oa.value(Kind::AccessToken))
         .arg("oa-token-SECRET-0123456789")

@@ -130,12 +130,12 @@ async fn status_summarizes_pages_and_filters_many_credentials() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let others: Vec<String> = (0..OTHERS).map(|i| format!("other-{i:05}")).collect();
-    let _: () = redis::cmd("SADD")
-        .arg(wxtoken_schema::registry_key("wxtoken"))
-        .arg(&others)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let mut pipe = redis::pipe();
+    for id in &others {
+        let keys = wxtoken_schema::CredentialKeys::new("wxtoken", id).unwrap();
+        pipe.sadd(keys.registry(), id).ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.unwrap();
 
     let log = dir.path().join("replica.log");
     let started = Instant::now();

@@ -269,10 +269,10 @@ async fn same_token_is_not_new_a_revoked_token_reported_is_replaced_once_and_not
     };
     pexpire(keys.value(Kind::AccessToken)).await;
     pexpire(keys.info(Kind::AccessToken)).await;
-    let _: () = redis::cmd("ZADD")
-        .arg(keys.due())
+    let _: () = redis::cmd("HSET")
+        .arg(keys.schedule())
+        .arg(Kind::AccessToken.as_str())
         .arg(0)
-        .arg(keys.member(Kind::AccessToken))
         .query_async(&mut con)
         .await
         .unwrap();

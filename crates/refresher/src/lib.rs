@@ -304,22 +304,32 @@ async fn heartbeat(sh: Arc<Shared>, register: Arc<Notify>) {
     }
 }
 
-/// Registers every held credential whenever the heartbeat asks, retrying
-/// until one registration has gone through completely (a chunk that fails
-/// part-way must not leave values out of the queue), then has the scheduler
-/// rescan. Runs beside the heartbeat, so a long registration never looks
-/// like a dead replica.
+/// How often a replica registers its credentials again although Redis
+/// knows it: registration is idempotent, and it repairs due-queue and
+/// registry entries lost between two steps (see `wxtoken_schema::index`).
+const REINDEX_EVERY: Duration = Duration::from_secs(600);
+
+/// Registers every held credential whenever the heartbeat asks, and every
+/// [`REINDEX_EVERY`], retrying until one registration has gone through
+/// completely (a chunk that fails part-way must not leave values out of
+/// the queue), then has the scheduler rescan. Runs beside the heartbeat,
+/// so a long registration never looks like a dead replica.
 async fn registrar(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>, register: Arc<Notify>) {
     let mut first = true;
     loop {
-        tokio::select! {
-            _ = register.notified() => {}
+        let asked = tokio::select! {
+            _ = register.notified() => true,
+            _ = tokio::time::sleep(REINDEX_EVERY), if !first => false,
             _ = sh.shutdown.cancelled() => return,
-        }
+        };
         let mut failures = 0u32;
         loop {
             let held: Vec<_> = sh.registry.all().values().cloned().collect();
-            match registry::register(&sh, &held).await {
+            let registered = match registry::migrate(&sh).await {
+                Ok(()) => registry::register(&sh, &held).await,
+                Err(e) => Err(e),
+            };
+            match registered {
                 Ok(queued) => {
                     if first {
                         tracing::info!(credentials = held.len(), queued, "registered credentials");
@@ -328,8 +338,10 @@ async fn registrar(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>, register: Arc<
                         if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
                             tracing::debug!(error = %e, "could not notify systemd");
                         }
-                    } else {
+                    } else if asked {
                         tracing::warn!(credentials = held.len(), queued, "Redis did not know this replica (data lost, or taken for dead): registered every credential again");
+                    } else if queued > 0 {
+                        tracing::warn!(credentials = held.len(), queued, "periodic registration found values that were not scheduled, and scheduled them");
                     }
                     first = false;
                     inbox.rescan();

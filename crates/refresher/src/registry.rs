@@ -276,6 +276,27 @@ pub async fn register(sh: &Shared, creds: &[Arc<Held>]) -> Result<u32, RedisErro
     Ok(added)
 }
 
+/// Upgrades data written with key schema 1, if any, before the first
+/// registration (`wxtoken_schema::index::migrate_v1`; a no-op afterwards).
+/// Bounded by ten minutes rather than the step timeout: with 100,000
+/// authorizers it reads a few hundred pages.
+pub async fn migrate(sh: &Shared) -> Result<(), RedisError> {
+    let mut con = sh.redis.con();
+    let set = tokio::time::timeout(
+        Duration::from_secs(600),
+        wxtoken_schema::index::migrate_v1(&mut con, &sh.namespace),
+    )
+    .await
+    .map_err(|_| RedisError("migrating key schema 1 took over ten minutes".into()))??;
+    if set > 0 {
+        tracing::warn!(
+            values = set,
+            "upgraded data written with key schema 1: schedules set from the due-queue"
+        );
+    }
+    Ok(())
+}
+
 /// Drops this replica's hold on `keys`' credential (deleting it when no
 /// live replica holds it). Returns whether it was deleted.
 pub async fn unregister(sh: &Shared, keys: &CredentialKeys) -> Result<bool, RedisError> {

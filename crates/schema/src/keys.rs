@@ -1,6 +1,9 @@
 //! Key names. Every key of one credential carries the credential id as a Redis
 //! Cluster hash tag (`wxtoken:{oa-main}:access_token`), so all of them live in
-//! one slot and every Lua script touches one slot only.
+//! one slot and every Lua script touches one slot only. Keys read across
+//! credentials (the due-queue index and the registry) are split into
+//! [`DUE_SHARDS`] shards with their own tags (`{due/07}`), and the shared
+//! keys without a tag (the replica set, the rate keys) are single keys.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -349,9 +352,26 @@ impl CredentialKeys {
         format!("{}:holders", self.prefix)
     }
 
-    /// ZSET: the due-queue shard this credential's values are queued in.
+    /// HASH, durable (no TTL): the **schedule** of the subject's values, the
+    /// truth the lease scripts decide by: field `<kind>` = when the value is
+    /// due, Unix ms (Redis clock); the field exists exactly while the value
+    /// is registered. An authorizer's `authorized_at` (Unix ms) is kept here
+    /// too. The due-queue ([`CredentialKeys::due`]) is an index of it.
+    pub fn schedule(&self) -> String {
+        format!("{}:schedule", self.prefix)
+    }
+
+    /// ZSET: the due-queue shard this credential's values are indexed in
+    /// (an index of the schedules, in another slot: see
+    /// `wxtoken_schema::index`).
     pub fn due(&self) -> String {
         due_key(&self.namespace, shard_of(&self.id))
+    }
+
+    /// SET: the registry shard this credential's id is listed in (same
+    /// slot as [`CredentialKeys::due`]).
+    pub fn registry(&self) -> String {
+        registry_shard_key(&self.namespace, shard_of(&self.id))
     }
 
     /// The due-queue member of one value: `"<id> <kind>"`, the same text as
@@ -436,6 +456,20 @@ pub fn shard_of(id: &str) -> u32 {
 /// the shards over nodes.
 pub fn due_key(namespace: &str, shard: u32) -> String {
     format!("{namespace}:{{due/{shard:02}}}:queue")
+}
+
+/// SET: one shard of the registry, the ids refreshers in the namespace keep
+/// whose [`shard_of`] is `shard` (for listing; holds ids only). Same hash
+/// tag as the due-queue shard.
+pub fn registry_shard_key(namespace: &str, shard: u32) -> String {
+    format!("{namespace}:{{due/{shard:02}}}:credentials")
+}
+
+/// Every registry shard of `namespace`, in shard order.
+pub fn registry_keys(namespace: &str) -> Vec<String> {
+    (0..DUE_SHARDS)
+        .map(|s| registry_shard_key(namespace, s))
+        .collect()
 }
 
 /// Splits a due-queue member (or a requests-channel message) into the
@@ -529,6 +563,11 @@ mod tests {
         }
         assert_eq!(k.due(), due_key("wxtoken", shard_of("oa-main")));
         assert!(k.due().starts_with("wxtoken:{due/"));
+        // The registry shard shares the queue shard's tag (one slot).
+        let tag = |key: &str| key.split('}').next().map(str::to_owned);
+        assert_eq!(tag(&k.registry()), tag(&k.due()));
+        assert_eq!(k.schedule(), "wxtoken:{oa-main}:schedule");
+        assert_eq!(registry_keys("wxtoken").len(), DUE_SHARDS as usize);
         // The shard function is part of the contract: fixed values.
         assert_eq!(shard_of(""), 0x811c_9dc5 % DUE_SHARDS);
         let spread: std::collections::HashSet<u32> =

@@ -12,7 +12,9 @@
 //! it must never put a secret into a key name or a value: only credential ids
 //! (chosen by the operator), appids, tokens and bookkeeping live in Redis.
 
+pub mod index;
 mod keys;
+mod rate;
 pub mod registry;
 mod scripts;
 pub mod snapshot;
@@ -20,9 +22,9 @@ pub mod snapshot;
 pub mod testing;
 
 pub use keys::{
-    authorizer_id, component_id, due_key, parse_member, rate_key, replicas_key, shard_of,
-    validate_name, ComponentKeys, CredentialKeys, InvalidName, Kind, Subject, DUE_SHARDS, KINDS,
-    VERIFY_TICKET_TTL_MS,
+    authorizer_id, component_id, due_key, parse_member, rate_key, registry_keys,
+    registry_shard_key, replicas_key, shard_of, validate_name, ComponentKeys, CredentialKeys,
+    InvalidName, Kind, Subject, DUE_SHARDS, KINDS, VERIFY_TICKET_TTL_MS,
 };
 pub use scripts::{
     claim, finish, force_refresh, read_value, renew_lock, request_refresh, store_verify_ticket,
@@ -33,8 +35,10 @@ pub use scripts::{
 use serde::{Deserialize, Serialize};
 
 /// Version of the key schema described in the README. Bumped on any change a
-/// reader in another language would notice.
-pub const SCHEMA_VERSION: u32 = 1;
+/// reader in another language would notice. 2: schedules per subject, the
+/// registry in shards (Redis Cluster); value keys did not change, and
+/// refreshers upgrade data of version 1 at start ([`index::migrate_v1`]).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Default key namespace (the first segment of every key).
 pub const DEFAULT_NAMESPACE: &str = "wxtoken";
@@ -175,12 +179,6 @@ pub const MISSING_REPORT: &str = "-";
 
 /// How long a refresh request waits for a refresher before it lapses.
 pub const REQUEST_TTL_SECS: u64 = 600;
-
-/// The set of credential ids refreshers in this namespace manage (for listing
-/// in `wxtoken status`; holds ids only).
-pub fn registry_key(namespace: &str) -> String {
-    format!("{namespace}:credentials")
-}
 
 #[cfg(test)]
 mod prefix_tests {

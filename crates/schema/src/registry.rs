@@ -17,68 +17,98 @@
 //!   operators and reconciliations (they have no holders: any replica that
 //!   holds the platform refreshes them); [`authorizers`] pages the index.
 //!
-//! These scripts touch the registry set, the replica set and a due-queue
-//! shard beside a credential's keys: they run on a single Redis (Redis
-//! Cluster support splits them; see ARCHITECTURE.md).
+//! Each script touches one subject's keys (one slot); the registry and
+//! due-queue shards are updated after it, in the order [`crate::index`]
+//! describes, and the live replicas are read from the replica set first
+//! and passed in (the set is a key of its own).
 
+use crate::index;
 use crate::keys::{
     due_key, replicas_key, validate_name, ComponentKeys, CredentialKeys, Kind, DUE_SHARDS,
 };
-use crate::{registry_key, STATUS_TTL_SECS};
+use crate::STATUS_TTL_SECS;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// KEYS: registry, status, holders, replicas, due shard. ARGV: id, appid,
-/// mode, replica, status ttl s, liveness window ms, then pairs of member
-/// and delay ms (when a newly queued value is first due).
+/// Registers a subject in its own slot. KEYS: status, holders, schedule.
+/// ARGV: appid, mode, replica, status ttl s, number of live replicas `L`,
+/// the `L` live replicas, then pairs of kind and delay ms (when a newly
+/// scheduled value is first due). Holders that are not live are dropped.
+/// Returns `{values newly scheduled, due time of each kind…}`.
 static REGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('TYPE', KEYS[2])['ok'] ~= 'hash' then redis.call('DEL', KEYS[2]) end
-redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'mode', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-if redis.call('TYPE', KEYS[3])['ok'] ~= 'set' then redis.call('DEL', KEYS[3]) end
-local window = tonumber(ARGV[6])
-for _, h in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local seen = tonumber(redis.call('ZSCORE', KEYS[4], h) or '0') or 0
-  if seen < now - window then redis.call('SREM', KEYS[3], h) end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'mode', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'set' then redis.call('DEL', KEYS[2]) end
+if redis.call('TYPE', KEYS[3])['ok'] ~= 'hash' then redis.call('DEL', KEYS[3]) end
+local n = tonumber(ARGV[5])
+local live = {}
+for i = 6, 5 + n do live[ARGV[i]] = true end
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not live[h] then redis.call('SREM', KEYS[2], h) end
 end
-redis.call('SADD', KEYS[3], ARGV[4])
-local added = 0
-for i = 7, #ARGV, 2 do
-  added = added + redis.call('ZADD', KEYS[5], 'NX', now + tonumber(ARGV[i + 1]), ARGV[i])
+redis.call('SADD', KEYS[2], ARGV[3])
+local out = {0}
+for i = 6 + n, #ARGV, 2 do
+  local due = now + tonumber(ARGV[i + 1])
+  if redis.call('HSETNX', KEYS[3], ARGV[i], string.format('%d', due)) == 1 then
+    out[1] = out[1] + 1
+  else
+    due = tonumber(redis.call('HGET', KEYS[3], ARGV[i])) or now
+  end
+  table.insert(out, due)
 end
-return added
+return out
 ",
     )
 });
 
-/// KEYS: registry, holders, replicas, due shard, then every other key of
-/// the credential. ARGV: id, replica, liveness window ms, members…
+/// Drops a holder, and the subject with it when no live holder is left.
+/// KEYS: holders, schedule, then every other key of the subject. ARGV:
+/// replica, number of live replicas `L`, the `L` live replicas, then the
+/// kinds. Returns `{1}` when deleted, else `{0, due time of each kind (0:
+/// not scheduled)…}`.
 static UNREGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if redis.call('TYPE', KEYS[1])['ok'] == 'set' then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  local n = tonumber(ARGV[2])
+  local live = {}
+  for i = 3, 2 + n do live[ARGV[i]] = true end
+  for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if not live[h] then redis.call('SREM', KEYS[1], h) end
+  end
+  if redis.call('SCARD', KEYS[1]) > 0 then
+    local out = {0}
+    for i = 3 + n, #ARGV do
+      local at = redis.pcall('HGET', KEYS[2], ARGV[i])
+      if type(at) == 'string' then table.insert(out, tonumber(at) or 0) else table.insert(out, 0) end
+    end
+    return out
+  end
+end
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
+return {1}
+",
+    )
+});
+
+/// KEYS: replicas. ARGV: liveness window ms. Returns the replicas seen
+/// within the window.
+static LIVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('TYPE', KEYS[2])['ok'] == 'set' then
-  redis.call('SREM', KEYS[2], ARGV[2])
-  local window = tonumber(ARGV[3])
-  for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    local seen = tonumber(redis.call('ZSCORE', KEYS[3], h) or '0') or 0
-    if seen < now - window then redis.call('SREM', KEYS[2], h) end
-  end
-  if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-end
-redis.call('SREM', KEYS[1], ARGV[1])
-for i = 4, #ARGV do redis.call('ZREM', KEYS[4], ARGV[i]) end
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
-redis.call('DEL', KEYS[2])
-return 1
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 ",
     )
 });
@@ -117,39 +147,57 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Registers credentials held by `replica` (see the module docs) in one
-/// round trip. Returns how many values were newly queued.
+/// The replicas of `namespace` seen within `liveness` (by the Redis clock).
+pub async fn live_replicas<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    liveness: Duration,
+) -> RedisResult<Vec<String>> {
+    let live: Vec<Vec<u8>> = LIVE
+        .key(replicas_key(namespace))
+        .arg(millis(liveness))
+        .invoke_async(con)
+        .await?;
+    Ok(live
+        .into_iter()
+        .filter_map(|r| String::from_utf8(r).ok())
+        .collect())
+}
+
+/// Registers credentials held by `replica` (see the module docs): the live
+/// replicas are read, each subject is registered in its slot (one
+/// pipelined round trip), then listed and indexed (another). Returns how
+/// many values were newly scheduled.
 pub async fn register<C: ConnectionLike>(
     con: &mut C,
     credentials: &[(CredentialKeys, Registration<'_>)],
     replica: &str,
     liveness: Duration,
 ) -> RedisResult<u32> {
-    if credentials.is_empty() {
+    let Some((first, _)) = credentials.first() else {
         return Ok(0);
-    }
+    };
+    let live = live_replicas(con, first.namespace(), liveness).await?;
     let invocations: Vec<_> = credentials
         .iter()
         .map(|(keys, facts)| {
             let mut inv = REGISTER.prepare_invoke();
-            inv.key(registry_key(keys.namespace()))
-                .key(keys.status())
+            inv.key(keys.status())
                 .key(keys.holders())
-                .key(replicas_key(keys.namespace()))
-                .key(keys.due())
-                .arg(keys.id())
+                .key(keys.schedule())
                 .arg(facts.appid)
                 .arg(facts.mode)
                 .arg(replica)
                 .arg(STATUS_TTL_SECS)
-                .arg(millis(liveness));
+                .arg(live.len())
+                .arg(&live);
             for kind in facts.kinds {
                 let delay = if *kind == keys.subject().primary() {
                     Duration::ZERO
                 } else {
                     facts.ticket_delay
                 };
-                inv.arg(keys.member(*kind)).arg(millis(delay));
+                inv.arg(kind.as_str()).arg(millis(delay));
             }
             inv
         })
@@ -159,26 +207,43 @@ pub async fn register<C: ConnectionLike>(
     for inv in &invocations {
         pipe.invoke_script(inv);
     }
-    let added: Vec<u32> = pipe.query_async(con).await?;
-    Ok(added.iter().sum())
+    let answers: Vec<Vec<u64>> = pipe.query_async(con).await?;
+    let mut batch = index::Batch::new();
+    let mut added = 0u32;
+    for ((keys, facts), answer) in credentials.iter().zip(&answers) {
+        let Some((n, dues)) = answer.split_first() else {
+            continue;
+        };
+        added += u32::try_from(*n).unwrap_or(0);
+        let dues: Vec<(Kind, u64)> = facts
+            .kinds
+            .iter()
+            .copied()
+            .zip(dues.iter().copied())
+            .collect();
+        batch.add(keys, &dues);
+    }
+    batch.run(con).await?;
+    Ok(added)
 }
 
 /// Drops `replica` from the credential's holders; when no live holder is
-/// left, deletes the credential (registry entry, queue entries and every
-/// key). Returns whether it was deleted.
+/// left, deletes the credential (registry entry, index entries and every
+/// key). The index entries go first; if the credential stays (another
+/// replica holds it), they are put back. Returns whether it was deleted.
 pub async fn unregister<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
     replica: &str,
     liveness: Duration,
 ) -> RedisResult<bool> {
+    let live = live_replicas(con, keys.namespace(), liveness).await?;
+    index::remove(con, keys, keys.kinds()).await?;
     let mut inv = UNREGISTER.prepare_invoke();
-    inv.key(registry_key(keys.namespace()))
-        .key(keys.holders())
-        .key(replicas_key(keys.namespace()))
-        .key(keys.due());
+    inv.key(keys.holders()).key(keys.schedule());
     // Locks are left to lapse by their TTL: deleting a held one would let
-    // another replica call WeChat while the holder's call is in flight.
+    // another replica call WeChat while the holder's call is in flight
+    // (its write then finds no schedule and stores nothing).
     for &kind in keys.kinds() {
         inv.key(keys.value(kind))
             .key(keys.info(kind))
@@ -186,12 +251,29 @@ pub async fn unregister<C: ConnectionLike>(
             .key(keys.force_request(kind));
     }
     inv.key(keys.fence()).key(keys.status());
-    inv.arg(keys.id()).arg(replica).arg(millis(liveness));
+    inv.arg(replica).arg(live.len()).arg(&live);
     for &kind in keys.kinds() {
-        inv.arg(keys.member(kind));
+        inv.arg(kind.as_str());
     }
-    let n: i64 = inv.invoke_async(con).await?;
-    Ok(n == 1)
+    let answer: Vec<u64> = inv.invoke_async(con).await?;
+    match answer.split_first() {
+        Some((1, _)) => Ok(true),
+        Some((_, dues)) => {
+            let dues: Vec<(Kind, u64)> = keys
+                .kinds()
+                .iter()
+                .copied()
+                .zip(dues.iter().copied())
+                .filter(|(_, at)| *at > 0)
+                .collect();
+            index::add(con, keys, &dues).await?;
+            Ok(false)
+        }
+        None => Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected unregister answer",
+        ))),
+    }
 }
 
 /// Marks `replica` alive. Returns the Redis clock and when the replica was
@@ -318,52 +400,50 @@ pub async fn pending_requests<C: ConnectionLike>(
     Ok((next, members))
 }
 
-/// Registers an authorizer of a third-party platform (see [`authorize`]).
+/// Registers an authorizer of a third-party platform in its own slot (see
+/// [`authorize`]).
 ///
-/// KEYS: registry, status, due shard, authorization code, refresh token,
-/// the platform's authorizers, the removal mark. ARGV: id, authorizer appid, component appid,
-/// code ('' = none), code ttl ms, refresh token ('' = none), requests
-/// channel, status ttl s, whether this is a new authorization (1: the
-/// authorized time is now; 0: found by a reconciliation, an earlier time
-/// is kept), when the authorization happened at WeChat (Unix ms; '' =
-/// unknown), then the members of the values kept for it (the access token
-/// first). Returns {values newly queued, refresh token replaced (0/1),
-/// stale (0/1)}: an authorization older than the one registered (a
-/// replayed or late push) changes nothing when a refresh token is kept,
-/// and neither does one a reconciliation found of an authorizer removed
-/// in the last hour (its listing may predate the removal).
+/// KEYS: status, schedule, authorization code, refresh token, the removal
+/// mark. ARGV: authorizer appid, component appid, code ('' = none), code
+/// ttl ms, refresh token ('' = none), requests channel, status ttl s,
+/// whether this is a new authorization (1: the authorized time is now; 0:
+/// found by a reconciliation, an earlier time is kept), when the
+/// authorization happened at WeChat (Unix ms; '' = unknown), id, then the
+/// kinds of the values kept for it (the access token first). Returns
+/// `{values newly scheduled, refresh token replaced (0/1), stale (0/1),
+/// authorized at, due time of each kind…}`: an authorization older than
+/// the one registered (a replayed or late push) changes nothing when a
+/// refresh token is kept, and neither does one a reconciliation found of
+/// an authorizer removed in the last hour (its listing may predate the
+/// removal).
 static AUTHORIZE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('TYPE', KEYS[6])['ok'] ~= 'zset' then redis.call('DEL', KEYS[6]) end
-if ARGV[10] ~= '' then
-  local at = redis.call('ZSCORE', KEYS[6], ARGV[2])
-  if at and (tonumber(at) or 0) > tonumber(ARGV[10])
-    and redis.call('TYPE', KEYS[5])['ok'] == 'string' then
-    return {0, 0, 1}
-  end
-end
-if ARGV[9] == '1' then
-  redis.call('DEL', KEYS[7])
-elseif redis.call('EXISTS', KEYS[7]) == 1 then
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'hash' then redis.call('DEL', KEYS[2]) end
+local authorized = tonumber(redis.call('HGET', KEYS[2], 'authorized_at') or '')
+if ARGV[9] ~= '' and authorized and authorized > tonumber(ARGV[9])
+  and redis.call('TYPE', KEYS[4])['ok'] == 'string' then
   return {0, 0, 1}
 end
-redis.call('SADD', KEYS[1], ARGV[1])
-if ARGV[9] == '1' then
-  redis.call('ZADD', KEYS[6], now, ARGV[2])
-else
-  redis.call('ZADD', KEYS[6], 'NX', now, ARGV[2])
+if ARGV[8] == '1' then
+  redis.call('DEL', KEYS[5])
+elseif redis.call('EXISTS', KEYS[5]) == 1 then
+  return {0, 0, 1}
 end
-if redis.call('TYPE', KEYS[2])['ok'] ~= 'hash' then redis.call('DEL', KEYS[2]) end
-redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'mode', 'authorizer', 'component', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[8])
+if ARGV[8] == '1' or not authorized then
+  authorized = now
+  redis.call('HSET', KEYS[2], 'authorized_at', string.format('%d', now))
+end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'mode', 'authorizer', 'component', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
 local changed = 0
-if ARGV[6] ~= '' then
-  local cur = redis.pcall('GET', KEYS[5])
-  if cur ~= ARGV[6] then
-    redis.call('SET', KEYS[5], ARGV[6])
+if ARGV[5] ~= '' then
+  local cur = redis.pcall('GET', KEYS[4])
+  if cur ~= ARGV[5] then
+    redis.call('SET', KEYS[4], ARGV[5])
     changed = 1
   end
 end
@@ -373,51 +453,56 @@ for i = 11, #ARGV do
   -- brings them forward), at the latest a minute later.
   local at = now
   if i > 11 then at = now + 60000 end
-  queued = queued + redis.call('ZADD', KEYS[3], 'NX', at, ARGV[i])
+  queued = queued + redis.call('HSETNX', KEYS[2], ARGV[i], string.format('%d', at))
 end
-if ARGV[4] ~= '' or changed == 1 then
+if ARGV[3] ~= '' or changed == 1 then
   -- A new authorization or refresh token: the old holds no longer apply,
   -- and the access token is due at once.
-  redis.call('HDEL', KEYS[2], 'failures', 'retry_after_ms', 'paused_until_ms',
+  redis.call('HDEL', KEYS[1], 'failures', 'retry_after_ms', 'paused_until_ms',
     'last_error', 'last_errcode', 'last_error_at_ms')
-  if ARGV[4] ~= '' then
-    redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
+  if ARGV[3] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
   end
-  if redis.call('ZADD', KEYS[3], 'LT', 'CH', now, ARGV[11]) == 1 or ARGV[4] ~= '' then
-    redis.call('PUBLISH', ARGV[7], ARGV[11])
+  local at = tonumber(redis.call('HGET', KEYS[2], ARGV[11])) or 0
+  if at > now then redis.call('HSET', KEYS[2], ARGV[11], string.format('%d', now)) end
+  if at > now or ARGV[3] ~= '' then
+    redis.call('PUBLISH', ARGV[6], ARGV[10] .. ' ' .. ARGV[11])
   end
 end
-return {queued, changed, 0}
+local out = {queued, changed, 0, authorized}
+for i = 11, #ARGV do
+  table.insert(out, tonumber(redis.call('HGET', KEYS[2], ARGV[i])) or now)
+end
+return out
 ",
     )
 });
 
-/// Removes an authorizer (see [`remove_authorizer`]). Returns 1 if it was
-/// registered.
+/// Removes an authorizer in its own slot (see [`remove_authorizer`]).
 ///
-/// KEYS: registry, due shard, the platform's authorizers, the removal mark,
-/// then every key of the authorizer (its lock included: nobody may write
-/// for it any more). ARGV: id, authorizer appid, authorized before (Unix
-/// ms; '' = whenever), then its members. The removal mark is set for an
-/// hour.
+/// KEYS: schedule, the removal mark, then every other key of the
+/// authorizer (its lock included: nobody may write for it any more).
+/// ARGV: authorized before (Unix ms; '' = whenever), then its kinds.
+/// Returns `{1, was registered (0/1)}`, or `{0, authorized at, due time of
+/// each kind…}` when it was authorized since (kept). The removal mark is
+/// set for an hour.
 static REMOVE_AUTHORIZER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if ARGV[3] ~= '' then
-  local at = redis.pcall('ZSCORE', KEYS[3], ARGV[2])
-  if type(at) == 'string' and (tonumber(at) or 0) >= tonumber(ARGV[3]) then
-    return 0
+local authorized = redis.pcall('HGET', KEYS[1], 'authorized_at')
+if ARGV[1] ~= '' and type(authorized) == 'string'
+  and (tonumber(authorized) or 0) >= tonumber(ARGV[1]) then
+  local out = {0, tonumber(authorized) or 0}
+  for i = 2, #ARGV do
+    table.insert(out, tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0)
   end
+  return out
 end
-local was = redis.call('SREM', KEYS[1], ARGV[1])
-if redis.call('TYPE', KEYS[3])['ok'] == 'zset' then
-  was = math.max(was, redis.call('ZREM', KEYS[3], ARGV[2]))
-end
-for i = 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+local was = redis.call('EXISTS', KEYS[1])
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
 local t = redis.call('TIME')
-redis.call('SET', KEYS[4], string.format('%d', tonumber(t[1]) * 1000), 'PX', 3600000)
-return was
+redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000), 'PX', 3600000)
+return {1, was}
 ",
     )
 });
@@ -496,9 +581,46 @@ pub async fn authorize_pushed<C: ConnectionLike>(
     pushed_at: PushedAtMs,
 ) -> RedisResult<Authorized> {
     let inv = authorize_invocation(keys, component, a, pushed_at);
-    let (queued, replaced, stale): (u32, u32, u32) = inv.invoke_async(con).await?;
+    let answer: Vec<u64> = inv.invoke_async(con).await?;
+    let mut batch = index::Batch::new();
+    let done = authorized(&mut batch, keys, component, a, &answer)?;
+    batch.run(con).await?;
+    Ok(done)
+}
+
+/// Interprets an answer of [`AUTHORIZE`] and adds the index updates it
+/// calls for to `batch` (the schedule was written first).
+fn authorized(
+    batch: &mut index::Batch,
+    keys: &CredentialKeys,
+    component: &ComponentKeys,
+    a: &Authorization<'_>,
+    answer: &[u64],
+) -> RedisResult<Authorized> {
+    let (head, dues) = match answer {
+        [queued, replaced, stale] => {
+            return Ok(Authorized {
+                queued: u32::try_from(*queued).unwrap_or(0),
+                refresh_token_replaced: *replaced == 1,
+                stale: *stale == 1,
+            })
+        }
+        [queued, replaced, stale, at, dues @ ..] => ((*queued, *replaced, *stale, *at), dues),
+        _ => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected authorize answer",
+            )))
+        }
+    };
+    let (queued, replaced, stale, authorized_at) = head;
+    let dues: Vec<(Kind, u64)> = a.kinds.iter().copied().zip(dues.iter().copied()).collect();
+    batch.add(keys, &dues);
+    if let crate::Subject::Authorizer { appid, .. } = keys.subject() {
+        batch.authorizer(component, appid, Some(authorized_at));
+    }
     Ok(Authorized {
-        queued,
+        queued: u32::try_from(queued).unwrap_or(0),
         refresh_token_replaced: replaced == 1,
         stale: stale == 1,
     })
@@ -511,14 +633,11 @@ fn authorize_invocation<'s>(
     pushed_at: PushedAtMs,
 ) -> redis::ScriptInvocation<'s> {
     let mut inv = AUTHORIZE.prepare_invoke();
-    inv.key(registry_key(keys.namespace()))
-        .key(keys.status())
-        .key(keys.due())
+    inv.key(keys.status())
+        .key(keys.schedule())
         .key(keys.authorization_code())
         .key(keys.refresh_token())
-        .key(component.authorizers())
         .key(keys.removed())
-        .arg(keys.id())
         .arg(match keys.subject() {
             crate::Subject::Authorizer { appid, .. } => appid,
             _ => "",
@@ -530,15 +649,16 @@ fn authorize_invocation<'s>(
         .arg(crate::requests_channel(keys.namespace()))
         .arg(STATUS_TTL_SECS)
         .arg(if a.new { "1" } else { "0" })
-        .arg(pushed_at.map(|ms| ms.to_string()).unwrap_or_default());
+        .arg(pushed_at.map(|ms| ms.to_string()).unwrap_or_default())
+        .arg(keys.id());
     for kind in a.kinds {
-        inv.arg(keys.member(*kind));
+        inv.arg(kind.as_str());
     }
     inv
 }
 
-/// [`authorize`] for many authorizers in one round trip (a reconciliation's
-/// page). Returns one answer per item, in order.
+/// [`authorize`] for many authorizers in two round trips (a
+/// reconciliation's page). Returns one answer per item, in order.
 pub async fn authorize_many<C: ConnectionLike>(
     con: &mut C,
     component: &ComponentKeys,
@@ -556,15 +676,14 @@ pub async fn authorize_many<C: ConnectionLike>(
     for inv in &invocations {
         pipe.invoke_script(inv);
     }
-    let answers: Vec<(u32, u32, u32)> = pipe.query_async(con).await?;
-    Ok(answers
-        .into_iter()
-        .map(|(queued, replaced, stale)| Authorized {
-            queued,
-            refresh_token_replaced: replaced == 1,
-            stale: stale == 1,
-        })
-        .collect())
+    let answers: Vec<Vec<u64>> = pipe.query_async(con).await?;
+    let mut batch = index::Batch::new();
+    let mut out = Vec::with_capacity(items.len());
+    for ((keys, a), answer) in items.iter().zip(&answers) {
+        out.push(authorized(&mut batch, keys, component, a, answer)?);
+    }
+    batch.run(con).await?;
+    Ok(out)
 }
 
 /// Removes the authorizer `keys` of the platform `component`: its registry
@@ -572,18 +691,26 @@ pub async fn authorize_many<C: ConnectionLike>(
 /// refresh token and lock included). With `authorized_before` (Unix ms,
 /// Redis clock), only if it was authorized before then (a reconciliation
 /// never removes an authorizer that arrived while it ran). Returns whether
-/// it was removed.
+/// it was removed (and had been registered).
+///
+/// The index entries go first; when the authorizer stays (authorized
+/// since), they are put back.
 pub async fn remove_authorizer<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
     component: &ComponentKeys,
     authorized_before: Option<u64>,
 ) -> RedisResult<bool> {
+    let appid = match keys.subject() {
+        crate::Subject::Authorizer { appid, .. } => appid,
+        _ => "",
+    };
+    let mut batch = index::Batch::new();
+    batch.remove(keys, keys.kinds());
+    batch.authorizer(component, appid, None);
+    batch.run(con).await?;
     let mut inv = REMOVE_AUTHORIZER.prepare_invoke();
-    inv.key(registry_key(keys.namespace()))
-        .key(keys.due())
-        .key(component.authorizers())
-        .key(keys.removed());
+    inv.key(keys.schedule()).key(keys.removed());
     for &kind in keys.kinds() {
         inv.key(keys.value(kind))
             .key(keys.info(kind))
@@ -596,21 +723,36 @@ pub async fn remove_authorizer<C: ConnectionLike>(
         .key(keys.holders())
         .key(keys.refresh_token())
         .key(keys.authorization_code());
-    inv.arg(keys.id())
-        .arg(match keys.subject() {
-            crate::Subject::Authorizer { appid, .. } => appid,
-            _ => "",
-        })
-        .arg(
-            authorized_before
-                .map(|ms| ms.to_string())
-                .unwrap_or_default(),
-        );
+    inv.arg(
+        authorized_before
+            .map(|ms| ms.to_string())
+            .unwrap_or_default(),
+    );
     for &kind in keys.kinds() {
-        inv.arg(keys.member(kind));
+        inv.arg(kind.as_str());
     }
-    let n: i64 = inv.invoke_async(con).await?;
-    Ok(n == 1)
+    let answer: Vec<u64> = inv.invoke_async(con).await?;
+    match answer.as_slice() {
+        [1, was] => Ok(*was == 1),
+        [0, at, dues @ ..] => {
+            let dues: Vec<(Kind, u64)> = keys
+                .kinds()
+                .iter()
+                .copied()
+                .zip(dues.iter().copied())
+                .filter(|(_, due)| *due > 0)
+                .collect();
+            let mut batch = index::Batch::new();
+            batch.add(keys, &dues);
+            batch.authorizer(component, appid, Some(*at));
+            batch.run(con).await?;
+            Ok(false)
+        }
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected remove answer",
+        ))),
+    }
 }
 
 /// One page of a platform's authorizers, in the order they were authorized:

@@ -3,11 +3,15 @@
 //! renew the lease, write under the fence (and release), finish without a
 //! write (and release), and the compare-and-request of passive refresh.
 //!
-//! Every script of a lease touches the keys of one credential plus the
-//! credential's due-queue shard (and, for a claim, the shared rate key).
-//! Scripts take their times from Redis `TIME`, so replicas' clocks never
-//! matter. This module owns no connection.
+//! Every script touches the keys of one subject only (one hash tag, one
+//! slot: they run unchanged on Redis Cluster) and decides by the subject's
+//! schedule hash; each call then updates the due-queue index in its own
+//! step (see [`crate::index`] for the order and what it guarantees), and a
+//! claim takes a permit of the shared call rate before its script
+//! ([`crate::rate`]). Scripts take their times from Redis `TIME`, so
+//! replicas' clocks never matter. This module owns no connection.
 
+use crate::index;
 use crate::keys::{ComponentKeys, CredentialKeys, Kind};
 use crate::{events_channel, requests_channel, FORCE_REQUEST, STATUS_TTL_SECS};
 use redis::aio::ConnectionLike;
@@ -17,33 +21,32 @@ use std::time::Duration;
 
 /// The claim of one due value.
 ///
-/// In order: the value must still be queued (else `-1`: unregistered) and
-/// due — its queue entry's time has come (a forced refresh moves it to now),
+/// In order: the value must still be registered (a field of the subject's
+/// schedule hash; else `-1`: unregistered) and
+/// due — its scheduled time has come (a forced refresh moves it to now),
 /// or a refresh request that would be served is pending (a plain `SET` of
 /// the request key from any language) and `min_interval` has passed since
-/// the last write (before that, the entry is moved to when it will have),
+/// the last write (before that, the schedule is moved to when it will have),
 /// so that requests cannot make claims happen in a loop —
 /// (else `-2, due_at`); its lock must be free (else `-3, lock expiry`,
-/// and the queue entry moves to the lock's expiry); the credential must not
-/// be paused or backing off (else `-4, until`, entry moved there); the
-/// shared call rate must allow a call now (else `-5, wait µs`; a generic
-/// cell rate: `tat` is the theoretical arrival time in µs, `burst` calls may
-/// start at once). Then: `SET lock owner PX ttl`, `INCR fence` (raised past
-/// a stored value's fence should the counter have been lost), the entry is
-/// moved to the lock's expiry (so nobody else sees it due while it is
-/// held), and everything the holder needs to decide is returned.
+/// and the schedule moves to the lock's expiry); the credential must not
+/// be paused or backing off (else `-4, until`, schedule moved there). Then:
+/// `SET lock owner PX ttl`, `INCR fence` (raised past
+/// a stored value's fence should the counter have been lost), the schedule
+/// is moved to the lock's expiry (so nobody else finds it due while it is
+/// held), and everything the holder needs to decide is returned. Every
+/// answer carries the schedule's new time for the index.
 ///
 /// Values of the wrong type (hostile or corrupt data) read as absent; a
 /// fence counter that is not a number is started again (and raised past the
 /// stored value's fence).
 ///
-/// KEYS: lock, fence, info, due shard, value, status, request, input (the
-/// value this one is fetched with, see [`CredentialKeys::input`]), rate,
-/// force request, authorization code. ARGV: owner, ttl_ms, member, rate
-/// interval µs (0 = no limit), burst, whether the input is read (1/0),
-/// min_interval ms, longest hold ms (a pause or backoff further ahead is cut
-/// to it), the status-field suffix of the kind ('' for the subject's primary
-/// kind, else `:<kind>`).
+/// KEYS: lock, fence, info, schedule, value, status, request, input (the
+/// value this one is fetched with, see [`CredentialKeys::input`]), force
+/// request, authorization code. ARGV: owner, ttl_ms, kind, whether the
+/// input is read (1/0), min_interval ms, longest hold ms (a pause or
+/// backoff further ahead is cut to it), the status-field suffix of the kind
+/// ('' for the subject's primary kind, else `:<kind>`).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -59,21 +62,21 @@ local function hmget(key, ...)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', KEYS[4], ARGV[3])
-if not score then return {-1} end
+local score = redis.pcall('HGET', KEYS[4], ARGV[3])
+if type(score) ~= 'string' then return {-1} end
 score = tonumber(score) or 0
-local forced = redis.call('EXISTS', KEYS[10]) == 1
+local forced = redis.call('EXISTS', KEYS[9]) == 1
 if score > now then
   local req = get(KEYS[7])
   local cur = get(KEYS[5])
   if not (req and ((not cur) or cur == req)) then return {-2, score} end
   if cur then
     local at = tonumber(hmget(KEYS[3], 'refreshed_at_ms')[1] or '0') or 0
-    local ready = at + (tonumber(ARGV[7]) or 0)
+    local ready = at + (tonumber(ARGV[5]) or 0)
     if ready > now then
       -- Served once min_interval has passed since the last write.
       if ready < score then
-        redis.call('ZADD', KEYS[4], 'XX', ready, ARGV[3])
+        redis.call('HSET', KEYS[4], ARGV[3], string.format('%d', ready))
         score = ready
       end
       return {-2, score}
@@ -87,19 +90,19 @@ if lpttl == -1 then
   lpttl = ttl
 end
 if lpttl > 0 then
-  redis.call('ZADD', KEYS[4], 'XX', now + lpttl, ARGV[3])
+  redis.call('HSET', KEYS[4], ARGV[3], string.format('%d', now + lpttl))
   return {-3, now + lpttl}
 end
 -- Holds of the primary kind (unsuffixed fields) hold every kind; another
 -- kind's own holds (fields suffixed ':<kind>') hold only that kind.
-local sfx = ARGV[9]
+local sfx = ARGV[7]
 local names = {'paused_until_ms', 'retry_after_ms', 'paused_until_ms' .. sfx,
   'retry_after_ms' .. sfx}
 local st = hmget(KEYS[6], names[1], names[2], names[3], names[4], 'failures' .. sfx)
 local hold = 0
 for i = 1, 4 do hold = math.max(hold, tonumber(st[i]) or 0) end
 local cut = 0
-local longest = now + (tonumber(ARGV[8]) or 0)
+local longest = now + (tonumber(ARGV[6]) or 0)
 if hold > longest then
   -- Corrupt or hostile: cut to the longest hold the rules allow, for good.
   for i = 1, 4 do
@@ -111,21 +114,9 @@ if hold > longest then
   cut = 1
 end
 if hold > now then
-  redis.call('ZADD', KEYS[4], 'XX', hold, ARGV[3])
+  redis.call('HSET', KEYS[4], ARGV[3], string.format('%d', hold))
   if cut == 1 then return {-6, hold} end
   return {-4, hold}
-end
-local interval = tonumber(ARGV[4]) or 0
-if interval > 0 then
-  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tat = tonumber(get(KEYS[9]) or '0') or 0
-  if tat < now_us then tat = now_us end
-  local allowance = interval * math.max((tonumber(ARGV[5]) or 1) - 1, 0)
-  if tat - now_us > allowance then
-    return {-5, tat - now_us - allowance}
-  end
-  redis.call('SET', KEYS[9], string.format('%d', tat + interval),
-    'PX', math.floor((allowance + interval) / 1000) + 1000)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 local fence = redis.pcall('INCR', KEYS[2])
@@ -139,16 +130,16 @@ if fence <= stored then
   fence = stored + 1
   redis.call('SET', KEYS[2], fence)
 end
-redis.call('ZADD', KEYS[4], 'XX', now + ttl, ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3], string.format('%d', now + ttl))
 local value = get(KEYS[5])
 local pttl = -2
 if value then pttl = redis.call('PTTL', KEYS[5]) end
 local access = false
-if ARGV[6] == '1' then access = get(KEYS[8]) end
+if ARGV[4] == '1' then access = get(KEYS[8]) end
 local f = 0
 if forced then f = 1 end
 return {fence, now, value, pttl, info[2] or false, info[3] or false,
-  get(KEYS[7]), st[5] or false, access, score, f, get(KEYS[11])}
+  get(KEYS[7]), st[5] or false, access, score, f, get(KEYS[10])}
 ",
     )
 });
@@ -167,18 +158,19 @@ return 0
 
 /// The fenced write, which also ends the lease. Stores the value and its
 /// info hash, both expiring at the token's real expiry, answers a pending
-/// refresh request, records the success in the status hash, queues the
+/// refresh request, records the success in the status hash, schedules the
 /// value's next refresh, releases the lock and publishes the update event —
-/// only if the lock is still held by `owner` and no write with a newer
-/// fence has landed.
+/// only if the lock is still held by `owner`, no write with a newer
+/// fence has landed and the value is still registered (it has a schedule:
+/// a credential removed during the lease is not brought back).
 ///
 /// The status hash's error, pause and backoff are cleared when the recorded
 /// error is this kind's (errors are recorded as `"<kind>: …"`) or there is
 /// none: a ticket success must not hide a failing access token.
 ///
 /// A new primary value (access token, component token) also brings the
-/// subject's queued dependents that are not stored (tickets, the
-/// reconciliation) to the front of the queue (they were waiting for it).
+/// subject's scheduled dependents that are not stored (tickets, the
+/// reconciliation) forward to now (they were waiting for it).
 ///
 /// An authorizer's refresh token, when given, is stored without a TTL
 /// (durable state). A pending authorization code is deleted if it is the
@@ -187,12 +179,13 @@ return 0
 /// cannot be one (not 1 to 2048 printable ASCII characters: corrupt or
 /// hostile, and never handed out by a claim) is deleted, never due at once.
 ///
-/// KEYS: value, info, lock, request, status, due shard, force request,
+/// KEYS: value, info, lock, request, status, schedule, force request,
 /// refresh token, authorization code, then (for a primary kind) the
 /// dependents' values. ARGV: owner, fence, token, ttl_ms, expires_in,
-/// replica, channel, id, kind, member, next due in ms, status ttl s,
+/// replica, channel, id, kind, (unused), next due in ms, status ttl s,
 /// refresh token ('' = none), the code exchanged ('' = none), status-field
-/// suffix ('' for the primary kind), then the dependents' members.
+/// suffix ('' for the primary kind), then the dependents' kinds. Answers
+/// `{1, expires_at, next due, dependents brought forward…}`.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -211,6 +204,10 @@ local ttl = tonumber(ARGV[4])
 if ttl <= 0 then
   redis.call('DEL', KEYS[3])
   return {0, 'expired'}
+end
+if redis.pcall('HEXISTS', KEYS[6], ARGV[9]) ~= 1 then
+  redis.call('DEL', KEYS[3])
+  return {0, 'unregistered'}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -255,11 +252,13 @@ if type(code) == 'string' then
     due = now
   end
 end
-redis.call('ZADD', KEYS[6], 'XX', due, ARGV[10])
+redis.call('HSET', KEYS[6], ARGV[9], string.format('%d', due))
 local pulled = {}
 for i = 10, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    if redis.call('ZADD', KEYS[6], 'XX', 'LT', 'CH', now, ARGV[i + 6]) == 1 then
+    local at = redis.call('HGET', KEYS[6], ARGV[i + 6])
+    if at and (tonumber(at) or 0) > now then
+      redis.call('HSET', KEYS[6], ARGV[i + 6], string.format('%d', now))
       table.insert(pulled, ARGV[i + 6])
     end
   end
@@ -269,15 +268,15 @@ redis.call('PUBLISH', ARGV[7], string.format(
   '{"v":1,"id":%s,"kind":%s,"token":%s,"expires_at_ms":%s,"fence":%s,"replica":%s}',
   cjson.encode(ARGV[8]), cjson.encode(ARGV[9]), cjson.encode(ARGV[3]),
   exp, ARGV[2], cjson.encode(ARGV[6])))
-return {1, exp, unpack(pulled)}
+return {1, exp, string.format('%d', due), unpack(pulled)}
 "#,
     )
 });
 
-/// Ends a lease without a write: queues the value's next look `delay` from
-/// now and releases the lock — only while `owner` still holds it (a lapsed
-/// lease has left the queue entry at the lock's expiry, where it is looked
-/// at again). With a failure, it is recorded in the status hash first: one
+/// Ends a lease without a write: schedules the value's next look `delay`
+/// from now and releases the lock — only while `owner` still holds it (a
+/// lapsed lease has left the schedule at the lock's expiry, where it is
+/// looked at again). With a failure, it is recorded in the status hash first: one
 /// more consecutive failure, the error, and `retry_after_ms` (and with
 /// `paused`, `paused_until_ms`) at the same instant as the queue entry.
 ///
@@ -289,15 +288,16 @@ return {1, exp, unpack(pulled)}
 /// no hold; the one it exchanged is deleted when `drop_code` (WeChat said
 /// it is used up or expired). One that cannot be a code is deleted.
 ///
-/// KEYS: lock, due shard, status, authorization code. ARGV: owner, member,
+/// KEYS: lock, schedule, status, authorization code. ARGV: owner, kind,
 /// delay_ms, failure (0/1), message, errcode ('' = none), paused (0/1),
 /// replica, status ttl s, status-field suffix, code exchanged ('' = none),
-/// drop code (0/1).
+/// drop code (0/1). Answers `{0}` (lapsed), or `{1, due}` (`due` 0 when the
+/// value is no longer registered).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
+  return {0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -340,28 +340,32 @@ if ARGV[4] == '1' then
   end
   redis.call('EXPIRE', KEYS[3], ARGV[9])
 end
-redis.call('ZADD', KEYS[2], 'XX', due, ARGV[2])
 redis.call('DEL', KEYS[1])
-return 1
+if redis.pcall('HEXISTS', KEYS[2], ARGV[2]) ~= 1 then return {1, 0} end
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', due))
+return {1, due}
 ",
     )
 });
 
-/// A forced refresh (operators): records the force request, moves the
-/// value to the front of the due-queue and wakes the refreshers. Only the
+/// A forced refresh (operators): records the force request, brings the
+/// value's schedule forward to now and wakes the refreshers. Only the
 /// refreshers' and operators' Redis users may run it (it writes the force
-/// key and the due-queue).
+/// key and the schedule). Answers the Redis clock (Unix ms).
 ///
-/// KEYS: force request, due shard. ARGV: ttl_ms, channel, member.
+/// KEYS: force request, schedule. ARGV: ttl_ms, channel, member, kind.
 static FORCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[2], 'XX', 'LT', now, ARGV[3])
+local at = redis.pcall('HGET', KEYS[2], ARGV[4])
+if type(at) == 'string' and (tonumber(at) or 0) > now then
+  redis.call('HSET', KEYS[2], ARGV[4], string.format('%d', now))
+end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
+return now
 ",
     )
 });
@@ -569,7 +573,11 @@ fn unexpected(what: &str) -> redis::RedisError {
     ))
 }
 
-/// Claims `kind` of a credential if it is due: see the script's comment.
+/// Claims `kind` of a credential if it is due: takes a permit of the
+/// shared call rate (if limited; [`Claim::RateLimited`] when none is free),
+/// runs the claim script (see its comment), gives the permit back if the
+/// claim is refused, and moves the value's due-queue index entry to where
+/// its schedule now says (an entry whose value has no schedule is dropped).
 pub async fn claim<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
@@ -577,35 +585,60 @@ pub async fn claim<C: ConnectionLike>(
     owner: &str,
     rules: &ClaimRules<'_>,
 ) -> RedisResult<Claim> {
+    if let Some(rate) = rules.rate {
+        if let Some(wait) = crate::rate::take(con, rate).await? {
+            return Ok(Claim::RateLimited(wait));
+        }
+    }
+    let claimed = claim_script(con, keys, kind, owner, rules).await;
+    if let (Some(rate), false) = (rules.rate, matches!(claimed, Ok(Claim::Granted { .. }))) {
+        crate::rate::refund(con, rate).await?;
+    }
+    let claimed = claimed?;
+    match &claimed {
+        Claim::Granted { state, .. } => {
+            // The index is a hint: a failed update must not hide a granted
+            // lease (see `index`).
+            let until = state.now_ms.saturating_add(millis(rules.lock_ttl));
+            let _ = index::follow(con, keys, kind, until).await;
+        }
+        Claim::NotDue(at) | Claim::Busy(at) | Claim::Held(at) | Claim::HoldCut(at) => {
+            let _ = index::follow(con, keys, kind, *at).await;
+        }
+        Claim::Unregistered => {
+            if let Some(at) = index::drop_orphan(con, keys, kind).await? {
+                return Ok(Claim::NotDue(at));
+            }
+        }
+        Claim::RateLimited(_) => {}
+    }
+    Ok(claimed)
+}
+
+/// The claim script alone (see its comment).
+async fn claim_script<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    owner: &str,
+    rules: &ClaimRules<'_>,
+) -> RedisResult<Claim> {
     let ttl = rules.lock_ttl;
-    let (rate_key, interval_us, burst) = match rules.rate {
-        Some(r) => (
-            r.key.clone(),
-            u64::try_from(r.interval.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1),
-            r.burst.max(1),
-        ),
-        None => (format!("{}:rate:none", keys.namespace()), 0, 1),
-    };
     let input = keys.input(kind);
     let answer: Vec<Value> = CLAIM
         .key(keys.lock(kind))
         .key(keys.fence())
         .key(keys.info(kind))
-        .key(keys.due())
+        .key(keys.schedule())
         .key(keys.value(kind))
         .key(keys.status())
         .key(keys.refresh_request(kind))
         .key(input.clone().unwrap_or_else(|| keys.value(kind)))
-        .key(rate_key)
         .key(keys.force_request(kind))
         .key(keys.authorization_code())
         .arg(owner)
         .arg(millis(ttl))
-        .arg(keys.member(kind))
-        .arg(interval_us)
-        .arg(burst)
+        .arg(kind.as_str())
         .arg(if input.is_some() { "1" } else { "0" })
         .arg(u64::try_from(rules.min_interval.as_millis()).unwrap_or(u64::MAX))
         .arg(u64::try_from(rules.max_hold.as_millis()).unwrap_or(u64::MAX))
@@ -628,7 +661,6 @@ pub async fn claim<C: ConnectionLike>(
         -2 => Claim::NotDue(at()?),
         -3 => Claim::Busy(at()?),
         -4 => Claim::Held(at()?),
-        -5 => Claim::RateLimited(Duration::from_micros(at()?)),
         -6 => Claim::HoldCut(at()?),
         fence if fence > 0 && answer.len() == 12 => {
             let opt_u64 = |i: usize| {
@@ -808,6 +840,9 @@ pub enum WriteOutcome {
     StaleFence,
     /// Rejected: the value had no time left.
     Expired,
+    /// Rejected: the value is no longer registered (its credential was
+    /// removed during the lease).
+    Unregistered,
 }
 
 /// Runs the fenced write (see the script's comment for the rules).
@@ -828,7 +863,7 @@ pub async fn write_token<C: ConnectionLike>(
         .key(keys.lock(w.kind))
         .key(keys.refresh_request(w.kind))
         .key(keys.status())
-        .key(keys.due())
+        .key(keys.schedule())
         .key(keys.force_request(w.kind))
         .key(keys.refresh_token())
         .key(keys.authorization_code())
@@ -841,14 +876,14 @@ pub async fn write_token<C: ConnectionLike>(
         .arg(events_channel(keys.namespace()))
         .arg(keys.id())
         .arg(w.kind.as_str())
-        .arg(keys.member(w.kind))
+        .arg("")
         .arg(u64::try_from(w.next_due.as_millis()).unwrap_or(u64::MAX))
         .arg(STATUS_TTL_SECS)
         .arg(w.refresh_token.unwrap_or(""))
         .arg(w.code_used.unwrap_or(""))
         .arg(suffix(keys, w.kind));
     for t in tickets {
-        inv.key(keys.value(*t)).arg(keys.member(*t));
+        inv.key(keys.value(*t)).arg(t.as_str());
     }
     let answer: Vec<String> = inv.invoke_async(con).await?;
     let (ok, detail) = match answer.as_slice() {
@@ -856,15 +891,29 @@ pub async fn write_token<C: ConnectionLike>(
         _ => return Err(unexpected("write")),
     };
     Ok(match (ok, detail) {
-        ("1", exp) => WriteOutcome::Written {
-            expires_at_ms: exp.parse().unwrap_or(0),
-            tickets_due: answer[2..]
-                .iter()
-                .filter_map(|m| crate::parse_member(m).map(|(_, k)| k))
-                .collect(),
-        },
+        ("1", exp) => {
+            let due = answer
+                .get(2)
+                .and_then(|d| index::parse_ms(d))
+                .ok_or_else(|| unexpected("write due"))?;
+            let tickets_due: Vec<Kind> =
+                answer[3..].iter().filter_map(|k| Kind::parse(k)).collect();
+            // The value is stored: a failed index update (a hint, see
+            // `index`) must not make it look lost.
+            let _ = index::follow(con, keys, w.kind, due).await;
+            let now = exp
+                .parse::<u64>()
+                .unwrap_or(0)
+                .saturating_sub(u64::try_from(w.ttl.as_millis()).unwrap_or(0));
+            let _ = index::pull(con, keys, &tickets_due, now).await;
+            WriteOutcome::Written {
+                expires_at_ms: exp.parse().unwrap_or(0),
+                tickets_due,
+            }
+        }
         (_, "stale_fence") => WriteOutcome::StaleFence,
         (_, "expired") => WriteOutcome::Expired,
+        (_, "unregistered") => WriteOutcome::Unregistered,
         _ => WriteOutcome::LockLost,
     })
 }
@@ -912,13 +961,13 @@ pub async fn finish<C: ConnectionLike>(
     failure: Option<&Failure<'_>>,
     exchanged: Option<Exchanged<'_>>,
 ) -> RedisResult<bool> {
-    let n: i64 = FINISH
+    let answer: Vec<i64> = FINISH
         .key(keys.lock(kind))
-        .key(keys.due())
+        .key(keys.schedule())
         .key(keys.status())
         .key(keys.authorization_code())
         .arg(owner)
-        .arg(keys.member(kind))
+        .arg(kind.as_str())
         .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
         .arg(if failure.is_some() { "1" } else { "0" })
         .arg(failure.map_or("", |f| f.message))
@@ -944,7 +993,14 @@ pub async fn finish<C: ConnectionLike>(
         })
         .invoke_async(con)
         .await?;
-    Ok(n == 1)
+    match answer.as_slice() {
+        [1, due] if *due > 0 => {
+            let _ = index::follow(con, keys, kind, u64::try_from(*due).unwrap_or(0)).await;
+            Ok(true)
+        }
+        [1, ..] => Ok(true),
+        _ => Ok(false),
+    }
 }
 
 /// What [`request_refresh`] did.
@@ -1014,15 +1070,16 @@ pub async fn force_refresh<C: ConnectionLike>(
     kind: Kind,
     ttl: Duration,
 ) -> RedisResult<()> {
-    FORCE
+    let now: i64 = FORCE
         .key(keys.force_request(kind))
-        .key(keys.due())
+        .key(keys.schedule())
         .arg(millis(ttl))
         .arg(requests_channel(keys.namespace()))
         .arg(keys.member(kind))
-        .invoke_async::<i64>(con)
+        .arg(kind.as_str())
+        .invoke_async(con)
         .await?;
-    Ok(())
+    index::pull(con, keys, &[kind], u64::try_from(now).unwrap_or(0)).await
 }
 
 /// Takes one of today's stable `force_refresh`es of the credential; `false`
@@ -1059,19 +1116,22 @@ pub async fn read_value<C: ConnectionLike>(
     Ok(text(&v).filter(|t| crate::is_printable_token(t)))
 }
 
-/// Moves a value that is not stored to the front of the queue and wakes
-/// the refreshers (a component token waiting for its first verify ticket).
+/// Brings a value that is not stored forward to now and wakes the
+/// refreshers (a component token waiting for its first verify ticket).
+/// Answers the Redis clock (Unix ms) when it was brought forward, else 0.
 ///
-/// KEYS: value, due shard. ARGV: member, requests channel.
+/// KEYS: value, schedule. ARGV: member, requests channel, kind.
 static WAKE_IF_MISSING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('ZADD', KEYS[2], 'XX', 'LT', 'CH', now, ARGV[1]) == 1 then
+local at = redis.pcall('HGET', KEYS[2], ARGV[3])
+if type(at) == 'string' and (tonumber(at) or 0) > now then
+  redis.call('HSET', KEYS[2], ARGV[3], string.format('%d', now))
   redis.call('PUBLISH', ARGV[2], ARGV[1])
-  return 1
+  return now
 end
 return 0
 ",
@@ -1085,12 +1145,17 @@ pub async fn wake_if_missing<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
 ) -> RedisResult<bool> {
-    let n: i64 = WAKE_IF_MISSING
+    let now: i64 = WAKE_IF_MISSING
         .key(keys.value(kind))
-        .key(keys.due())
+        .key(keys.schedule())
         .arg(keys.member(kind))
         .arg(requests_channel(keys.namespace()))
+        .arg(kind.as_str())
         .invoke_async(con)
         .await?;
-    Ok(n == 1)
+    if now <= 0 {
+        return Ok(false);
+    }
+    index::pull(con, keys, &[kind], now.unsigned_abs()).await?;
+    Ok(true)
 }

@@ -14,7 +14,7 @@
 //! as "forced or not".
 
 use crate::keys::{ComponentKeys, CredentialKeys, Kind};
-use crate::{info, registry_key, status, Request};
+use crate::{info, registry_keys, status, Request};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, FromRedisValue, RedisResult, Value};
 use serde::Serialize;
@@ -228,23 +228,19 @@ fn ttl(pttl: i64) -> Option<u64> {
     u64::try_from(pttl).ok()
 }
 
-/// The registry set of `namespace`, sorted: the ids to ask [`read`] about.
+/// The registry of `namespace` (every shard), sorted: the ids to ask
+/// [`read`] about.
 pub async fn registered<C: ConnectionLike>(
     con: &mut C,
     namespace: &str,
 ) -> RedisResult<Vec<String>> {
-    let mut ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(registry_key(namespace))
-        .query_async(con)
-        .await?;
-    ids.sort();
-    Ok(ids)
+    crate::index::registered(con, namespace).await
 }
 
 /// Reads the Redis clock, the registry of `namespace` and every credential
 /// in `creds` (keys of that namespace), [`READ_CHUNK`] credentials per
-/// MULTI/EXEC round trip: each credential (and each chunk) is read at one
-/// instant. Credentials come back in the order given. Read-only.
+/// MULTI/EXEC round trip: each credential is read at one instant (on a
+/// single Redis, each chunk too; on Redis Cluster, each slot's part). Credentials come back in the order given. Read-only.
 pub async fn read<'a, C: ConnectionLike>(
     con: &mut C,
     namespace: &str,
@@ -266,16 +262,20 @@ pub async fn read_chunked<'a, C: ConnectionLike>(
     // The first round trip also reads the registry.
     let first = chunks.next().unwrap_or_default();
     let mut pipe = redis::pipe();
-    pipe.atomic()
-        .ignore_errors()
-        .cmd("TIME")
-        .smembers(registry_key(namespace));
+    pipe.atomic().ignore_errors().cmd("TIME");
+    let shards = registry_keys(namespace);
+    for key in &shards {
+        pipe.smembers(key);
+    }
     ask_about(&mut pipe, first);
     let replies: Vec<Value> = pipe.query_async(con).await?;
     let mut r = Replies(replies.into_iter());
     let now_ms = r.now_ms()?;
-    let mut registered: Vec<String> = r.lenient(Vec::new())?;
-    registered.sort();
+    let mut lists = Vec::with_capacity(shards.len());
+    for _ in &shards {
+        lists.push(r.next_value()?);
+    }
+    let registered = crate::index::ids_of(lists);
     let mut credentials = Vec::with_capacity(creds.len());
     take_answers(&mut r, first, now_ms, &mut credentials)?;
     for keys in chunks {
@@ -364,6 +364,14 @@ impl Replies {
         Ok(redis::from_redis_value(v).unwrap_or(absent))
     }
 
+    /// The next reply as it came.
+    fn next_value(&mut self) -> RedisResult<Value> {
+        Ok(self.0.next().ok_or((
+            ErrorKind::UnexpectedReturnType,
+            "Redis answered fewer replies than asked",
+        ))?)
+    }
+
     /// A `TIME` reply as Unix ms.
     fn now_ms(&mut self) -> RedisResult<u64> {
         let (secs, micros): (u64, u64) = self.next()?;
@@ -374,7 +382,7 @@ impl Replies {
 // ---- third-party platforms ------------------------------------------------
 
 /// Authorizers [`read_component`] asks about per MULTI/EXEC round trip
-/// (each costs 3 commands, plus one `ZMSCORE` per due-queue shard).
+/// (each costs 4 commands).
 pub const AUTHORIZER_CHUNK: usize = 1_000;
 
 /// The status fields [`read_component`] reads of each authorizer, in the
@@ -600,11 +608,10 @@ impl AuthorizerState {
     }
 }
 
-/// Due-queue entries of the platform's subjects (its own values and every
-/// authorizer's) whose due time has come: work waiting for a refresher.
-/// Counted with `ZMSCORE` of exactly those members while the authorizers
-/// are read (the queue's shards are shared with every other subject, and
-/// `ZCOUNT` cannot filter by member), so it costs no extra round trip.
+/// Values of the platform's subjects (its own and every authorizer's)
+/// whose scheduled time has come: work waiting for a refresher. Read from
+/// each subject's schedule while the authorizers are read, so it costs no
+/// extra round trip.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Backlog {
     /// Entries due now (each chunk judged by its own clock reading).
@@ -830,25 +837,16 @@ pub async fn read_component<C: ConnectionLike>(
     Ok(view)
 }
 
-/// The due-queue members of `subjects`, grouped by shard: one `ZMSCORE`
-/// per shard, in shard order.
-fn due_groups<'a>(
-    subjects: impl IntoIterator<Item = &'a CredentialKeys>,
-) -> Vec<(String, Vec<String>)> {
-    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for k in subjects {
-        let members = groups.entry(k.due()).or_default();
-        for &kind in k.kinds() {
-            members.push(k.member(kind));
-        }
-    }
-    groups.into_iter().collect()
-}
-
-/// Adds the due-queue reads of `subjects` to `pipe` (see [`take_due`]).
+/// Adds the schedule reads of `subjects` to `pipe` (see [`take_due`]):
+/// one `HMGET` per subject.
 fn ask_due<'a>(pipe: &mut redis::Pipeline, subjects: impl IntoIterator<Item = &'a CredentialKeys>) {
-    for (shard, members) in due_groups(subjects) {
-        pipe.cmd("ZMSCORE").arg(shard).arg(members);
+    for k in subjects {
+        pipe.cmd("HMGET").arg(k.schedule()).arg(
+            k.kinds()
+                .iter()
+                .map(|kind| kind.as_str())
+                .collect::<Vec<_>>(),
+        );
     }
 }
 
@@ -859,10 +857,10 @@ fn take_due<'a>(
     now_ms: u64,
     backlog: &mut Backlog,
 ) -> RedisResult<()> {
-    for _ in due_groups(subjects) {
-        let scores: Vec<Option<f64>> = r.lenient(Vec::new())?;
-        for s in scores {
-            backlog.add(s, now_ms);
+    for _ in subjects {
+        let dues: Vec<Option<String>> = r.lenient(Vec::new())?;
+        for d in dues {
+            backlog.add(d.and_then(|d| d.trim().parse::<f64>().ok()), now_ms);
         }
     }
     Ok(())

@@ -34,13 +34,7 @@ pub async fn store<C: ConnectionLike>(
         Duration::from_secs(15),
     )
     .await?;
-    redis::cmd("ZADD")
-        .arg(keys.due())
-        .arg("XX")
-        .arg(0)
-        .arg(keys.member(kind))
-        .query_async::<()>(con)
-        .await?;
+    set_due(con, keys, kind, 0).await?;
     let owner = format!("{replica}#{:016x}", rand_u64());
     let fence = match claim(
         con,
@@ -74,6 +68,22 @@ pub async fn store<C: ConnectionLike>(
         code_used: None,
     };
     Ok((write_token(con, keys, &w).await?, fence))
+}
+
+/// Moves a registered value's schedule and its due-queue entry to `at_ms`
+/// (Unix ms; 0: due at once), as a refresher's claim or write would.
+pub async fn set_due<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    at_ms: u64,
+) -> RedisResult<()> {
+    redis::pipe()
+        .hset(keys.schedule(), kind.as_str(), at_ms)
+        .ignore()
+        .query_async::<()>(con)
+        .await?;
+    crate::index::follow(con, keys, kind, at_ms).await
 }
 
 fn rand_u64() -> u64 {

@@ -6,8 +6,8 @@ use redis::AsyncCommands;
 use std::time::Duration;
 use wxtoken_schema::registry::{self, Authorization};
 use wxtoken_schema::{
-    claim, finish, parse_member, registry_key, write_token, Claim, ClaimRules, ComponentKeys,
-    CredentialKeys, Exchanged, Failure, Kind, Subject, TokenWrite, WriteOutcome,
+    claim, finish, parse_member, write_token, Claim, ClaimRules, ComponentKeys, CredentialKeys,
+    Exchanged, Failure, Kind, Subject, TokenWrite, WriteOutcome,
 };
 use wxtoken_testkit::RedisServer;
 
@@ -144,12 +144,12 @@ async fn a_code_registers_the_authorizer_due_now_and_is_spent_by_the_write() {
     assert_eq!(a.queued, 2);
     let now = redis_now(&mut con).await;
     let due: f64 = con
-        .zscore(k.due(), k.member(Kind::AccessToken))
+        .hget(k.schedule(), (Kind::AccessToken).as_str())
         .await
         .unwrap();
     assert!(due as u64 <= now);
     assert!(con
-        .sismember::<_, _, bool>(registry_key(NS), k.id())
+        .sismember::<_, _, bool>(k.registry(), k.id())
         .await
         .unwrap());
     assert_eq!(
@@ -198,14 +198,14 @@ async fn a_code_registers_the_authorizer_due_now_and_is_spent_by_the_write() {
     );
     assert!(!con.exists::<_, bool>(k.authorization_code()).await.unwrap());
     let due: f64 = con
-        .zscore(k.due(), k.member(Kind::AccessToken))
+        .hget(k.schedule(), (Kind::AccessToken).as_str())
         .await
         .unwrap();
     assert!(due as u64 >= now + 40_000, "next refresh queued, not now");
 
     // The next claim refreshes with the refresh token.
     let _: () = con
-        .zadd(k.due(), k.member(Kind::AccessToken), 0)
+        .hset(k.schedule(), (Kind::AccessToken).as_str(), 0)
         .await
         .unwrap();
     match claim(
@@ -259,14 +259,14 @@ async fn a_code_arriving_during_a_lease_survives_it_and_is_due_at_once() {
     assert_eq!(code, "code-new", "a code the lease did not use is kept");
     let now = redis_now(&mut con).await;
     let due: f64 = con
-        .zscore(k.due(), k.member(Kind::AccessToken))
+        .hget(k.schedule(), (Kind::AccessToken).as_str())
         .await
         .unwrap();
     assert!(due as u64 <= now, "due at once to exchange the new code");
 
     // A failed lease that did not use it records the failure but no hold.
     let _: () = con
-        .zadd(k.due(), k.member(Kind::AccessToken), 0)
+        .hset(k.schedule(), (Kind::AccessToken).as_str(), 0)
         .await
         .unwrap();
     match claim(
@@ -312,7 +312,7 @@ async fn a_code_arriving_during_a_lease_survives_it_and_is_due_at_once() {
         .await
         .unwrap();
     let _: () = con
-        .zadd(k.due(), k.member(Kind::AccessToken), 0)
+        .hset(k.schedule(), (Kind::AccessToken).as_str(), 0)
         .await
         .unwrap();
     let _: () = con.hdel(k.status(), "retry_after_ms").await.unwrap();
@@ -346,7 +346,7 @@ async fn a_code_arriving_during_a_lease_survives_it_and_is_due_at_once() {
     assert_eq!(hold, None);
     let now = redis_now(&mut con).await;
     let due: f64 = con
-        .zscore(k.due(), k.member(Kind::AccessToken))
+        .hget(k.schedule(), (Kind::AccessToken).as_str())
         .await
         .unwrap();
     assert!(due as u64 <= now);
@@ -382,7 +382,7 @@ async fn reconciliation_registers_replaces_stale_tokens_and_removes_only_older_a
         .await
         .unwrap();
     let _: () = con
-        .zadd(k5.due(), k5.member(Kind::AccessToken), u64::MAX / 4)
+        .hset(k5.schedule(), (Kind::AccessToken).as_str(), u64::MAX / 4)
         .await
         .unwrap();
     let r = registry::authorize(&mut con, &k5, &index, &found("rt-new"))
@@ -391,7 +391,7 @@ async fn reconciliation_registers_replaces_stale_tokens_and_removes_only_older_a
     assert!(r.refresh_token_replaced && r.queued == 0);
     let now = redis_now(&mut con).await;
     let due: f64 = con
-        .zscore(k5.due(), k5.member(Kind::AccessToken))
+        .hget(k5.schedule(), (Kind::AccessToken).as_str())
         .await
         .unwrap();
     assert!(due as u64 <= now);
@@ -436,12 +436,12 @@ async fn reconciliation_registers_replaces_stale_tokens_and_removes_only_older_a
         );
     }
     assert!(con
-        .zscore::<_, _, Option<f64>>(k7.due(), k7.member(Kind::AccessToken))
+        .hget::<_, _, Option<f64>>(k7.schedule(), Kind::AccessToken.as_str())
         .await
         .unwrap()
         .is_none());
     assert!(!con
-        .sismember::<_, _, bool>(registry_key(NS), k7.id())
+        .sismember::<_, _, bool>(k7.registry(), k7.id())
         .await
         .unwrap());
     assert_eq!(

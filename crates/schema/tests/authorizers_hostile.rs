@@ -63,7 +63,7 @@ async fn granted(
 
 async fn due_at(con: &mut Con, k: &CredentialKeys) -> u64 {
     let due: f64 = con
-        .zscore(k.due(), k.member(Kind::AccessToken))
+        .hget(k.schedule(), (Kind::AccessToken).as_str())
         .await
         .unwrap();
     due as u64
@@ -127,7 +127,7 @@ async fn an_unusable_code_does_not_make_a_refresh_due_again_at_once() {
 
         // A refused refresh token: the failure holds, not due at once.
         let _: () = con
-            .zadd(k.due(), k.member(Kind::AccessToken), 0)
+            .hset(k.schedule(), (Kind::AccessToken).as_str(), 0)
             .await
             .unwrap();
         let (_, _) = granted(&mut con, k, "r1#2").await;

@@ -68,7 +68,7 @@ async fn grant(
 }
 
 async fn due_at(con: &mut Con, keys: &CredentialKeys, kind: Kind) -> Option<u64> {
-    let s: Option<f64> = con.zscore(keys.due(), keys.member(kind)).await.unwrap();
+    let s: Option<f64> = con.hget(keys.schedule(), (kind).as_str()).await.unwrap();
     s.map(|s| s as u64)
 }
 
@@ -123,7 +123,7 @@ async fn claims_are_exclusive_fenced_and_only_of_queued_due_values() {
     // Moved to now by hand (a request, say), it is still busy, and the
     // claim puts it back at the lock's expiry.
     let _: () = con
-        .zadd(keys.due(), keys.member(Kind::AccessToken), 0)
+        .hset(keys.schedule(), (Kind::AccessToken).as_str(), 0)
         .await
         .unwrap();
     assert!(matches!(
@@ -222,7 +222,7 @@ async fn write_stores_value_info_status_and_next_due_releases_and_publishes() {
     queue(&mut con, &keys, &[Kind::AccessToken, Kind::JsapiTicket]).await;
     // The ticket waits for its access token.
     let _: () = con
-        .zadd(keys.due(), keys.member(Kind::JsapiTicket), u64::MAX / 2)
+        .hset(keys.schedule(), (Kind::JsapiTicket).as_str(), u64::MAX / 2)
         .await
         .unwrap();
 
@@ -338,7 +338,7 @@ async fn write_is_refused_after_the_lock_is_lost_or_by_an_older_fence() {
     // A takes the lock, then stalls past its TTL.
     let (fa, _) = grant(&mut con, &keys, kind, "a#1", Duration::from_millis(100)).await;
     let _: () = con.del(keys.lock(kind)).await.unwrap();
-    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
     // B takes over and writes the newer token.
     let (fb, _) = grant(&mut con, &keys, kind, "b#1", Duration::from_secs(5)).await;
     let outcome = write_token(&mut con, &keys, &write("b#1", fb, "NEW"))
@@ -566,7 +566,7 @@ async fn a_lost_fence_counter_is_raised_past_the_stored_fence() {
     let mut last = 0;
     for i in 0..3 {
         let owner = format!("a#{i}");
-        let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+        let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
         last = grant(&mut con, &keys, kind, &owner, ttl).await.0;
         let outcome = write_token(&mut con, &keys, &write(&owner, last, "T"))
             .await
@@ -575,7 +575,7 @@ async fn a_lost_fence_counter_is_raised_past_the_stored_fence() {
     }
     // The counter is evicted or deleted; the stored value keeps its fence.
     let _: () = con.del(keys.fence()).await.unwrap();
-    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
     let (fence, _) = grant(&mut con, &keys, kind, "b#1", ttl).await;
     assert!(fence > last, "fence {fence} must exceed the stored {last}");
     let outcome = write_token(&mut con, &keys, &write("b#1", fence, "NEW"))
@@ -623,7 +623,7 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
 
     // A request moves the value forward, but the claim honours the hold
     // (no lock taken, entry back at the hold's end).
-    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
     assert_eq!(
         claim(&mut con, &keys, kind, "b#1", &ClaimRules::new(ttl))
             .await
@@ -640,7 +640,7 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
         .hset(keys.status(), status::PAUSED_UNTIL_MS, u64::MAX / 4)
         .await
         .unwrap();
-    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
     let rules = ClaimRules {
         max_hold: Duration::from_secs(90),
         ..ClaimRules::new(ttl)
@@ -665,7 +665,7 @@ async fn a_recorded_failure_holds_every_claim_until_its_wait_is_over() {
         .hset(keys.status(), status::PAUSED_UNTIL_MS, 1)
         .await
         .unwrap();
-    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
     let (_, state) = grant(&mut con, &keys, kind, "b#1", ttl).await;
     assert_eq!(state.failures, 1);
 }
@@ -713,6 +713,79 @@ async fn the_shared_rate_refuses_claims_beyond_the_burst_without_taking_locks() 
 }
 
 #[tokio::test]
+async fn a_refused_claim_gives_its_rate_permit_back() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let rate = RateLimit {
+        key: wxtoken_schema::rate_key("wxtoken", "api.weixin.qq.com"),
+        interval: Duration::from_secs(10),
+        burst: 2,
+    };
+    let rules = ClaimRules {
+        rate: Some(&rate),
+        ..ClaimRules::new(Duration::from_secs(5))
+    };
+    let keys: Vec<CredentialKeys> = (0..3)
+        .map(|i| CredentialKeys::new("wxtoken", &format!("app-{i}")).unwrap())
+        .collect();
+    for k in &keys {
+        queue(&mut con, k, &[Kind::AccessToken]).await;
+    }
+    let c = claim(&mut con, &keys[0], Kind::AccessToken, "a#1", &rules).await;
+    assert!(matches!(c, Ok(Claim::Granted { .. })), "{c:?}");
+    // Another replica races for the same value: refused (not due while
+    // held), and the permit it took goes back.
+    let c = claim(&mut con, &keys[0], Kind::AccessToken, "b#1", &rules).await;
+    assert!(matches!(c, Ok(Claim::NotDue(_))), "{c:?}");
+    let c = claim(&mut con, &keys[1], Kind::AccessToken, "b#1", &rules).await;
+    assert!(
+        matches!(c, Ok(Claim::Granted { .. })),
+        "the refund left a permit: {c:?}"
+    );
+    let c = claim(&mut con, &keys[2], Kind::AccessToken, "b#1", &rules).await;
+    assert!(
+        matches!(c, Ok(Claim::RateLimited(_))),
+        "burst of 2 used: {c:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_credential_removed_during_a_lease_is_not_brought_back_by_its_write() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let keys = CredentialKeys::new("wxtoken", "app").unwrap();
+    queue(&mut con, &keys, &[Kind::AccessToken]).await;
+    let (fence, _) = grant(
+        &mut con,
+        &keys,
+        Kind::AccessToken,
+        "a#1",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        registry::unregister(&mut con, &keys, "r1", Duration::from_secs(15))
+            .await
+            .unwrap(),
+        "the last holder removed it"
+    );
+    let outcome = write_token(&mut con, &keys, &write("a#1", fence, "TOKEN-1"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Unregistered);
+    let stored: Option<String> = con.get(keys.value(Kind::AccessToken)).await.unwrap();
+    assert_eq!(stored, None);
+    assert_eq!(due_at(&mut con, &keys, Kind::AccessToken).await, None);
+    let indexed: Option<f64> = con
+        .zscore(keys.due(), keys.member(Kind::AccessToken))
+        .await
+        .unwrap();
+    assert_eq!(indexed, None, "no index entry comes back");
+    let lock: Option<String> = con.get(keys.lock(Kind::AccessToken)).await.unwrap();
+    assert_eq!(lock, None, "the write released the lock");
+}
+
+#[tokio::test]
 async fn hostile_values_do_not_stop_a_claim() {
     let server = RedisServer::start().unwrap();
     let mut con = connect(&server).await;
@@ -737,7 +810,7 @@ async fn hostile_values_do_not_stop_a_claim() {
     let pttl: i64 = con.pttl(keys.lock(kind)).await.unwrap();
     assert!(pttl > 0, "a lock without expiry is given one");
     let _: () = con.del(keys.lock(kind)).await.unwrap();
-    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
     let (_, state) = grant(&mut con, &keys, kind, "a#1", Duration::from_secs(5)).await;
     assert_eq!(state.value, None);
     // Non-UTF-8 bytes are not a token either.
@@ -747,7 +820,7 @@ async fn hostile_values_do_not_stop_a_claim() {
         .await
         .unwrap();
     let _: () = con.del(keys.lock(kind)).await.unwrap();
-    let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+    let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
     let (_, state) = grant(&mut con, &keys, kind, "b#1", Duration::from_secs(5)).await;
     assert_eq!(state.value, None);
 }
@@ -800,7 +873,10 @@ async fn a_ticket_failure_holds_only_the_ticket_and_a_token_failure_holds_both()
     .await
     .unwrap());
     // The ticket is held; the access token is not.
-    let _: () = con.zadd(keys.due(), keys.member(ticket), 0).await.unwrap();
+    let _: () = con
+        .hset(keys.schedule(), (ticket).as_str(), 0)
+        .await
+        .unwrap();
     assert!(matches!(
         claim(&mut con, &keys, ticket, "b#1", &ClaimRules::new(ttl))
             .await
@@ -828,7 +904,7 @@ async fn a_ticket_failure_holds_only_the_ticket_and_a_token_failure_holds_both()
     .await
     .unwrap());
     for kind in [at, ticket] {
-        let _: () = con.zadd(keys.due(), keys.member(kind), 0).await.unwrap();
+        let _: () = con.hset(keys.schedule(), (kind).as_str(), 0).await.unwrap();
         assert!(
             matches!(
                 claim(&mut con, &keys, kind, "c#1", &ClaimRules::new(ttl))

@@ -1,0 +1,461 @@
+//! The due-queue and the registry: the two structures read across
+//! subjects, kept as an **index** of the subjects' schedules.
+//!
+//! The truth about a value's due time is its subject's schedule hash
+//! ([`CredentialKeys::schedule`]), in the subject's own slot, where the
+//! lease scripts read and move it atomically with the lock and the fence.
+//! The due-queue shards (`{due/SS}:queue`) and registry shards
+//! (`{due/SS}:credentials`) live in other slots (on Redis Cluster, other
+//! nodes), so no script can change both: every change of a schedule is
+//! followed by a separate index update, from the same caller, in this order:
+//!
+//! - **registering**: the schedule first, then the index ([`add`]): the
+//!   scheduler never finds an index entry for a value that has no schedule
+//!   yet;
+//! - **removing**: the index first ([`remove`]), then the schedule, then —
+//!   if the subject turned out to stay (another replica holds it, a newer
+//!   authorization) — the index again ([`add`]): a concurrent registration
+//!   either sees the schedule still there or adds its own entry after the
+//!   removal;
+//! - **moving** (claims, writes, failures, requests): the schedule, then the
+//!   index entry ([`follow`], [`pull`]).
+//!
+//! Consequences, written down as invariants in ARCHITECTURE.md: the index
+//! can only be *wrong for a while* — an entry earlier than the schedule
+//! costs one refused claim, which puts it right (the claim answers the
+//! truth); one later than the schedule (a caller died between the two
+//! steps, or two updates crossed) delays the value at most until the
+//! entry's time, and requests, periodic re-registration and reconciliation
+//! repair entries that are missing. Exactly-once never depends on the
+//! index: the lock and the fence decide.
+
+use crate::keys::{ComponentKeys, CredentialKeys, Kind};
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
+use std::sync::LazyLock;
+
+/// KEYS: registry shard, queue shard. ARGV: id, then pairs of member and
+/// due time (Unix ms). Lists the id and indexes each member at its due
+/// time, unless it is indexed earlier already (an earlier entry costs a
+/// refused claim; a later one could delay the value).
+static ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'set' then redis.call('DEL', KEYS[1]) end
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' then redis.call('DEL', KEYS[2]) end
+redis.call('SADD', KEYS[1], ARGV[1])
+local added = 0
+for i = 2, #ARGV, 2 do
+  added = added + redis.call('ZADD', KEYS[2], 'LT', 'CH', ARGV[i + 1], ARGV[i])
+end
+return added
+",
+    )
+});
+
+/// KEYS: registry shard, queue shard. ARGV: id, then members.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1])['ok'] == 'set' then redis.call('SREM', KEYS[1], ARGV[1]) end
+if redis.call('TYPE', KEYS[2])['ok'] == 'zset' then
+  for i = 2, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+end
+return 1
+",
+    )
+});
+
+/// KEYS: a platform's authorizer index. ARGV: appid, authorized at (Unix
+/// ms; '' = take it out). An index of the wrong type is replaced.
+static AUTHORIZERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then redis.call('DEL', KEYS[1]) end
+if ARGV[2] == '' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+",
+    )
+});
+
+/// Index updates for many subjects, sent in one pipeline (on Redis
+/// Cluster, one per shard's slot).
+pub(crate) struct Batch {
+    pipe: redis::Pipeline,
+    len: usize,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Batch {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&ADD)
+            .ignore()
+            .load_script(&REMOVE)
+            .ignore()
+            .load_script(&AUTHORIZERS)
+            .ignore();
+        Batch { pipe, len: 0 }
+    }
+
+    /// Lists `keys`' subject and indexes `dues` (kind, due at Unix ms):
+    /// see [`ADD`].
+    pub(crate) fn add(&mut self, keys: &CredentialKeys, dues: &[(Kind, u64)]) {
+        let mut inv = ADD.prepare_invoke();
+        inv.key(keys.registry()).key(keys.due()).arg(keys.id());
+        for (kind, at) in dues {
+            inv.arg(keys.member(*kind)).arg(*at);
+        }
+        self.pipe.invoke_script(&inv);
+        self.len += 1;
+    }
+
+    /// Takes `keys`' subject out of its registry shard and `kinds` out of
+    /// its queue shard.
+    pub(crate) fn remove(&mut self, keys: &CredentialKeys, kinds: &[Kind]) {
+        let mut inv = REMOVE.prepare_invoke();
+        inv.key(keys.registry()).key(keys.due()).arg(keys.id());
+        for kind in kinds {
+            inv.arg(keys.member(*kind));
+        }
+        self.pipe.invoke_script(&inv);
+        self.len += 1;
+    }
+
+    /// Puts authorizer `appid` in platform `component`'s authorizer index,
+    /// authorized at `at_ms`, or (`None`) takes it out.
+    pub(crate) fn authorizer(
+        &mut self,
+        component: &ComponentKeys,
+        appid: &str,
+        at_ms: Option<u64>,
+    ) {
+        let mut inv = AUTHORIZERS.prepare_invoke();
+        inv.key(component.authorizers())
+            .arg(appid)
+            .arg(at_ms.map(|ms| ms.to_string()).unwrap_or_default());
+        self.pipe.invoke_script(&inv);
+        self.len += 1;
+    }
+
+    pub(crate) async fn run<C: ConnectionLike>(self, con: &mut C) -> RedisResult<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.pipe
+            .query_async::<Vec<redis::Value>>(con)
+            .await
+            .map(drop)
+    }
+}
+
+/// Lists `keys`' subject in its registry shard and indexes `dues` (kind,
+/// due at Unix ms) in its queue shard (an entry indexed earlier stays).
+pub async fn add<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    dues: &[(Kind, u64)],
+) -> RedisResult<()> {
+    let mut batch = Batch::new();
+    batch.add(keys, dues);
+    batch.run(con).await
+}
+
+/// Takes `keys`' subject out of its registry shard and `kinds` out of its
+/// queue shard.
+pub async fn remove<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kinds: &[Kind],
+) -> RedisResult<()> {
+    let mut batch = Batch::new();
+    batch.remove(keys, kinds);
+    batch.run(con).await
+}
+
+/// Moves the index entry of `kind` to `at_ms` (where its schedule now
+/// says), adding it if it was missing.
+pub async fn follow<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    at_ms: u64,
+) -> RedisResult<()> {
+    redis::cmd("ZADD")
+        .arg(keys.due())
+        .arg(at_ms)
+        .arg(keys.member(kind))
+        .query_async::<i64>(con)
+        .await
+        .map(drop)
+        .or_else(wrong_type)
+}
+
+/// Brings the index entries of `kinds` forward to `at_ms` (their schedule
+/// was brought forward): entries that are earlier already stay.
+pub async fn pull<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kinds: &[Kind],
+    at_ms: u64,
+) -> RedisResult<()> {
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(keys.due()).arg("LT");
+    for kind in kinds {
+        cmd.arg(at_ms).arg(keys.member(*kind));
+    }
+    cmd.query_async::<i64>(con)
+        .await
+        .map(drop)
+        .or_else(wrong_type)
+}
+
+/// Removes the index entry of a value that has no schedule (a claim found
+/// it unregistered): then, in case a registration raced the removal (its
+/// schedule written after the claim looked, its entry added before this
+/// removal), reads the schedule again and indexes what it finds. Returns
+/// the due time found, if the value is registered after all.
+pub async fn drop_orphan<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> RedisResult<Option<u64>> {
+    redis::cmd("ZREM")
+        .arg(keys.due())
+        .arg(keys.member(kind))
+        .query_async::<i64>(con)
+        .await
+        .map(drop)
+        .or_else(wrong_type)?;
+    let Some(at) = due_at(con, keys, kind).await? else {
+        return Ok(None);
+    };
+    follow(con, keys, kind, at).await?;
+    Ok(Some(at))
+}
+
+/// When `kind` of `keys`' subject is due, by its schedule (Unix ms, Redis
+/// clock); `None` when it is not registered.
+pub async fn due_at<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+) -> RedisResult<Option<u64>> {
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(keys.schedule())
+        .arg(kind.as_str())
+        .query_async(con)
+        .await
+        .or_else(|e| match e.code() {
+            Some("WRONGTYPE") => Ok(None),
+            _ => Err(e),
+        })?;
+    Ok(v.and_then(|s| parse_ms(&s)))
+}
+
+/// A due time as stored (an integer or a float, as `ZADD` scores print):
+/// Unix ms, `None` when it is not a number.
+pub(crate) fn parse_ms(s: &str) -> Option<u64> {
+    let f: f64 = s.trim().parse().ok()?;
+    f.is_finite().then_some(if f > 0.0 { f as u64 } else { 0 })
+}
+
+/// Every id listed in the registry shards of `namespace`, sorted (ids that
+/// are not valid UTF-8 are left out).
+pub async fn registered<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+) -> RedisResult<Vec<String>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for key in crate::registry_keys(namespace) {
+        pipe.smembers(key);
+    }
+    let replies: Vec<redis::Value> = pipe.query_async(con).await?;
+    Ok(ids_of(replies))
+}
+
+/// The ids in `SMEMBERS` replies of registry shards (a shard of the wrong
+/// type counts as empty), sorted and deduplicated.
+pub(crate) fn ids_of(replies: impl IntoIterator<Item = redis::Value>) -> Vec<String> {
+    let mut ids: Vec<String> = replies
+        .into_iter()
+        .filter_map(|v| redis::from_redis_value::<Vec<Vec<u8>>>(v).ok())
+        .flatten()
+        .filter_map(|b| String::from_utf8(b).ok())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Whether `keys`' subject is listed in its registry shard.
+pub async fn is_registered<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+) -> RedisResult<bool> {
+    redis::cmd("SISMEMBER")
+        .arg(keys.registry())
+        .arg(keys.id())
+        .query_async(con)
+        .await
+        .or_else(|e| match e.code() {
+            Some("WRONGTYPE") => Ok(false),
+            _ => Err(e),
+        })
+}
+
+/// The registry of schema version 1 (one set for the namespace, before
+/// the registry was sharded and schedules were kept per subject).
+fn v1_registry_key(namespace: &str) -> String {
+    format!("{namespace}:credentials")
+}
+
+/// Entries read per round trip while migrating.
+const MIGRATE_PAGE: usize = 1_000;
+
+/// Upgrades data written by wxtoken with key schema 1 (one registry set,
+/// due times only in the due-queue): every queued value gets its schedule
+/// field from its queue entry, every authorizer its `authorized_at` from
+/// its platform's index, and every registered id moves to its registry
+/// shard; then the old registry set is deleted. Idempotent (fields are set
+/// only where missing), so replicas starting together may all run it; a
+/// no-op (one `EXISTS`) once done. Returns how many schedule fields it set.
+pub async fn migrate_v1<C: ConnectionLike>(con: &mut C, namespace: &str) -> RedisResult<u64> {
+    let old = v1_registry_key(namespace);
+    let exists: bool = redis::cmd("EXISTS").arg(&old).query_async(con).await?;
+    if !exists {
+        return Ok(0);
+    }
+    let mut set = 0u64;
+    for shard in 0..crate::DUE_SHARDS {
+        let queue = crate::due_key(namespace, shard);
+        let mut offset = 0usize;
+        loop {
+            let page: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+                .arg(&queue)
+                .arg(offset)
+                .arg(offset + MIGRATE_PAGE - 1)
+                .arg("WITHSCORES")
+                .query_async(con)
+                .await
+                .or_else(|e| match e.code() {
+                    Some("WRONGTYPE") => Ok(Vec::new()),
+                    _ => Err(e),
+                })?;
+            offset += page.len();
+            let mut pipe = redis::pipe();
+            for (member, score) in &page {
+                let Some((id, kind)) = std::str::from_utf8(member)
+                    .ok()
+                    .and_then(crate::parse_member)
+                else {
+                    continue;
+                };
+                let Ok(keys) = CredentialKeys::for_id(namespace, id) else {
+                    continue;
+                };
+                let at = if score.is_finite() && *score > 0.0 {
+                    *score as u64
+                } else {
+                    0
+                };
+                pipe.cmd("HSETNX")
+                    .arg(keys.schedule())
+                    .arg(kind.as_str())
+                    .arg(at);
+            }
+            if pipe.cmd_iter().next().is_some() {
+                let added: Vec<redis::Value> = pipe.query_async(con).await?;
+                set += added
+                    .iter()
+                    .filter(|v| matches!(v, redis::Value::Int(1)))
+                    .count() as u64;
+            }
+            if page.len() < MIGRATE_PAGE {
+                break;
+            }
+        }
+    }
+    let ids: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+        .arg(&old)
+        .query_async(con)
+        .await
+        .or_else(|e| match e.code() {
+            Some("WRONGTYPE") => Ok(Vec::new()),
+            _ => Err(e),
+        })?;
+    let ids: Vec<String> = ids
+        .into_iter()
+        .filter_map(|b| String::from_utf8(b).ok())
+        .collect();
+    for chunk in ids.chunks(MIGRATE_PAGE) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            if let Ok(keys) = CredentialKeys::for_id(namespace, id) {
+                pipe.sadd(keys.registry(), id).ignore();
+            }
+        }
+        if pipe.cmd_iter().next().is_some() {
+            pipe.query_async::<()>(con).await?;
+        }
+    }
+    for id in &ids {
+        let Some(crate::Subject::Component(appid)) = crate::Subject::parse(id) else {
+            continue;
+        };
+        let Ok(component) = ComponentKeys::new(namespace, appid) else {
+            continue;
+        };
+        let mut offset = 0usize;
+        loop {
+            let (covered, page) =
+                crate::registry::authorizers_page(con, &component, offset, MIGRATE_PAGE).await?;
+            offset += covered;
+            let mut pipe = redis::pipe();
+            for (authorizer, at) in &page {
+                if let Ok(keys) = CredentialKeys::authorizer(namespace, appid, authorizer) {
+                    pipe.cmd("HSETNX")
+                        .arg(keys.schedule())
+                        .arg("authorized_at")
+                        .arg(*at)
+                        .ignore();
+                }
+            }
+            if pipe.cmd_iter().next().is_some() {
+                pipe.query_async::<()>(con).await?;
+            }
+            if covered < MIGRATE_PAGE {
+                break;
+            }
+        }
+    }
+    redis::cmd("DEL").arg(&old).query_async::<i64>(con).await?;
+    Ok(set)
+}
+
+/// A queue shard of the wrong type (corrupt or hostile) is left to the
+/// scripts that replace it: an index update is a hint and may fail.
+fn wrong_type(e: redis::RedisError) -> RedisResult<()> {
+    match e.code() {
+        Some("WRONGTYPE") => Ok(()),
+        _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_times_parse_leniently() {
+        assert_eq!(parse_ms("1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_ms("1.7e12"), Some(1_700_000_000_000));
+        assert_eq!(parse_ms("-5"), Some(0));
+        for bad in ["", "x", "inf", "nan"] {
+            assert_eq!(parse_ms(bad), None, "{bad:?}");
+        }
+    }
+}
