@@ -453,8 +453,9 @@ async fn status_page_and_json_show_every_credential_and_no_secret() {
     assert!(html.contains("replica-1"));
     assert!(html.contains("jsapi_ticket"));
     assert!(html.contains("errcode 40164"));
+    // `'` stays as is: every attribute value is double-quoted.
     assert!(
-        html.contains("&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;"),
+        html.contains("&lt;script&gt;alert('pwned')&lt;/script&gt;"),
         "{html}"
     );
     assert!(!html.contains("<script"), "unescaped script tag");
@@ -636,8 +637,10 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 /// every state: fresh values, a refused credential (40164, nothing stored),
 /// a quota-paused credential whose tokens drain into the refresh margin, a
 /// pending refresh request, and two replicas sharing the work. The
-/// screenshot is kept in the target directory (and copied to
-/// `$WXTOKEN_SCREENSHOT_OUT` if set).
+/// screenshot and the rendered DOM are kept in the target's temporary
+/// directory (`target/tmp/http_surface/`); with
+/// `WXTOKEN_UPDATE_SCREENSHOT=1` the screenshot also replaces the README's,
+/// `docs/status-page.png`, once every check below has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_renders_the_status_page() {
     let bin = chromium();
@@ -728,9 +731,6 @@ async fn chromium_renders_the_status_page() {
         "suspiciously small: {} bytes",
         png.len()
     );
-    if let Some(copy) = std::env::var_os("WXTOKEN_SCREENSHOT_OUT") {
-        std::fs::copy(&shot, &copy).unwrap();
-    }
 
     let dom = run_chromium(&bin, profile.path(), &["--dump-dom".into()], &url);
     std::fs::write(out_dir.join("status-page.html"), &dom).unwrap();
@@ -766,4 +766,19 @@ async fn chromium_renders_the_status_page() {
             "a secret or whole token rendered"
         );
     }
+    if update_screenshot() {
+        let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join(README_SCREENSHOT);
+        std::fs::copy(&shot, &readme)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", readme.display()));
+        println!("README screenshot updated: {}", readme.display());
+    }
+}
+
+/// The README's screenshot of the status page, from the repository root.
+const README_SCREENSHOT: &str = "docs/status-page.png";
+
+/// Whether `$WXTOKEN_UPDATE_SCREENSHOT` asks to replace the README's
+/// screenshot (set, and neither empty nor `0`).
+fn update_screenshot() -> bool {
+    std::env::var_os("WXTOKEN_UPDATE_SCREENSHOT").is_some_and(|v| !v.is_empty() && v != "0")
 }

@@ -77,26 +77,6 @@ impl View {
             && self.prefix.as_deref().is_none_or(|p| id.starts_with(p))
     }
 
-    /// The filters (not the page) as a query string, `&`-joined, without a
-    /// leading `?`. Ids and prefixes are limited to `A-Z a-z 0-9 _ . -`, so
-    /// nothing needs percent-encoding.
-    pub fn filters_query(&self) -> String {
-        let mut parts = Vec::new();
-        if self.problems {
-            parts.push("problems=true".to_owned());
-        }
-        if let Some(ids) = &self.ids {
-            parts.push(format!(
-                "id={}",
-                ids.iter().map(String::as_str).collect::<Vec<_>>().join(",")
-            ));
-        }
-        if let Some(p) = &self.prefix {
-            parts.push(format!("prefix={p}"));
-        }
-        parts.join("&")
-    }
-
     /// Whether any filter is set.
     pub fn filtered(&self) -> bool {
         self.problems || self.ids.is_some() || self.prefix.is_some()
@@ -1042,14 +1022,12 @@ mod tests {
             ..all.clone()
         };
         assert_eq!(shown(prefix.clone()), (vec!["b2", "b1"], 2));
-        assert_eq!(prefix.filters_query(), "prefix=b");
         let by_id = View {
             ids: Some(["c1".to_owned(), "a1".to_owned(), "zz".to_owned()].into()),
             problems: true,
             ..all.clone()
         };
         assert_eq!(shown(by_id.clone()), (vec![], 0));
-        assert_eq!(by_id.filters_query(), "problems=true&id=a1,c1,zz");
         assert_eq!(
             shown(View {
                 problems: false,
@@ -1089,15 +1067,6 @@ mod tests {
         };
         assert!(ids.asks_for_authorizers_of("wxc"));
         assert!(!ids.asks_for_authorizers_of("wxcc"));
-        assert_eq!(
-            View {
-                prefix: Some("authorizer/wxc/".into()),
-                problems: true,
-                ..View::default()
-            }
-            .filters_query(),
-            "problems=true&prefix=authorizer/wxc/"
-        );
     }
 
     #[test]
