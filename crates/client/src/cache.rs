@@ -142,6 +142,7 @@ fn slot(kind: Kind) -> usize {
         Kind::ComponentAccessToken => 3,
         Kind::AuthorizerList => 4,
         Kind::AgentConfigTicket => 5,
+        Kind::SuiteAccessToken => 6,
     }
 }
 

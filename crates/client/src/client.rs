@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 use wxtoken_schema::{
-    authorizer_id, component_id, events_channel, request_refresh, validate_name, CredentialKeys,
-    InvalidName, Kind, RequestOutcome, Subject, REQUEST_TTL_SECS,
+    authorizer_id, component_id, corp_id, events_channel, request_refresh, validate_name,
+    CredentialKeys, InvalidName, Kind, RequestOutcome, Subject, REQUEST_TTL_SECS,
 };
 
 /// While waiting for a value that is not stored yet, Redis is asked again at
@@ -315,6 +315,24 @@ impl Client {
         self.access_token(&id).await
     }
 
+    /// The access token of the corp `corpid` for the WeCom third-party
+    /// suite `suite_id` (服务商: the corp installed the suite's app), as
+    /// `get_corp_token` issued it: [`Client::get`] of
+    /// `corp/<suite_id>/<corpid>`, [`Kind::AccessToken`]. Its tickets:
+    /// [`Client::get`] with [`corp_id`](crate::corp_id) and
+    /// [`Kind::JsapiTicket`] (the corp ticket) or
+    /// [`Kind::AgentConfigTicket`]. A refused one is reported with
+    /// [`Client::report`] under the same id. A malformed suite id or corpid
+    /// fails with [`Error::InvalidName`] naming it.
+    ///
+    /// A WeCom app of the refreshers' config (`platform = "wecom"`) is read
+    /// by its credential id like any other: [`Client::access_token`]`("corp-hr")`.
+    pub async fn suite_corp_token(&self, suite_id: &str, corpid: &str) -> Result<String, Error> {
+        validate_name("suite id", suite_id)?;
+        validate_name("corpid", corpid)?;
+        self.access_token(&corp_id(suite_id, corpid)).await
+    }
+
     /// [`Client::report_invalid`] for an authorizer's access token (as read
     /// with [`Client::authorizer_token`]): files the request under the
     /// authorizer's keys. For a refused ticket or the component token, call
@@ -508,6 +526,10 @@ fn invalid_part(id: &str) -> InvalidName {
         ["authorizer", component, appid] => validate_name("component appid", component)
             .err()
             .unwrap_or_else(|| bad("authorizer appid", appid)),
+        ["suite", suite] => bad("suite id", suite),
+        ["corp", suite, corpid] => validate_name("suite id", suite)
+            .err()
+            .unwrap_or_else(|| bad("corpid", corpid)),
         _ => InvalidName {
             what: "credential id",
             value: id.to_owned(),

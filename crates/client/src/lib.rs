@@ -122,6 +122,8 @@ pub use client::{Client, Token};
 pub use error::Error;
 pub use options::Options;
 pub use wxtoken_connect::TlsFiles;
-pub use wxtoken_schema::{authorizer_id, component_id, InvalidName, Kind, RequestOutcome};
+pub use wxtoken_schema::{
+    authorizer_id, component_id, corp_id, suite_id, InvalidName, Kind, RequestOutcome,
+};
 
 pub(crate) use wxtoken_schema::token_prefix;

@@ -121,17 +121,13 @@ impl Batch {
         self.len += 1;
     }
 
-    /// Puts authorizer `appid` in platform `component`'s authorizer index,
-    /// authorized at `at_ms`, or (`None`) takes it out.
-    pub(crate) fn authorizer(
-        &mut self,
-        component: &ComponentKeys,
-        appid: &str,
-        at_ms: Option<u64>,
-    ) {
+    /// Puts `member` (an authorizer's appid, a suite corp's corpid) in the
+    /// run-time index `index` (a platform's authorizers, a suite's corps),
+    /// registered at `at_ms`, or (`None`) takes it out.
+    pub(crate) fn child(&mut self, index: &str, member: &str, at_ms: Option<u64>) {
         let mut inv = AUTHORIZERS.prepare_invoke();
-        inv.key(component.authorizers())
-            .arg(appid)
+        inv.key(index)
+            .arg(member)
             .arg(at_ms.map(|ms| ms.to_string()).unwrap_or_default());
         self.pipe.invoke_script(&inv);
         self.len += 1;

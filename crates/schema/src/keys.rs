@@ -32,16 +32,21 @@ pub enum Kind {
     /// `wx.config`, `/cgi-bin/get_jsapi_ticket`, is stored as
     /// [`Kind::JsapiTicket`]).
     AgentConfigTicket,
+    /// A WeCom third-party suite's `suite_access_token`, from
+    /// `/cgi-bin/service/get_suite_token` with the newest pushed
+    /// `suite_ticket`.
+    SuiteAccessToken,
 }
 
 /// All kinds, in a stable order.
-pub const KINDS: [Kind; 6] = [
+pub const KINDS: [Kind; 7] = [
     Kind::AccessToken,
     Kind::JsapiTicket,
     Kind::WxCardTicket,
     Kind::ComponentAccessToken,
     Kind::AuthorizerList,
     Kind::AgentConfigTicket,
+    Kind::SuiteAccessToken,
 ];
 
 impl Kind {
@@ -54,6 +59,7 @@ impl Kind {
             Kind::ComponentAccessToken => "component_access_token",
             Kind::AuthorizerList => "authorizer_list",
             Kind::AgentConfigTicket => "agent_config_ticket",
+            Kind::SuiteAccessToken => "suite_access_token",
         }
     }
 
@@ -117,7 +123,10 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<(), InvalidName>
 /// - `component/<component appid>`: a platform's component token and its
 ///   reconciliation;
 /// - `authorizer/<component appid>/<authorizer appid>`: an account that
-///   authorized the platform (one account may authorize several platforms).
+///   authorized the platform (one account may authorize several platforms);
+/// - `suite/<suite id>`: a WeCom third-party suite's (服务商) suite token;
+/// - `corp/<suite id>/<corpid>`: a corp that installed the suite's app: its
+///   access token (from `get_corp_token`) and JS-SDK tickets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subject<'a> {
     /// A credential of the config (Official Account, Mini Program).
@@ -130,6 +139,15 @@ pub enum Subject<'a> {
         component: &'a str,
         /// The authorizer's appid.
         appid: &'a str,
+    },
+    /// A WeCom third-party suite, by its suite id.
+    Suite(&'a str),
+    /// A corp that authorized a suite.
+    Corp {
+        /// The suite's id.
+        suite: &'a str,
+        /// The corp's corpid.
+        corpid: &'a str,
     },
 }
 
@@ -145,6 +163,10 @@ impl<'a> Subject<'a> {
             ["authorizer", component, appid] if ok(component) && ok(appid) => {
                 Some(Subject::Authorizer { component, appid })
             }
+            ["suite", suite] if ok(suite) => Some(Subject::Suite(suite)),
+            ["corp", suite, corpid] if ok(suite) && ok(corpid) => {
+                Some(Subject::Corp { suite, corpid })
+            }
             _ => None,
         }
     }
@@ -153,7 +175,8 @@ impl<'a> Subject<'a> {
     /// access token and tickets (a WeCom app's: the corp ticket as
     /// `jsapi_ticket`, and `agent_config_ticket`); a platform's component
     /// token and reconciliation; an authorizer's access token and JS-SDK
-    /// ticket.
+    /// ticket; a suite's suite token; a suite corp's access token and its
+    /// WeCom tickets.
     pub fn kinds(self) -> &'static [Kind] {
         match self {
             Subject::Credential(_) => &[
@@ -164,6 +187,12 @@ impl<'a> Subject<'a> {
             ],
             Subject::Component(_) => &[Kind::ComponentAccessToken, Kind::AuthorizerList],
             Subject::Authorizer { .. } => &[Kind::AccessToken, Kind::JsapiTicket],
+            Subject::Suite(_) => &[Kind::SuiteAccessToken],
+            Subject::Corp { .. } => &[
+                Kind::AccessToken,
+                Kind::JsapiTicket,
+                Kind::AgentConfigTicket,
+            ],
         }
     }
 
@@ -171,9 +200,20 @@ impl<'a> Subject<'a> {
     pub fn primary(self) -> Kind {
         match self {
             Subject::Component(_) => Kind::ComponentAccessToken,
+            Subject::Suite(_) => Kind::SuiteAccessToken,
             _ => Kind::AccessToken,
         }
     }
+}
+
+/// The id of a WeCom suite's subject: `suite/<suite id>`.
+pub fn suite_id(suite: &str) -> String {
+    format!("suite/{suite}")
+}
+
+/// The id of a corp that authorized a suite: `corp/<suite id>/<corpid>`.
+pub fn corp_id(suite: &str, corpid: &str) -> String {
+    format!("corp/{suite}/{corpid}")
 }
 
 /// The id of a platform's component subject: `component/<appid>`.
@@ -240,6 +280,21 @@ impl CredentialKeys {
         validate_name("component appid", component_appid)?;
         validate_name("authorizer appid", appid)?;
         CredentialKeys::for_id(namespace, &authorizer_id(component_appid, appid))
+    }
+
+    /// Keys of a WeCom suite's suite token (id `suite/<suite id>`; same
+    /// hash tag as [`SuiteKeys`]).
+    pub fn suite(namespace: &str, suite: &str) -> Result<CredentialKeys, InvalidName> {
+        validate_name("suite id", suite)?;
+        CredentialKeys::for_id(namespace, &suite_id(suite))
+    }
+
+    /// Keys of a corp that authorized a suite (id
+    /// `corp/<suite id>/<corpid>`).
+    pub fn corp(namespace: &str, suite: &str, corpid: &str) -> Result<CredentialKeys, InvalidName> {
+        validate_name("suite id", suite)?;
+        validate_name("corpid", corpid)?;
+        CredentialKeys::for_id(namespace, &corp_id(suite, corpid))
     }
 
     /// What the id names.
@@ -312,6 +367,25 @@ impl CredentialKeys {
         format!("{}:refresh_token", self.prefix)
     }
 
+    /// STRING, **durable** (no TTL): a suite corp's `permanent_code` (from
+    /// `get_permanent_code`). A secret: never logged, never in a key name,
+    /// not readable by the business-reader ACL user. Lost, it comes back
+    /// only with a new authorization (WeCom has no list of codes).
+    pub fn permanent_code(&self) -> String {
+        format!("{}:permanent_code", self.prefix)
+    }
+
+    /// The subject's durable grant, stored with its access token: an
+    /// authorizer's refresh token, a suite corp's permanent code (the same
+    /// key name as [`CredentialKeys::refresh_token`] for every other
+    /// subject, which has none).
+    pub fn grant(&self) -> String {
+        match self.subject() {
+            Subject::Corp { .. } => self.permanent_code(),
+            _ => self.refresh_token(),
+        }
+    }
+
     /// STRING: when an authorizer was removed (Unix ms, Redis clock), `PX`
     /// one hour: a reconciliation that listed it just before does not
     /// bring it back; a new authorization deletes it.
@@ -340,6 +414,10 @@ impl CredentialKeys {
                 Some(self.value(Kind::ComponentAccessToken))
             }
             (Subject::Authorizer { .. }, Kind::AccessToken) => Some(self.refresh_token()),
+            (Subject::Suite(suite), Kind::SuiteAccessToken) => {
+                Some(format!("{}:{{suite/{suite}}}:suite_ticket", self.namespace))
+            }
+            (Subject::Corp { .. }, Kind::AccessToken) => Some(self.permanent_code()),
             (_, Kind::AccessToken) => None,
             (_, _) => Some(self.value(Kind::AccessToken)),
         }
@@ -431,6 +509,75 @@ impl ComponentKeys {
     /// clock). An older push never replaces a newer ticket.
     pub fn verify_ticket_info(&self) -> String {
         format!("{}:verify_ticket:info", self.prefix)
+    }
+}
+
+/// How long a stored `suite_ticket` lives: WeCom's tickets are valid for
+/// 30 minutes after they are pushed (a new one every 10 minutes).
+pub const SUITE_TICKET_TTL_MS: u64 = 30 * 60 * 1000;
+
+/// The key names of one WeCom third-party suite (服务商套件), by its suite
+/// id. Their hash tag (`{suite/ww123}`) is the suite subject's; it holds a
+/// `/`, so it never clashes with a credential's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuiteKeys {
+    suite_id: String,
+    /// `namespace:{suite/suite_id}`.
+    prefix: String,
+}
+
+impl SuiteKeys {
+    /// Keys for the suite `suite_id` under `namespace`; both must pass
+    /// [`validate_name`].
+    pub fn new(namespace: &str, suite_id: &str) -> Result<SuiteKeys, InvalidName> {
+        validate_name("namespace", namespace)?;
+        validate_name("suite id", suite_id)?;
+        Ok(SuiteKeys {
+            suite_id: suite_id.to_owned(),
+            prefix: format!("{namespace}:{{suite/{suite_id}}}"),
+        })
+    }
+
+    /// The suite id.
+    pub fn suite_id(&self) -> &str {
+        &self.suite_id
+    }
+
+    /// STRING: the newest `suite_ticket` WeCom pushed, as is; `PX`
+    /// [`SUITE_TICKET_TTL_MS`] from when it was received.
+    /// `wxtoken:{suite/ww123}:suite_ticket`.
+    pub fn suite_ticket(&self) -> String {
+        format!("{}:suite_ticket", self.prefix)
+    }
+
+    /// HASH beside the ticket, same TTL: `create_time` (the push's
+    /// `TimeStamp`, Unix s) and `received_at_ms`. An older push never
+    /// replaces a newer ticket.
+    pub fn suite_ticket_info(&self) -> String {
+        format!("{}:suite_ticket:info", self.prefix)
+    }
+
+    /// ZSET, **durable**: the corpids that authorized the suite, scored by
+    /// when each was registered, Unix ms (Redis clock). The index behind
+    /// listing and summaries.
+    pub fn corps(&self) -> String {
+        format!("{}:corps", self.prefix)
+    }
+
+    /// HASH of the temporary auth codes of `create_auth` pushes (secrets,
+    /// like the refresh tokens: not readable by the reader ACL user):
+    /// field `sha1(code)`, value `p <received ms> <code>` while pending,
+    /// `d <exchanged ms>` once exchanged (kept an hour, so a replayed push
+    /// is recognised; the code itself is gone).
+    pub fn auth_codes(&self) -> String {
+        format!("{}:auth_codes", self.prefix)
+    }
+
+    /// STRING: the lock of the suite's code exchanges (value = owner, `PX`):
+    /// one replica at a time calls `get_permanent_code`, so a code is
+    /// exchanged exactly once.
+    pub fn exchange_lock(&self) -> String {
+        format!("{}:lock:auth_codes", self.prefix)
     }
 }
 

@@ -18,13 +18,15 @@ mod rate;
 pub mod registry;
 mod scripts;
 pub mod snapshot;
+pub mod suite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use keys::{
-    authorizer_id, component_id, due_key, parse_member, rate_key, registry_keys,
-    registry_shard_key, replicas_key, shard_of, validate_name, ComponentKeys, CredentialKeys,
-    InvalidName, Kind, Subject, DUE_SHARDS, KINDS, VERIFY_TICKET_TTL_MS,
+    authorizer_id, component_id, corp_id, due_key, parse_member, rate_key, registry_keys,
+    registry_shard_key, replicas_key, shard_of, suite_id, validate_name, ComponentKeys,
+    CredentialKeys, InvalidName, Kind, Subject, SuiteKeys, DUE_SHARDS, KINDS, SUITE_TICKET_TTL_MS,
+    VERIFY_TICKET_TTL_MS,
 };
 pub use scripts::{
     claim, finish, force_refresh, read_value, renew_lock, request_refresh, store_verify_ticket,

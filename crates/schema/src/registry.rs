@@ -24,7 +24,8 @@
 
 use crate::index;
 use crate::keys::{
-    due_key, replicas_key, validate_name, ComponentKeys, CredentialKeys, Kind, DUE_SHARDS,
+    due_key, replicas_key, validate_name, ComponentKeys, CredentialKeys, Kind, SuiteKeys,
+    DUE_SHARDS,
 };
 use crate::STATUS_TTL_SECS;
 use redis::aio::ConnectionLike;
@@ -408,8 +409,12 @@ pub async fn pending_requests<C: ConnectionLike>(
 /// ttl ms, refresh token ('' = none), requests channel, status ttl s,
 /// whether this is a new authorization (1: the authorized time is now; 0:
 /// found by a reconciliation, an earlier time is kept), when the
-/// authorization happened at WeChat (Unix ms; '' = unknown), id, then the
-/// kinds of the values kept for it (the access token first). Returns
+/// authorization happened at WeChat (Unix ms; '' = unknown), id, the
+/// status hash's `mode` (`authorizer`, `suite_corp`), the name of the
+/// status field holding the parent's id (`component`, `suite`), then the
+/// kinds of the values kept for it (the access token first). For a suite
+/// corp, "refresh token" is its permanent code (KEYS[4] is
+/// [`CredentialKeys::grant`]). Returns
 /// `{values newly scheduled, refresh token replaced (0/1), stale (0/1),
 /// authorized at, due time of each kind…}`: an authorization older than
 /// the one registered (a replayed or late push) changes nothing when a
@@ -437,7 +442,7 @@ if ARGV[8] == '1' or not authorized then
   redis.call('HSET', KEYS[2], 'authorized_at', string.format('%d', now))
 end
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then redis.call('DEL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'mode', 'authorizer', 'component', ARGV[2])
+redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'mode', ARGV[11], ARGV[12], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 local changed = 0
 if ARGV[5] ~= '' then
@@ -448,11 +453,11 @@ if ARGV[5] ~= '' then
   end
 end
 local queued = 0
-for i = 11, #ARGV do
+for i = 13, #ARGV do
   -- The access token at once; the tickets when it is written (its write
   -- brings them forward), at the latest a minute later.
   local at = now
-  if i > 11 then at = now + 60000 end
+  if i > 13 then at = now + 60000 end
   queued = queued + redis.call('HSETNX', KEYS[2], ARGV[i], string.format('%d', at))
 end
 if ARGV[3] ~= '' or changed == 1 then
@@ -463,14 +468,14 @@ if ARGV[3] ~= '' or changed == 1 then
   if ARGV[3] ~= '' then
     redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
   end
-  local at = tonumber(redis.call('HGET', KEYS[2], ARGV[11])) or 0
-  if at > now then redis.call('HSET', KEYS[2], ARGV[11], string.format('%d', now)) end
+  local at = tonumber(redis.call('HGET', KEYS[2], ARGV[13])) or 0
+  if at > now then redis.call('HSET', KEYS[2], ARGV[13], string.format('%d', now)) end
   if at > now or ARGV[3] ~= '' then
-    redis.call('PUBLISH', ARGV[6], ARGV[10] .. ' ' .. ARGV[11])
+    redis.call('PUBLISH', ARGV[6], ARGV[10] .. ' ' .. ARGV[13])
   end
 end
 local out = {queued, changed, 0, authorized}
-for i = 11, #ARGV do
+for i = 13, #ARGV do
   table.insert(out, tonumber(redis.call('HGET', KEYS[2], ARGV[i])) or now)
 end
 return out
@@ -550,6 +555,51 @@ pub struct Authorized {
     pub stale: bool,
 }
 
+/// What a run-time subject belongs to: a third-party platform (its
+/// authorizers) or a WeCom suite (its corps). Each keeps an index of its
+/// children in its own slot.
+#[derive(Debug, Clone, Copy)]
+enum Parent<'a> {
+    Component(&'a ComponentKeys),
+    Suite(&'a SuiteKeys),
+}
+
+impl Parent<'_> {
+    /// The parent's id as the status hash shows it.
+    fn id(&self) -> &str {
+        match self {
+            Parent::Component(c) => c.appid(),
+            Parent::Suite(s) => s.suite_id(),
+        }
+    }
+
+    /// The index of its children.
+    fn index(&self) -> String {
+        match self {
+            Parent::Component(c) => c.authorizers(),
+            Parent::Suite(s) => s.corps(),
+        }
+    }
+
+    /// The child's status `mode` and the status field naming the parent.
+    fn status(&self) -> (&'static str, &'static str) {
+        match self {
+            Parent::Component(_) => ("authorizer", "component"),
+            Parent::Suite(_) => ("suite_corp", "suite"),
+        }
+    }
+}
+
+/// The child's own id in its parent's index (an authorizer's appid, a
+/// corp's corpid); '' for other subjects.
+fn child_of(keys: &CredentialKeys) -> &str {
+    match keys.subject() {
+        crate::Subject::Authorizer { appid, .. } => appid,
+        crate::Subject::Corp { corpid, .. } => corpid,
+        _ => "",
+    }
+}
+
 /// Registers the authorizer `keys` (built with
 /// [`CredentialKeys::authorizer`]) of the platform `component`: in the
 /// registry, in the platform's authorizer index, its public facts in the
@@ -580,10 +630,46 @@ pub async fn authorize_pushed<C: ConnectionLike>(
     a: &Authorization<'_>,
     pushed_at: PushedAtMs,
 ) -> RedisResult<Authorized> {
-    let inv = authorize_invocation(keys, component, a, pushed_at);
+    authorize_child(con, keys, Parent::Component(component), a, pushed_at).await
+}
+
+/// Registers the corp `keys` (built with [`CredentialKeys::corp`]) of the
+/// WeCom suite `suite`, as [`authorize_pushed`] does an authorizer: its
+/// `permanent_code` is stored (durable, in the corp's slot: see
+/// [`CredentialKeys::permanent_code`]), it is listed in the suite's corp
+/// index, its public facts go in the status hash, and its access token is
+/// due at once (its `kinds`, the access token first; tickets when it is
+/// written). A new permanent code clears the corp's failures and holds.
+/// `pushed_at` (Unix ms): when WeCom says the authorization happened; an
+/// authorization older than the registered one changes nothing (`stale`).
+pub async fn authorize_corp<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    suite: &SuiteKeys,
+    permanent_code: &str,
+    kinds: &[Kind],
+    pushed_at: PushedAtMs,
+) -> RedisResult<Authorized> {
+    let a = Authorization {
+        code: None,
+        refresh_token: Some(permanent_code),
+        kinds,
+        new: true,
+    };
+    authorize_child(con, keys, Parent::Suite(suite), &a, pushed_at).await
+}
+
+async fn authorize_child<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    parent: Parent<'_>,
+    a: &Authorization<'_>,
+    pushed_at: PushedAtMs,
+) -> RedisResult<Authorized> {
+    let inv = authorize_invocation(keys, parent, a, pushed_at);
     let answer: Vec<u64> = inv.invoke_async(con).await?;
     let mut batch = index::Batch::new();
-    let done = authorized(&mut batch, keys, component, a, &answer)?;
+    let done = authorized(&mut batch, keys, parent, a, &answer)?;
     batch.run(con).await?;
     Ok(done)
 }
@@ -593,7 +679,7 @@ pub async fn authorize_pushed<C: ConnectionLike>(
 fn authorized(
     batch: &mut index::Batch,
     keys: &CredentialKeys,
-    component: &ComponentKeys,
+    parent: Parent<'_>,
     a: &Authorization<'_>,
     answer: &[u64],
 ) -> RedisResult<Authorized> {
@@ -616,8 +702,9 @@ fn authorized(
     let (queued, replaced, stale, authorized_at) = head;
     let dues: Vec<(Kind, u64)> = a.kinds.iter().copied().zip(dues.iter().copied()).collect();
     batch.add(keys, &dues);
-    if let crate::Subject::Authorizer { appid, .. } = keys.subject() {
-        batch.authorizer(component, appid, Some(authorized_at));
+    let child = child_of(keys);
+    if !child.is_empty() {
+        batch.child(&parent.index(), child, Some(authorized_at));
     }
     Ok(Authorized {
         queued: u32::try_from(queued).unwrap_or(0),
@@ -628,21 +715,19 @@ fn authorized(
 
 fn authorize_invocation<'s>(
     keys: &CredentialKeys,
-    component: &ComponentKeys,
+    parent: Parent<'_>,
     a: &Authorization<'_>,
     pushed_at: PushedAtMs,
 ) -> redis::ScriptInvocation<'s> {
+    let (mode, field) = parent.status();
     let mut inv = AUTHORIZE.prepare_invoke();
     inv.key(keys.status())
         .key(keys.schedule())
         .key(keys.authorization_code())
-        .key(keys.refresh_token())
+        .key(keys.grant())
         .key(keys.removed())
-        .arg(match keys.subject() {
-            crate::Subject::Authorizer { appid, .. } => appid,
-            _ => "",
-        })
-        .arg(component.appid())
+        .arg(child_of(keys))
+        .arg(parent.id())
         .arg(a.code.map_or("", |(c, _)| c))
         .arg(a.code.map_or(1, |(_, ttl)| millis(ttl).max(1)))
         .arg(a.refresh_token.unwrap_or(""))
@@ -650,7 +735,9 @@ fn authorize_invocation<'s>(
         .arg(STATUS_TTL_SECS)
         .arg(if a.new { "1" } else { "0" })
         .arg(pushed_at.map(|ms| ms.to_string()).unwrap_or_default())
-        .arg(keys.id());
+        .arg(keys.id())
+        .arg(mode)
+        .arg(field);
     for kind in a.kinds {
         inv.arg(kind.as_str());
     }
@@ -667,9 +754,10 @@ pub async fn authorize_many<C: ConnectionLike>(
     if items.is_empty() {
         return Ok(Vec::new());
     }
+    let parent = Parent::Component(component);
     let invocations: Vec<_> = items
         .iter()
-        .map(|(keys, a)| authorize_invocation(keys, component, a, None))
+        .map(|(keys, a)| authorize_invocation(keys, parent, a, None))
         .collect();
     let mut pipe = redis::pipe();
     pipe.load_script(&AUTHORIZE).ignore();
@@ -680,7 +768,7 @@ pub async fn authorize_many<C: ConnectionLike>(
     let mut batch = index::Batch::new();
     let mut out = Vec::with_capacity(items.len());
     for ((keys, a), answer) in items.iter().zip(&answers) {
-        out.push(authorized(&mut batch, keys, component, a, answer)?);
+        out.push(authorized(&mut batch, keys, parent, a, answer)?);
     }
     batch.run(con).await?;
     Ok(out)
@@ -701,13 +789,34 @@ pub async fn remove_authorizer<C: ConnectionLike>(
     component: &ComponentKeys,
     authorized_before: Option<u64>,
 ) -> RedisResult<bool> {
-    let appid = match keys.subject() {
-        crate::Subject::Authorizer { appid, .. } => appid,
-        _ => "",
-    };
+    remove_child(con, keys, Parent::Component(component), authorized_before).await
+}
+
+/// Removes the corp `keys` of the WeCom suite `suite` (a `cancel_auth`):
+/// as [`remove_authorizer`], its durable permanent code included. With
+/// `authorized_before`, only if it was registered before then (a replayed
+/// old `cancel_auth` never removes a newer authorization). Returns whether
+/// it was removed (and had been registered).
+pub async fn remove_corp<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    suite: &SuiteKeys,
+    authorized_before: Option<u64>,
+) -> RedisResult<bool> {
+    remove_child(con, keys, Parent::Suite(suite), authorized_before).await
+}
+
+async fn remove_child<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    parent: Parent<'_>,
+    authorized_before: Option<u64>,
+) -> RedisResult<bool> {
+    let child = child_of(keys);
+    let index_key = parent.index();
     let mut batch = index::Batch::new();
     batch.remove(keys, keys.kinds());
-    batch.authorizer(component, appid, None);
+    batch.child(&index_key, child, None);
     batch.run(con).await?;
     let mut inv = REMOVE_AUTHORIZER.prepare_invoke();
     inv.key(keys.schedule()).key(keys.removed());
@@ -721,7 +830,7 @@ pub async fn remove_authorizer<C: ConnectionLike>(
     inv.key(keys.fence())
         .key(keys.status())
         .key(keys.holders())
-        .key(keys.refresh_token())
+        .key(keys.grant())
         .key(keys.authorization_code());
     inv.arg(
         authorized_before
@@ -744,7 +853,7 @@ pub async fn remove_authorizer<C: ConnectionLike>(
                 .collect();
             let mut batch = index::Batch::new();
             batch.add(keys, &dues);
-            batch.authorizer(component, appid, Some(*at));
+            batch.child(&index_key, child, Some(*at));
             batch.run(con).await?;
             Ok(false)
         }

@@ -763,9 +763,30 @@ pub async fn store_verify_ticket<C: ConnectionLike>(
     create_time: u64,
     ttl: Duration,
 ) -> RedisResult<bool> {
+    store_pushed_ticket(
+        con,
+        &keys.verify_ticket(),
+        &keys.verify_ticket_info(),
+        ticket,
+        create_time,
+        ttl,
+    )
+    .await
+}
+
+/// The rules of [`store_verify_ticket`] for any pushed ticket (a WeCom
+/// suite's `suite_ticket` too): `ticket` and `info` are keys of one slot.
+pub(crate) async fn store_pushed_ticket<C: ConnectionLike>(
+    con: &mut C,
+    ticket_key: &str,
+    info_key: &str,
+    ticket: &str,
+    create_time: u64,
+    ttl: Duration,
+) -> RedisResult<bool> {
     let n: i64 = STORE_VERIFY_TICKET
-        .key(keys.verify_ticket())
-        .key(keys.verify_ticket_info())
+        .key(ticket_key)
+        .key(info_key)
         .arg(ticket)
         .arg(create_time)
         .arg(millis(ttl))
@@ -865,7 +886,7 @@ pub async fn write_token<C: ConnectionLike>(
         .key(keys.status())
         .key(keys.schedule())
         .key(keys.force_request(w.kind))
-        .key(keys.refresh_token())
+        .key(keys.grant())
         .key(keys.authorization_code())
         .arg(w.owner)
         .arg(w.fence)
