@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wxtoken_schema::validate_name;
 
+mod suite;
+pub use suite::WecomSuite;
+
 /// Environment variable that overrides `redis.url`.
 pub const ENV_REDIS_URL: &str = "WXTOKEN_REDIS_URL";
 /// Environment variables that override `redis.tls_ca_file`,
@@ -157,6 +160,9 @@ pub struct Config {
     /// Third-party platforms (`[[component]]`) whose verify-ticket pushes
     /// this replica receives on its HTTP surface.
     pub components: Vec<Component>,
+    /// WeCom third-party suites (`[[wecom_suite]]`) whose callbacks this
+    /// replica receives on its HTTP surface.
+    pub suites: Vec<WecomSuite>,
     /// Non-fatal findings to log at start-up (e.g. inline secrets).
     pub warnings: Vec<String>,
 }
@@ -214,6 +220,13 @@ pub struct WechatConfig {
     pub calls_per_second: f64,
     /// Calls that may start at once after a quiet spell.
     pub burst: u32,
+    /// WeCom calls per second to its host (`wecom_base_url`; WeCom's own
+    /// limits: `gettoken` blocks the IP after 2,000 failures an hour),
+    /// shared by all replicas of the namespace; 0 = no limit. Suites have
+    /// their own (`[[wecom_suite]]` `calls_per_second`).
+    pub wecom_calls_per_second: f64,
+    /// Calls to WeCom that may start at once after a quiet spell.
+    pub wecom_burst: u32,
 }
 
 impl Default for WechatConfig {
@@ -226,6 +239,8 @@ impl Default for WechatConfig {
             max_concurrent_calls: 32,
             calls_per_second: 200.0,
             burst: 50,
+            wecom_calls_per_second: 50.0,
+            wecom_burst: 20,
         }
     }
 }
@@ -438,6 +453,8 @@ struct FileConfig {
     http: HttpSection,
     #[serde(rename = "component")]
     components: Vec<ComponentSection>,
+    #[serde(rename = "wecom_suite")]
+    suites: Vec<suite::SuiteSection>,
 }
 
 #[derive(Deserialize)]
@@ -816,9 +833,17 @@ impl Config {
         let http = check.http(file.http)?;
         let credentials = check.credentials(file.credentials)?;
         let components = check.components(file.components)?;
-        if credentials.is_empty() && components.is_empty() {
+        let component_ids: Vec<&str> = components.iter().map(|c| c.id.as_str()).collect();
+        let suites = check.suites(file.suites, &component_ids)?;
+        if credentials.is_empty() && components.is_empty() && suites.is_empty() {
             check.warnings.push(
-                "no [[credential]] or [[component]] configured: this replica has nothing to refresh"
+                "no [[credential]], [[component]] or [[wecom_suite]] configured: this replica has nothing to refresh"
+                    .into(),
+            );
+        }
+        if !suites.is_empty() && http.is_none() {
+            check.warnings.push(
+                "[[wecom_suite]] is configured but http.listen is not: no suite_ticket push can be received"
                     .into(),
             );
         }
@@ -836,6 +861,7 @@ impl Config {
             credentials,
             http,
             components,
+            suites,
             warnings: check.warnings,
         })
     }
@@ -1006,6 +1032,15 @@ impl Check<'_> {
         }
         if w.burst == 0 {
             return Err(self.invalid("wechat.burst", "must be at least 1"));
+        }
+        if !(w.wecom_calls_per_second.is_finite() && w.wecom_calls_per_second >= 0.0) {
+            return Err(self.invalid(
+                "wechat.wecom_calls_per_second",
+                "must be a number of calls per second, 0 for no limit",
+            ));
+        }
+        if w.wecom_burst == 0 {
+            return Err(self.invalid("wechat.wecom_burst", "must be at least 1"));
         }
         w.base_url = self.base_url("wechat.base_url", &w.base_url, "https://api.weixin.qq.com")?;
         w.wecom_base_url = self.base_url(

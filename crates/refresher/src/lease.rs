@@ -59,6 +59,18 @@ pub enum LeaseError {
     /// (a reconciliation has been asked for).
     #[error("no authorizer_refresh_token stored; reconciling with api_get_authorizer_list")]
     NoRefreshToken,
+    /// A suite token needs a pushed `suite_ticket`, and none is stored
+    /// (WeCom pushes one every 10 minutes; each lives 30).
+    #[error("no suite_ticket stored (WeCom pushes one every 10 minutes to the suite's callback URL); waiting for a push")]
+    NoSuiteTicket,
+    /// A suite corp's token needs its suite's token, which is not in
+    /// Redis yet.
+    #[error("no suite token stored yet")]
+    NoSuiteToken,
+    /// A suite corp has no permanent code stored (lost: only a new
+    /// authorization brings one).
+    #[error("no permanent_code stored for this corp; it comes only with a new authorization (create_auth)")]
+    NoPermanentCode,
     /// `api_query_auth` answered for another authorizer than asked.
     #[error("api_query_auth answered for another authorizer ({0})")]
     WrongAuthorizer(String),
@@ -88,7 +100,9 @@ impl LeaseError {
                 ErrorClass::Config
             }
             LeaseError::Wechat(w) => w.class(kind.is_ticket()),
-            LeaseError::NoRefreshToken | LeaseError::WrongAuthorizer(_) => ErrorClass::Config,
+            LeaseError::NoRefreshToken
+            | LeaseError::WrongAuthorizer(_)
+            | LeaseError::NoPermanentCode => ErrorClass::Config,
             _ => ErrorClass::Retryable,
         }
     }
@@ -105,6 +119,7 @@ impl LeaseError {
                 | LeaseError::ForceBudget(_)
                 | LeaseError::NoVerifyTicket
                 | LeaseError::NoRefreshToken
+                | LeaseError::NoPermanentCode
                 | LeaseError::WrongAuthorizer(_)
         )
     }
@@ -113,7 +128,10 @@ impl LeaseError {
     pub fn is_waiting(&self) -> bool {
         matches!(
             self,
-            LeaseError::NoAccessToken | LeaseError::NoComponentToken
+            LeaseError::NoAccessToken
+                | LeaseError::NoComponentToken
+                | LeaseError::NoSuiteTicket
+                | LeaseError::NoSuiteToken
         )
     }
 }
@@ -289,6 +307,7 @@ impl<'a> Lease<'a> {
                     .await
             }
             (Target::Authorizer { .. }, Kind::AccessToken) => self.fetch_authorizer().await,
+            (Target::Corp { .. }, Kind::AccessToken) => self.fetch_corp().await,
             _ => self.fetch_value(reason).await,
         }
     }
@@ -306,6 +325,10 @@ impl<'a> Lease<'a> {
                     return Err(LeaseError::NoVerifyTicket);
                 }
             },
+            // No pull API: the next push (every 10 minutes) wakes it.
+            Kind::SuiteAccessToken => {
+                Some(self.state.input.clone().ok_or(LeaseError::NoSuiteTicket)?)
+            }
             _ => Some(self.state.input.clone().ok_or(LeaseError::NoAccessToken)?),
         };
         self.confirm().await?;
@@ -448,6 +471,53 @@ impl<'a> Lease<'a> {
             }
         }
         result
+    }
+
+    /// A suite corp's access token: `get_corp_token` with the suite token
+    /// and the corp's permanent code. A refused suite token (40082, 42009)
+    /// is reported for a refresh.
+    async fn fetch_corp(&mut self) -> Result<Fetched, LeaseError> {
+        let Target::Corp { suite, corpid } = &self.held.target else {
+            return Err(LeaseError::NoAccessToken);
+        };
+        let suite_keys = CredentialKeys::suite(&self.sh.namespace, &suite.suite_id)
+            .map_err(|e| RedisError(e.to_string()))?;
+        let suite_token = {
+            let mut con = self.sh.redis.con();
+            self.sh
+                .redis
+                .step(wxtoken_schema::read_value(
+                    &mut con,
+                    &suite_keys,
+                    Kind::SuiteAccessToken,
+                ))
+                .await?
+                .ok_or(LeaseError::NoSuiteToken)?
+        };
+        let permanent_code = self
+            .state
+            .input
+            .clone()
+            .ok_or(LeaseError::NoPermanentCode)?;
+        self.confirm().await?;
+        let started = Instant::now();
+        let r = self
+            .renewing_any(
+                self.sh
+                    .wechat
+                    .corp_token(&suite_token, corpid, &permanent_code),
+            )
+            .await;
+        self.sh
+            .metrics
+            .wechat_call("get_corp_token", started.elapsed());
+        if let Err(e) = &r {
+            if matches!(e.errcode(), Some(40082 | 42009)) {
+                self.report(&suite_keys, Kind::SuiteAccessToken, &suite_token)
+                    .await;
+            }
+        }
+        r.map_err(LeaseError::Wechat)
     }
 
     /// Asks WeChat to push a verify ticket again (once per lease; the
@@ -783,6 +853,18 @@ impl<'a> Lease<'a> {
                             .await,
                     ),
                 },
+                (Target::Suite(s), _) => (
+                    "get_suite_token",
+                    sh.wechat.suite_token(&s.suite_id, &s.secret, &input).await,
+                ),
+                (Target::Corp { .. }, Kind::AgentConfigTicket) => (
+                    "wecom_agent_config_ticket",
+                    sh.wechat.wecom_agent_ticket(&input).await,
+                ),
+                (Target::Corp { .. }, _) => (
+                    "wecom_get_jsapi_ticket",
+                    sh.wechat.wecom_corp_ticket(&input).await,
+                ),
                 (Target::Component(c), _) => (
                     "api_component_token",
                     sh.wechat.component_token(&c.appid, &c.secret, &input).await,

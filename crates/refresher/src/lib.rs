@@ -79,6 +79,9 @@ pub(crate) struct Shared {
     refresh: config::RefreshConfig,
     /// The shared WeChat call rate (`None`: no limit).
     rate: Option<RateLimit>,
+    /// The shared WeCom call rate of WeCom apps (its own host, its own
+    /// limit; `None`: no limit).
+    wecom_rate: Option<RateLimit>,
     max_concurrent_calls: usize,
     namespace: String,
     replica: String,
@@ -91,13 +94,25 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The shared call rate a claim on `held` must fit in: a platform's own
-    /// (for its component token, reconciliation and authorizers), else the
-    /// WeChat host's.
+    /// (for its component token, reconciliation and authorizers), a
+    /// suite's own (its suite token and corps), the WeCom host's for a
+    /// WeCom app, else the WeChat host's.
     fn rate_for(&self, held: &registry::Held) -> Option<RateLimit> {
         let component = match &held.target {
+            registry::Target::App(c) if c.is_wecom() => return self.wecom_rate.clone(),
             registry::Target::App(_) => return self.rate.clone(),
             registry::Target::Component(c) => c,
             registry::Target::Authorizer { component, .. } => component,
+            registry::Target::Suite(suite) | registry::Target::Corp { suite, .. } => {
+                return (suite.calls_per_second > 0.0).then(|| RateLimit {
+                    key: wxtoken_schema::rate_key(
+                        &self.namespace,
+                        &format!("suite/{}", suite.suite_id),
+                    ),
+                    interval: Duration::from_secs_f64(1.0 / suite.calls_per_second),
+                    burst: suite.burst,
+                })
+            }
         };
         (component.calls_per_second > 0.0).then(|| RateLimit {
             key: wxtoken_schema::rate_key(
@@ -182,11 +197,20 @@ pub async fn run(
         interval: Duration::from_secs_f64(1.0 / config.wechat.calls_per_second),
         burst: config.wechat.burst,
     });
+    let wecom_rate = (config.wechat.wecom_calls_per_second > 0.0).then(|| RateLimit {
+        key: wxtoken_schema::rate_key(
+            &config.redis.namespace,
+            &wechat_host(&config.wechat.wecom_base_url),
+        ),
+        interval: Duration::from_secs_f64(1.0 / config.wechat.wecom_calls_per_second),
+        burst: config.wechat.wecom_burst,
+    });
     let sh = Arc::new(Shared {
         redis,
         wechat: wechat::Wechat::new(&config.wechat)?,
         refresh: config.refresh.clone(),
         rate,
+        wecom_rate,
         max_concurrent_calls: config.wechat.max_concurrent_calls,
         namespace: config.redis.namespace.clone(),
         replica: replica.clone(),
@@ -195,8 +219,11 @@ pub async fn run(
         registry: registry::Registry::new(&config.redis.namespace),
         inbox: Arc::new(scheduler::Inbox::default()),
     });
-    sh.registry
-        .replace(config.credentials.clone(), config.components.clone());
+    sh.registry.replace(
+        config.credentials.clone(),
+        config.components.clone(),
+        config.suites.clone(),
+    );
     sh.metrics.credentials.set(config.credentials.len() as i64);
     tracing::info!(
         %replica,
@@ -366,7 +393,9 @@ async fn registrar(sh: Arc<Shared>, inbox: Arc<scheduler::Inbox>, register: Arc<
 /// once), dropped ones unregistered. Retries Redis until it answers.
 async fn reload(sh: &Shared, inbox: &scheduler::Inbox, cfg: Config) {
     let n = cfg.credentials.len();
-    let changes = sh.registry.replace(cfg.credentials, cfg.components);
+    let changes = sh
+        .registry
+        .replace(cfg.credentials, cfg.components, cfg.suites);
     sh.metrics.credentials.set(n as i64);
     tracing::info!(
         credentials = n,

@@ -293,12 +293,14 @@ impl Metrics {
 
 /// Labels for a stored value.
 /// Authorizers (up to 100,000 per platform) are counted per platform:
-/// `authorizer/<component appid>/*`.
+/// `authorizer/<component appid>/*`; a suite's corps per suite:
+/// `corp/<suite id>/*`.
 pub fn value(id: &str, kind: wxtoken_schema::Kind) -> ValueLabels {
     let id = match wxtoken_schema::Subject::parse(id) {
         Some(wxtoken_schema::Subject::Authorizer { component, .. }) => {
             format!("authorizer/{component}/*")
         }
+        Some(wxtoken_schema::Subject::Corp { suite, .. }) => format!("corp/{suite}/*"),
         _ => id.to_owned(),
     };
     ValueLabels {

@@ -17,8 +17,13 @@
 //! authorizers are not in the config: they are registered at run time
 //! (`authorizer` module) and held by every replica that holds their
 //! platform; nothing about them is kept in this process.
+//!
+//! WeCom third-party suites (`[[wecom_suite]]`) are held likewise, as the
+//! subject `suite/<suite id>` (the suite token); the corps that authorized
+//! a suite (`corp/<suite id>/<corpid>`) are registered at run time
+//! (`suite` module) and held by every replica that holds the suite.
 
-use crate::config::{Component, Credential};
+use crate::config::{Component, Credential, WecomSuite};
 use crate::conn::RedisError;
 use crate::Shared;
 use arc_swap::ArcSwap;
@@ -26,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use wxtoken_schema::registry::{self, Registration};
-use wxtoken_schema::{component_id, CredentialKeys, Kind, Subject};
+use wxtoken_schema::{component_id, suite_id, CredentialKeys, Kind, Subject};
 
 /// How often a replica marks itself alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -52,6 +57,15 @@ pub enum Target {
         /// The authorizer's appid.
         appid: String,
     },
+    /// A WeCom third-party suite of the config (with its secrets).
+    Suite(Arc<WecomSuite>),
+    /// A corp that authorized a held suite.
+    Corp {
+        /// The suite.
+        suite: Arc<WecomSuite>,
+        /// The corp's corpid.
+        corpid: String,
+    },
 }
 
 /// One held subject: what it is and its key names.
@@ -74,13 +88,20 @@ impl Held {
                 .collect(),
             Target::Component(_) => vec![Kind::ComponentAccessToken, Kind::AuthorizerList],
             Target::Authorizer { component, .. } => component.authorizer_kinds(),
+            Target::Suite(_) => vec![Kind::SuiteAccessToken],
+            Target::Corp { suite, .. } => suite.corp_kinds(),
         }
     }
 
-    /// Whether it is a WeCom app (`gettoken` hands back the same token
-    /// until it expires).
+    /// Whether its values come from WeCom (`gettoken`, `get_suite_token`,
+    /// `get_corp_token` and the tickets hand back the same value until it
+    /// expires).
     pub fn is_wecom(&self) -> bool {
-        matches!(&self.target, Target::App(cred) if cred.is_wecom())
+        match &self.target {
+            Target::App(cred) => cred.is_wecom(),
+            Target::Suite(_) | Target::Corp { .. } => true,
+            _ => false,
+        }
     }
 
     /// The WeChat appid (public; a WeCom app's corpid).
@@ -89,6 +110,8 @@ impl Held {
             Target::App(cred) => &cred.appid,
             Target::Component(c) => &c.appid,
             Target::Authorizer { appid, .. } => appid,
+            Target::Suite(suite) => &suite.suite_id,
+            Target::Corp { corpid, .. } => corpid,
         }
     }
 
@@ -99,6 +122,8 @@ impl Held {
             Target::App(cred) => cred.mode_name(),
             Target::Component(_) => "component",
             Target::Authorizer { .. } => "authorizer",
+            Target::Suite(_) => "suite",
+            Target::Corp { .. } => "suite_corp",
         }
     }
 }
@@ -108,6 +133,8 @@ pub struct Registry {
     held: ArcSwap<HashMap<String, Arc<Held>>>,
     /// The held platforms by component appid.
     components: ArcSwap<HashMap<String, Arc<Component>>>,
+    /// The held WeCom suites by suite id.
+    suites: ArcSwap<HashMap<String, Arc<WecomSuite>>>,
     namespace: String,
 }
 
@@ -127,6 +154,7 @@ impl Registry {
         Registry {
             held: ArcSwap::from_pointee(HashMap::new()),
             components: ArcSwap::from_pointee(HashMap::new()),
+            suites: ArcSwap::from_pointee(HashMap::new()),
             namespace: namespace.to_owned(),
         }
     }
@@ -145,7 +173,33 @@ impl Registry {
                 keys,
             }));
         }
+        if let Some(Subject::Corp { suite, corpid }) = Subject::parse(id) {
+            let suite = self.suite(suite)?;
+            let keys = CredentialKeys::for_id(&self.namespace, id).ok()?;
+            return Some(Arc::new(Held {
+                target: Target::Corp {
+                    suite,
+                    corpid: corpid.to_owned(),
+                },
+                keys,
+            }));
+        }
         self.held.load().get(id).cloned()
+    }
+
+    /// The held suite with this suite id.
+    pub fn suite(&self, suite_id: &str) -> Option<Arc<WecomSuite>> {
+        self.suites.load().get(suite_id).cloned()
+    }
+
+    /// The held suite whose config id is `id`.
+    pub fn suite_by_id(&self, id: &str) -> Option<Arc<WecomSuite>> {
+        self.suites.load().values().find(|s| s.id == id).cloned()
+    }
+
+    /// Every held suite.
+    pub fn suites(&self) -> Vec<Arc<WecomSuite>> {
+        self.suites.load().values().cloned().collect()
     }
 
     /// Whether this replica holds the subject `id` (cheaper than [`get`](Registry::get)).
@@ -154,6 +208,7 @@ impl Registry {
             Some(Subject::Authorizer { component, .. }) => {
                 self.components.load().contains_key(component)
             }
+            Some(Subject::Corp { suite, .. }) => self.suites.load().contains_key(suite),
             _ => self.held.load().contains_key(id),
         }
     }
@@ -182,9 +237,14 @@ impl Registry {
         self.held.load_full()
     }
 
-    /// Replaces the held set with `creds` and `components` (ids were
-    /// validated with the config) and says what changed.
-    pub fn replace(&self, creds: Vec<Credential>, components: Vec<Component>) -> Changes {
+    /// Replaces the held set with `creds`, `components` and `suites` (ids
+    /// were validated with the config) and says what changed.
+    pub fn replace(
+        &self,
+        creds: Vec<Credential>,
+        components: Vec<Component>,
+        suites: Vec<WecomSuite>,
+    ) -> Changes {
         let old = self.held.load_full();
         let mut new = HashMap::with_capacity(creds.len() + components.len());
         let mut changes = Changes::default();
@@ -236,6 +296,30 @@ impl Registry {
             new.insert(id, held);
         }
         self.components.store(Arc::new(by_appid));
+        let mut by_suite_id = HashMap::with_capacity(suites.len());
+        for s in suites {
+            let Ok(keys) = CredentialKeys::suite(&self.namespace, &s.suite_id) else {
+                tracing::error!(id = %s.id, "invalid key names; suite skipped");
+                continue;
+            };
+            let id = suite_id(&s.suite_id);
+            let s = Arc::new(s);
+            if !old.contains_key(&id) {
+                changes.added.push(Arc::new(Held {
+                    target: Target::Suite(s.clone()),
+                    keys: keys.clone(),
+                }));
+            }
+            new.insert(
+                id,
+                Arc::new(Held {
+                    target: Target::Suite(s.clone()),
+                    keys,
+                }),
+            );
+            by_suite_id.insert(s.suite_id.clone(), s);
+        }
+        self.suites.store(Arc::new(by_suite_id));
         changes.removed = old
             .iter()
             .filter(|(id, _)| !new.contains_key(*id))

@@ -531,7 +531,7 @@ fn log_failure(
 ) {
     let message = error.to_string();
     match error {
-        LeaseError::NoAccessToken | LeaseError::NoComponentToken => {
+        LeaseError::NoAccessToken | LeaseError::NoComponentToken | LeaseError::NoSuiteToken => {
             // Not a failure: the ticket waits for its access token, whose
             // write brings it forward.
             tracing::debug!(%id, %kind, error = %error, "waiting for the value it is fetched with");
@@ -541,6 +541,12 @@ fn log_failure(
             // Normal at a platform's first start: WeChat pushes a ticket
             // every 10 minutes, and one was asked for.
             tracing::info!(%id, %kind, retry_in = ?retry_in, "waiting for WeChat to push a component_verify_ticket (asked for one)");
+            return;
+        }
+        LeaseError::NoSuiteTicket => {
+            // Normal at a suite's first start: WeCom pushes a ticket every
+            // 10 minutes, and its push wakes the suite token.
+            tracing::info!(%id, %kind, retry_in = ?retry_in, "waiting for WeCom to push a suite_ticket");
             return;
         }
         LeaseError::LockLapsed => {
@@ -555,6 +561,7 @@ fn log_failure(
         | LeaseError::StillRefused { .. }
         | LeaseError::ForceBudget(_)
         | LeaseError::NoRefreshToken
+        | LeaseError::NoPermanentCode
         | LeaseError::WrongAuthorizer(_) => {}
     }
     let errcode = match error {
@@ -622,9 +629,12 @@ fn count(sh: &Shared, value: &metrics::ValueLabels, reason: Reason, outcome: &Ou
         }
         Outcome::NotNeeded { .. } => return,
         Outcome::Failed { error, .. } => match error {
-            LeaseError::NoAccessToken | LeaseError::NoComponentToken | LeaseError::LockLapsed => {
-                return
-            }
+            LeaseError::NoAccessToken
+            | LeaseError::NoComponentToken
+            | LeaseError::NoSuiteToken
+            | LeaseError::LockLapsed => return,
+            LeaseError::NoSuiteTicket => ("no_suite_ticket", None),
+            LeaseError::NoPermanentCode => ("no_permanent_code", None),
             LeaseError::NoVerifyTicket => ("no_verify_ticket", None),
             LeaseError::NoRefreshToken => ("no_refresh_token", None),
             LeaseError::WrongAuthorizer(_) => ("wrong_authorizer", None),

@@ -12,9 +12,11 @@
 //! quoted: a wrong-typed field's message would quote the value.
 
 mod component;
+mod suite;
 pub mod wecom;
 
 pub use component::{AuthorizerGrant, ListPage, ListedAuthorizer, LIST_PAGE};
+pub use suite::PermanentGrant;
 
 use crate::config::WechatConfig;
 use secrecy::{ExposeSecret, SecretString};

@@ -29,6 +29,12 @@ use secrecy::{ExposeSecret, SecretString};
 ///   secret), 60020 (the caller's IP is not in the app's trusted IPs), 48002
 ///   (API forbidden for the app), 40056/40058 (agentid, parameters):
 ///   configuration, retried slowly.
+/// - Suites: 40083 (suite id), 40084 (permanent code: the corp's
+///   authorization was cancelled or its code changed), 40085 (a
+///   `suite_ticket` WeCom does not know: only a new push helps), 41021 to
+///   41025 (missing fields): configuration, retried slowly; 40082 / 42009
+///   (the suite token is invalid or expired) on a corp's call: the suite
+///   token is reported for a refresh.
 /// - 45033 (too many concurrent calls), -1 (busy) and anything else:
 ///   retried with backoff.
 pub fn class(errcode: i64, for_ticket: bool) -> ErrorClass {
@@ -36,6 +42,7 @@ pub fn class(errcode: i64, for_ticket: bool) -> ErrorClass {
         45009 => ErrorClass::Quota,
         40014 | 42001 if for_ticket => ErrorClass::TokenInvalid,
         40013 | 40001 | 40091 | 41002 | 41004 | 60020 | 48002 | 40056 | 40058 => ErrorClass::Config,
+        40083 | 40084 | 40085 | 41021..=41025 => ErrorClass::Config,
         _ => ErrorClass::Retryable,
     }
 }
