@@ -2,7 +2,8 @@
 //! metrics, the status page (`GET /`, `GET /status.json`) and refresh
 //! requests (`POST /refresh/{id}`, protected by a bearer token), and the
 //! third-party platforms' push receiver (`POST /wechat/component/{id}`,
-//! authenticated by WeChat's `msg_signature`; see `component`).
+//! authenticated by WeChat's `msg_signature`; see `component`) and WeCom
+//! suites' command callback (`GET`/`POST /wecom/suite/{id}`; see `suite`).
 //!
 //! This module owns the routes, the bearer-token check and the server's
 //! lifecycle (bound at start-up, stopped with the refresher's shutdown
@@ -24,6 +25,7 @@ mod component;
 mod limits;
 mod page;
 mod snapshot;
+mod suite;
 
 use crate::config::HttpConfig;
 use crate::conn::RedisError;
@@ -195,6 +197,13 @@ fn router(app: App) -> Router {
         .route(
             "/wechat/component/{id}",
             post(component::push).layer(DefaultBodyLimit::max(component::BODY_LIMIT)),
+        )
+        // WeCom suites' command callbacks: URL verification and pushes.
+        .route(
+            "/wecom/suite/{id}",
+            get(suite::verify)
+                .post(suite::push)
+                .layer(DefaultBodyLimit::max(component::BODY_LIMIT)),
         )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

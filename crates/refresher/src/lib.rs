@@ -12,6 +12,7 @@
 //! - `lease`: the refresh protocol of one value (claim → decide → confirm →
 //!   call while renewing → fenced write or finish);
 //! - `policy`: pure decisions (why refresh, when due, backoff);
+//! - `suite`: WeCom suites' pushes and the exchange of their auth codes;
 //! - `events`: refresh requests and update events from Redis pub/sub;
 //! - `conn`: the one multiplexed Redis connection and its bounded steps
 //!   (the client itself is built by `wxtoken-connect`, shared with the
@@ -37,6 +38,7 @@ pub mod metrics;
 mod policy;
 mod registry;
 mod scheduler;
+mod suite;
 pub mod wechat;
 
 pub use config::{Config, ConfigError};
@@ -250,6 +252,7 @@ pub async fn run(
     let register = Arc::new(Notify::new());
     tasks.spawn(heartbeat(sh.clone(), register.clone()));
     tasks.spawn(registrar(sh.clone(), inbox.clone(), register));
+    tasks.spawn(suite::sweeper(sh.clone()));
     if let Some(server) = http {
         tasks.spawn(server.serve());
     }

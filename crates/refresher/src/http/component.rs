@@ -48,7 +48,7 @@ const CODE_TTL_MAX: Duration = Duration::from_secs(3600);
 
 /// Why a push was refused. Messages hold no secret and no ticket.
 #[derive(Debug, thiserror::Error)]
-enum PushError {
+pub(super) enum PushError {
     #[error("unknown component")]
     Unknown,
     #[error("{0}")]
@@ -64,7 +64,7 @@ enum PushError {
 }
 
 impl PushError {
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             PushError::Unknown => StatusCode::NOT_FOUND,
             PushError::BadRequest(_) | PushError::Crypto(_) => StatusCode::BAD_REQUEST,
@@ -341,7 +341,7 @@ async fn store(
 /// The direct children of the root `<xml>` of a decrypted message, by name
 /// (text and CDATA joined, trimmed). DTDs and non-predefined entities are
 /// refused; nested elements are ignored.
-fn parse_message(xml: &str) -> Result<HashMap<String, String>, &'static str> {
+pub(super) fn parse_message(xml: &str) -> Result<HashMap<String, String>, &'static str> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().check_end_names = true;
     let mut depth = 0usize;
