@@ -28,6 +28,7 @@ mod sentinel;
 mod startup_checks;
 mod status_component;
 mod status_scale;
+mod suite;
 mod tls;
 mod wechat_faults;
 mod wecom;

@@ -78,6 +78,24 @@ return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
     )
 });
 
+/// KEYS: queue shard. ARGV: due time (Unix ms), member. Moves the entry
+/// to the due time only if it is missing or due already (by the Redis
+/// clock); an entry in the future was put there since, by whoever holds
+/// the truth of it.
+static FOLLOW_IF_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.pcall('ZSCORE', KEYS[1], ARGV[2])
+if type(s) == 'table' then return 0 end
+if s and (tonumber(s) or 0) > now then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+return 1
+",
+    )
+});
+
 /// Index updates for many subjects, sent in one pipeline (on Redis
 /// Cluster, one per shard's slot).
 pub(crate) struct Batch {
@@ -184,6 +202,25 @@ pub async fn follow<C: ConnectionLike>(
         .await
         .map(drop)
         .or_else(wrong_type)
+}
+
+/// Moves the index entry of `kind` to `at_ms` after a refused claim — only
+/// if the entry is missing or due already: one in the future was moved
+/// there since by the value's holder (whose write or finish knows better
+/// than a refused claim that read the schedule before it).
+pub async fn follow_if_due<C: ConnectionLike>(
+    con: &mut C,
+    keys: &CredentialKeys,
+    kind: Kind,
+    at_ms: u64,
+) -> RedisResult<()> {
+    FOLLOW_IF_DUE
+        .key(keys.due())
+        .arg(at_ms)
+        .arg(keys.member(kind))
+        .invoke_async::<i64>(con)
+        .await
+        .map(drop)
 }
 
 /// Brings the index entries of `kinds` forward to `at_ms` (their schedule

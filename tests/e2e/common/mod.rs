@@ -51,6 +51,9 @@ pub struct Setup {
     pub wecom: Vec<WecomApp>,
     /// The tickets each WeCom app keeps (`"jsapi"`, `"agent_config"`).
     pub wecom_tickets: Vec<&'static str>,
+    /// WeCom third-party suites the simulator knows (the replicas' side is
+    /// the test's: `suite` module).
+    pub sim_suites: Vec<wxtoken_sim::WecomSuiteConfig>,
 }
 
 impl Default for Setup {
@@ -81,6 +84,7 @@ impl Default for Setup {
             sim_components: Vec::new(),
             wecom: Vec::new(),
             wecom_tickets: Vec::new(),
+            sim_suites: Vec::new(),
         }
     }
 }
@@ -130,6 +134,9 @@ impl Env {
         }
         for corp in wecom_corps(&setup.wecom) {
             sim_cfg = sim_cfg.with_wecom_corp(corp);
+        }
+        for suite in &setup.sim_suites {
+            sim_cfg = sim_cfg.with_wecom_suite(suite.clone());
         }
         let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse().unwrap())
             .await
