@@ -185,6 +185,10 @@ impl TargetArgs {
             .unwrap_or_default();
         let configured = config
             .map(|cfg| {
+                let suites = cfg.suites.iter().map(|s| Configured {
+                    id: wxtoken_schema::suite_id(&s.suite_id),
+                    kinds: vec![Kind::SuiteAccessToken],
+                });
                 cfg.credentials
                     .iter()
                     .map(|c| Configured {
@@ -193,6 +197,7 @@ impl TargetArgs {
                             .chain(c.tickets.iter().map(|t| t.kind()))
                             .collect(),
                     })
+                    .chain(suites)
                     .collect()
             })
             .unwrap_or_default();
@@ -210,8 +215,8 @@ impl TargetArgs {
 }
 
 impl Target {
-    /// Whether `--config` lists `id`: a credential, or a platform's
-    /// `component/<appid>`.
+    /// Whether `--config` lists `id`: a credential, a suite's
+    /// `suite/<suite id>`, or a platform's `component/<appid>`.
     pub fn is_configured(&self, id: &str) -> bool {
         self.configured.iter().any(|c| c.id == id)
             || self
