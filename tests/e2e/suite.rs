@@ -194,7 +194,7 @@ async fn suite_flow_end_to_end_with_three_replicas() {
     .await;
     let events = Events::record(&env).await;
     let mut replicas = spawn(&env, &suite, &ports).await;
-    let url = suite.url(ports[0]);
+    let push_url = suite.url(ports[0]);
 
     // URL verification: the decrypted echostr, in plain text.
     let v = env.admin.verify_wecom_suite_url(SUITE).await.unwrap();
@@ -261,6 +261,40 @@ async fn suite_flow_end_to_end_with_three_replicas() {
         permanent.insert(corp, code);
     }
 
+    // The CLI sees the suite and its corps.
+    let url = env.redis.url();
+    let out = crate::common::wxtoken_cli(
+        &["status", "--json", "--redis-url", &url, "--prefix", "corp/"],
+        &[],
+    )
+    .await;
+    for corp in corps {
+        assert!(
+            out.stdout.contains(&format!("corp/{SUITE}/{corp}")),
+            "status does not list {corp}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    assert!(out.stdout.contains("suite_corp"), "{}", out.stdout);
+    for (what, secret) in [
+        ("permanent code", &permanent[corps[0]]),
+        ("aes key", &suite.aes_key),
+    ] {
+        assert!(
+            !out.stdout.contains(secret.as_str()),
+            "the {what} is in status"
+        );
+    }
+    let out =
+        crate::common::wxtoken_cli(&["status", "--redis-url", &url, "--id", st.id()], &[]).await;
+    assert!(
+        out.stdout.contains("suite_access_token"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+
     // Three lifetimes: whatever is stored is valid at WeCom; gaps (WeCom
     // issues the next value only once the last expired) stay short.
     let mut watched: Vec<(String, CredentialKeys, Kind)> =
@@ -317,7 +351,7 @@ async fn suite_flow_end_to_end_with_three_replicas() {
         codes[a],
         wxtoken_testkit_now_s()
     );
-    assert_eq!(suite.push(&url, &replay, true).await, 200);
+    assert_eq!(suite.push(&push_url, &replay, true).await, 200);
     let ticket_before = get(
         &env,
         &SuiteKeys::new("wxtoken", SUITE).unwrap().suite_ticket(),
@@ -329,14 +363,14 @@ async fn suite_flow_end_to_end_with_three_replicas() {
          <TimeStamp>{}</TimeStamp><SuiteTicket><![CDATA[an-older-ticket]]></SuiteTicket></xml>",
         wxtoken_testkit_now_s() - 300
     );
-    assert_eq!(suite.push(&url, &old_ticket, true).await, 200);
+    assert_eq!(suite.push(&push_url, &old_ticket, true).await, 200);
     let old_cancel = format!(
         "<xml><SuiteId><![CDATA[{SUITE}]]></SuiteId><InfoType><![CDATA[cancel_auth]]></InfoType>\
          <TimeStamp>{}</TimeStamp><AuthCorpId><![CDATA[{a}]]></AuthCorpId></xml>",
         wxtoken_testkit_now_s() - 3600
     );
-    assert_eq!(suite.push(&url, &old_cancel, true).await, 200);
-    assert_eq!(suite.push(&url, &old_cancel, false).await, 401);
+    assert_eq!(suite.push(&push_url, &old_cancel, true).await, 200);
+    assert_eq!(suite.push(&push_url, &old_cancel, false).await, 401);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ev = env.admin.wecom_suite_evidence(SUITE).unwrap();
     assert_eq!(
