@@ -10,6 +10,8 @@
 //!   (`get_permanent_code`), the permanent code stored durably, the corp's
 //!   token (`get_corp_token`) and both tickets valid at WeCom whenever
 //!   sampled;
+//! - one `create_auth` push retried at all three replicas at once: one
+//!   exchange;
 //! - `cancel_auth` removes the corp and all its keys;
 //! - replayed or old pushes (a spent auth code, an older ticket, an old
 //!   cancel) change nothing; a forged push is refused;
@@ -397,6 +399,46 @@ async fn suite_flow_end_to_end_with_three_replicas() {
         "an old cancel_auth removed a newer authorization"
     );
 
+    // WeCom retrying one create_auth push at every replica at once: the
+    // code is exchanged exactly once.
+    let c = "wwcorpc000000003";
+    let r = env
+        .admin
+        .wecom_auth_event(SUITE, c, wxtoken_sim::WecomAuthEvent::CreateAuth, false)
+        .await
+        .unwrap();
+    let code_c = r.auth_code.unwrap();
+    let create = format!(
+        "<xml><SuiteId><![CDATA[{SUITE}]]></SuiteId><AuthCode><![CDATA[{code_c}]]></AuthCode>\
+         <InfoType><![CDATA[create_auth]]></InfoType><TimeStamp>{}</TimeStamp></xml>",
+        wxtoken_testkit_now_s()
+    );
+    let urls: Vec<String> = ports.iter().map(|p| suite.url(*p)).collect();
+    let statuses =
+        futures_util::future::join_all(urls.iter().map(|u| suite.push(u, &create, true))).await;
+    assert_eq!(statuses, vec![200, 200, 200]);
+    eventually(
+        Duration::from_secs(20),
+        "corp C's token is stored",
+        || async {
+            value(&env, &corp_keys(c), Kind::AccessToken)
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    // Long enough for every replica's sweeper to have looked (10 s).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let ev = env.admin.wecom_suite_evidence(SUITE).unwrap();
+    assert_eq!(
+        (ev.get_permanent_code.calls, ev.get_permanent_code.new),
+        (3, 3),
+        "one exchange per code: {:?}",
+        ev.get_permanent_code
+    );
+    codes.insert(c, code_c);
+    permanent.insert(c, get(&env, &corp_keys(c).permanent_code()).await.unwrap());
+
     // cancel_auth removes the corp and every key it has.
     let b = corps[1];
     let r = env.admin.wecom_cancel_auth(SUITE, b).await.unwrap();
@@ -412,7 +454,7 @@ async fn suite_flow_end_to_end_with_three_replicas() {
     let sk = SuiteKeys::new("wxtoken", SUITE).unwrap();
     assert_eq!(
         count_corps(&mut env.redis_con().await, &sk).await.unwrap(),
-        1
+        2
     );
     // It stays removed (no replica brings it back).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -467,8 +509,8 @@ async fn suite_flow_end_to_end_with_three_replicas() {
         ("aes key", suite.aes_key.clone()),
         ("suite ticket", ticket),
     ];
-    for corp in corps {
-        secrets.push(("permanent code", permanent[corp].clone()));
+    for (corp, code) in &permanent {
+        secrets.push(("permanent code", code.clone()));
         secrets.push(("auth code", codes[corp].clone()));
     }
     for token in &written {
