@@ -14,11 +14,12 @@ use wxtoken_schema::CredentialKeys;
 pub struct Args {
     /// Credential id: a credential of the config (oa-main), a third-party
     /// platform (component/APPID) or one of its authorizers
-    /// (authorizer/COMPONENT_APPID/APPID).
+    /// (authorizer/COMPONENT_APPID/APPID), a WeCom suite (suite/SUITE_ID)
+    /// or a corp that authorized it (corp/SUITE_ID/CORPID).
     #[arg(value_parser = subject_id)]
     id: String,
     /// What to print [default: access_token; component_access_token for a
-    /// component/…].
+    /// component/…, suite_access_token for a suite/…].
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
     #[command(flatten)]

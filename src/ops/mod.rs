@@ -60,6 +60,9 @@ pub enum KindArg {
     /// A WeCom app's ticket for wx.agentConfig.
     #[value(name = "agent_config_ticket")]
     AgentConfigTicket,
+    /// A WeCom third-party suite's suite_access_token.
+    #[value(name = "suite_access_token")]
+    SuiteAccessToken,
 }
 
 impl From<KindArg> for Kind {
@@ -71,12 +74,14 @@ impl From<KindArg> for Kind {
             KindArg::ComponentAccessToken => Kind::ComponentAccessToken,
             KindArg::AuthorizerList => Kind::AuthorizerList,
             KindArg::AgentConfigTicket => Kind::AgentConfigTicket,
+            KindArg::SuiteAccessToken => Kind::SuiteAccessToken,
         }
     }
 }
 
 /// clap value parser for a credential id: a credential of the config
-/// (`oa-main`), `component/<appid>` or `authorizer/<component>/<appid>`.
+/// (`oa-main`), `component/<appid>`, `authorizer/<component>/<appid>`,
+/// `suite/<suite id>` or `corp/<suite id>/<corpid>`.
 /// The error names the part that is wrong.
 pub fn subject_id(id: &str) -> Result<String, String> {
     if Subject::parse(id).is_some() {
@@ -88,6 +93,8 @@ pub fn subject_id(id: &str) -> Result<String, String> {
         ["authorizer", component, appid] => {
             &[("component appid", component), ("authorizer appid", appid)]
         }
+        ["suite", suite] => &[("suite id", suite)],
+        ["corp", suite, corpid] => &[("suite id", suite), ("corpid", corpid)],
         _ => &[],
     };
     for (what, value) in appids {
@@ -99,7 +106,8 @@ pub fn subject_id(id: &str) -> Result<String, String> {
     }
     Err(format!(
         "invalid credential id {id:?}: expected a credential name (1 to 64 characters from \
-         A-Z a-z 0-9 _ . -), component/APPID or authorizer/COMPONENT_APPID/APPID"
+         A-Z a-z 0-9 _ . -), component/APPID, authorizer/COMPONENT_APPID/APPID, \
+         suite/SUITE_ID or corp/SUITE_ID/CORPID"
     ))
 }
 

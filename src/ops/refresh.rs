@@ -26,7 +26,8 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Args {
     /// Credential id: a credential of the config (oa-main), a third-party
     /// platform (component/APPID) or one of its authorizers
-    /// (authorizer/COMPONENT_APPID/APPID).
+    /// (authorizer/COMPONENT_APPID/APPID), a WeCom suite (suite/SUITE_ID)
+    /// or a corp that authorized it (corp/SUITE_ID/CORPID).
     #[arg(value_parser = subject_id)]
     id: String,
     /// Replace whatever is stored, skipping the refreshers' minimum interval
