@@ -2165,6 +2165,9 @@ secret_env = "S"
         let (http_part, component_part) = text
             .split_once("# [[component]]")
             .expect("the example documents [[component]]");
+        // (Up to the commented WeCom examples, whose `token_env` is a
+        // suite's, not the HTTP surface's.)
+        let http_part = http_part.split("# A WeCom").next().unwrap_or(http_part);
         let uncommented = http_part
             .lines()
             .map(|l| match l.strip_prefix("# ") {
@@ -2212,6 +2215,25 @@ secret_env = "S"
         let corp = &c.credentials[0];
         assert_eq!((corp.mode_name(), corp.agentid), ("wecom", Some(1000002)));
         assert_eq!(corp.tickets, vec![Ticket::Jsapi, Ticket::AgentConfig]);
+
+        // So does the [[wecom_suite]] example.
+        let suite: String = text
+            .lines()
+            .skip_while(|l| *l != "# [[wecom_suite]]")
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with("[[") || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&suite, "config.example.toml", &|k| {
+            (!k.starts_with("WXTOKEN_")).then(|| match k {
+                "WECOM_CRM_AES_KEY" => "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".to_owned(),
+                _ => "example-secret".to_owned(),
+            })
+        })
+        .unwrap();
+        assert_eq!(c.suites.len(), 1, "{suite}");
+        assert_eq!(c.suites[0].corp_tickets.len(), 2);
 
         // So does the [[component]] example, given its variables.
         let uncommented = std::iter::once("[[component]]")
