@@ -18,7 +18,10 @@
 //!   either sees the schedule still there or adds its own entry after the
 //!   removal;
 //! - **moving** (claims, writes, failures, requests): the schedule, then the
-//!   index entry ([`follow`], [`pull`]).
+//!   index entry ([`follow`], [`pull`]); a *refused* claim moves the entry
+//!   only if it is still due ([`follow_if_due`]), so that it never
+//!   overwrites the next due time a lease that just ended (within the
+//!   refused claim's round trip) put there.
 //!
 //! Consequences, written down as invariants in ARCHITECTURE.md: the index
 //! can only be *wrong for a while* — an entry earlier than the schedule
