@@ -162,8 +162,18 @@ pub async fn change_auth(
     Ok(known)
 }
 
-/// Looks for pending codes of every held suite, every [`SWEEP_EVERY`].
+/// How often every replica repairs its suites' corps' due-queue entries.
+pub const REINDEX_EVERY: Duration = Duration::from_secs(600);
+
+/// Corps re-indexed per round trip.
+const REINDEX_PAGE: usize = 500;
+
+/// Looks for pending codes of every held suite, every [`SWEEP_EVERY`], and
+/// repairs their corps' due-queue entries every [`REINDEX_EVERY`] (the
+/// config's credentials are registered again as often; corps, registered
+/// at run time, are not).
 pub async fn sweeper(sh: Arc<Shared>) {
+    let mut reindexed = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
@@ -171,6 +181,38 @@ pub async fn sweeper(sh: Arc<Shared>) {
         }
         for suite in sh.registry.suites() {
             exchange(&sh, &suite).await;
+        }
+        if reindexed.elapsed() >= REINDEX_EVERY {
+            reindexed = Instant::now();
+            for suite in sh.registry.suites() {
+                if let Err(e) = reindex(&sh, &suite).await {
+                    tracing::debug!(suite = %suite.id, error = %e, "could not re-index the suite's corps");
+                }
+            }
+        }
+    }
+}
+
+/// Adds missing due-queue entries of every corp of `suite`, a page at a
+/// time.
+async fn reindex(sh: &Shared, suite: &WecomSuite) -> Result<(), SuiteError> {
+    let keys = suite_keys(sh, suite)?;
+    let mut offset = 0;
+    loop {
+        let mut con = sh.redis.con();
+        let n = sh
+            .redis
+            .step(keys_suite::reindex_corps(
+                &mut con,
+                &keys,
+                &sh.namespace,
+                offset,
+                REINDEX_PAGE,
+            ))
+            .await?;
+        offset += n;
+        if n < REINDEX_PAGE || sh.shutdown.is_cancelled() {
+            return Ok(());
         }
     }
 }

@@ -294,3 +294,58 @@ pub async fn count_corps<C: ConnectionLike>(con: &mut C, suite: &SuiteKeys) -> R
             _ => Err(e),
         })
 }
+
+/// Repairs the due-queue index of one page of the suite's corps (from
+/// `offset`, at most `count`): each corp's schedule is read and its
+/// entries added where missing (an entry indexed earlier stays; see
+/// `crate::index`). Registration writes the schedule, then the index: a
+/// caller that died in between leaves a corp scheduled but not indexed,
+/// which nothing else would find. Returns how many corps the page held
+/// (fewer than `count`: the end).
+pub async fn reindex_corps<C: ConnectionLike>(
+    con: &mut C,
+    suite: &SuiteKeys,
+    namespace: &str,
+    offset: usize,
+    count: usize,
+) -> RedisResult<usize> {
+    let page = corps(con, suite, offset, count).await?;
+    if page.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<crate::CredentialKeys> = page
+        .iter()
+        .filter_map(|(corpid, _)| {
+            crate::CredentialKeys::corp(namespace, suite.suite_id(), corpid).ok()
+        })
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for k in &keys {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(k.schedule());
+        for kind in k.kinds() {
+            cmd.arg(kind.as_str());
+        }
+        pipe.add_command(cmd);
+    }
+    let replies: Vec<redis::Value> = pipe.query_async(con).await?;
+    let mut batch = crate::index::Batch::new();
+    for (k, reply) in keys.iter().zip(replies) {
+        let Ok(fields) = redis::from_redis_value::<Vec<Option<String>>>(reply) else {
+            continue;
+        };
+        let dues: Vec<(crate::Kind, u64)> = k
+            .kinds()
+            .iter()
+            .copied()
+            .zip(fields)
+            .filter_map(|(kind, at)| Some((kind, crate::index::parse_ms(&at?)?)))
+            .collect();
+        if !dues.is_empty() {
+            batch.add(k, &dues);
+        }
+    }
+    batch.run(con).await?;
+    Ok(page.len())
+}

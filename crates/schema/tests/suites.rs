@@ -321,3 +321,32 @@ async fn cancel_removes_the_corp_and_every_key_unless_it_authorized_since() {
         .unwrap();
     assert_eq!(a.queued, 3);
 }
+
+#[tokio::test]
+async fn a_corp_scheduled_but_not_indexed_is_found_by_reindexing() {
+    let (_server, mut con) = cluster().await;
+    let s = suite();
+    let c = corp("wwcorp3");
+    registry::authorize_corp(&mut con, &c, &s, "permanent-z", &KINDS, None)
+        .await
+        .unwrap();
+    // The index step lost (the caller died between the two steps).
+    let _: () = con.del(c.due()).await.unwrap();
+    assert_eq!(
+        wxtoken_schema::suite::reindex_corps(&mut con, &s, NS, 0, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    for kind in KINDS {
+        let queued: Option<f64> = con.zscore(c.due(), c.member(kind)).await.unwrap();
+        assert!(queued.is_some(), "{kind} not re-indexed");
+    }
+    // Past the end: nothing.
+    assert_eq!(
+        wxtoken_schema::suite::reindex_corps(&mut con, &s, NS, 1, 100)
+            .await
+            .unwrap(),
+        0
+    );
+}
