@@ -1026,3 +1026,73 @@ async fn malformed_appids_and_kinds_a_subject_does_not_keep_are_refused() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(read_commands(&mut admin).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_corp_tokens_are_read_by_suite_and_corpid() {
+    let server = RedisServer::start().unwrap();
+    let mut refresher = Refresher::new(&server).await;
+    refresher
+        .write("corp/wwsuiteA/wwcorp1", Kind::AccessToken, "CORP-A1", HOUR)
+        .await;
+    refresher
+        .write("corp/wwsuiteB/wwcorp1", Kind::AccessToken, "CORP-B1", HOUR)
+        .await;
+    refresher
+        .write(
+            "corp/wwsuiteA/wwcorp1",
+            Kind::AgentConfigTicket,
+            "AGENT-A1",
+            HOUR,
+        )
+        .await;
+    refresher
+        .write("suite/wwsuiteA", Kind::SuiteAccessToken, "SUITE-A", HOUR)
+        .await;
+    let client = client(&server, Options::default()).await;
+    assert_eq!(
+        client
+            .suite_corp_token("wwsuiteA", "wwcorp1")
+            .await
+            .unwrap(),
+        "CORP-A1"
+    );
+    assert_eq!(
+        client
+            .suite_corp_token("wwsuiteB", "wwcorp1")
+            .await
+            .unwrap(),
+        "CORP-B1"
+    );
+    let id = wxtoken_client::corp_id("wwsuiteA", "wwcorp1");
+    assert_eq!(
+        client.ticket(&id, Kind::AgentConfigTicket).await.unwrap(),
+        "AGENT-A1"
+    );
+    assert_eq!(
+        client
+            .get(
+                &wxtoken_client::suite_id("wwsuiteA"),
+                Kind::SuiteAccessToken
+            )
+            .await
+            .unwrap()
+            .value,
+        "SUITE-A"
+    );
+    // Malformed parts are named; kinds a subject does not keep are refused.
+    let err = client
+        .suite_corp_token("ww:s", "wwcorp1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("suite id \"ww:s\""), "{err}");
+    let err = client
+        .access_token("corp/wwsuiteA/ww corp")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("corpid \"ww corp\""), "{err}");
+    let err = client
+        .get("corp/wwsuiteA/wwcorp1", Kind::WxCardTicket)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KindNotKept { .. }), "{err:?}");
+}
