@@ -307,7 +307,7 @@ impl<'a> Lease<'a> {
                     .await
             }
             (Target::Authorizer { .. }, Kind::AccessToken) => self.fetch_authorizer().await,
-            (Target::Corp { .. }, Kind::AccessToken) => self.fetch_corp().await,
+            (Target::Corp { .. }, Kind::AccessToken) => self.fetch_corp(reason).await,
             _ => self.fetch_value(reason).await,
         }
     }
@@ -475,8 +475,9 @@ impl<'a> Lease<'a> {
 
     /// A suite corp's access token: `get_corp_token` with the suite token
     /// and the corp's permanent code. A refused suite token (40082, 42009)
-    /// is reported for a refresh.
-    async fn fetch_corp(&mut self) -> Result<Fetched, LeaseError> {
+    /// is reported for a refresh; a reported token WeCom hands back again
+    /// is still valid at WeCom (`StillRefused`, as for WeCom apps).
+    async fn fetch_corp(&mut self, reason: Reason) -> Result<Fetched, LeaseError> {
         let Target::Corp { suite, corpid } = &self.held.target else {
             return Err(LeaseError::NoAccessToken);
         };
@@ -517,7 +518,11 @@ impl<'a> Lease<'a> {
                     .await;
             }
         }
-        r.map_err(LeaseError::Wechat)
+        let fetched = r?;
+        if reason.is_passive() && self.state.value.as_deref() == Some(fetched.token.as_str()) {
+            return Err(LeaseError::StillRefused { wecom: true });
+        }
+        Ok(fetched)
     }
 
     /// Asks WeChat to push a verify ticket again (once per lease; the
