@@ -527,3 +527,97 @@ async fn suite_flow_end_to_end_with_three_replicas() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_suite_token_is_replaced_and_a_changed_permanent_code_is_a_config_fault() {
+    let suite = Suite::new();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| wxtoken_testkit::free_port().unwrap())
+        .collect();
+    let env = Env::start(Setup {
+        credentials: 0,
+        lifetime: Duration::from_secs(8),
+        sim_suites: vec![suite.sim(ports[0])],
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
+        ..Setup::default()
+    })
+    .await;
+    let replicas = spawn(&env, &suite, &ports).await;
+    assert!(
+        env.admin
+            .wecom_push_suite_ticket(SUITE)
+            .await
+            .unwrap()
+            .success
+    );
+    let corp = "wwcorpd000000004";
+    let r = env.admin.wecom_create_auth(SUITE, corp).await.unwrap();
+    assert!(r.push.unwrap().success);
+    let ck = corp_keys(corp);
+    eventually(
+        Duration::from_secs(20),
+        "the corp's token is stored",
+        || async { value(&env, &ck, Kind::AccessToken).await.is_some() },
+    )
+    .await;
+    let st = suite_token_keys();
+    let revoked = value(&env, &st, Kind::SuiteAccessToken).await.unwrap();
+
+    // WeCom invalidates the suite token early: the corp's next refresh is
+    // refused (40082), which reports the suite token; a new one is fetched
+    // and the corp's token comes back.
+    env.admin.revoke_wecom_suite_token(SUITE).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "a new suite token replaces the revoked one",
+        || async {
+            match value(&env, &st, Kind::SuiteAccessToken).await {
+                Some(t) => t != revoked && env.admin.check_wecom_suite_token(&t).is_ok(),
+                None => false,
+            }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the corp's token is valid again",
+        || async {
+            match value(&env, &ck, Kind::AccessToken).await {
+                Some(t) => env.admin.check_wecom_token(&t).is_ok(),
+                None => false,
+            }
+        },
+    )
+    .await;
+
+    // The corp's permanent code changes at WeCom (say, a new authorization
+    // whose push was lost): 40084, a configuration fault in its status.
+    env.admin.rotate_wecom_permanent_code(SUITE, corp).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "40084 is recorded in the corp's status",
+        || async {
+            let code: Option<String> = redis::cmd("HGET")
+                .arg(ck.status())
+                .arg("last_errcode")
+                .query_async(&mut env.redis_con().await)
+                .await
+                .unwrap();
+            code.as_deref() == Some("40084")
+        },
+    )
+    .await;
+    let ev = env.admin.wecom_suite_evidence(SUITE).unwrap();
+    let refused = ev.get_corp_token.errcodes.get(&40084).copied().unwrap_or(0);
+    // Retried every config_error_retry (2 s here), not in a loop.
+    assert!(refused <= 10, "get_corp_token refused {refused} times");
+    let code = get(&env, &ck.permanent_code()).await.unwrap();
+    for r in &replicas {
+        assert!(
+            !r.logs().contains(&code),
+            "the permanent code is in {}'s log",
+            r.name
+        );
+    }
+}
