@@ -18,10 +18,10 @@
 //!   either sees the schedule still there or adds its own entry after the
 //!   removal;
 //! - **moving** (claims, writes, failures, requests): the schedule, then the
-//!   index entry ([`follow`], [`pull`]); a *refused* claim moves the entry
-//!   only if it is still due ([`follow_if_due`]), so that it never
-//!   overwrites the next due time a lease that just ended (within the
-//!   refused claim's round trip) put there.
+//!   index entry ([`follow`], [`pull`]); a *refused* claim never moves a
+//!   future entry later ([`follow_if_due`]), so that it cannot overwrite
+//!   the next due time a lease that just ended (within the refused claim's
+//!   round trip) put there.
 //!
 //! Consequences, written down as invariants in ARCHITECTURE.md: the index
 //! can only be *wrong for a while* — an entry earlier than the schedule
@@ -82,9 +82,10 @@ return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 });
 
 /// KEYS: queue shard. ARGV: due time (Unix ms), member. Moves the entry
-/// to the due time only if it is missing or due already (by the Redis
-/// clock); an entry in the future was put there since, by whoever holds
-/// the truth of it.
+/// to the due time if it is missing, due already (by the Redis clock), or
+/// later than the due time; an entry in the future and earlier than the
+/// due time was put there since, by whoever holds the truth of it (and
+/// an earlier entry costs one refused claim at most).
 static FOLLOW_IF_DUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -92,7 +93,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local s = redis.pcall('ZSCORE', KEYS[1], ARGV[2])
 if type(s) == 'table' then return 0 end
-if s and (tonumber(s) or 0) > now then return 0 end
+s = tonumber(s or '')
+if s and s > now and s <= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ",
@@ -207,10 +209,12 @@ pub async fn follow<C: ConnectionLike>(
         .or_else(wrong_type)
 }
 
-/// Moves the index entry of `kind` to `at_ms` after a refused claim — only
-/// if the entry is missing or due already: one in the future was moved
-/// there since by the value's holder (whose write or finish knows better
-/// than a refused claim that read the schedule before it).
+/// Moves the index entry of `kind` to `at_ms` after a refused claim —
+/// unless the entry is in the future and no later than `at_ms`: then it
+/// was moved there since by the value's holder (whose write or finish
+/// knows better than a refused claim that read the schedule before it).
+/// An earlier time (a refresh request served once `min_interval` has
+/// passed) is always taken.
 pub async fn follow_if_due<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,

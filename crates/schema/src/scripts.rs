@@ -602,11 +602,11 @@ pub async fn claim<C: ConnectionLike>(
             let until = state.now_ms.saturating_add(millis(rules.lock_ttl));
             let _ = index::follow(con, keys, kind, until).await;
         }
-        // Refused: the entry was due by the index, the schedule says `at`.
-        // Moved only if it is still due: a holder whose lease ended within
-        // a millisecond (a value waiting for its input, a local WeCom) may
-        // already have moved it to its next due time, which a late move to
-        // the lock's expiry would overwrite (delaying the value that long).
+        // Refused: the schedule says `at`. A future entry is never moved
+        // later: a holder whose lease ended within a millisecond (a value
+        // waiting for its input, a local WeCom) may already have moved it
+        // to its next due time, which a late move to the lock's expiry
+        // would overwrite (delaying the value that long).
         Claim::NotDue(at) | Claim::Busy(at) | Claim::Held(at) | Claim::HoldCut(at) => {
             let _ = index::follow_if_due(con, keys, kind, *at).await;
         }

@@ -973,3 +973,47 @@ async fn verify_tickets_are_stored_newest_push_first() {
         .unwrap());
     assert_eq!(get(&mut con).await.as_deref(), Some("t-060"));
 }
+
+/// A claim refused while another replica held the lease must not move the
+/// due-queue entry past the next due time the holder's write put there
+/// (it would delay the value until the lock's expiry); an earlier time is
+/// always taken.
+#[tokio::test]
+async fn a_refused_claim_never_moves_a_future_entry_later() {
+    let server = RedisServer::start().unwrap();
+    let mut con = connect(&server).await;
+    let k = CredentialKeys::new("wxtoken", "app").unwrap();
+    let member = k.member(Kind::AccessToken);
+    let now = {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+        s * 1000 + us / 1000
+    };
+    let score = |con: &mut Con| {
+        let (key, member) = (k.due(), member.clone());
+        let mut con = con.clone();
+        async move {
+            let s: Option<f64> = con.zscore(key, member).await.unwrap();
+            s.map(|s| s as u64)
+        }
+    };
+    // Missing: added.
+    wxtoken_schema::index::follow_if_due(&mut con, &k, Kind::AccessToken, now + 30_000)
+        .await
+        .unwrap();
+    assert_eq!(score(&mut con).await, Some(now + 30_000));
+    // In the future: a later time is refused, an earlier one taken.
+    wxtoken_schema::index::follow_if_due(&mut con, &k, Kind::AccessToken, now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(score(&mut con).await, Some(now + 30_000));
+    wxtoken_schema::index::follow_if_due(&mut con, &k, Kind::AccessToken, now + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(score(&mut con).await, Some(now + 10_000));
+    // Due already: moved wherever the schedule says.
+    let _: () = con.zadd(k.due(), &member, now - 1_000).await.unwrap();
+    wxtoken_schema::index::follow_if_due(&mut con, &k, Kind::AccessToken, now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(score(&mut con).await, Some(now + 60_000));
+}
