@@ -1213,7 +1213,8 @@ impl Check<'_> {
         Ok(Some(HttpConfig { listen, token }))
     }
 
-    /// One secret of a `[[component]]`, from its `_env` or `_file` key.
+    /// One secret of a `[[component]]` (or `[[wecom_suite]]`), from its
+    /// `_env` or `_file` key.
     /// `None` when neither is given.
     fn component_secret(
         &self,

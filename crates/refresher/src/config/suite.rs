@@ -5,7 +5,7 @@
 //! callback token, EncodingAESKey) come from `_env` or `_file` keys and
 //! never print.
 
-use super::{Check, ConfigError, SecretSource, SeveralSources, Ticket};
+use super::{Check, ConfigError, Ticket};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -111,27 +111,6 @@ const PREVIOUS_KEY: [&str; 3] = [
 ];
 
 impl Check<'_> {
-    /// One secret of a `[[wecom_suite]]`, from its `_env` or `_file` key.
-    fn suite_secret(
-        &self,
-        at: &dyn Fn(&str) -> String,
-        keys: [&'static str; 3],
-        env: Option<String>,
-        file: Option<PathBuf>,
-    ) -> Result<Option<SecretString>, ConfigError> {
-        match SecretSource::from_keys(env, file, None) {
-            Err(SeveralSources) => Err(self.invalid(
-                at(keys[0]),
-                format!("give exactly one of {}, {}", keys[0], keys[1]),
-            )),
-            Ok(None) => Ok(None),
-            Ok(Some(source)) => source
-                .resolve(keys, self.env)
-                .map(Some)
-                .map_err(|(key, why)| self.invalid(at(key), why)),
-        }
-    }
-
     /// `[[wecom_suite]]` tables. Errors name the field and never show a
     /// secret, token or key. `component_ids`: ids of `[[component]]`s (a
     /// suite may not share one: both name status rows and metrics).
@@ -177,16 +156,16 @@ impl Check<'_> {
                     )
                 })
             };
-            let secret = self.suite_secret(&at, SECRET, s.secret_env, s.secret_file)?;
+            let secret = self.component_secret(&at, SECRET, s.secret_env, s.secret_file)?;
             let secret = required(SECRET, secret)?;
-            let token = self.suite_secret(&at, TOKEN, s.token_env, s.token_file)?;
+            let token = self.component_secret(&at, TOKEN, s.token_env, s.token_file)?;
             let token = required(TOKEN, token)?;
             let key = |keys: [&'static str; 3],
                        env: Option<String>,
                        file: Option<PathBuf>|
              -> Result<Option<wxtoken_crypto::EncodingAesKey>, ConfigError> {
                 let field = if env.is_some() { keys[0] } else { keys[1] };
-                let Some(raw) = self.suite_secret(&at, keys, env, file)? else {
+                let Some(raw) = self.component_secret(&at, keys, env, file)? else {
                     return Ok(None);
                 };
                 // The error says what is wrong (length, alphabet), never the key.
