@@ -180,14 +180,16 @@ pub async fn follow<C: ConnectionLike>(
     kind: Kind,
     at_ms: u64,
 ) -> RedisResult<()> {
-    redis::cmd("ZADD")
-        .arg(keys.due())
-        .arg(at_ms)
-        .arg(keys.member(kind))
-        .query_async::<i64>(con)
-        .await
-        .map(drop)
-        .or_else(wrong_type)
+    crate::or_absent(
+        redis::cmd("ZADD")
+            .arg(keys.due())
+            .arg(at_ms)
+            .arg(keys.member(kind))
+            .query_async::<i64>(con)
+            .await
+            .map(drop),
+        (),
+    )
 }
 
 /// Brings the index entries of `kinds` forward to `at_ms` (their schedule
@@ -206,10 +208,7 @@ pub async fn pull<C: ConnectionLike>(
     for kind in kinds {
         cmd.arg(at_ms).arg(keys.member(*kind));
     }
-    cmd.query_async::<i64>(con)
-        .await
-        .map(drop)
-        .or_else(wrong_type)
+    crate::or_absent(cmd.query_async::<i64>(con).await.map(drop), ())
 }
 
 /// Removes the index entry of a value that has no schedule (a claim found
@@ -222,13 +221,15 @@ pub async fn drop_orphan<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
 ) -> RedisResult<Option<u64>> {
-    redis::cmd("ZREM")
-        .arg(keys.due())
-        .arg(keys.member(kind))
-        .query_async::<i64>(con)
-        .await
-        .map(drop)
-        .or_else(wrong_type)?;
+    crate::or_absent(
+        redis::cmd("ZREM")
+            .arg(keys.due())
+            .arg(keys.member(kind))
+            .query_async::<i64>(con)
+            .await
+            .map(drop),
+        (),
+    )?;
     let Some(at) = due_at(con, keys, kind).await? else {
         return Ok(None);
     };
@@ -243,15 +244,14 @@ pub async fn due_at<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
 ) -> RedisResult<Option<u64>> {
-    let v: Option<String> = redis::cmd("HGET")
-        .arg(keys.schedule())
-        .arg(kind.as_str())
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(None),
-            _ => Err(e),
-        })?;
+    let v: Option<String> = crate::or_absent(
+        redis::cmd("HGET")
+            .arg(keys.schedule())
+            .arg(kind.as_str())
+            .query_async(con)
+            .await,
+        None,
+    )?;
     Ok(v.and_then(|s| parse_ms(&s)))
 }
 
@@ -296,15 +296,14 @@ pub async fn is_registered<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
 ) -> RedisResult<bool> {
-    redis::cmd("SISMEMBER")
-        .arg(keys.registry())
-        .arg(keys.id())
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(false),
-            _ => Err(e),
-        })
+    crate::or_absent(
+        redis::cmd("SISMEMBER")
+            .arg(keys.registry())
+            .arg(keys.id())
+            .query_async(con)
+            .await,
+        false,
+    )
 }
 
 /// The registry of schema version 1 (one set for the namespace, before
@@ -334,17 +333,16 @@ pub async fn migrate_v1<C: ConnectionLike>(con: &mut C, namespace: &str) -> Redi
         let queue = crate::due_key(namespace, shard);
         let mut offset = 0usize;
         loop {
-            let page: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-                .arg(&queue)
-                .arg(offset)
-                .arg(offset + MIGRATE_PAGE - 1)
-                .arg("WITHSCORES")
-                .query_async(con)
-                .await
-                .or_else(|e| match e.code() {
-                    Some("WRONGTYPE") => Ok(Vec::new()),
-                    _ => Err(e),
-                })?;
+            let page: Vec<(Vec<u8>, f64)> = crate::or_absent(
+                redis::cmd("ZRANGE")
+                    .arg(&queue)
+                    .arg(offset)
+                    .arg(offset + MIGRATE_PAGE - 1)
+                    .arg("WITHSCORES")
+                    .query_async(con)
+                    .await,
+                Vec::new(),
+            )?;
             offset += page.len();
             let mut pipe = redis::pipe();
             for (member, score) in &page {
@@ -379,14 +377,10 @@ pub async fn migrate_v1<C: ConnectionLike>(con: &mut C, namespace: &str) -> Redi
             }
         }
     }
-    let ids: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-        .arg(&old)
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(Vec::new()),
-            _ => Err(e),
-        })?;
+    let ids: Vec<Vec<u8>> = crate::or_absent(
+        redis::cmd("SMEMBERS").arg(&old).query_async(con).await,
+        Vec::new(),
+    )?;
     let ids: Vec<String> = ids
         .into_iter()
         .filter_map(|b| String::from_utf8(b).ok())
@@ -434,15 +428,6 @@ pub async fn migrate_v1<C: ConnectionLike>(con: &mut C, namespace: &str) -> Redi
     }
     redis::cmd("DEL").arg(&old).query_async::<i64>(con).await?;
     Ok(set)
-}
-
-/// A queue shard of the wrong type (corrupt or hostile) is left to the
-/// scripts that replace it: an index update is a hint and may fail.
-fn wrong_type(e: redis::RedisError) -> RedisResult<()> {
-    match e.code() {
-        Some("WRONGTYPE") => Ok(()),
-        _ => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -1105,14 +1105,13 @@ pub async fn read_value<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
 ) -> RedisResult<Option<String>> {
-    let v: Value = redis::cmd("GET")
-        .arg(keys.value(kind))
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(Value::Nil),
-            _ => Err(e),
-        })?;
+    let v: Value = crate::or_absent(
+        redis::cmd("GET")
+            .arg(keys.value(kind))
+            .query_async(con)
+            .await,
+        Value::Nil,
+    )?;
     Ok(text(&v).filter(|t| crate::is_printable_token(t)))
 }
 
