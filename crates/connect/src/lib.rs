@@ -20,9 +20,13 @@
 //! certificate, a server that requires or refuses the client certificate)
 //! into a sentence naming the file to look at.
 
+pub mod cluster;
+mod con;
 mod managed;
 mod sentinel;
 
+pub use cluster::Cluster;
+pub use con::Con;
 pub use managed::{Managed, Target};
 pub use sentinel::Sentinel;
 

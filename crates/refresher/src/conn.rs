@@ -10,7 +10,7 @@
 //! Every step is bounded by the configured Redis timeout; a timed-out step
 //! leaves the connection usable.
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use std::future::Future;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ impl Redis {
     }
 
     /// A handle on the connection for one step (cheap to clone).
-    pub fn con(&self) -> ConnectionManager {
+    pub fn con(&self) -> wxtoken_connect::Con {
         self.managed.con()
     }
 
