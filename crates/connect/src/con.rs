@@ -44,6 +44,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, ServerError, Value};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A connection for one step (cheap to clone; clones share the
 /// connection). See the [module docs](self) for pipelines on a cluster.
@@ -53,17 +55,118 @@ pub enum Con {
     Server(ConnectionManager),
     /// A Redis Cluster: each command goes to the primary of its key's slot;
     /// pipelines are split by slot.
-    Cluster(ClusterConnection),
+    Cluster(ClusterCon),
     /// One primary of a Redis Cluster: every command goes to it, whatever
     /// its keys ([`crate::Managed::nodes`], for `SCAN` sweeps).
     Node {
         /// The cluster connection.
-        con: ClusterConnection,
+        con: ClusterCon,
         /// The node's host as the cluster announces it.
         host: String,
         /// The node's port.
         port: u16,
     },
+}
+
+/// Shortest time between two probes of the seeds ([`ClusterCon`]).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Seeds probed to explain a cluster connection that reached no node.
+const PROBED_SEEDS: usize = 3;
+
+/// A Redis Cluster connection (cheap to clone; clones share it).
+///
+/// When the cluster connection reaches no node at all, redis-rs says only
+/// "No connections found", which hides why (an untrusted certificate, a
+/// refused client certificate, a wrong port…). Such an error is then
+/// completed with what connecting to the first seeds directly says (at most
+/// one probe per [`PROBE_EVERY`], each bounded by the connection timeout),
+/// so [`crate::describe`] and [`crate::explain`] can name the TLS file to
+/// look at. The seeds' answers hold addresses, never the password.
+#[derive(Clone)]
+pub struct ClusterCon {
+    con: ClusterConnection,
+    probe: Arc<Probe>,
+}
+
+struct Probe {
+    seeds: Vec<(String, redis::Client)>,
+    timeout: Duration,
+    /// When the seeds were last probed and what they said.
+    last: Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl ClusterCon {
+    /// `con`, whose failures to reach any node are explained by probing
+    /// `seeds` (`(host:port, client)`) with `timeout`.
+    pub fn new(
+        con: ClusterConnection,
+        seeds: Vec<(String, redis::Client)>,
+        timeout: Duration,
+    ) -> ClusterCon {
+        ClusterCon {
+            con,
+            probe: Arc::new(Probe {
+                seeds,
+                timeout,
+                last: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The redis-rs cluster connection.
+    pub fn connection(&self) -> &ClusterConnection {
+        &self.con
+    }
+
+    /// `e`, completed with the seeds' answers when it says no node could be
+    /// reached.
+    async fn diagnose(&self, e: RedisError) -> RedisError {
+        if e.kind() != redis::ErrorKind::ClusterConnectionNotFound {
+            return e;
+        }
+        let cached = {
+            let last = self.probe.last.lock().unwrap_or_else(|p| p.into_inner());
+            last.as_ref()
+                .filter(|(at, _)| at.elapsed() < PROBE_EVERY)
+                .map(|(_, why)| why.clone())
+        };
+        let why = match cached {
+            Some(why) => why,
+            None => {
+                let why = self.probe.run().await;
+                *self.probe.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), why.clone()));
+                why
+            }
+        };
+        match why {
+            Some(why) => {
+                RedisError::from((e.kind(), "Redis Cluster: no node could be reached", why))
+            }
+            None => e,
+        }
+    }
+}
+
+impl Probe {
+    /// What the first seeds say when connected to directly, or `None` if
+    /// one of them answers.
+    async fn run(&self) -> Option<String> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let mut said = Vec::new();
+        for (addr, client) in self.seeds.iter().take(PROBED_SEEDS) {
+            let attempt = client.get_multiplexed_async_connection_with_config(&config);
+            match tokio::time::timeout(self.timeout, attempt).await {
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => said.push(format!("seed {addr}: {e}")),
+                Err(_) => said.push(format!("seed {addr}: no answer within {:?}", self.timeout)),
+            }
+        }
+        (!said.is_empty()).then(|| said.join("; "))
+    }
 }
 
 impl std::fmt::Debug for Con {
@@ -99,11 +202,21 @@ impl ConnectionLike for Con {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Con::Server(c) => c.req_packed_command(cmd),
-            Con::Cluster(c) => c.req_packed_command(cmd),
-            Con::Node { con, host, port } => {
-                let routing = RoutingInfo::SingleNode(Con::by_address(host, *port));
-                con.route_command(cmd.clone(), routing).boxed()
+            Con::Cluster(c) => async move {
+                match c.con.req_packed_command(cmd).await {
+                    Err(e) => Err(c.diagnose(e).await),
+                    ok => ok,
+                }
             }
+            .boxed(),
+            Con::Node { con, host, port } => async move {
+                let routing = RoutingInfo::SingleNode(Con::by_address(host, *port));
+                match con.con.route_command(cmd.clone(), routing).await {
+                    Err(e) => Err(con.diagnose(e).await),
+                    ok => ok,
+                }
+            }
+            .boxed(),
         }
     }
 
@@ -115,12 +228,25 @@ impl ConnectionLike for Con {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Con::Server(c) => c.req_packed_commands(pipeline, offset, count),
-            Con::Cluster(c) => split_pipeline(c.clone(), pipeline, offset, count).boxed(),
-            Con::Node { con, host, port } => {
-                let route = Con::by_address(host, *port);
-                con.route_pipeline(pipeline.clone(), offset, count, route)
-                    .boxed()
+            Con::Cluster(c) => async move {
+                match split_pipeline(c.con.clone(), pipeline, offset, count).await {
+                    Err(e) => Err(c.diagnose(e).await),
+                    ok => ok,
+                }
             }
+            .boxed(),
+            Con::Node { con, host, port } => async move {
+                let route = Con::by_address(host, *port);
+                let answer = con
+                    .con
+                    .route_pipeline(pipeline.clone(), offset, count, route)
+                    .await;
+                match answer {
+                    Err(e) => Err(con.diagnose(e).await),
+                    ok => ok,
+                }
+            }
+            .boxed(),
         }
     }
 

@@ -26,7 +26,7 @@ mod managed;
 mod sentinel;
 
 pub use cluster::Cluster;
-pub use con::Con;
+pub use con::{ClusterCon, Con};
 pub use managed::{Managed, Target};
 pub use sentinel::Sentinel;
 

@@ -12,7 +12,7 @@
 //! that is down at start is not an error: the connection is made lazily.
 
 use crate::cluster::{addr_text, slots_nodes, Cluster, Layout};
-use crate::{client, describe, Con, ConnectError, Sentinel, TlsFiles};
+use crate::{client, describe, ClusterCon, Con, ConnectError, Sentinel, TlsFiles};
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -149,22 +149,10 @@ impl Rotation {
 
 /// Asks the cluster (any node) for its slot map.
 async fn cluster_nodes(con: &Con) -> redis::RedisResult<Layout> {
-    let Con::Cluster(cluster) = con else {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "not a Redis Cluster connection",
-        )));
-    };
-    let answer = cluster
-        .clone()
-        .route_command(
-            redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
-            redis::cluster_routing::RoutingInfo::SingleNode(
-                redis::cluster_routing::SingleNodeRoutingInfo::Random,
-            ),
-        )
-        .await?
-        .extract_error()?;
+    let answer: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut con.clone())
+        .await?;
     slots_nodes(&answer)
         .map_err(|why| redis::RedisError::from((redis::ErrorKind::Client, "Redis Cluster", why)))
 }
@@ -242,6 +230,7 @@ impl Managed {
             .map(|s| Ok((s.clone(), cluster.node_client(s)?)))
             .collect::<Result<Vec<_>, ConnectError>>()?;
         let first = seeds[0].1.clone();
+        let con = ClusterCon::new(con, seeds.clone(), connect_timeout);
         Ok(Managed {
             inner: Arc::new(Inner {
                 target: Target::Cluster(cluster.clone()),

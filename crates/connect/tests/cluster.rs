@@ -455,9 +455,131 @@ async fn an_unreachable_cluster_is_not_an_error_at_start_and_errors_show_no_pass
     .expect("bounded")
     .unwrap_err();
     let text = wxtoken_connect::describe(&e, &tls);
+    eprintln!("{text}");
     assert!(!text.contains("s3cret"), "{text}");
+    // Why no node was reached: the seed's own answer.
+    assert!(text.contains(&format!("seed 127.0.0.1:{port}")), "{text}");
     let e = m.nodes().await.unwrap_err().to_string();
     assert!(!e.contains("s3cret"), "{e}");
     // A client for a node is still handed out (it fails when used).
     assert_eq!(client_addr(&m.client()).port(), port);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_reached_with_the_tls_files_and_failures_name_the_file() {
+    let pki = wxtoken_testkit::TestPki::generate().unwrap();
+    let set = {
+        let (server, client_cert, client_key) = (
+            pki.server(true),
+            pki.client_cert.clone(),
+            pki.client_key.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            ClusterSet::start_tls(3, 0, &server, Some((&client_cert, &client_key)))
+        })
+        .await
+        .unwrap()
+        .expect("redis-server and redis-cli with TLS")
+    };
+    let url = set.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let tls = TlsFiles {
+        ca_file: Some(pki.ca.clone()),
+        cert_file: Some(pki.client_cert.clone()),
+        key_file: Some(pki.client_key.clone()),
+    };
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    let m = Managed::new(
+        Target::parse(&url, &tls).unwrap(),
+        &tls,
+        config.clone(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let mut con = m.con();
+    let tags = tags_on_every_primary(&set);
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("TIME");
+    for t in &tags {
+        pipe.set(format!("{t}:k"), t).ignore().get(format!("{t}:k"));
+    }
+    let replies: Vec<Value> = pipe.query_async(&mut con).await.unwrap();
+    assert_eq!(replies.len(), 1 + tags.len(), "{replies:?}");
+    // nodes() and client() name the TLS ports.
+    let nodes = m.nodes().await.unwrap();
+    assert_eq!(nodes.len(), 3);
+    for mut n in nodes {
+        let _: String = redis::cmd("PING").query_async(&mut n).await.unwrap();
+    }
+    let node = m.client();
+    assert!(matches!(
+        node.get_connection_info().addr(),
+        redis::ConnectionAddr::TcpTls { .. }
+    ));
+    let mut sub = node.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("PING").query_async(&mut sub).await.unwrap();
+
+    // The wrong CA: the error, described, names the CA file.
+    let wrong = TlsFiles {
+        ca_file: Some(pki.other_ca.clone()),
+        ..tls.clone()
+    };
+    let short = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let m = Managed::new(
+        Target::parse(&url, &wrong).unwrap(),
+        &wrong,
+        short.clone(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        redis::cmd("GET")
+            .arg("k")
+            .query_async::<Option<String>>(&mut m.con()),
+    )
+    .await
+    .expect("bounded")
+    .unwrap_err();
+    let text = wxtoken_connect::describe(&e, &wrong);
+    eprintln!("{text}");
+    assert!(
+        text.contains(&pki.other_ca.display().to_string()),
+        "the CA file is named: {text}"
+    );
+
+    // No client certificate where the nodes require one.
+    let anonymous = TlsFiles {
+        ca_file: Some(pki.ca.clone()),
+        ..TlsFiles::default()
+    };
+    let m = Managed::new(
+        Target::parse(&url, &anonymous).unwrap(),
+        &anonymous,
+        short,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        redis::cmd("GET")
+            .arg("k")
+            .query_async::<Option<String>>(&mut m.con()),
+    )
+    .await
+    .expect("bounded")
+    .unwrap_err();
+    let text = wxtoken_connect::describe(&e, &anonymous);
+    eprintln!("{text}");
+    assert!(
+        wxtoken_connect::explain(&e, &anonymous).is_some(),
+        "explained: {text}"
+    );
 }

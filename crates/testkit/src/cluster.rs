@@ -11,10 +11,10 @@
 //! with all 16384 slots assigned, knows every other node, and every replica
 //! is attached and in sync with its primary.
 
-use crate::{free_port, io_err, Error, RedisServer};
+use crate::{free_port, io_err, Error, RedisServer, TlsServer};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,11 +52,18 @@ struct Node {
 }
 
 /// A running Redis Cluster. Every process is killed when dropped.
+///
+/// Addresses ([`ClusterSet::nodes`], [`ClusterSet::primary_for_key`]…) are
+/// the nodes' plain-text ports, also for a TLS cluster
+/// ([`ClusterSet::start_tls`]), whose nodes keep a plain-text port open on
+/// loopback for the test's own inspection; the code under test is given
+/// [`ClusterSet::url`], which names the TLS ports.
 #[derive(Debug)]
 pub struct ClusterSet {
     nodes: Vec<Node>,
     /// The replicas of each primary killed by [`ClusterSet::kill_primary`].
     orphans: Vec<(SocketAddr, Vec<SocketAddr>)>,
+    tls: bool,
 }
 
 impl ClusterSet {
@@ -64,6 +71,28 @@ impl ClusterSet {
     /// with `replicas` replicas each, and waits (up to 60 s) until the
     /// cluster is formed and every replica is in sync.
     pub fn start(primaries: usize, replicas: usize) -> Result<ClusterSet, Error> {
+        Self::start_with(primaries, replicas, None)
+    }
+
+    /// [`ClusterSet::start`] with TLS: clients, the cluster bus and
+    /// replication speak TLS (`tls-cluster`, `tls-replication`) with
+    /// `tls`'s certificate; `node_client` (certificate and key files) is
+    /// what the nodes (and `redis-cli`) show when `tls.auth_clients`
+    /// requires a client certificate.
+    pub fn start_tls(
+        primaries: usize,
+        replicas: usize,
+        tls: &TlsServer,
+        node_client: Option<(&Path, &Path)>,
+    ) -> Result<ClusterSet, Error> {
+        Self::start_with(primaries, replicas, Some((tls, node_client)))
+    }
+
+    fn start_with(
+        primaries: usize,
+        replicas: usize,
+        tls: Option<(&TlsServer, Option<(&Path, &Path)>)>,
+    ) -> Result<ClusterSet, Error> {
         let cli = redis_cli_binary()?;
         if primaries < 3 {
             return Err(Error::Io {
@@ -80,7 +109,7 @@ impl ClusterSet {
                 bus = free_port()?;
             }
             let bus = bus.to_string();
-            servers.push(RedisServer::start_with_args(&[
+            let mut args = vec![
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -91,12 +120,43 @@ impl ClusterSet {
                 &bus,
                 "--cluster-replica-validity-factor",
                 "0",
-            ])?);
+            ];
+            servers.push(match tls {
+                None => RedisServer::start_with_args(&args)?,
+                Some((server_tls, node_client)) => {
+                    args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                    let files: Vec<String> = node_client
+                        .map(|(cert, key)| {
+                            vec![
+                                "--tls-client-cert-file".to_owned(),
+                                cert.display().to_string(),
+                                "--tls-client-key-file".to_owned(),
+                                key.display().to_string(),
+                            ]
+                        })
+                        .unwrap_or_default();
+                    args.extend(files.iter().map(String::as_str));
+                    RedisServer::start_tls(server_tls, &args)?
+                }
+            });
         }
-        let out = Command::new(cli)
+        let mut cli = Command::new(cli);
+        if let Some((server_tls, node_client)) = tls {
+            cli.arg("--tls").arg("--cacert").arg(&server_tls.ca_file);
+            if let Some((cert, key)) = node_client {
+                cli.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+        }
+        // redis-cli meets the nodes on the ports it was given (the TLS
+        // ports for a TLS cluster).
+        let addr = |s: &RedisServer| match s.tls_port() {
+            Some(p) if tls.is_some() => SocketAddr::from(([127, 0, 0, 1], p)).to_string(),
+            _ => s.addr().to_string(),
+        };
+        let out = cli
             .arg("--cluster")
             .arg("create")
-            .args(servers.iter().map(|s| s.addr().to_string()))
+            .args(servers.iter().map(addr))
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
@@ -121,6 +181,7 @@ impl ClusterSet {
         let set = ClusterSet {
             nodes,
             orphans: Vec::new(),
+            tls: tls.is_some(),
         };
         set.wait(Duration::from_secs(60), |set| {
             set.formed(primaries, replicas)
@@ -203,19 +264,33 @@ impl ClusterSet {
             .map(|n| n.server.addr())
     }
 
-    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…`: every node (running
-    /// or not) as a seed.
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…` (every node, running
+    /// or not, as a seed), or for a TLS cluster
+    /// `rediss+cluster://127.0.0.1:tls_port1,…`.
     pub fn url(&self) -> String {
-        format!("redis+cluster://{}", self.node_list())
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", self.node_list())
     }
 
-    /// `127.0.0.1:p1,127.0.0.1:p2,…`, every node.
+    /// `127.0.0.1:p1,127.0.0.1:p2,…`, every node (the TLS ports of a TLS
+    /// cluster).
     pub fn node_list(&self) -> String {
         self.nodes()
             .iter()
-            .map(SocketAddr::to_string)
+            .map(|a| self.client_addr(*a).to_string())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The address a client uses for the node on (plain-text) `addr`: the
+    /// TLS port of a TLS cluster, else `addr`.
+    pub fn client_addr(&self, addr: SocketAddr) -> SocketAddr {
+        self.nodes
+            .iter()
+            .find(|n| n.server.addr() == addr)
+            .and_then(|n| n.server.tls_port())
+            .filter(|_| self.tls)
+            .map_or(addr, |p| SocketAddr::new(addr.ip(), p))
     }
 
     /// Every node's address, in start order.
@@ -537,6 +612,24 @@ mod tests {
         assert_eq!(set.primary_for_key("{wx}a").unwrap(), new);
         assert_eq!(set.primaries().len(), 3);
         assert!(set.kill_primary(owner).is_err(), "already dead");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_cluster_forms_with_client_certificates() {
+        let pki = crate::TestPki::generate().unwrap();
+        let set = ClusterSet::start_tls(
+            3,
+            0,
+            &pki.server(true),
+            Some((&pki.client_cert, &pki.client_key)),
+        )
+        .expect("redis-server and redis-cli (with TLS) must be installed");
+        assert_eq!(set.primaries().len(), 3);
+        assert!(set.url().starts_with("rediss+cluster://127.0.0.1:"));
+        let first = set.nodes()[0];
+        assert_ne!(set.client_addr(first), first);
+        assert!(set.url().contains(&set.client_addr(first).to_string()));
     }
 
     #[test]
