@@ -4,38 +4,7 @@
 //! `redis::aio::ConnectionLike`, so commands, scripts
 //! (`Script::invoke_async`) and pipelines run on it unchanged.
 //!
-//! # Pipelines on a cluster
-//!
-//! redis-rs's cluster connection refuses a pipeline whose keys are in
-//! several hash slots. [`Con::Cluster`] splits such a pipeline instead:
-//!
-//! - Commands are grouped by the slot of their key (a script by its first
-//!   key, like redis-rs routes it); each group is one sub-pipeline to the
-//!   slot's primary, and the groups are sent concurrently. A pipeline whose
-//!   keys are all in one slot is sent as it is: one round trip.
-//! - Keyless commands that run on any node (`TIME`, `ECHO`, `CONFIG GET`,
-//!   a script without keys…) go with the group of the first keyed command.
-//!   `SCRIPT LOAD` goes with every group, so every node that runs the
-//!   script's `EVALSHA` has loaded it just before, in the same round trip.
-//! - Commands redis-rs sends to several nodes (`PING`, `FLUSHALL`, `INFO`,
-//!   `KEYS`, a `DEL`/`MGET`/`EXISTS` whose keys are in several slots…) are
-//!   sent on their own through the cluster connection, which fans them out
-//!   and merges the answers; they split the pipeline into steps run one
-//!   after another, so commands before them run before and commands after
-//!   them after (and `SCRIPT LOAD` is then sent to every node on its own).
-//! - The raw replies are put back in the pipeline's order, so the
-//!   pipeline's own handling (ignored commands, `ignore_errors`, a failed
-//!   command's `Value::ServerError`) works as on a single server.
-//! - An atomic pipeline (`.atomic()`) becomes one `MULTI`/`EXEC` per slot:
-//!   **atomic per slot**, not across slots (Redis Cluster has no
-//!   cross-slot transactions). Every key of one credential shares one hash
-//!   tag, so the reads and writes of one credential stay consistent; reads
-//!   of several credentials in one atomic pipeline are each consistent but
-//!   may be from slightly different moments. The answer has the single
-//!   server's shape (the `EXEC` array last).
-//! - A connection error in any group fails the whole pipeline (as on a
-//!   single server); groups already sent may have run. Callers retry steps
-//!   anyway.
+//! See [`Con`] for what pipelines become on a cluster.
 
 use futures_util::future::join_all;
 use futures_util::FutureExt;
@@ -48,7 +17,47 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A connection for one step (cheap to clone; clones share the
-/// connection). See the [module docs](self) for pipelines on a cluster.
+/// connection).
+///
+/// # Pipelines on a cluster
+///
+/// redis-rs's cluster connection refuses a pipeline whose keys are in
+/// several hash slots. [`Con::Cluster`] splits such a pipeline instead:
+///
+/// - Commands are grouped by the slot of their key (a script by its first
+///   key, like redis-rs routes it); each group is one sub-pipeline to the
+///   slot's primary, and the groups are sent concurrently. A pipeline whose
+///   keys are all in one slot is sent as it is: one round trip.
+/// - Keyless commands that run on any node (`TIME`, `ECHO`, `CONFIG GET`,
+///   a script without keys…) go with the group of the first keyed command.
+///   `SCRIPT LOAD` goes with every group, so every node that runs the
+///   script's `EVALSHA` has loaded it just before, in the same round trip.
+/// - Commands redis-rs sends to several nodes (`PING`, `FLUSHALL`, `INFO`,
+///   `KEYS`, a `DEL`/`MGET`/`EXISTS` whose keys are in several slots…) are
+///   sent on their own through the cluster connection, which fans them out
+///   and merges the answers; they split the pipeline into steps run one
+///   after another, so commands before them run before and commands after
+///   them after (and `SCRIPT LOAD` is then sent to every node on its own).
+/// - The raw replies are put back in the pipeline's order, so the
+///   pipeline's own handling (ignored commands, `ignore_errors`, a failed
+///   command's `Value::ServerError`) works as on a single server.
+/// - An atomic pipeline (`.atomic()`) becomes one `MULTI`/`EXEC` per slot:
+///   **atomic per slot**, not across slots (Redis Cluster has no
+///   cross-slot transactions). Every key of one credential shares one hash
+///   tag, so the reads and writes of one credential stay consistent; reads
+///   of several credentials in one atomic pipeline are each consistent but
+///   may be from slightly different moments. The answer has the single
+///   server's shape (the `EXEC` array last).
+/// - A connection error in any group fails the whole pipeline (as on a
+///   single server); groups already sent may have run. Callers retry steps
+///   anyway.
+/// - redis-rs follows `MOVED` (a failover, a moved slot) for commands and
+///   plain pipelines, but not inside a transaction: a transaction aborted
+///   by `MOVED` or `READONLY` makes this connection send an `EXISTS` of the
+///   group's first key to the slot (so redis-rs follows the redirection
+///   and refreshes its slot map) and the transaction once more. `ASK` (a
+///   slot being migrated) is not followed inside a transaction: such a
+///   step fails until the migration of that slot ends.
 #[derive(Clone)]
 pub enum Con {
     /// One server, or the primary Sentinel names.
@@ -80,7 +89,7 @@ const PROBED_SEEDS: usize = 3;
 /// "No connections found", which hides why (an untrusted certificate, a
 /// refused client certificate, a wrong port…). Such an error is then
 /// completed with what connecting to the first seeds directly says (at most
-/// one probe per [`PROBE_EVERY`], each bounded by the connection timeout),
+/// one probe a second, each bounded by the connection timeout),
 /// so [`crate::describe`] and [`crate::explain`] can name the TLS file to
 /// look at. The seeds' answers hold addresses, never the password.
 #[derive(Clone)]

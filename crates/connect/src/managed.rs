@@ -264,8 +264,7 @@ impl Managed {
     ///
     /// For a cluster: a client for one node, the next one on each call
     /// (the seeds, then the other nodes the cluster named when last asked —
-    /// each call may ask again in the background, at most every
-    /// [`REDISCOVER_EVERY`]). Classic `PUBLISH` reaches the subscribers of
+    /// each call may ask again in the background, at most every 500 ms). Classic `PUBLISH` reaches the subscribers of
     /// every node, so any node will do; one that lost its node gets
     /// another next time.
     pub fn client(&self) -> redis::Client {

@@ -269,6 +269,16 @@ async fn nodes_let_a_scan_find_the_keys_of_every_primary() {
     }
     assert_eq!(found, keys);
 
+    // resolve() (the operator's tools): a client for a seed that answers.
+    let node = Target::parse(&set.url(), &TlsFiles::default())
+        .unwrap()
+        .resolve(TIMEOUT)
+        .await
+        .unwrap();
+    assert!(set.nodes().contains(&client_addr(&node)));
+    let mut one = node.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("PING").query_async(&mut one).await.unwrap();
+
     // A single server: the one connection.
     let server = tokio::task::spawn_blocking(RedisServer::start)
         .await
