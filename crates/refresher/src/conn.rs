@@ -63,6 +63,12 @@ impl Redis {
         self.managed.client()
     }
 
+    /// One connection per primary (a Redis Cluster's), or the one
+    /// connection: for `SCAN` sweeps, which must visit every primary.
+    pub async fn nodes(&self) -> Result<Vec<wxtoken_connect::Con>, RedisError> {
+        self.step(self.managed.nodes()).await
+    }
+
     /// Something outside a step failed (a lost subscription): behind
     /// Sentinel, check whether the primary moved.
     pub fn saw_error(&self) {
