@@ -13,6 +13,12 @@
 //! beyond its refresh cycles (a lease cut short by the failover may be
 //! repeated once: replication is asynchronous). The operator's `get` and
 //! `status` work on the cluster too.
+//!
+//! A third-party platform on a cluster: 300 authorizers found by a
+//! reconciliation (authorizer index, schedules and due-queue index in
+//! different slots) are each fetched exactly once; a pushed authorization
+//! is exchanged and stored; an account that leaves loses every key, its
+//! schedule and its index entries on whichever nodes they live.
 
 use crate::common::{business_call, Env, Setup};
 use futures_util::StreamExt;
@@ -359,6 +365,152 @@ async fn three_replicas_on_a_cluster_refresh_once_per_cycle_and_follow_a_failove
             let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             assert_eq!(env.admin.check_token(&printed), Ok(()));
         }
+    }
+    drop(replicas);
+}
+
+/// An authorizer's stored access token on the cluster.
+async fn authorizer_token(
+    con: &mut redis::cluster_async::ClusterConnection,
+    component: &str,
+    appid: &str,
+) -> Option<String> {
+    let keys = CredentialKeys::authorizer("wxtoken", component, appid).unwrap();
+    redis::cmd("GET")
+        .arg(keys.value(Kind::AccessToken))
+        .query_async(con)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_with_three_hundred_authorizers_on_a_cluster() {
+    use crate::platform::{ports, push_url, spawn_on, Platform};
+    const N: usize = 300;
+    let cluster = ClusterSet::start(3, 0)
+        .expect("redis-server and redis-cli are needed (apt-get install redis-server redis-tools)");
+    let platform = Platform::new(31);
+    let ports = ports(3);
+    let env = Env::start(Setup {
+        credentials: 0,
+        lifetime: Duration::from_secs(600),
+        sim_components: vec![platform.sim(push_url(ports[0], &platform))],
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
+        ..Setup::default()
+    })
+    .await;
+    // Authorized before wxtoken ran: a reconciliation finds them.
+    let appids = env.admin.bulk_authorize(&platform.appid, N as u32).unwrap();
+    let replicas = spawn_on(
+        &env,
+        &cluster.url(),
+        std::slice::from_ref(&platform),
+        &ports,
+        "calls_per_second = 500\nburst = 20\n",
+    )
+    .await;
+    let mut con = cluster_con(&cluster).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut n = 0;
+        for a in &appids {
+            n += usize::from(
+                authorizer_token(&mut con, &platform.appid, a)
+                    .await
+                    .is_some(),
+            );
+        }
+        if n == N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {N} authorizers stored on the cluster:\n{}",
+            replicas[0].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let evidence = env.admin.authorizer_evidence(&platform.appid).unwrap();
+    assert_eq!(
+        evidence.authorizer_token_issued_histogram,
+        [(1, N as u64)].into_iter().collect(),
+        "one api_authorizer_token per authorizer"
+    );
+    // Their keys live on every primary.
+    let homes: BTreeSet<SocketAddr> = appids
+        .iter()
+        .map(|a| {
+            let k = CredentialKeys::authorizer("wxtoken", &platform.appid, a).unwrap();
+            cluster
+                .primary_for_key(&k.value(Kind::AccessToken))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(homes.len(), 3);
+
+    // A new authorization, pushed: its code exchanged once, its token valid.
+    let fresh = "wxclusternew0001";
+    let record = env.admin.authorize(&platform.appid, fresh).await.unwrap();
+    assert!(record.push.is_some_and(|p| p.success), "the push was taken");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        if let Some(t) = authorizer_token(&mut con, &platform.appid, fresh).await {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "{}", replicas[0].logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        env.admin.check_authorizer_token(&token),
+        Ok(fresh.to_owned())
+    );
+
+    // One leaves: its keys, its schedule and its index entries go, on
+    // whichever nodes they live.
+    let gone = &appids[0];
+    env.admin.unauthorize(&platform.appid, gone).await.unwrap();
+    let k = CredentialKeys::authorizer("wxtoken", &platform.appid, gone).unwrap();
+    let component = wxtoken_schema::ComponentKeys::new("wxtoken", &platform.appid).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(k.value(Kind::AccessToken))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let schedule: bool = redis::cmd("EXISTS")
+            .arg(k.schedule())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let queued: Option<f64> = redis::cmd("ZSCORE")
+            .arg(k.due())
+            .arg(k.member(Kind::AccessToken))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let indexed: Option<f64> = redis::cmd("ZSCORE")
+            .arg(component.authorizers())
+            .arg(gone)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let listed: bool = redis::cmd("SISMEMBER")
+            .arg(k.registry())
+            .arg(k.id())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if value.is_none() && !schedule && queued.is_none() && indexed.is_none() && !listed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: value {value:?} schedule {schedule} queued {queued:?} indexed {indexed:?} listed {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(replicas);
 }
