@@ -1,6 +1,8 @@
 //! Redis Cluster: three primaries (a replica each), three refresher replicas
 //! and a client on `redis+cluster://…`, fifty credentials spread over every
-//! primary's slots.
+//! primary's slots. The replicas and the client run as the README's
+//! least-privilege ACL users (refresher, reader), with the `+cluster|slots`
+//! the README says a cluster needs.
 //!
 //! Asserted: each credential is fetched exactly once per refresh cycle and
 //! every fetched token is the one stored and announced (update events are
@@ -109,6 +111,25 @@ async fn three_replicas_on_a_cluster_refresh_once_per_cycle_and_follow_a_failove
     })
     .await;
     let url = cluster.url();
+    // The README's ACL users, on every node (ACL users are per node).
+    for node in cluster.nodes() {
+        let mut admin = redis::Client::open(format!("redis://{node}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for user in ["refresher", "reader"] {
+            let rule = format!("{} +cluster|slots", crate::acl::readme_rule(user));
+            let mut cmd = redis::cmd("ACL");
+            cmd.arg("SETUSER").arg(user);
+            for word in rule.split_whitespace() {
+                cmd.arg(word);
+            }
+            let () = cmd.query_async(&mut admin).await.expect("ACL SETUSER");
+        }
+    }
+    let as_user =
+        |user: &str| url.replacen("+cluster://", &format!("+cluster://{user}:{user}-pw@"), 1);
 
     // The credentials, the due-queue shards and the registry shards are
     // spread over every primary: nothing needs one slot for all.
@@ -161,7 +182,7 @@ async fn three_replicas_on_a_cluster_refresh_once_per_cycle_and_follow_a_failove
     });
 
     let replicas: Vec<_> = (1..=3)
-        .map(|r| env.spawn_replica(&format!("replica-{r}"), Some(&url)))
+        .map(|r| env.spawn_replica(&format!("replica-{r}"), Some(&as_user("refresher"))))
         .collect();
     let mut con = cluster_con(&cluster).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -173,9 +194,9 @@ async fn three_replicas_on_a_cluster_refresh_once_per_cycle_and_follow_a_failove
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let reader = Client::connect(&url, Options::default())
+    let reader = Client::connect(&as_user("reader"), Options::default())
         .await
-        .expect("the client connects to the cluster");
+        .expect("the client connects to the cluster as the reader user");
 
     // Passive refresh: WeChat refuses app-0's token; a business server
     // reports it; it is replaced with a valid one.
