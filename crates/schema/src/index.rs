@@ -181,15 +181,19 @@ pub async fn follow<C: ConnectionLike>(
     at_ms: u64,
 ) -> RedisResult<()> {
     crate::or_absent(
-        redis::cmd("ZADD")
-            .arg(keys.due())
-            .arg(at_ms)
-            .arg(keys.member(kind))
+        follow_cmd(keys, kind, at_ms)
             .query_async::<i64>(con)
             .await
             .map(drop),
         (),
     )
+}
+
+/// The command of [`follow`], for a caller's pipeline.
+pub(crate) fn follow_cmd(keys: &CredentialKeys, kind: Kind, at_ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(keys.due()).arg(at_ms).arg(keys.member(kind));
+    cmd
 }
 
 /// Brings the index entries of `kinds` forward to `at_ms` (their schedule
@@ -200,15 +204,23 @@ pub async fn pull<C: ConnectionLike>(
     kinds: &[Kind],
     at_ms: u64,
 ) -> RedisResult<()> {
+    match pull_cmd(keys, kinds, at_ms) {
+        Some(cmd) => crate::or_absent(cmd.query_async::<i64>(con).await.map(drop), ()),
+        None => Ok(()),
+    }
+}
+
+/// The command of [`pull`] (`None` for no kinds), for a caller's pipeline.
+pub(crate) fn pull_cmd(keys: &CredentialKeys, kinds: &[Kind], at_ms: u64) -> Option<redis::Cmd> {
     if kinds.is_empty() {
-        return Ok(());
+        return None;
     }
     let mut cmd = redis::cmd("ZADD");
     cmd.arg(keys.due()).arg("LT");
     for kind in kinds {
         cmd.arg(at_ms).arg(keys.member(*kind));
     }
-    crate::or_absent(cmd.query_async::<i64>(con).await.map(drop), ())
+    Some(cmd)
 }
 
 /// Removes the index entry of a value that has no schedule (a claim found

@@ -591,26 +591,35 @@ pub async fn claim<C: ConnectionLike>(
         }
     }
     let claimed = claim_script(con, keys, kind, owner, rules).await;
-    if let (Some(rate), false) = (rules.rate, matches!(claimed, Ok(Claim::Granted { .. }))) {
-        crate::rate::refund(con, rate).await?;
+    // One round trip after the script: the permit back if the claim was
+    // refused, and the index entry to where the schedule now says. Both
+    // are best effort: a lost refund only slows the rate, and the index is
+    // a hint (a failed update must never hide a granted lease).
+    let refund = rules
+        .rate
+        .filter(|_| !matches!(claimed, Ok(Claim::Granted { .. })));
+    let follow_at = match &claimed {
+        Ok(Claim::Granted { state, .. }) => {
+            Some(state.now_ms.saturating_add(millis(rules.lock_ttl)))
+        }
+        Ok(Claim::NotDue(at) | Claim::Busy(at) | Claim::Held(at) | Claim::HoldCut(at)) => Some(*at),
+        _ => None,
+    };
+    if refund.is_some() || follow_at.is_some() {
+        let mut pipe = redis::pipe();
+        if let Some(rate) = refund {
+            crate::rate::refund_in(&mut pipe, rate);
+        }
+        if let Some(at) = follow_at {
+            pipe.add_command(index::follow_cmd(keys, kind, at)).ignore();
+        }
+        let _ = pipe.query_async::<()>(con).await;
     }
     let claimed = claimed?;
-    match &claimed {
-        Claim::Granted { state, .. } => {
-            // The index is a hint: a failed update must not hide a granted
-            // lease (see `index`).
-            let until = state.now_ms.saturating_add(millis(rules.lock_ttl));
-            let _ = index::follow(con, keys, kind, until).await;
+    if claimed == Claim::Unregistered {
+        if let Some(at) = index::drop_orphan(con, keys, kind).await? {
+            return Ok(Claim::NotDue(at));
         }
-        Claim::NotDue(at) | Claim::Busy(at) | Claim::Held(at) | Claim::HoldCut(at) => {
-            let _ = index::follow(con, keys, kind, *at).await;
-        }
-        Claim::Unregistered => {
-            if let Some(at) = index::drop_orphan(con, keys, kind).await? {
-                return Ok(Claim::NotDue(at));
-            }
-        }
-        Claim::RateLimited(_) => {}
     }
     Ok(claimed)
 }
@@ -899,13 +908,18 @@ pub async fn write_token<C: ConnectionLike>(
             let tickets_due: Vec<Kind> =
                 answer[3..].iter().filter_map(|k| Kind::parse(k)).collect();
             // The value is stored: a failed index update (a hint, see
-            // `index`) must not make it look lost.
-            let _ = index::follow(con, keys, w.kind, due).await;
+            // `index`) must not make it look lost. One round trip.
             let now = exp
                 .parse::<u64>()
                 .unwrap_or(0)
                 .saturating_sub(u64::try_from(w.ttl.as_millis()).unwrap_or(0));
-            let _ = index::pull(con, keys, &tickets_due, now).await;
+            let mut pipe = redis::pipe();
+            pipe.add_command(index::follow_cmd(keys, w.kind, due))
+                .ignore();
+            if let Some(pull) = index::pull_cmd(keys, &tickets_due, now) {
+                pipe.add_command(pull).ignore();
+            }
+            let _ = pipe.query_async::<()>(con).await;
             WriteOutcome::Written {
                 expires_at_ms: exp.parse().unwrap_or(0),
                 tickets_due,
