@@ -175,15 +175,23 @@ async fn con(run: &Run) -> wxtoken_connect::Con {
         .con()
 }
 
+/// A connection to one node, patient enough for a `FLUSHALL` of 100,000
+/// credentials.
+async fn node_con(url: &str) -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect")
+}
+
 /// Redis commands so far, over every primary: (executed, sent).
 async fn redis_calls(run: &Run) -> (u64, u64) {
     let mut total = (0, 0);
     for url in run.redis.primaries() {
-        let mut con = redis::Client::open(url)
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
+        let mut con = node_con(&url).await;
         let (all, sent) = common::redis_calls(&mut con).await;
         total = (total.0 + all, total.1 + sent);
     }
@@ -335,11 +343,7 @@ async fn scale(n: u32) {
 
     let before = token_calls(&run);
     for url in run.redis.primaries() {
-        let mut flush = redis::Client::open(url)
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
+        let mut flush = node_con(&url).await;
         let _: () = redis::cmd("FLUSHALL")
             .query_async(&mut flush)
             .await
