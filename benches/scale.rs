@@ -24,13 +24,56 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wxtoken_schema::{CredentialKeys, Kind};
 use wxtoken_sim::{Endpoint, GeneratedApps, SimConfig, Simulator, Timing};
-use wxtoken_testkit::{free_port, RedisServer};
+use wxtoken_testkit::{free_port, ClusterSet, RedisServer};
 
 const REPLICAS: usize = 3;
 const SEED: u64 = 0x5eed;
 
+/// Where the bench's Redis runs: one server, or (with
+/// `WXTOKEN_BENCH_CLUSTER=<primaries>`) a Redis Cluster.
+enum Store {
+    Single(RedisServer),
+    Cluster(ClusterSet),
+}
+
+impl Store {
+    fn start() -> Store {
+        match std::env::var("WXTOKEN_BENCH_CLUSTER")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(primaries) if primaries > 0 => Store::Cluster(
+                ClusterSet::start(primaries, 0)
+                    .expect("redis-server and redis-cli are needed for this benchmark"),
+            ),
+            _ => Store::Single(
+                RedisServer::start().expect("redis-server is needed for this benchmark"),
+            ),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Store::Single(r) => r.url(),
+            Store::Cluster(c) => c.url(),
+        }
+    }
+
+    /// One URL per primary (the node to count commands on, to flush).
+    fn primaries(&self) -> Vec<String> {
+        match self {
+            Store::Single(r) => vec![r.url()],
+            Store::Cluster(c) => c
+                .primaries()
+                .iter()
+                .map(|a| format!("redis://{a}"))
+                .collect(),
+        }
+    }
+}
+
 struct Run {
-    redis: RedisServer,
+    redis: Store,
     sim: Simulator,
     replicas: Vec<Child>,
     http_ports: Vec<u16>,
@@ -55,7 +98,7 @@ fn rate() -> f64 {
 }
 
 async fn start(n: u32, lifetime: Duration) -> Run {
-    let redis = RedisServer::start().expect("redis-server is needed for this benchmark");
+    let redis = Store::start();
     let apps = GeneratedApps::new(n, SEED);
     let sim = Simulator::start(
         SimConfig::default()
@@ -118,12 +161,41 @@ async fn start(n: u32, lifetime: Duration) -> Run {
     }
 }
 
-async fn con(run: &Run) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(run.redis.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
+/// A connection to the bench's Redis (on a cluster, pipelines are split by
+/// slot).
+async fn con(run: &Run) -> wxtoken_connect::Con {
+    let tls = wxtoken_connect::TlsFiles::default();
+    let target = wxtoken_connect::Target::parse(&run.redis.url(), &tls).expect("url");
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    wxtoken_connect::Managed::new(target, &tls, config, Duration::from_secs(30))
         .await
         .expect("connect")
+        .con()
+}
+
+/// A connection to one node, patient enough for a `FLUSHALL` of 100,000
+/// credentials.
+async fn node_con(url: &str) -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect")
+}
+
+/// Redis commands so far, over every primary: (executed, sent).
+async fn redis_calls(run: &Run) -> (u64, u64) {
+    let mut total = (0, 0);
+    for url in run.redis.primaries() {
+        let mut con = node_con(&url).await;
+        let (all, sent) = common::redis_calls(&mut con).await;
+        total = (total.0 + all, total.1 + sent);
+    }
+    total
 }
 
 /// Access tokens stored right now.
@@ -219,8 +291,12 @@ fn quantile(buckets: &[(f64, u64)], before: &[(f64, u64)], q: f64) -> String {
 
 async fn scale(n: u32) {
     println!(
-        "\n== N = {n} access tokens, {REPLICAS} replicas, rate {}/s",
-        rate()
+        "\n== N = {n} access tokens, {REPLICAS} replicas, rate {}/s, Redis {}",
+        rate(),
+        match std::env::var("WXTOKEN_BENCH_CLUSTER") {
+            Ok(p) => format!("Cluster of {p} primaries"),
+            Err(_) => "single server".into(),
+        }
     );
     let run = start(n, Duration::from_secs(7200)).await;
     let fill = wait_filled(&run, Duration::from_secs(u64::from(n) / 50 + 120)).await;
@@ -238,14 +314,14 @@ async fn scale(n: u32) {
     );
 
     let window = Duration::from_secs(30);
-    let c0 = common::redis_calls(&mut con(&run).await).await;
+    let c0 = redis_calls(&run).await;
     let u0: Vec<(f64, f64)> = run
         .replicas
         .iter()
         .map(|r| common::proc_usage(r.id()))
         .collect();
     tokio::time::sleep(window).await;
-    let c1 = common::redis_calls(&mut con(&run).await).await;
+    let c1 = redis_calls(&run).await;
     let u1: Vec<(f64, f64)> = run
         .replicas
         .iter()
@@ -266,11 +342,13 @@ async fn scale(n: u32) {
     }
 
     let before = token_calls(&run);
-    let mut flush = con(&run).await;
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut flush)
-        .await
-        .expect("flushall");
+    for url in run.redis.primaries() {
+        let mut flush = node_con(&url).await;
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut flush)
+            .await
+            .expect("flushall");
+    }
     let refill = wait_filled_after(&run, before).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let calls = token_calls(&run) - before;
@@ -290,13 +368,13 @@ async fn scale(n: u32) {
         wait_filled(&run, Duration::from_secs(u64::from(n) / 50 + 120)).await;
         let window = Duration::from_secs(120);
         let (c0, f0, l0) = (
-            common::redis_calls(&mut con(&run).await).await,
+            redis_calls(&run).await,
             token_calls(&run),
             lateness(&run).await,
         );
         tokio::time::sleep(window).await;
         let (c1, f1, l1) = (
-            common::redis_calls(&mut con(&run).await).await,
+            redis_calls(&run).await,
             token_calls(&run),
             lateness(&run).await,
         );

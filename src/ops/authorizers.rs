@@ -20,7 +20,6 @@
 use super::target::{Target, TargetArgs};
 use super::{appid, Usage, EXIT_TIMEOUT};
 use anyhow::{Context, Result};
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -206,7 +205,7 @@ type RowReply = (
 );
 
 async fn read_page(
-    con: &mut MultiplexedConnection,
+    con: &mut wxtoken_connect::Con,
     namespace: &str,
     component: &ComponentKeys,
     offset: usize,
@@ -595,7 +594,7 @@ async fn remove(args: RemoveArgs) -> Result<()> {
 
 /// The stored summary and the fence of its write.
 async fn summary(
-    con: &mut MultiplexedConnection,
+    con: &mut wxtoken_connect::Con,
     keys: &CredentialKeys,
 ) -> redis::RedisResult<(Option<String>, Option<u64>)> {
     redis::pipe()

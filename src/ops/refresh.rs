@@ -10,7 +10,6 @@
 use super::target::{Target, TargetArgs};
 use super::{kind_for, subject_id, KindArg, EXIT_TIMEOUT};
 use anyhow::{Context, Result};
-use redis::aio::MultiplexedConnection;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wxtoken_refresher::{human, token_prefix};
@@ -90,7 +89,7 @@ type SnapshotReply = (
 );
 
 async fn snapshot(
-    con: &mut MultiplexedConnection,
+    con: &mut wxtoken_connect::Con,
     keys: &CredentialKeys,
     kind: Kind,
 ) -> Result<Snapshot> {
@@ -129,7 +128,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 
 async fn request_and_wait(
     target: &Target,
-    con: &mut MultiplexedConnection,
+    con: &mut wxtoken_connect::Con,
     keys: &CredentialKeys,
     kind: Kind,
     force: bool,

@@ -206,7 +206,7 @@ struct Gathered {
 /// kept; 0: all).
 async fn gather(
     target: &Target,
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut wxtoken_connect::Con,
     selection: &Selection,
     limit: usize,
 ) -> Result<Gathered> {

@@ -15,11 +15,11 @@
 //! This module must not read or write any wxtoken key.
 
 use anyhow::{anyhow, Result};
-use redis::aio::MultiplexedConnection;
 use redis::IntoConnectionInfo;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use wxtoken_connect::Con;
 use wxtoken_connect::{ConnectError, TlsFile, TlsFiles};
 use wxtoken_refresher::config::{
     redacted_url, RefreshConfig, ENV_REDIS_TLS_CA_FILE, ENV_REDIS_TLS_CERT_FILE,
@@ -230,13 +230,18 @@ impl Target {
         redacted_url(&self.url)
     }
 
-    /// Connects, bounded by a timeout. Errors name the redacted URL.
-    pub async fn connect(&self) -> Result<MultiplexedConnection> {
+    /// Connects (a server, the primary Sentinel names, or a Redis Cluster),
+    /// bounded by a timeout, and checks the connection with a `PING`.
+    /// Errors name the redacted URL.
+    pub async fn connect(&self) -> Result<Con> {
         let shown = self.redacted_url();
-        // Behind Sentinel: the primary the sentinels name now.
-        let client = wxtoken_connect::Target::parse(self.url.expose_secret(), &self.tls)
-            .map_err(|e| anyhow!("{}: {e}", self.source))?
-            .resolve(REDIS_TIMEOUT)
+        let target = wxtoken_connect::Target::parse(self.url.expose_secret(), &self.tls)
+            .map_err(|e| anyhow!("{}: {e}", self.source))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        let managed = wxtoken_connect::Managed::new(target, &self.tls, config, REDIS_TIMEOUT)
             .await
             .map_err(|e| {
                 anyhow!(
@@ -244,18 +249,25 @@ impl Target {
                     self.scrub(&e.to_string())
                 )
             })?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT));
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot connect to Redis at {shown}: {}",
-                    self.scrub(&wxtoken_connect::describe(&e, &self.tls))
-                )
-            })
+        let mut con = managed.con();
+        let pong = tokio::time::timeout(
+            REDIS_TIMEOUT * 2,
+            redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer in time",
+            )))
+        });
+        pong.map_err(|e| {
+            anyhow!(
+                "cannot connect to Redis at {shown}: {}",
+                self.scrub(&wxtoken_connect::describe(&e, &self.tls))
+            )
+        })?;
+        Ok(con)
     }
 
     /// An error while `doing` something with Redis, naming the redacted URL.

@@ -13,7 +13,7 @@ use wxtoken_schema::{Kind, RequestOutcome};
 /// The ACL rule the README's "Security" section gives for `user`, word for
 /// word (read from the README, so the two cannot drift), with the password
 /// `<user>-pw` in place of `>…`.
-fn readme_rule(user: &str) -> String {
+pub fn readme_rule(user: &str) -> String {
     let readme = include_str!("../../README.md");
     let prefix = format!("ACL SETUSER {user} ");
     let line = readme

@@ -11,6 +11,7 @@ mod cli_authorizers;
 mod cli_config;
 mod cli_ops;
 mod client_e2e;
+mod cluster;
 mod component;
 mod deploy;
 mod exactly_once;

@@ -76,6 +76,17 @@ impl Platform {
 /// pushes go to replica-1 (`ports[0]`). They hold every app credential of
 /// `env` as well.
 pub async fn spawn(env: &Env, platforms: &[Platform], ports: &[u16], extra: &str) -> Vec<Replica> {
+    spawn_on(env, &env.redis.url(), platforms, ports, extra).await
+}
+
+/// [`spawn`] with the replicas on the Redis at `redis_url`.
+pub async fn spawn_on(
+    env: &Env,
+    redis_url: &str,
+    platforms: &[Platform],
+    ports: &[u16],
+    extra: &str,
+) -> Vec<Replica> {
     let vars: Vec<(String, String)> = platforms
         .iter()
         .enumerate()
@@ -84,7 +95,7 @@ pub async fn spawn(env: &Env, platforms: &[Platform], ports: &[u16], extra: &str
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut replicas = Vec::new();
     for (r, port) in ports.iter().enumerate() {
-        let mut config = env.config_text(&env.redis.url());
+        let mut config = env.config_text(redis_url);
         config.push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n"));
         for (n, p) in platforms.iter().enumerate() {
             config.push_str(&p.config(n, extra));

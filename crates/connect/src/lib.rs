@@ -10,6 +10,13 @@
 //!   a CA file is given, against that CA only. `rediss://…/#insecure` (no
 //!   check at all) is refused.
 //! - A client certificate and key (both or neither) give mutual TLS.
+//! - `redis[s]+sentinel://…` is a primary found through Redis Sentinel
+//!   ([`Sentinel`]); `redis[s]+cluster://host:port,host:port…` is a Redis
+//!   Cluster ([`cluster`]), with the same TLS files for every node.
+//!
+//! [`Managed`] is the connection the refresher and the client use, and
+//! [`Con`] the handle each step runs on (a single server's, or a cluster's,
+//! which splits pipelines across hash slots).
 //!
 //! Files are read here, bounded ([`MAX_TLS_FILE`]), regular files only, and
 //! parsed before any connection is made; errors name the file and say what
@@ -20,9 +27,13 @@
 //! certificate, a server that requires or refuses the client certificate)
 //! into a sentence naming the file to look at.
 
+pub mod cluster;
+mod con;
 mod managed;
 mod sentinel;
 
+pub use cluster::Cluster;
+pub use con::{ClusterCon, Con};
 pub use managed::{Managed, Target};
 pub use sentinel::Sentinel;
 

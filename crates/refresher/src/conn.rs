@@ -10,7 +10,7 @@
 //! Every step is bounded by the configured Redis timeout; a timed-out step
 //! leaves the connection usable.
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use std::future::Future;
 use std::time::Duration;
 
@@ -54,13 +54,19 @@ impl Redis {
     }
 
     /// A handle on the connection for one step (cheap to clone).
-    pub fn con(&self) -> ConnectionManager {
+    pub fn con(&self) -> wxtoken_connect::Con {
         self.managed.con()
     }
 
     /// A client for the current primary (pub/sub needs its own connection).
     pub fn client(&self) -> redis::Client {
         self.managed.client()
+    }
+
+    /// One connection per primary (a Redis Cluster's), or the one
+    /// connection: for `SCAN` sweeps, which must visit every primary.
+    pub async fn nodes(&self) -> Result<Vec<wxtoken_connect::Con>, RedisError> {
+        self.step(self.managed.nodes()).await
     }
 
     /// Something outside a step failed (a lost subscription): behind

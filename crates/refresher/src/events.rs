@@ -109,40 +109,50 @@ pub async fn listen(sh: Arc<Shared>, tls: wxtoken_connect::TlsFiles, inbox: Arc<
     }
 }
 
-/// Finds pending refresh requests with `SCAN` (once per subscription) and
-/// puts those of held values on the agenda. Bounded by the keyspace;
-/// gives up quietly on a Redis error (the next subscription sweeps again).
+/// Finds pending refresh requests with `SCAN` (once per subscription; on
+/// every primary of a Redis Cluster) and puts those of held values on the
+/// agenda. Bounded by the keyspace; gives up quietly on a Redis error (the
+/// next subscription sweeps again).
 async fn sweep(sh: Arc<Shared>, inbox: Arc<Inbox>) {
-    let mut cursor = 0;
+    let nodes = match sh.redis.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::debug!(error = %e, "sweep for pending refresh requests not started");
+            return;
+        }
+    };
     let mut found = 0usize;
-    loop {
-        let mut con = sh.redis.con();
-        let page = sh
-            .redis
-            .step(wxtoken_schema::registry::pending_requests(
-                &mut con,
-                &sh.namespace,
-                cursor,
-                1000,
-            ))
-            .await;
-        let (next, members) = match page {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(error = %e, "sweep for pending refresh requests stopped");
-                return;
+    for node in nodes {
+        let mut cursor = 0;
+        loop {
+            let mut con = node.clone();
+            let page = sh
+                .redis
+                .step(wxtoken_schema::registry::pending_requests(
+                    &mut con,
+                    &sh.namespace,
+                    cursor,
+                    1000,
+                ))
+                .await;
+            let (next, members) = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sweep for pending refresh requests stopped");
+                    return;
+                }
+            };
+            for m in members {
+                if parse_member(&m).is_some_and(|(id, _)| sh.registry.holds(id)) {
+                    found += 1;
+                    inbox.due_now(m);
+                }
             }
-        };
-        for m in members {
-            if parse_member(&m).is_some_and(|(id, _)| sh.registry.holds(id)) {
-                found += 1;
-                inbox.due_now(m);
+            if next == 0 || sh.shutdown.is_cancelled() {
+                break;
             }
+            cursor = next;
         }
-        if next == 0 || sh.shutdown.is_cancelled() {
-            break;
-        }
-        cursor = next;
     }
     if found > 0 {
         tracing::info!(found, "pending refresh requests found");

@@ -723,7 +723,7 @@ impl<'a> Lease<'a> {
     /// long as the lease is valid.
     async fn retrying<T, F, Fut>(&self, what: &str, step: F) -> Result<T, RedisError>
     where
-        F: Fn(redis::aio::ConnectionManager) -> Fut,
+        F: Fn(wxtoken_connect::Con) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let mut tries = 0u32;

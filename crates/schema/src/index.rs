@@ -86,9 +86,7 @@ return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 /// later than the due time; an entry in the future and earlier than the
 /// due time was put there since, by whoever holds the truth of it (and
 /// an earlier entry costs one refused claim at most).
-static FOLLOW_IF_DUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const FOLLOW_IF_DUE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local s = redis.pcall('ZSCORE', KEYS[1], ARGV[2])
@@ -97,9 +95,9 @@ s = tonumber(s or '')
 if s and s > now and s <= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 return 1
-",
-    )
-});
+";
+
+static FOLLOW_IF_DUE: LazyLock<Script> = LazyLock::new(|| Script::new(FOLLOW_IF_DUE_LUA));
 
 /// Index updates for many subjects, sent in one pipeline (on Redis
 /// Cluster, one per shard's slot).
@@ -199,14 +197,33 @@ pub async fn follow<C: ConnectionLike>(
     kind: Kind,
     at_ms: u64,
 ) -> RedisResult<()> {
-    redis::cmd("ZADD")
+    crate::or_absent(
+        follow_cmd(keys, kind, at_ms)
+            .query_async::<i64>(con)
+            .await
+            .map(drop),
+        (),
+    )
+}
+
+/// The command of [`follow`], for a caller's pipeline.
+pub(crate) fn follow_cmd(keys: &CredentialKeys, kind: Kind, at_ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(keys.due()).arg(at_ms).arg(keys.member(kind));
+    cmd
+}
+
+/// [`follow_if_due`] as one command for a caller's pipeline: `EVAL` with
+/// the script's text (no script to load first, on whichever node holds
+/// the shard).
+pub(crate) fn follow_if_due_cmd(keys: &CredentialKeys, kind: Kind, at_ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(FOLLOW_IF_DUE_LUA)
+        .arg(1)
         .arg(keys.due())
         .arg(at_ms)
-        .arg(keys.member(kind))
-        .query_async::<i64>(con)
-        .await
-        .map(drop)
-        .or_else(wrong_type)
+        .arg(keys.member(kind));
+    cmd
 }
 
 /// Moves the index entry of `kind` to `at_ms` after a refused claim —
@@ -238,18 +255,23 @@ pub async fn pull<C: ConnectionLike>(
     kinds: &[Kind],
     at_ms: u64,
 ) -> RedisResult<()> {
+    match pull_cmd(keys, kinds, at_ms) {
+        Some(cmd) => crate::or_absent(cmd.query_async::<i64>(con).await.map(drop), ()),
+        None => Ok(()),
+    }
+}
+
+/// The command of [`pull`] (`None` for no kinds), for a caller's pipeline.
+pub(crate) fn pull_cmd(keys: &CredentialKeys, kinds: &[Kind], at_ms: u64) -> Option<redis::Cmd> {
     if kinds.is_empty() {
-        return Ok(());
+        return None;
     }
     let mut cmd = redis::cmd("ZADD");
     cmd.arg(keys.due()).arg("LT");
     for kind in kinds {
         cmd.arg(at_ms).arg(keys.member(*kind));
     }
-    cmd.query_async::<i64>(con)
-        .await
-        .map(drop)
-        .or_else(wrong_type)
+    Some(cmd)
 }
 
 /// Removes the index entry of a value that has no schedule (a claim found
@@ -262,13 +284,15 @@ pub async fn drop_orphan<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
 ) -> RedisResult<Option<u64>> {
-    redis::cmd("ZREM")
-        .arg(keys.due())
-        .arg(keys.member(kind))
-        .query_async::<i64>(con)
-        .await
-        .map(drop)
-        .or_else(wrong_type)?;
+    crate::or_absent(
+        redis::cmd("ZREM")
+            .arg(keys.due())
+            .arg(keys.member(kind))
+            .query_async::<i64>(con)
+            .await
+            .map(drop),
+        (),
+    )?;
     let Some(at) = due_at(con, keys, kind).await? else {
         return Ok(None);
     };
@@ -283,15 +307,14 @@ pub async fn due_at<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
 ) -> RedisResult<Option<u64>> {
-    let v: Option<String> = redis::cmd("HGET")
-        .arg(keys.schedule())
-        .arg(kind.as_str())
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(None),
-            _ => Err(e),
-        })?;
+    let v: Option<String> = crate::or_absent(
+        redis::cmd("HGET")
+            .arg(keys.schedule())
+            .arg(kind.as_str())
+            .query_async(con)
+            .await,
+        None,
+    )?;
     Ok(v.and_then(|s| parse_ms(&s)))
 }
 
@@ -336,15 +359,14 @@ pub async fn is_registered<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
 ) -> RedisResult<bool> {
-    redis::cmd("SISMEMBER")
-        .arg(keys.registry())
-        .arg(keys.id())
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(false),
-            _ => Err(e),
-        })
+    crate::or_absent(
+        redis::cmd("SISMEMBER")
+            .arg(keys.registry())
+            .arg(keys.id())
+            .query_async(con)
+            .await,
+        false,
+    )
 }
 
 /// The registry of schema version 1 (one set for the namespace, before
@@ -374,17 +396,16 @@ pub async fn migrate_v1<C: ConnectionLike>(con: &mut C, namespace: &str) -> Redi
         let queue = crate::due_key(namespace, shard);
         let mut offset = 0usize;
         loop {
-            let page: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-                .arg(&queue)
-                .arg(offset)
-                .arg(offset + MIGRATE_PAGE - 1)
-                .arg("WITHSCORES")
-                .query_async(con)
-                .await
-                .or_else(|e| match e.code() {
-                    Some("WRONGTYPE") => Ok(Vec::new()),
-                    _ => Err(e),
-                })?;
+            let page: Vec<(Vec<u8>, f64)> = crate::or_absent(
+                redis::cmd("ZRANGE")
+                    .arg(&queue)
+                    .arg(offset)
+                    .arg(offset + MIGRATE_PAGE - 1)
+                    .arg("WITHSCORES")
+                    .query_async(con)
+                    .await,
+                Vec::new(),
+            )?;
             offset += page.len();
             let mut pipe = redis::pipe();
             for (member, score) in &page {
@@ -419,14 +440,10 @@ pub async fn migrate_v1<C: ConnectionLike>(con: &mut C, namespace: &str) -> Redi
             }
         }
     }
-    let ids: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-        .arg(&old)
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(Vec::new()),
-            _ => Err(e),
-        })?;
+    let ids: Vec<Vec<u8>> = crate::or_absent(
+        redis::cmd("SMEMBERS").arg(&old).query_async(con).await,
+        Vec::new(),
+    )?;
     let ids: Vec<String> = ids
         .into_iter()
         .filter_map(|b| String::from_utf8(b).ok())
@@ -474,15 +491,6 @@ pub async fn migrate_v1<C: ConnectionLike>(con: &mut C, namespace: &str) -> Redi
     }
     redis::cmd("DEL").arg(&old).query_async::<i64>(con).await?;
     Ok(set)
-}
-
-/// A queue shard of the wrong type (corrupt or hostile) is left to the
-/// scripts that replace it: an index update is a hint and may fail.
-fn wrong_type(e: redis::RedisError) -> RedisResult<()> {
-    match e.code() {
-        Some("WRONGTYPE") => Ok(()),
-        _ => Err(e),
-    }
 }
 
 #[cfg(test)]

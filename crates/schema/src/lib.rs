@@ -182,6 +182,15 @@ pub const MISSING_REPORT: &str = "-";
 /// How long a refresh request waits for a refresher before it lapses.
 pub const REQUEST_TTL_SECS: u64 = 600;
 
+/// A reply from a key of the wrong type (corrupt or hostile data) read as
+/// `absent`: one bad key never stops a read. Other errors stay errors.
+pub(crate) fn or_absent<T>(reply: redis::RedisResult<T>, absent: T) -> redis::RedisResult<T> {
+    match reply {
+        Err(e) if e.code() == Some("WRONGTYPE") => Ok(absent),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod prefix_tests {
     use super::*;

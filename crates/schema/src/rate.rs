@@ -5,7 +5,7 @@
 //! A generic cell rate: the key holds the *theoretical arrival time* (TAT,
 //! Unix µs, Redis clock); a call may start when the TAT is no further ahead
 //! than `burst − 1` intervals, and each call moves it one interval on. A
-//! claim takes a permit first ([`take`]) and gives it back ([`refund`]) when
+//! claim takes a permit first ([`take`]) and gives it back ([`refund_in`]) when
 //! the claim is refused, so refused claims (another replica won the race)
 //! do not eat the rate.
 
@@ -65,10 +65,9 @@ pub async fn take<C: ConnectionLike>(
     Ok((wait > 0).then(|| Duration::from_micros(wait.unsigned_abs())))
 }
 
-/// Gives back a permit taken with [`take`] that was not used.
-pub async fn refund<C: ConnectionLike>(con: &mut C, rate: &RateLimit) -> RedisResult<()> {
-    invoke(rate, "refund")
-        .invoke_async::<i64>(con)
-        .await
-        .map(drop)
+/// Adds to a caller's pipeline the refund of a permit taken with [`take`]
+/// that was not used (its reply ignored).
+pub(crate) fn refund_in(pipe: &mut redis::Pipeline, rate: &RateLimit) {
+    pipe.load_script(&RATE).ignore();
+    pipe.invoke_script(&invoke(rate, "refund")).ignore();
 }

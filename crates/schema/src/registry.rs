@@ -887,17 +887,16 @@ pub async fn authorizers_page<C: ConnectionLike>(
     offset: usize,
     count: usize,
 ) -> RedisResult<(usize, Vec<(String, u64)>)> {
-    let pairs: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-        .arg(component.authorizers())
-        .arg(offset)
-        .arg(offset.saturating_add(count.max(1)) - 1)
-        .arg("WITHSCORES")
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(Vec::new()),
-            _ => Err(e),
-        })?;
+    let pairs: Vec<(Vec<u8>, f64)> = crate::or_absent(
+        redis::cmd("ZRANGE")
+            .arg(component.authorizers())
+            .arg(offset)
+            .arg(offset.saturating_add(count.max(1)) - 1)
+            .arg("WITHSCORES")
+            .query_async(con)
+            .await,
+        Vec::new(),
+    )?;
     let covered = pairs.len();
     let listed = pairs
         .into_iter()
@@ -922,12 +921,11 @@ pub async fn count_authorizers<C: ConnectionLike>(
     con: &mut C,
     component: &ComponentKeys,
 ) -> RedisResult<u64> {
-    redis::cmd("ZCARD")
-        .arg(component.authorizers())
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(0),
-            _ => Err(e),
-        })
+    crate::or_absent(
+        redis::cmd("ZCARD")
+            .arg(component.authorizers())
+            .query_async(con)
+            .await,
+        0,
+    )
 }

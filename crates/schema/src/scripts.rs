@@ -591,31 +591,44 @@ pub async fn claim<C: ConnectionLike>(
         }
     }
     let claimed = claim_script(con, keys, kind, owner, rules).await;
-    if let (Some(rate), false) = (rules.rate, matches!(claimed, Ok(Claim::Granted { .. }))) {
-        crate::rate::refund(con, rate).await?;
+    // One round trip after the script: the permit back if the claim was
+    // refused, and the index entry to where the schedule now says. Both
+    // are best effort: a lost refund only slows the rate, and the index is
+    // a hint (a failed update must never hide a granted lease).
+    let refund = rules
+        .rate
+        .filter(|_| !matches!(claimed, Ok(Claim::Granted { .. })));
+    // Refused: the schedule says `at`, but a future entry is never moved
+    // later: a holder whose lease ended within a millisecond (a value
+    // waiting for its input, a local WeCom) may already have moved it to
+    // its next due time, which a late move to the lock's expiry would
+    // overwrite (delaying the value that long).
+    let follow = match &claimed {
+        Ok(Claim::Granted { state, .. }) => Some(index::follow_cmd(
+            keys,
+            kind,
+            state.now_ms.saturating_add(millis(rules.lock_ttl)),
+        )),
+        Ok(Claim::NotDue(at) | Claim::Busy(at) | Claim::Held(at) | Claim::HoldCut(at)) => {
+            Some(index::follow_if_due_cmd(keys, kind, *at))
+        }
+        _ => None,
+    };
+    if refund.is_some() || follow.is_some() {
+        let mut pipe = redis::pipe();
+        if let Some(rate) = refund {
+            crate::rate::refund_in(&mut pipe, rate);
+        }
+        if let Some(cmd) = follow {
+            pipe.add_command(cmd).ignore();
+        }
+        let _ = pipe.query_async::<()>(con).await;
     }
     let claimed = claimed?;
-    match &claimed {
-        Claim::Granted { state, .. } => {
-            // The index is a hint: a failed update must not hide a granted
-            // lease (see `index`).
-            let until = state.now_ms.saturating_add(millis(rules.lock_ttl));
-            let _ = index::follow(con, keys, kind, until).await;
+    if claimed == Claim::Unregistered {
+        if let Some(at) = index::drop_orphan(con, keys, kind).await? {
+            return Ok(Claim::NotDue(at));
         }
-        // Refused: the schedule says `at`. A future entry is never moved
-        // later: a holder whose lease ended within a millisecond (a value
-        // waiting for its input, a local WeCom) may already have moved it
-        // to its next due time, which a late move to the lock's expiry
-        // would overwrite (delaying the value that long).
-        Claim::NotDue(at) | Claim::Busy(at) | Claim::Held(at) | Claim::HoldCut(at) => {
-            let _ = index::follow_if_due(con, keys, kind, *at).await;
-        }
-        Claim::Unregistered => {
-            if let Some(at) = index::drop_orphan(con, keys, kind).await? {
-                return Ok(Claim::NotDue(at));
-            }
-        }
-        Claim::RateLimited(_) => {}
     }
     Ok(claimed)
 }
@@ -925,13 +938,18 @@ pub async fn write_token<C: ConnectionLike>(
             let tickets_due: Vec<Kind> =
                 answer[3..].iter().filter_map(|k| Kind::parse(k)).collect();
             // The value is stored: a failed index update (a hint, see
-            // `index`) must not make it look lost.
-            let _ = index::follow(con, keys, w.kind, due).await;
+            // `index`) must not make it look lost. One round trip.
             let now = exp
                 .parse::<u64>()
                 .unwrap_or(0)
                 .saturating_sub(u64::try_from(w.ttl.as_millis()).unwrap_or(0));
-            let _ = index::pull(con, keys, &tickets_due, now).await;
+            let mut pipe = redis::pipe();
+            pipe.add_command(index::follow_cmd(keys, w.kind, due))
+                .ignore();
+            if let Some(pull) = index::pull_cmd(keys, &tickets_due, now) {
+                pipe.add_command(pull).ignore();
+            }
+            let _ = pipe.query_async::<()>(con).await;
             WriteOutcome::Written {
                 expires_at_ms: exp.parse().unwrap_or(0),
                 tickets_due,
@@ -1131,14 +1149,13 @@ pub async fn read_value<C: ConnectionLike>(
     keys: &CredentialKeys,
     kind: Kind,
 ) -> RedisResult<Option<String>> {
-    let v: Value = redis::cmd("GET")
-        .arg(keys.value(kind))
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(Value::Nil),
-            _ => Err(e),
-        })?;
+    let v: Value = crate::or_absent(
+        redis::cmd("GET")
+            .arg(keys.value(kind))
+            .query_async(con)
+            .await,
+        Value::Nil,
+    )?;
     Ok(text(&v).filter(|t| crate::is_printable_token(t)))
 }
 

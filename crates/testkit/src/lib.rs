@@ -1,14 +1,17 @@
 //! Throwaway local infrastructure for tests and the demo: real `redis-server`
 //! processes on free loopback ports, each in its own temporary directory.
 //!
-//! Every test of wxtoken talks to a real Redis; this crate is how it gets one.
-//! It never assumes a server on 6379 and never silently skips: when
-//! `redis-server` is missing, [`RedisServer::start`] fails with a message
-//! saying how to install it. It must not grow knowledge of wxtoken's key
+//! Every test of wxtoken talks to a real Redis; this crate is how it gets one
+//! (a single server, a Sentinel set: [`SentinelSet`], or a Redis Cluster:
+//! [`ClusterSet`]). It never assumes a server on 6379 and never silently
+//! skips: when `redis-server` (or, for a cluster, `redis-cli`) is missing,
+//! starting fails with a message saying how to install it. It must not grow knowledge of wxtoken's key
 //! schema or protocol; it only runs servers.
 
+mod cluster;
 mod sentinel;
 
+pub use cluster::{redis_cli_binary, ClusterSet, NODE_TIMEOUT, SLOTS};
 pub use sentinel::SentinelSet;
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -26,6 +29,14 @@ pub enum Error {
          `sudo apt-get install -y redis-server` on Debian/Ubuntu, `brew install redis` on macOS"
     )]
     NotInstalled,
+    /// The `redis-cli` binary (which forms a [`ClusterSet`]) is not
+    /// installed.
+    #[error(
+        "`redis-cli` was not found on PATH (or in $REDIS_CLI); it forms the test Redis Cluster. Install it: \
+         `sudo apt-get install -y redis-tools` on Debian/Ubuntu (the redis-server package pulls it in), \
+         `brew install redis` on macOS"
+    )]
+    CliNotInstalled,
     /// Spawning or talking to the process failed.
     #[error("redis-server: {what}: {source}")]
     Io {
