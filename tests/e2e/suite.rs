@@ -16,7 +16,11 @@
 //! - replayed or old pushes (a spent auth code, an older ticket, an old
 //!   cancel) change nothing; a forged push is refused;
 //! - no secret (suite secret, callback token, EncodingAESKey, permanent
-//!   code, auth code) and no whole ticket or token in any log.
+//!   code, auth code) and no whole ticket or token in any log;
+//! - a revoked suite token is replaced through a corp's refused call, a
+//!   changed permanent code is a recorded configuration fault;
+//! - on a three-primary Redis Cluster: the same flow, each script in one
+//!   slot, a cancelled corp's keys gone on whichever node they live.
 
 use crate::common::{eventually, wait_healthz, Env, Events, Replica, Setup};
 use std::collections::HashMap;
@@ -160,6 +164,11 @@ fn count_lines(logs: &str, all: &[&str]) -> u64 {
 }
 
 async fn spawn(env: &Env, suite: &Suite, ports: &[u16]) -> Vec<Replica> {
+    spawn_on(env, &env.redis.url(), suite, ports).await
+}
+
+/// [`spawn`] against the Redis at `redis_url` (e.g. a cluster).
+async fn spawn_on(env: &Env, redis_url: &str, suite: &Suite, ports: &[u16]) -> Vec<Replica> {
     let vars = [
         ("WXT_SUITE_SECRET", suite.secret.as_str()),
         ("WXT_SUITE_TOKEN", suite.token.as_str()),
@@ -167,7 +176,7 @@ async fn spawn(env: &Env, suite: &Suite, ports: &[u16]) -> Vec<Replica> {
     ];
     let mut replicas = Vec::new();
     for (r, port) in ports.iter().enumerate() {
-        let mut config = env.config_text(&env.redis.url());
+        let mut config = env.config_text(redis_url);
         config.push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n"));
         config.push_str(&suite.config());
         let replica = env.spawn_replica_config(&format!("replica-{}", r + 1), &config, &vars);
@@ -618,6 +627,143 @@ async fn a_revoked_suite_token_is_replaced_and_a_changed_permanent_code_is_a_con
             !r.logs().contains(&code),
             "the permanent code is in {}'s log",
             r.name
+        );
+    }
+}
+
+/// The suite on a three-primary Redis Cluster: every script touches one
+/// slot (a suite's and each corp's keys live on different primaries), the
+/// codes are exchanged once each, the corps' tokens are valid, and a
+/// cancelled corp loses its keys on whichever node they live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_and_its_corps_on_a_redis_cluster() {
+    const CORPS: usize = 6;
+    let cluster = wxtoken_testkit::ClusterSet::start(3, 0)
+        .expect("redis-server and redis-cli are needed (apt-get install redis-server redis-tools)");
+    let suite = Suite::new();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| wxtoken_testkit::free_port().unwrap())
+        .collect();
+    let env = Env::start(Setup {
+        credentials: 0,
+        lifetime: Duration::from_secs(600),
+        sim_suites: vec![suite.sim(ports[0])],
+        lock_ttl: Duration::from_secs(8),
+        request_timeout: Duration::from_secs(4),
+        ..Setup::default()
+    })
+    .await;
+    let replicas = spawn_on(&env, &cluster.url(), &suite, &ports).await;
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|a| format!("redis://{a}"))
+        .collect();
+    let mut con = redis::cluster::ClusterClientBuilder::new(nodes)
+        .build()
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    let get = |key: String| {
+        let mut con = con.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut con)
+                .await
+                .unwrap()
+        }
+    };
+
+    let v = env.admin.verify_wecom_suite_url(SUITE).await.unwrap();
+    assert!(v.echoed, "{v:?}");
+    assert!(
+        env.admin
+            .wecom_push_suite_ticket(SUITE)
+            .await
+            .unwrap()
+            .success
+    );
+    let corps: Vec<String> = (0..CORPS).map(|i| format!("wwclustercorp{i:03}")).collect();
+    for corp in &corps {
+        let r = env.admin.wecom_create_auth(SUITE, corp).await.unwrap();
+        assert!(r.push.is_some_and(|p| p.success), "create_auth not taken");
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut stored = 0;
+        for corp in &corps {
+            if let Some(t) = get(corp_keys(corp).value(Kind::AccessToken)).await {
+                assert_eq!(env.admin.check_wecom_token(&t), Ok(()), "{corp}");
+                stored += 1;
+            }
+        }
+        if stored == CORPS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} of {CORPS} corps stored on the cluster:\n{}",
+            replicas[0].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ev = env.admin.wecom_suite_evidence(SUITE).unwrap();
+    assert_eq!(
+        (ev.get_permanent_code.calls, ev.get_permanent_code.new),
+        (CORPS as u64, CORPS as u64),
+        "one exchange per code"
+    );
+    // The suite's keys and the corps' live on several primaries.
+    let sk = SuiteKeys::new("wxtoken", SUITE).unwrap();
+    let mut homes: std::collections::BTreeSet<std::net::SocketAddr> = corps
+        .iter()
+        .map(|c| {
+            cluster
+                .primary_for_key(&corp_keys(c).permanent_code())
+                .unwrap()
+        })
+        .collect();
+    homes.insert(cluster.primary_for_key(&sk.suite_ticket()).unwrap());
+    assert!(homes.len() >= 2, "everything on one primary: {homes:?}");
+
+    // cancel_auth: the corp's keys go, on whichever node they live.
+    let gone = &corps[0];
+    let r = env.admin.wecom_cancel_auth(SUITE, gone).await.unwrap();
+    assert!(r.push.is_some_and(|p| p.success));
+    let k = corp_keys(gone);
+    for key in [
+        k.value(Kind::AccessToken),
+        k.permanent_code(),
+        k.status(),
+        k.schedule(),
+    ] {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{key} left after cancel_auth");
+    }
+    let left: i64 = redis::cmd("ZCARD")
+        .arg(sk.corps())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(left, CORPS as i64 - 1);
+    let queued: Option<f64> = redis::cmd("ZSCORE")
+        .arg(k.due())
+        .arg(k.member(Kind::AccessToken))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(queued, None, "its due-queue entry is gone");
+    for r in &replicas {
+        assert!(
+            !r.logs().contains("CROSSSLOT"),
+            "a script crossed slots:\n{}",
+            r.logs()
         );
     }
 }
