@@ -171,14 +171,19 @@ fn on_request(registry: &Registry, inbox: &Inbox, payload: &[u8]) {
     }
 }
 
-/// An update event: the value's expiry, for the metrics.
+/// An update event: the value's expiry, for the metrics (not for
+/// authorizers and a suite's corps: up to 100,000 run-time subjects, whose
+/// gauges would never be dropped).
 fn on_update(sh: &Shared, payload: &[u8]) {
     match UpdateEvent::parse(payload) {
         Ok(ev)
             if sh.registry.holds(&ev.id)
                 && !matches!(
                     wxtoken_schema::Subject::parse(&ev.id),
-                    Some(wxtoken_schema::Subject::Authorizer { .. })
+                    Some(
+                        wxtoken_schema::Subject::Authorizer { .. }
+                            | wxtoken_schema::Subject::Corp { .. }
+                    )
                 ) =>
         {
             sh.metrics

@@ -144,7 +144,8 @@ pub struct Metrics {
     /// `wxtoken_redis_up`: 1 when the last Redis operation succeeded.
     pub redis_up: Gauge,
     /// `wxtoken_component_pushes_total`: pushes to the third-party
-    /// platforms' receiver, by component id and what became of them
+    /// platforms' receiver (and the WeCom suites', labelled with the
+    /// suite's config id), by component id and what became of them
     /// (`component_verify_ticket`, `authorized`, `updateauthorized`,
     /// `unauthorized`, `ignored`, `rejected`, `failed`).
     pub pushes: Family<PushLabels, Counter>,
@@ -226,7 +227,7 @@ impl Metrics {
         let pushes = Family::<PushLabels, Counter>::default();
         registry.register(
             "component_pushes",
-            "Pushes to the third-party platform receiver, by component and outcome",
+            "Pushes to the callback receivers (third-party platforms; WeCom suites under their config id), by receiver and outcome",
             pushes.clone(),
         );
         let reconciliations = Counter::default();
