@@ -18,7 +18,8 @@
 //!   either sees the schedule still there or adds its own entry after the
 //!   removal;
 //! - **moving** (claims, writes, failures, requests): the schedule, then the
-//!   index entry ([`follow`], [`pull`]); a *refused* claim never moves a
+//!   index entry ([`follow`], [`pull`]) — only an entry that exists, so an
+//!   update that crosses a removal never brings an entry back; a *refused* claim never moves a
 //!   future entry later ([`follow_if_due`]), so that it cannot overwrite
 //!   the next due time a lease that just ended (within the refused claim's
 //!   round trip) put there.
@@ -92,7 +93,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local s = redis.pcall('ZSCORE', KEYS[1], ARGV[2])
 if type(s) == 'table' then return 0 end
 s = tonumber(s or '')
-if s and s > now and s <= tonumber(ARGV[1]) then return 0 end
+if not s then return 0 end
+if s > now and s <= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
@@ -190,7 +192,9 @@ pub async fn remove<C: ConnectionLike>(
 }
 
 /// Moves the index entry of `kind` to `at_ms` (where its schedule now
-/// says), adding it if it was missing.
+/// says). Only an entry that exists (`XX`): one a removal took out between
+/// the script and this update must stay out (nobody would ever claim it
+/// again), and one lost otherwise is put back by re-registration.
 pub async fn follow<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
@@ -209,7 +213,10 @@ pub async fn follow<C: ConnectionLike>(
 /// The command of [`follow`], for a caller's pipeline.
 pub(crate) fn follow_cmd(keys: &CredentialKeys, kind: Kind, at_ms: u64) -> redis::Cmd {
     let mut cmd = redis::cmd("ZADD");
-    cmd.arg(keys.due()).arg(at_ms).arg(keys.member(kind));
+    cmd.arg(keys.due())
+        .arg("XX")
+        .arg(at_ms)
+        .arg(keys.member(kind));
     cmd
 }
 
@@ -226,8 +233,9 @@ pub(crate) fn follow_if_due_cmd(keys: &CredentialKeys, kind: Kind, at_ms: u64) -
     cmd
 }
 
-/// Moves the index entry of `kind` to `at_ms` after a refused claim —
-/// unless the entry is in the future and no later than `at_ms`: then it
+/// Moves the index entry of `kind` to `at_ms` after a refused claim — if
+/// it exists (as [`follow`]), and unless it is in the future and no later
+/// than `at_ms`: then it
 /// was moved there since by the value's holder (whose write or finish
 /// knows better than a refused claim that read the schedule before it).
 /// An earlier time (a refresh request served once `min_interval` has
@@ -267,7 +275,7 @@ pub(crate) fn pull_cmd(keys: &CredentialKeys, kinds: &[Kind], at_ms: u64) -> Opt
         return None;
     }
     let mut cmd = redis::cmd("ZADD");
-    cmd.arg(keys.due()).arg("LT");
+    cmd.arg(keys.due()).arg("XX").arg("LT");
     for kind in kinds {
         cmd.arg(at_ms).arg(keys.member(*kind));
     }
@@ -296,7 +304,17 @@ pub async fn drop_orphan<C: ConnectionLike>(
     let Some(at) = due_at(con, keys, kind).await? else {
         return Ok(None);
     };
-    follow(con, keys, kind, at).await?;
+    // Put back (not `follow`: the entry is gone).
+    crate::or_absent(
+        redis::cmd("ZADD")
+            .arg(keys.due())
+            .arg(at)
+            .arg(keys.member(kind))
+            .query_async::<i64>(con)
+            .await
+            .map(drop),
+        (),
+    )?;
     Ok(Some(at))
 }
 
