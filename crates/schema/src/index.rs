@@ -9,14 +9,14 @@
 //! nodes), so no script can change both: every change of a schedule is
 //! followed by a separate index update, from the same caller, in this order:
 //!
-//! - **registering**: the schedule first, then the index ([`add`]): the
+//! - **registering**: the schedule first, then the index (`Batch::add`): the
 //!   scheduler never finds an index entry for a value that has no schedule
 //!   yet;
-//! - **removing**: the index first ([`remove`]), then the schedule, then —
-//!   if the subject turned out to stay (another replica holds it, a newer
-//!   authorization) — the index again ([`add`]): a concurrent registration
-//!   either sees the schedule still there or adds its own entry after the
-//!   removal;
+//! - **removing**: the schedule first (the script decides whether the
+//!   subject goes: another replica may still hold it, a newer authorization
+//!   may have arrived); then, only if it went, the index entries, and the
+//!   schedule is read once more to put back what a registration that raced
+//!   the removal scheduled ([`remove_deleted`]);
 //! - **moving** (claims, writes, failures, requests): the schedule, then the
 //!   index entry ([`follow`], [`pull`]) — only an entry that exists, so an
 //!   update that crosses a removal never brings an entry back; a *refused* claim never moves a
@@ -167,27 +167,48 @@ impl Batch {
     }
 }
 
-/// Lists `keys`' subject in its registry shard and indexes `dues` (kind,
-/// due at Unix ms) in its queue shard (an entry indexed earlier stays).
-pub async fn add<C: ConnectionLike>(
-    con: &mut C,
-    keys: &CredentialKeys,
-    dues: &[(Kind, u64)],
-) -> RedisResult<()> {
-    let mut batch = Batch::new();
-    batch.add(keys, dues);
-    batch.run(con).await
-}
-
-/// Takes `keys`' subject out of its registry shard and `kinds` out of its
-/// queue shard.
-pub async fn remove<C: ConnectionLike>(
+/// After a subject was deleted (its schedule with it): takes its entries
+/// out of the registry and due-queue shards (and, for an authorizer or a
+/// corp, out of its parent's `index` as `child`), then reads its schedule
+/// again and puts back what it finds — a registration that raced the
+/// deletion (its schedule written after the deletion, its entries before
+/// this removal) keeps its entries. Only the caller that deleted the
+/// subject removes its entries: one that kept it (another holder, a newer
+/// authorization) changes nothing, so two removals that cross cannot leave
+/// an entry behind that nobody would claim.
+pub(crate) async fn remove_deleted<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
     kinds: &[Kind],
+    child: Option<(&str, &str)>,
 ) -> RedisResult<()> {
     let mut batch = Batch::new();
     batch.remove(keys, kinds);
+    if let Some((index, member)) = child {
+        batch.child(index, member, None);
+    }
+    batch.run(con).await?;
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(keys.schedule());
+    for kind in kinds {
+        cmd.arg(kind.as_str());
+    }
+    cmd.arg("authorized_at");
+    let found: Vec<Option<String>> = crate::or_absent(cmd.query_async(con).await, Vec::new())?;
+    let at = |i: usize| found.get(i).cloned().flatten().and_then(|v| parse_ms(&v));
+    let dues: Vec<(Kind, u64)> = kinds
+        .iter()
+        .enumerate()
+        .filter_map(|(i, kind)| Some((*kind, at(i)?)))
+        .collect();
+    if dues.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::new();
+    batch.add(keys, &dues);
+    if let (Some((index, member)), Some(authorized)) = (child, at(kinds.len())) {
+        batch.child(index, member, Some(authorized));
+    }
     batch.run(con).await
 }
 

@@ -72,9 +72,8 @@ return out
 
 /// Drops a holder, and the subject with it when no live holder is left.
 /// KEYS: holders, schedule, then every other key of the subject. ARGV:
-/// replica, number of live replicas `L`, the `L` live replicas, then the
-/// kinds. Returns `{1}` when deleted, else `{0, due time of each kind (0:
-/// not scheduled)…}`.
+/// replica, number of live replicas `L`, the `L` live replicas. Returns
+/// `{1}` when deleted, `{0}` when another live replica holds it.
 static UNREGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -86,14 +85,7 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'set' then
   for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     if not live[h] then redis.call('SREM', KEYS[1], h) end
   end
-  if redis.call('SCARD', KEYS[1]) > 0 then
-    local out = {0}
-    for i = 3 + n, #ARGV do
-      local at = redis.pcall('HGET', KEYS[2], ARGV[i])
-      if type(at) == 'string' then table.insert(out, tonumber(at) or 0) else table.insert(out, 0) end
-    end
-    return out
-  end
+  if redis.call('SCARD', KEYS[1]) > 0 then return {0} end
 end
 for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
 return {1}
@@ -229,9 +221,8 @@ pub async fn register<C: ConnectionLike>(
 }
 
 /// Drops `replica` from the credential's holders; when no live holder is
-/// left, deletes the credential (registry entry, index entries and every
-/// key). The index entries go first; if the credential stays (another
-/// replica holds it), they are put back. Returns whether it was deleted.
+/// left, deletes the credential (every key, then its registry and index
+/// entries: see `index::remove_deleted`). Returns whether it was deleted.
 pub async fn unregister<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
@@ -239,7 +230,6 @@ pub async fn unregister<C: ConnectionLike>(
     liveness: Duration,
 ) -> RedisResult<bool> {
     let live = live_replicas(con, keys.namespace(), liveness).await?;
-    index::remove(con, keys, keys.kinds()).await?;
     let mut inv = UNREGISTER.prepare_invoke();
     inv.key(keys.holders()).key(keys.schedule());
     // Locks are left to lapse by their TTL: deleting a held one would let
@@ -253,23 +243,13 @@ pub async fn unregister<C: ConnectionLike>(
     }
     inv.key(keys.fence()).key(keys.status());
     inv.arg(replica).arg(live.len()).arg(&live);
-    for &kind in keys.kinds() {
-        inv.arg(kind.as_str());
-    }
     let answer: Vec<u64> = inv.invoke_async(con).await?;
-    match answer.split_first() {
-        Some((1, _)) => Ok(true),
-        Some((_, dues)) => {
-            let dues: Vec<(Kind, u64)> = keys
-                .kinds()
-                .iter()
-                .copied()
-                .zip(dues.iter().copied())
-                .filter(|(_, at)| *at > 0)
-                .collect();
-            index::add(con, keys, &dues).await?;
-            Ok(false)
+    match answer.first() {
+        Some(1) => {
+            index::remove_deleted(con, keys, keys.kinds(), None).await?;
+            Ok(true)
         }
+        Some(_) => Ok(false),
         None => Err(redis::RedisError::from((
             redis::ErrorKind::Parse,
             "unexpected unregister answer",
@@ -487,21 +467,16 @@ return out
 ///
 /// KEYS: schedule, the removal mark, then every other key of the
 /// authorizer (its lock included: nobody may write for it any more).
-/// ARGV: authorized before (Unix ms; '' = whenever), then its kinds.
-/// Returns `{1, was registered (0/1)}`, or `{0, authorized at, due time of
-/// each kind…}` when it was authorized since (kept). The removal mark is
-/// set for an hour.
+/// ARGV: authorized before (Unix ms; '' = whenever). Returns `{1, was
+/// registered (0/1)}`, or `{0}` when it was authorized since (kept). The
+/// removal mark is set for an hour.
 static REMOVE_AUTHORIZER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local authorized = redis.pcall('HGET', KEYS[1], 'authorized_at')
 if ARGV[1] ~= '' and type(authorized) == 'string'
   and (tonumber(authorized) or 0) >= tonumber(ARGV[1]) then
-  local out = {0, tonumber(authorized) or 0}
-  for i = 2, #ARGV do
-    table.insert(out, tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0)
-  end
-  return out
+  return {0}
 end
 local was = redis.call('EXISTS', KEYS[1])
 for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
@@ -781,8 +756,8 @@ pub async fn authorize_many<C: ConnectionLike>(
 /// never removes an authorizer that arrived while it ran). Returns whether
 /// it was removed (and had been registered).
 ///
-/// The index entries go first; when the authorizer stays (authorized
-/// since), they are put back.
+/// The authorizer's keys go first; only then its index entries (see
+/// `index::remove_deleted`); one that stays (authorized since) keeps them.
 pub async fn remove_authorizer<C: ConnectionLike>(
     con: &mut C,
     keys: &CredentialKeys,
@@ -814,10 +789,6 @@ async fn remove_child<C: ConnectionLike>(
 ) -> RedisResult<bool> {
     let child = child_of(keys);
     let index_key = parent.index();
-    let mut batch = index::Batch::new();
-    batch.remove(keys, keys.kinds());
-    batch.child(&index_key, child, None);
-    batch.run(con).await?;
     let mut inv = REMOVE_AUTHORIZER.prepare_invoke();
     inv.key(keys.schedule()).key(keys.removed());
     for &kind in keys.kinds() {
@@ -837,26 +808,13 @@ async fn remove_child<C: ConnectionLike>(
             .map(|ms| ms.to_string())
             .unwrap_or_default(),
     );
-    for &kind in keys.kinds() {
-        inv.arg(kind.as_str());
-    }
     let answer: Vec<u64> = inv.invoke_async(con).await?;
     match answer.as_slice() {
-        [1, was] => Ok(*was == 1),
-        [0, at, dues @ ..] => {
-            let dues: Vec<(Kind, u64)> = keys
-                .kinds()
-                .iter()
-                .copied()
-                .zip(dues.iter().copied())
-                .filter(|(_, due)| *due > 0)
-                .collect();
-            let mut batch = index::Batch::new();
-            batch.add(keys, &dues);
-            batch.child(&index_key, child, Some(*at));
-            batch.run(con).await?;
-            Ok(false)
+        [1, was] => {
+            index::remove_deleted(con, keys, keys.kinds(), Some((&index_key, child))).await?;
+            Ok(*was == 1)
         }
+        [0, ..] => Ok(false),
         _ => Err(redis::RedisError::from((
             redis::ErrorKind::Parse,
             "unexpected remove answer",
