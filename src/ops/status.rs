@@ -35,7 +35,7 @@ use std::time::Duration;
 use wxtoken_refresher::config::RefreshConfig;
 use wxtoken_refresher::human;
 use wxtoken_schema::snapshot::{
-    self, AuthorizerState, ComponentRead, ComponentView, Status, ValueStatus,
+    self, AuthorizerState, ComponentRead, ComponentView, PlatformKind, Status, ValueStatus,
 };
 use wxtoken_schema::{CredentialKeys, Kind, Subject, KINDS};
 
@@ -272,12 +272,19 @@ async fn gather(
         margin_ms: &margin_ms,
     };
     for c in &mut report {
-        let Some(Subject::Component(appid)) = Subject::parse(&c.id) else {
-            continue;
+        let view = match Subject::parse(&c.id) {
+            Some(Subject::Component(appid)) => {
+                snapshot::read_component(con, &target.namespace, appid, &opts)
+                    .await
+                    .with_context(|| format!("reading platform {appid}"))?
+            }
+            Some(Subject::Suite(suite)) => {
+                snapshot::read_suite(con, &target.namespace, suite, &opts)
+                    .await
+                    .with_context(|| format!("reading WeCom suite {suite}"))?
+            }
+            _ => continue,
         };
-        let view = snapshot::read_component(con, &target.namespace, appid, &opts)
-            .await
-            .with_context(|| format!("reading platform {appid}"))?;
         judge_platform(c, view);
     }
     Ok(Gathered {
@@ -340,9 +347,16 @@ fn primary(id: &str) -> Kind {
 /// authorizers failing, paused or without an access token. (Expiring ones
 /// are due, not unhealthy, as for credentials.)
 fn judge_platform(c: &mut CredentialStatus, view: ComponentView) {
+    let suite = view.platform == PlatformKind::WecomSuite;
     if !view.verify_ticket.stored {
-        c.problems
-            .push("no verify ticket stored (WeChat pushes one every 10 minutes)".to_owned());
+        c.problems.push(
+            if suite {
+                "no suite ticket stored (WeCom pushes one every 10 minutes)"
+            } else {
+                "no verify ticket stored (WeChat pushes one every 10 minutes)"
+            }
+            .to_owned(),
+        );
     }
     let a = &view.authorizers;
     for (n, what) in [
@@ -352,7 +366,8 @@ fn judge_platform(c: &mut CredentialStatus, view: ComponentView) {
     ] {
         if n > 0 {
             c.problems.push(format!(
-                "{n} authorizer{} {what}",
+                "{n} {}{} {what}",
+                if suite { "corp" } else { "authorizer" },
                 if n == 1 { "" } else { "s" }
             ));
         }
@@ -665,8 +680,19 @@ fn render(report: &[&CredentialStatus], now_ms: u64, footer: Option<&str>) -> St
 fn render_platform(v: &ComponentView, limit: usize) -> String {
     let now = v.now_ms;
     let a = &v.authorizers;
+    let suite = v.platform == PlatformKind::WecomSuite;
+    let (what, child, ticket_label, token_label) = if suite {
+        ("WeCom suite", "corp", "  suite ticket", "  suite token")
+    } else {
+        (
+            "platform",
+            "authorizer",
+            "  verify ticket",
+            "  component token",
+        )
+    };
     let mut out = format!(
-        "platform {} ({}): {} authorizer{}: {}\n",
+        "{what} {} ({}): {} {child}{}: {}\n",
         v.appid,
         v.id,
         a.total,
@@ -699,6 +725,8 @@ fn render_platform(v: &ComponentView, limit: usize) -> String {
             ));
         }
         parts.join(", ")
+    } else if suite {
+        "MISSING: no suite token can be fetched until WeCom pushes one".to_owned()
     } else {
         "MISSING: no component token can be fetched until WeChat pushes one".to_owned()
     };
@@ -758,13 +786,14 @@ fn render_platform(v: &ComponentView, limit: usize) -> String {
         backlog.push_str(&format!(", oldest due {}", human::relative(at, now)));
     }
     backlog.push_str(&format!(" ({} queued)", b.queued));
-    let facts = [
-        ["  verify ticket".to_owned(), ticket],
-        ["  component token".to_owned(), token],
-        ["  reconciliation".to_owned(), reconciliation],
-        ["  backlog".to_owned(), backlog],
-    ]
-    .map(|r| r.to_vec());
+    let mut facts = vec![
+        vec![ticket_label.to_owned(), ticket],
+        vec![token_label.to_owned(), token],
+    ];
+    if !suite {
+        facts.push(vec!["  reconciliation".to_owned(), reconciliation]);
+    }
+    facts.push(vec!["  backlog".to_owned(), backlog]);
     out.push_str(&table(&facts));
     if a.counted != a.total {
         out.push_str(&format!(
@@ -781,9 +810,14 @@ fn render_platform(v: &ComponentView, limit: usize) -> String {
     } else {
         v.problems.iter().take(limit).collect()
     };
-    let mut rows = vec![["  AUTHORIZER", "STATE", "LEFT", "LAST ERROR"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        if suite { "  CORP" } else { "  AUTHORIZER" },
+        "STATE",
+        "LEFT",
+        "LAST ERROR",
+    ]
+    .map(String::from)
+    .to_vec()];
     for p in &shown {
         let left = match p.ttl_ms {
             Some(ms) => format!("{} left", human::duration(ms)),

@@ -305,6 +305,44 @@ async fn suite_flow_end_to_end_with_three_replicas() {
         out.stdout,
         out.stderr
     );
+    // A summary of the suite like a platform's: its corps by state.
+    let summary = format!(
+        "WeCom suite {SUITE} (suite/{SUITE}): {} corps: {} ok",
+        corps.len(),
+        corps.len()
+    );
+    assert!(
+        out.stdout.contains(&summary),
+        "{summary:?} in {}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("suite ticket"), "{}", out.stdout);
+    // And on the status page.
+    let page = reqwest::get(format!("http://127.0.0.1:{}/", ports[0]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in ["WeCom suite", "Suite ticket", "Suite token", "Corps ok"] {
+        assert!(page.contains(want), "{want:?} not on the status page");
+    }
+    // Its corps as rows, through the block's link.
+    let rows = reqwest::get(format!(
+        "http://127.0.0.1:{}/status.json?prefix=corp/{SUITE}/",
+        ports[0]
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    for corp in corps {
+        assert!(
+            rows.contains(&format!("\"corp/{SUITE}/{corp}\"")),
+            "{corp} not listed: {rows}"
+        );
+    }
 
     // Three lifetimes: whatever is stored is valid at WeCom; gaps (WeCom
     // issues the next value only once the last expired) stay short.

@@ -414,9 +414,38 @@ pub struct ComponentRead<'a> {
 /// much of its work is waiting. No secret and no token: the verify
 /// ticket, the component token and refresh tokens are never read, only
 /// their time left and bookkeeping.
+/// What a [`ComponentView`] summarises: a WeChat third-party platform
+/// (its authorizers) or a WeCom third-party suite (its corps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlatformKind {
+    /// `component/<appid>`: verify ticket, component token,
+    /// reconciliation, authorizers.
+    #[default]
+    Component,
+    /// `suite/<suite id>`: suite ticket, suite token, corps.
+    WecomSuite,
+}
+
+impl PlatformKind {
+    /// The id prefix of its children: `authorizer/<appid>/` or
+    /// `corp/<suite id>/`.
+    pub fn child_prefix(self, appid: &str) -> String {
+        match self {
+            PlatformKind::Component => format!("authorizer/{appid}/"),
+            PlatformKind::WecomSuite => format!("corp/{appid}/"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ComponentView {
-    /// The component appid.
+    /// A third-party platform's or a WeCom suite's (the fields below are
+    /// named after the platform's: for a suite, `verify_ticket` is its
+    /// suite ticket, `component_token` its suite token, `authorizers` its
+    /// corps, and there is no reconciliation).
+    pub platform: PlatformKind,
+    /// The component appid (a suite's id).
     pub appid: String,
     /// Its subject id, `component/<appid>`.
     pub id: String,
@@ -677,29 +706,91 @@ pub async fn read_component<C: ConnectionLike>(
     component_appid: &str,
     opts: &ComponentRead<'_>,
 ) -> RedisResult<ComponentView> {
-    let ck = ComponentKeys::new(namespace, component_appid)
-        .map_err(|e| redis::RedisError::from((ErrorKind::Client, "bad name", e.to_string())))?;
-    let subject = CredentialKeys::component(namespace, component_appid)
-        .map_err(|e| redis::RedisError::from((ErrorKind::Client, "bad name", e.to_string())))?;
+    let bad = |e: crate::InvalidName| {
+        redis::RedisError::from((ErrorKind::Client, "bad name", e.to_string()))
+    };
+    let ck = ComponentKeys::new(namespace, component_appid).map_err(bad)?;
+    let parent = Parent {
+        kind: PlatformKind::Component,
+        subject: CredentialKeys::component(namespace, component_appid).map_err(bad)?,
+        token: Kind::ComponentAccessToken,
+        ticket: ck.verify_ticket(),
+        ticket_info: ck.verify_ticket_info(),
+        index: ck.authorizers(),
+    };
+    read_parent(con, namespace, component_appid, &parent, opts).await
+}
+
+/// Reads WeCom suite `suite_id` of `namespace` for operators, as
+/// [`read_component`] reads a platform: its suite ticket, its suite token
+/// and status, then every corp in index order (counted by state, the first
+/// few with a problem kept). Read-only; never reads a token, a ticket, an
+/// auth code or a permanent code.
+pub async fn read_suite<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    suite_id: &str,
+    opts: &ComponentRead<'_>,
+) -> RedisResult<ComponentView> {
+    let bad = |e: crate::InvalidName| {
+        redis::RedisError::from((ErrorKind::Client, "bad name", e.to_string()))
+    };
+    let sk = crate::SuiteKeys::new(namespace, suite_id).map_err(bad)?;
+    let parent = Parent {
+        kind: PlatformKind::WecomSuite,
+        subject: CredentialKeys::suite(namespace, suite_id).map_err(bad)?,
+        token: Kind::SuiteAccessToken,
+        ticket: sk.suite_ticket(),
+        ticket_info: sk.suite_ticket_info(),
+        index: sk.corps(),
+    };
+    read_parent(con, namespace, suite_id, &parent, opts).await
+}
+
+/// The keys [`read_parent`] reads of a platform or a suite.
+struct Parent {
+    kind: PlatformKind,
+    subject: CredentialKeys,
+    token: Kind,
+    ticket: String,
+    ticket_info: String,
+    index: String,
+}
+
+impl Parent {
+    /// The keys of child `member` (an authorizer appid, a corpid).
+    fn child(&self, namespace: &str, appid: &str, member: &str) -> Option<CredentialKeys> {
+        match self.kind {
+            PlatformKind::Component => CredentialKeys::authorizer(namespace, appid, member).ok(),
+            PlatformKind::WecomSuite => CredentialKeys::corp(namespace, appid, member).ok(),
+        }
+    }
+}
+
+async fn read_parent<C: ConnectionLike>(
+    con: &mut C,
+    namespace: &str,
+    component_appid: &str,
+    parent: &Parent,
+    opts: &ComponentRead<'_>,
+) -> RedisResult<ComponentView> {
+    let subject = &parent.subject;
     let chunk = opts.chunk.max(1);
     let mut pipe = redis::pipe();
     pipe.atomic()
         .ignore_errors()
         .cmd("TIME")
-        .pttl(ck.verify_ticket())
-        .hgetall(ck.verify_ticket_info())
+        .pttl(&parent.ticket)
+        .hgetall(&parent.ticket_info)
         .hgetall(subject.status())
-        .pttl(subject.value(Kind::ComponentAccessToken))
-        .hgetall(subject.info(Kind::ComponentAccessToken))
+        .pttl(subject.value(parent.token))
+        .hgetall(subject.info(parent.token))
         .get(subject.value(Kind::AuthorizerList))
         .pttl(subject.value(Kind::AuthorizerList))
         .hgetall(subject.info(Kind::AuthorizerList))
-        .zcard(ck.authorizers());
-    ask_due(&mut pipe, [&subject]);
-    pipe.cmd("ZRANGE")
-        .arg(ck.authorizers())
-        .arg(0)
-        .arg(chunk - 1);
+        .zcard(&parent.index);
+    ask_due(&mut pipe, [subject]);
+    pipe.cmd("ZRANGE").arg(&parent.index).arg(0).arg(chunk - 1);
     let replies: Vec<Value> = pipe.query_async(con).await?;
     let mut r = Replies(replies.into_iter());
     let now_ms = r.now_ms()?;
@@ -713,12 +804,13 @@ pub async fn read_component<C: ConnectionLike>(
     let list_info: HashMap<String, String> = r.lenient(HashMap::new())?;
     let total: u64 = r.lenient(0)?;
     let mut backlog = Backlog::default();
-    take_due(&mut r, [&subject], now_ms, &mut backlog)?;
+    take_due(&mut r, [subject], now_ms, &mut backlog)?;
     let mut page: Vec<String> = r.lenient(Vec::new())?;
 
     let received_at_ms = num(&ticket_info, "received_at_ms");
     let ticket_stored = ticket_pttl != -2;
     let mut view = ComponentView {
+        platform: parent.kind,
         appid: component_appid.to_owned(),
         id: subject.id().to_owned(),
         now_ms,
@@ -761,7 +853,7 @@ pub async fn read_component<C: ConnectionLike>(
         let full = page.len() >= chunk;
         let keys: Vec<CredentialKeys> = page
             .iter()
-            .filter_map(|appid| CredentialKeys::authorizer(namespace, component_appid, appid).ok())
+            .filter_map(|member| parent.child(namespace, component_appid, member))
             .collect();
         offset += page.len();
         let mut pipe = redis::pipe();
@@ -774,7 +866,7 @@ pub async fn read_component<C: ConnectionLike>(
         ask_due(&mut pipe, &keys);
         if full {
             pipe.cmd("ZRANGE")
-                .arg(ck.authorizers())
+                .arg(&parent.index)
                 .arg(offset)
                 .arg(offset + chunk - 1);
         }
@@ -810,6 +902,7 @@ pub async fn read_component<C: ConnectionLike>(
                 if kept[slot].len() < opts.problems {
                     let appid = match k.subject() {
                         crate::Subject::Authorizer { appid, .. } => appid.to_owned(),
+                        crate::Subject::Corp { corpid, .. } => corpid.to_owned(),
                         _ => String::new(),
                     };
                     kept[slot].push(AuthorizerProblem {

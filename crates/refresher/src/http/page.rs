@@ -23,7 +23,7 @@ use crate::human::{clock, duration, relative};
 use crate::metrics::Refreshes;
 use link::Query;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use wxtoken_schema::snapshot::{AuthorizerState, ComponentView};
+use wxtoken_schema::snapshot::{AuthorizerState, ComponentView, PlatformKind};
 
 /// Seconds between reloads of the page.
 const RELOAD_SECS: u32 = 5;
@@ -262,10 +262,37 @@ fn summary(s: &Snapshot, view: &View) -> Markup {
 /// One platform: its verify ticket, component token, authorizers by
 /// state, last reconciliation and backlog as cards, then the first
 /// authorizers with a problem, each linking to its row.
+/// What a platform block calls things: a WeChat third-party platform's, or
+/// a WeCom suite's.
+struct Labels {
+    title: &'static str,
+    child: &'static str,
+    ticket: &'static str,
+    token: &'static str,
+}
+
+fn labels(kind: PlatformKind) -> Labels {
+    match kind {
+        PlatformKind::Component => Labels {
+            title: "Platform",
+            child: "authorizer",
+            ticket: "Verify ticket",
+            token: "Component token",
+        },
+        PlatformKind::WecomSuite => Labels {
+            title: "WeCom suite",
+            child: "corp",
+            ticket: "Suite ticket",
+            token: "Suite token",
+        },
+    }
+}
+
 fn platform(p: &ComponentView) -> Markup {
+    let l = labels(p.platform);
     let a = &p.authorizers;
     let not_ok = a.with_problems();
-    let base = Query::new().with("prefix", &format!("authorizer/{}/", p.appid));
+    let base = Query::new().with("prefix", &p.platform.child_prefix(&p.appid));
     let with_problems = base.clone().with("problems", "true").href("");
     let listed = PLATFORM_PROBLEMS_LISTED.min(p.problems.len());
     let left = not_ok.saturating_sub(listed as u64);
@@ -273,14 +300,14 @@ fn platform(p: &ComponentView) -> Markup {
         section.platform id={ "platform-" (p.appid) } {
             div.section {
                 h2 {
-                    "Platform " code { (p.appid) } " "
+                    (l.title) " " code { (p.appid) } " "
                     span {
-                        (thousands(a.total as usize)) " authorizer" (plural(a.total as usize)) " · "
+                        (thousands(a.total as usize)) " " (l.child) (plural(a.total as usize)) " · "
                         b class=(good_or_bad(not_ok > 0)) { (thousands(not_ok as usize)) " not ok" }
                     }
                 }
                 div.filters {
-                    "authorizers: " a href=(base.href("")) { "all" }
+                    (l.child) "s: " a href=(base.href("")) { "all" }
                     " · " a href=(with_problems) { "with problems" }
                 }
             }
@@ -288,13 +315,15 @@ fn platform(p: &ComponentView) -> Markup {
                 (verify_ticket_card(p))
                 (component_token_card(p))
                 (authorizers_card(p))
-                (reconciliation_card(p))
+                @if p.platform == PlatformKind::Component {
+                    (reconciliation_card(p))
+                }
                 (backlog_card(p))
             }
             @if !p.problems.is_empty() {
                 table class="sum probs" {
                     thead {
-                        tr { th { "Authorizer" } th { "State" } th { "Time left" } th { "Last error" } }
+                        tr { th { (capitalized(l.child)) } th { "State" } th { "Time left" } th { "Last error" } }
                     }
                     tbody {
                         @for x in p.problems.iter().take(PLATFORM_PROBLEMS_LISTED) {
@@ -324,16 +353,17 @@ fn platform(p: &ComponentView) -> Markup {
 }
 
 fn verify_ticket_card(p: &ComponentView) -> Markup {
+    let l = labels(p.platform);
     let t = &p.verify_ticket;
     if !t.stored {
         return card(
-            "Verify ticket",
+            l.ticket,
             html! { span.bad { "missing" } },
-            html! { "no component token until WeChat pushes one" },
+            html! { "no " (l.token.to_lowercase()) " until one is pushed" },
         );
     }
     card(
-        "Verify ticket",
+        l.ticket,
         html! {
             span.good { (t.ttl_ms.map_or("no expiry".to_owned(), duration)) } " " small { "left" }
         },
@@ -367,7 +397,7 @@ fn component_token_card(p: &ComponentView) -> Markup {
             None => html! { "never refreshed" },
         },
     };
-    card("Component token", value, sub)
+    card(labels(p.platform).token, value, sub)
 }
 
 fn authorizers_card(p: &ComponentView) -> Markup {
@@ -388,7 +418,7 @@ fn authorizers_card(p: &ComponentView) -> Markup {
         detail.push(html! { "all fine" });
     }
     card(
-        "Authorizers ok",
+        &format!("{}s ok", capitalized(labels(p.platform).child)),
         html! { (thousands(a.ok as usize)) " " small { "/ " (thousands(a.total as usize)) } },
         joined(&detail),
     )
@@ -432,6 +462,14 @@ fn backlog_card(p: &ComponentView) -> Markup {
             (thousands(b.queued as usize)) " queued"
         },
     )
+}
+
+/// `word` with its first letter in upper case (ASCII labels).
+fn capitalized(word: &str) -> String {
+    let mut c = word.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
 }
 
 /// One card: a label, a value and a line under it.

@@ -102,13 +102,19 @@ impl View {
     /// credentials of the table: by id, or by a prefix starting with
     /// `authorizer/` that some of them match.
     fn asks_for_authorizers_of(&self, component: &str) -> bool {
-        let base = format!("authorizer/{component}/");
+        self.asks_for_children(&format!("authorizer/{component}/"))
+    }
+
+    /// Whether the view asks for rows of the children whose ids start
+    /// with `base` (`authorizer/C/`, `corp/S/`).
+    fn asks_for_children(&self, base: &str) -> bool {
+        let root = base.split('/').next().unwrap_or("");
         self.prefix.as_deref().is_some_and(|p| {
-            p.starts_with("authorizer/") && (p.starts_with(&base) || base.starts_with(p))
+            p.starts_with(&format!("{root}/")) && (p.starts_with(base) || base.starts_with(p))
         }) || self
             .ids
             .as_ref()
-            .is_some_and(|ids| ids.iter().any(|id| id.starts_with(&base)))
+            .is_some_and(|ids| ids.iter().any(|id| id.starts_with(base)))
     }
 }
 
@@ -354,15 +360,32 @@ pub(crate) async fn take(
             _ => None,
         })
         .collect();
+    // The WeCom suites held here (their corps are held through them).
+    let suites: Vec<&str> = creds
+        .iter()
+        .filter_map(|c| match c.keys.subject() {
+            Subject::Suite(id) => Some(id),
+            _ => None,
+        })
+        .collect();
     let is_held = |id: &str| {
         is_held(id)
             || matches!(Subject::parse(id), Some(Subject::Authorizer { component, .. })
                 if platforms.contains(&component))
+            || matches!(Subject::parse(id), Some(Subject::Corp { suite, .. })
+                if suites.contains(&suite))
     };
     let triaged = triage(sh, creds, margin).await;
-    // Authorizers asked for by the view, triaged too (not in the summary).
+    // Authorizers and corps asked for by the view, triaged too (not in the
+    // summary).
     let asked = match &triaged {
-        Ok(_) => asked_authorizers(sh, &platforms, view).await,
+        Ok(_) => match asked_authorizers(sh, &platforms, view).await {
+            Ok(mut asked) => asked_corps(sh, &suites, view).await.map(|corps| {
+                asked.extend(corps);
+                asked
+            }),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e.clone()),
     };
     let asked = asked.unwrap_or_default();
@@ -371,7 +394,11 @@ pub(crate) async fn take(
         .map(|(keys, appid, kinds)| Managed {
             keys,
             appid,
-            mode: "authorizer",
+            // As the registration writes it in the status hash.
+            mode: match keys.subject() {
+                Subject::Corp { .. } => "suite_corp",
+                _ => "authorizer",
+            },
             kinds: kinds.clone(),
         })
         .collect();
@@ -411,7 +438,7 @@ pub(crate) async fn take(
         Err(e) => Err(e.clone()),
     };
     let platform_views = match &read {
-        Ok(_) => cache.get(sh, &platforms, margin).await,
+        Ok(_) => cache.get(sh, &platforms, &suites, margin).await,
         Err(_) => Vec::new(),
     };
     let latency = started.elapsed();
@@ -544,6 +571,41 @@ async fn asked_authorizers(
     Ok(out)
 }
 
+/// The corps of held `suites` that `view` asks for as rows (a `corp/…`
+/// prefix or ids), from the suites' indexes: as [`asked_authorizers`].
+async fn asked_corps(sh: &Shared, suites: &[&str], view: &View) -> Result<Vec<Asked>, RedisError> {
+    let mut out = Vec::new();
+    for &suite in suites {
+        if !view.asks_for_children(&format!("corp/{suite}/")) {
+            continue;
+        }
+        let Some(config) = sh.registry.suite(suite) else {
+            continue;
+        };
+        let kinds = config.corp_kinds();
+        let Ok(sk) = wxtoken_schema::SuiteKeys::new(&sh.namespace, suite) else {
+            continue;
+        };
+        let mut con = sh.redis.con();
+        let corpids = sh
+            .redis
+            .step(wxtoken_schema::suite::corps(&mut con, &sk, 0, 1 << 40))
+            .await?;
+        for (corpid, _) in corpids {
+            if let Ok(keys) = CredentialKeys::corp(&sh.namespace, suite, &corpid) {
+                let id = keys.id();
+                if view.ids.as_ref().is_none_or(|ids| ids.contains(id))
+                    && view.prefix.as_deref().is_none_or(|p| id.starts_with(p))
+                {
+                    out.push((keys, corpid, kinds.clone()));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.id().cmp(b.0.id()));
+    Ok(out)
+}
+
 /// How long a platform summary is served before it is read again. Reading
 /// one platform costs one round trip per 1,000 authorizers (100,000: about
 /// 3 s of reads), so page loads (every 5 s per open page) and scrapers
@@ -568,12 +630,17 @@ impl PlatformCache {
         &self,
         sh: &Shared,
         platforms: &[&str],
+        suites: &[&str],
         margin_ms: impl Fn(Option<u64>) -> u64 + Sync,
     ) -> Vec<ComponentView> {
-        if platforms.is_empty() {
+        if platforms.is_empty() && suites.is_empty() {
             return Vec::new();
         }
-        let mut wanted: Vec<String> = platforms.iter().map(|p| (*p).to_owned()).collect();
+        let mut wanted: Vec<String> = platforms
+            .iter()
+            .map(|p| wxtoken_schema::component_id(p))
+            .chain(suites.iter().map(|s| format!("suite/{s}")))
+            .collect();
         wanted.sort_unstable();
         let mut last = self.last.lock().await;
         if let Some((at, which, views)) = last.as_ref() {
@@ -581,18 +648,19 @@ impl PlatformCache {
                 return views.clone();
             }
         }
-        let views = read_platforms(sh, platforms, margin_ms).await;
+        let views = read_platforms(sh, platforms, suites, margin_ms).await;
         *last = Some((Instant::now(), wanted, views.clone()));
         views
     }
 }
 
-/// Each held platform's view, by component appid; a platform Redis did not
-/// answer about is left out (logged). Each round trip is bounded by the
-/// connection's response timeout.
+/// Each held platform's view, by component appid, then each held WeCom
+/// suite's; one Redis did not answer about is left out (logged). Each
+/// round trip is bounded by the connection's response timeout.
 async fn read_platforms(
     sh: &Shared,
     platforms: &[&str],
+    suites: &[&str],
     margin_ms: impl Fn(Option<u64>) -> u64 + Sync,
 ) -> Vec<ComponentView> {
     let mut sorted = platforms.to_vec();
@@ -609,6 +677,17 @@ async fn read_platforms(
             Ok(v) => out.push(v),
             Err(e) => {
                 tracing::warn!(component = appid, error = %e, "could not read the platform for the status page")
+            }
+        }
+    }
+    let mut sorted = suites.to_vec();
+    sorted.sort_unstable();
+    for suite in sorted {
+        let mut con = sh.redis.con();
+        match redis_view::read_suite(&mut con, &sh.namespace, suite, &opts).await {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                tracing::warn!(suite, error = %e, "could not read the WeCom suite for the status page")
             }
         }
     }

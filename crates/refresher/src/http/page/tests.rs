@@ -206,6 +206,7 @@ fn platform_view() -> ComponentView {
     };
     let now = 1_700_000_200_000;
     ComponentView {
+        platform: wxtoken_schema::snapshot::PlatformKind::Component,
         appid: "wxcomp".into(),
         id: "component/wxcomp".into(),
         now_ms: now,
@@ -287,6 +288,34 @@ fn a_platform_is_a_block_of_counts_and_its_first_problems() {
     assert!(!html.contains("wxa00010"));
     assert!(html.contains("<b>990 more</b> not ok"), "{html}");
     assert!(html.contains("href=\"?prefix=authorizer/wxcomp/&amp;problems=true\""));
+}
+
+#[test]
+fn a_wecom_suite_is_a_block_of_its_corps() {
+    let mut s = snapshot();
+    let mut suite = platform_view();
+    suite.platform = wxtoken_schema::snapshot::PlatformKind::WecomSuite;
+    suite.appid = "wwsuite".into();
+    suite.id = "suite/wwsuite".into();
+    s.platforms = vec![suite];
+    let html = render(&s, &view());
+    assert!(html.contains("WeCom suite <code>wwsuite</code>"), "{html}");
+    assert!(html.contains("100,000 corps · "), "{html}");
+    for label in ["Suite ticket", "Suite token", "Corps ok"] {
+        assert!(html.contains(label), "{label}");
+    }
+    for platform_only in [
+        "Verify ticket",
+        "Component token",
+        "Last reconciliation",
+        "authorizers: ",
+    ] {
+        assert!(!html.contains(platform_only), "{platform_only}");
+    }
+    assert!(
+        html.contains("href=\"?prefix=corp/wwsuite/&amp;problems=true\""),
+        "{html}"
+    );
 }
 
 #[test]
