@@ -729,8 +729,20 @@ pub async fn renew_lock<C: ConnectionLike>(
     owner: &str,
     ttl: Duration,
 ) -> RedisResult<bool> {
+    renew(con, &keys.lock(kind), owner, ttl).await
+}
+
+/// Compare-and-extend of any lock key (a value's lease, a suite's exchange
+/// lock): `PEXPIRE key ttl` while `GET key == owner`; `false` when it is
+/// no longer `owner`'s.
+pub(crate) async fn renew<C: ConnectionLike>(
+    con: &mut C,
+    key: &str,
+    owner: &str,
+    ttl: Duration,
+) -> RedisResult<bool> {
     let n: i64 = RENEW
-        .key(keys.lock(kind))
+        .key(key)
         .arg(owner)
         .arg(millis(ttl))
         .invoke_async(con)

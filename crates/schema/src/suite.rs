@@ -65,18 +65,6 @@ return 1
     )
 });
 
-/// Compare-and-extend of the exchange lock. KEYS: lock. ARGV: owner, ttl.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-",
-    )
-});
-
 /// Compare-and-delete of the exchange lock. KEYS: lock. ARGV: owner.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -155,14 +143,13 @@ pub async fn pending_auth_codes<C: ConnectionLike>(
     con: &mut C,
     suite: &SuiteKeys,
 ) -> RedisResult<Vec<PendingCode>> {
-    let all: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-        .arg(suite.auth_codes())
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(Vec::new()),
-            _ => Err(e),
-        })?;
+    let all: Vec<(Vec<u8>, Vec<u8>)> = crate::or_absent(
+        redis::cmd("HGETALL")
+            .arg(suite.auth_codes())
+            .query_async(con)
+            .await,
+        Vec::new(),
+    )?;
     let mut pending: Vec<PendingCode> = all
         .into_iter()
         .filter_map(|(field, value)| {
@@ -223,13 +210,7 @@ pub async fn renew_exchange<C: ConnectionLike>(
     owner: &str,
     ttl: Duration,
 ) -> RedisResult<bool> {
-    let n: i64 = RENEW
-        .key(suite.exchange_lock())
-        .arg(owner)
-        .arg(millis(ttl))
-        .invoke_async(con)
-        .await?;
-    Ok(n == 1)
+    crate::scripts::renew(con, &suite.exchange_lock(), owner, ttl).await
 }
 
 /// Releases the exchange lock if `owner` still holds it.
@@ -255,17 +236,16 @@ pub async fn corps<C: ConnectionLike>(
     offset: usize,
     count: usize,
 ) -> RedisResult<Vec<(String, u64)>> {
-    let pairs: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-        .arg(suite.corps())
-        .arg(offset)
-        .arg(offset.saturating_add(count.max(1)) - 1)
-        .arg("WITHSCORES")
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(Vec::new()),
-            _ => Err(e),
-        })?;
+    let pairs: Vec<(Vec<u8>, f64)> = crate::or_absent(
+        redis::cmd("ZRANGE")
+            .arg(suite.corps())
+            .arg(offset)
+            .arg(offset.saturating_add(count.max(1)) - 1)
+            .arg("WITHSCORES")
+            .query_async(con)
+            .await,
+        Vec::new(),
+    )?;
     Ok(pairs
         .into_iter()
         .filter_map(|(m, s)| {
@@ -285,14 +265,13 @@ pub async fn corps<C: ConnectionLike>(
 
 /// How many corps authorized the suite.
 pub async fn count_corps<C: ConnectionLike>(con: &mut C, suite: &SuiteKeys) -> RedisResult<u64> {
-    redis::cmd("ZCARD")
-        .arg(suite.corps())
-        .query_async(con)
-        .await
-        .or_else(|e| match e.code() {
-            Some("WRONGTYPE") => Ok(0),
-            _ => Err(e),
-        })
+    crate::or_absent(
+        redis::cmd("ZCARD")
+            .arg(suite.corps())
+            .query_async(con)
+            .await,
+        0,
+    )
 }
 
 /// Repairs the due-queue index of one page of the suite's corps (from
