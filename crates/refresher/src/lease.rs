@@ -371,6 +371,20 @@ impl<'a> Lease<'a> {
         Ok(fetched)
     }
 
+    /// The token of the platform or suite this value is fetched under (a
+    /// component token, a suite token), as stored now.
+    async fn parent_token(
+        &self,
+        keys: &CredentialKeys,
+        kind: Kind,
+    ) -> Result<Option<String>, RedisError> {
+        let mut con = self.sh.redis.con();
+        self.sh
+            .redis
+            .step(wxtoken_schema::read_value(&mut con, keys, kind))
+            .await
+    }
+
     /// An authorizer's access token: the pending authorization code is
     /// exchanged (`api_query_auth`), else the refresh token is used
     /// (`api_authorizer_token`). A refused refresh token (61023) or a lost
@@ -381,18 +395,10 @@ impl<'a> Lease<'a> {
         };
         let component_keys = CredentialKeys::component(&self.sh.namespace, &component.appid)
             .map_err(|e| RedisError(e.to_string()))?;
-        let component_token = {
-            let mut con = self.sh.redis.con();
-            self.sh
-                .redis
-                .step(wxtoken_schema::read_value(
-                    &mut con,
-                    &component_keys,
-                    Kind::ComponentAccessToken,
-                ))
-                .await?
-                .ok_or(LeaseError::NoComponentToken)?
-        };
+        let component_token = self
+            .parent_token(&component_keys, Kind::ComponentAccessToken)
+            .await?
+            .ok_or(LeaseError::NoComponentToken)?;
         let code = self.state.authorization_code.clone();
         let refresh_token = self.state.input.clone();
         if code.is_none() && refresh_token.is_none() {
@@ -483,18 +489,10 @@ impl<'a> Lease<'a> {
         };
         let suite_keys = CredentialKeys::suite(&self.sh.namespace, &suite.suite_id)
             .map_err(|e| RedisError(e.to_string()))?;
-        let suite_token = {
-            let mut con = self.sh.redis.con();
-            self.sh
-                .redis
-                .step(wxtoken_schema::read_value(
-                    &mut con,
-                    &suite_keys,
-                    Kind::SuiteAccessToken,
-                ))
-                .await?
-                .ok_or(LeaseError::NoSuiteToken)?
-        };
+        let suite_token = self
+            .parent_token(&suite_keys, Kind::SuiteAccessToken)
+            .await?
+            .ok_or(LeaseError::NoSuiteToken)?;
         let permanent_code = self
             .state
             .input
